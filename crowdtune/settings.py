@@ -1,0 +1,133 @@
+"""Typed settings shared by the app, the CLI and the jobs.
+
+Sources, strongest first: keyword arguments, environment variables (prefix `CROWDTUNE_`, plus
+plain `REDIS_URL`), the TOML file named by `CROWDTUNE_CONFIG` (default `crowdtune.toml` in the
+working directory, if present), then the defaults below. Secrets (face tokens) are not settings:
+see `faces.secrets`; they are never part of this object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from crowdtune.errors import SettingsError
+
+QUEUE_TRAIN = "train"
+QUEUE_DEFAULT = "default"
+QUEUE_STORE = "store"
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("CROWDTUNE_CONFIG", "crowdtune.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything Crowdtune needs to find its parts.
+
+    Defaults:
+        data_dir = "data"                      folder for the store, the embedded Redis and artifacts
+        db_path = <data_dir>/crowdtune.duckdb  the DuckDB store
+        artifacts_url = <data_dir>/artifacts   model versions (any fsspec URL: s3://..., gs://...)
+        redis_url = None                       None starts/uses the embedded server under data_dir
+        app_host = "localhost", app_port = 8501
+        worker_queues = ["train,default", "default"]   one preloading worker per entry
+        store_lock_wait_seconds = 3600         how long a store write waits for a held file
+        read_retry_seconds = 5.0               how long a page read waits for the file
+        worker_maintenance_seconds = 30        how often workers requeue jobs of dead workers
+        login_password = None                  set to require a password for control pages
+        allow_readonly_links = True            without login, shared links open read-only
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CROWDTUNE_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Path("data")
+    db_path: Path | None = None
+    artifacts_url: str | None = None
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CROWDTUNE_REDIS_URL"))
+    app_host: str = "localhost"
+    app_port: int = Field(default=8501, ge=1, le=65535)
+    worker_queues: list[str] = Field(default_factory=lambda: ["train,default", "default"])
+    store_lock_wait_seconds: float = Field(default=3600.0, gt=0)
+    read_retry_seconds: float = Field(default=5.0, gt=0)
+    worker_maintenance_seconds: int = Field(default=30, ge=1)
+    login_password: str | None = None
+    allow_readonly_links: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_are_known(cls, value: list[str]) -> list[str]:
+        known = {QUEUE_TRAIN, QUEUE_DEFAULT}
+        for entry in value:
+            names = [name.strip() for name in entry.split(",") if name.strip()]
+            unknown = set(names) - known
+            if not names or unknown:
+                raise ValueError(
+                    f"worker entry {entry!r} must list queues among {sorted(known)} "
+                    f"(the '{QUEUE_STORE}' queue has its own single writer)"
+                )
+        return value
+
+    @property
+    def store_path(self) -> Path:
+        return self.db_path if self.db_path is not None else self.data_dir / "crowdtune.duckdb"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifacts_url if self.artifacts_url else str((self.data_dir / "artifacts").absolute())
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @cached_property
+    def redis_display_url(self) -> str:
+        """The Redis URL with any password masked: safe to show and log."""
+        if not self.redis_url:
+            return f"embedded ({self.redis_dir})"
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", self.redis_url)
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment and the TOML file; raise SettingsError on a bad value."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(
+            f"Invalid settings: {problems}",
+            f"Correct the value in {config_file()} or in the CROWDTUNE_* environment variable.",
+        ) from None
+    except Exception as exc:  # e.g. a TOML syntax error
+        raise SettingsError(
+            f"Could not read settings: {exc}",
+            f"Check the syntax of {config_file()} (TOML) and the CROWDTUNE_* environment variables.",
+        ) from None

@@ -1,0 +1,1 @@
+"""DuckDB store: schema, the single writer, read queries."""

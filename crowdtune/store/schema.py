@@ -1,0 +1,137 @@
+"""The store's schema as versioned migrations. docs/SCHEMA.md documents every table for ad-hoc queries.
+
+Migration N is applied once, in order, by the single writer; `schema_version` records it. A file
+with a version above `SCHEMA_VERSION` was written by a newer Crowdtune and is refused, not touched.
+All timestamps are UTC without a time zone.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: the foundation
+    """
+    CREATE TABLE schema_version (
+        version INTEGER PRIMARY KEY,
+        applied_at TIMESTAMP NOT NULL DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE applied_writes (
+        write_id VARCHAR PRIMARY KEY,
+        applied_at TIMESTAMP NOT NULL DEFAULT (now()::TIMESTAMP),
+        row_count INTEGER
+    );
+    CREATE TABLE faces (
+        face_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        config JSON,
+        active_version_id VARCHAR,
+        created_at TIMESTAMP DEFAULT (now()::TIMESTAMP),
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE posts (
+        post_id VARCHAR PRIMARY KEY,
+        face_id VARCHAR NOT NULL,
+        origin VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        platform_id VARCHAR,
+        text VARCHAR NOT NULL,
+        url VARCHAR,
+        author VARCHAR,
+        created_at TIMESTAMP,
+        published_at TIMESTAMP,
+        audience_size BIGINT,
+        model_version_id VARCHAR,
+        run_id VARCHAR,
+        prompt VARCHAR,
+        sampling JSON,
+        token_ids INTEGER[],
+        token_logprobs DOUBLE[],
+        logprob DOUBLE,
+        reject_reason VARCHAR,
+        score DOUBLE,
+        scored_at TIMESTAMP,
+        inserted_at TIMESTAMP DEFAULT (now()::TIMESTAMP),
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE reaction_snapshots (
+        post_id VARCHAR NOT NULL,
+        observed_at TIMESTAMP NOT NULL,
+        kind VARCHAR NOT NULL,
+        count BIGINT NOT NULL,
+        age_seconds DOUBLE,
+        audience_size BIGINT,
+        PRIMARY KEY (post_id, observed_at, kind)
+    );
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        face_id VARCHAR,
+        status VARCHAR NOT NULL,
+        config JSON,
+        base_model VARCHAR,
+        parent_version_id VARCHAR,
+        job_id VARCHAR,
+        started_at TIMESTAMP,
+        ended_at TIMESTAMP,
+        error VARCHAR,
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE metrics (
+        run_id VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        step BIGINT NOT NULL,
+        value DOUBLE,
+        recorded_at TIMESTAMP NOT NULL DEFAULT (now()::TIMESTAMP),
+        PRIMARY KEY (run_id, name, step)
+    );
+    CREATE TABLE model_versions (
+        version_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR,
+        parent_version_id VARCHAR,
+        base_model VARCHAR NOT NULL,
+        artifact_url VARCHAR NOT NULL,
+        step BIGINT,
+        metrics JSON,
+        note VARCHAR,
+        created_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE jobs (
+        job_id VARCHAR PRIMARY KEY,
+        func VARCHAR,
+        queue VARCHAR,
+        status VARCHAR,
+        description VARCHAR,
+        worker VARCHAR,
+        enqueued_at TIMESTAMP,
+        started_at TIMESTAMP,
+        ended_at TIMESTAMP,
+        error VARCHAR,
+        result JSON
+    );
+    CREATE TABLE alerts (
+        alert_id VARCHAR PRIMARY KEY,
+        level VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        message VARCHAR NOT NULL,
+        created_at TIMESTAMP DEFAULT (now()::TIMESTAMP),
+        resolved_at TIMESTAMP
+    );
+    CREATE TABLE state (
+        key VARCHAR PRIMARY KEY,
+        value JSON,
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Primary keys of the tables producers may write, for upserts and for checking writes early.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "faces": ("face_id",),
+    "posts": ("post_id",),
+    "reaction_snapshots": ("post_id", "observed_at", "kind"),
+    "runs": ("run_id",),
+    "metrics": ("run_id", "name", "step"),
+    "model_versions": ("version_id",),
+    "jobs": ("job_id",),
+    "alerts": ("alert_id",),
+    "state": ("key",),
+}

@@ -1,0 +1,88 @@
+"""How everyone but the store worker writes: rows go to the `store` queue, never to the file.
+
+Producers (workers on any machine, the app, the CLI) need only Redis. The store worker applies
+each batch exactly once (see writer.py); while the DuckDB file is held by someone else, batches
+wait in Redis, which persists them, and catch up in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from typing import Any, Iterable
+
+import redis
+
+from crowdtune.settings import QUEUE_STORE
+from crowdtune.store.schema import TABLE_KEYS
+
+# A batch is retried this often if the store worker dies while applying it; re-applying is a no-op.
+_RETRIES = 20
+
+
+def utc_now() -> dt.datetime:
+    """Naive UTC, the store's convention for every timestamp."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _plain(value: Any) -> Any:
+    """Make a value JSON-safe for the queue: timestamps become naive-UTC ISO strings."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _plain(value.item())
+    return value
+
+
+def _checked_table(table: str) -> str:
+    if table not in TABLE_KEYS:
+        raise ValueError(f"unknown table {table!r}; writable tables: {sorted(TABLE_KEYS)}")
+    return table
+
+
+class StoreWriter:
+    """Queue writes for the single store worker. Each call returns the write id (= RQ job id)."""
+
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+
+    def submit(self, ops: list[dict], write_id: str | None = None) -> str:
+        """Queue one batch of operations, applied atomically and at most once per `write_id`."""
+        from crowdtune.queue import enqueue
+
+        write_id = write_id or f"w-{uuid.uuid4().hex}"
+        enqueue(
+            self.conn,
+            QUEUE_STORE,
+            "jobs.store.apply_write",
+            write_id,
+            _plain(ops),
+            job_id=f"store-{write_id}",
+            timeout=-1,  # the file may be held by someone else for a long time: wait, never fail
+            retries=_RETRIES,
+            retry_intervals=[1, 5, 30],
+            description=f"store write {write_id}: " + ", ".join(f"{o['op']} {o['table']}" for o in ops),
+        )
+        return write_id
+
+    def upsert(self, table: str, rows: Iterable[dict], write_id: str | None = None) -> str:
+        """Insert rows; on a key conflict update the columns the rows carry."""
+        return self.submit([{"op": "upsert", "table": _checked_table(table), "rows": list(rows)}], write_id)
+
+    def insert(self, table: str, rows: Iterable[dict], write_id: str | None = None) -> str:
+        """Insert rows; rows whose key already exists are left as they are."""
+        return self.submit([{"op": "insert", "table": _checked_table(table), "rows": list(rows)}], write_id)
+
+    def update(self, table: str, where: dict, values: dict, write_id: str | None = None) -> str:
+        return self.submit([{"op": "update", "table": _checked_table(table), "where": where, "set": values}], write_id)

@@ -1,0 +1,217 @@
+"""`crowdtune up`: Redis, the store writer, the workers and the app, started and stopped together.
+
+Children run in their own sessions with their output in <data_dir>/logs/. They receive SIGTERM
+if this process dies (PR_SET_PDEATHSIG); on Ctrl-C or SIGTERM the app stops first, then the
+workers (warm, then their whole process trees), then Redis, which persists its queue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from crowdtune.errors import CrowdtuneError
+from crowdtune.queue import connect
+from crowdtune.redis_server import EmbeddedRedis
+from crowdtune.settings import Settings
+from crowdtune.store.writer import initialise
+
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel for SIGTERM when the supervisor dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def check_data_dir(settings: Settings) -> None:
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CrowdtuneError(
+            f"The data folder {data_dir} cannot be written: {exc.strerror or exc}.",
+            "Set CROWDTUNE_DATA_DIR to a writable folder, or fix the folder's permissions.",
+        ) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1" if host == "localhost" else host, port))
+        except OSError:
+            raise CrowdtuneError(
+                f"Port {port} is already in use (is Crowdtune or another app already running?).",
+                f"Stop the program on port {port}, or choose another port: `crowdtune up --port 8502` "
+                "or CROWDTUNE_APP_PORT=8502.",
+            ) from None
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    restart: bool
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, with_app: bool = True):
+        self.settings = settings
+        self.with_app = with_app
+        self.redis = EmbeddedRedis(settings.redis_dir) if settings.embedded_redis else None
+        self.children: list[Child] = []
+        self.log_dir = settings.data_dir / "logs"
+        self._stopping = False
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        s = self.settings
+        env["CROWDTUNE_DATA_DIR"] = str(s.data_dir.absolute())
+        env["CROWDTUNE_DB_PATH"] = str(s.store_path.absolute())
+        env["CROWDTUNE_ARTIFACTS_URL"] = s.artifacts
+        env["CROWDTUNE_APP_PORT"] = str(s.app_port)
+        if s.redis_url:
+            env["REDIS_URL"] = s.redis_url
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{child.name}.log", "ab")
+        child.process = subprocess.Popen(
+            child.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self._env(), start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def plan(self) -> list[Child]:
+        python = sys.executable
+        children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store"], restart=True)]
+        for index, queues in enumerate(self.settings.worker_queues, start=1):
+            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues], restart=True))
+        if self.with_app:
+            children.append(Child("app", [
+                python, "-m", "streamlit", "run", str(APP_SCRIPT),
+                "--server.port", str(self.settings.app_port),
+                "--server.address", self.settings.app_host,
+                "--server.headless", "true",
+                "--browser.gatherUsageStats", "false",
+            ], restart=False))
+        return children
+
+    def start(self) -> None:
+        """Check, then start everything; raise CrowdtuneError with a fix on any bad input."""
+        check_data_dir(self.settings)
+        if self.with_app:
+            check_port_free(self.settings.app_host, self.settings.app_port)
+        if self.redis is not None:
+            self.redis.start()
+        connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
+        initialise(self.settings.store_path)
+        self.children = self.plan()
+        for child in self.children:
+            self._spawn(child)
+        if self.with_app:
+            self._wait_for_app()
+
+    def _wait_for_app(self, timeout: float = 60.0) -> None:
+        url = f"http://{self.settings.app_host}:{self.settings.app_port}/_stcore/health"
+        deadline = time.monotonic() + timeout
+        app = next(c for c in self.children if c.name == "app")
+        while time.monotonic() < deadline:
+            if app.process.poll() is not None:
+                raise CrowdtuneError(
+                    "The Streamlit app exited at start.", f"Read {self.log_dir / 'app.log'} for the reason."
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.read().strip() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise CrowdtuneError(f"The app did not answer on {url} within {timeout:.0f} s.", f"Read {self.log_dir / 'app.log'}.")
+
+    def watch(self, poll: float = 1.0) -> None:
+        """Keep workers alive (restart with backoff) until asked to stop or the app exits."""
+        while not self._stopping:
+            for child in self.children:
+                code = child.process.poll() if child.process else None
+                if code is None or self._stopping:
+                    continue
+                if not child.restart:
+                    print(f"crowdtune: {child.name} exited (code {code}); stopping. See {self.log_dir}/{child.name}.log")
+                    return
+                child.restarts += 1
+                print(f"crowdtune: {child.name} exited (code {code}); restarting. See {self.log_dir}/{child.name}.log")
+                time.sleep(min(30, 2 ** min(child.restarts, 5)))
+                if not self._stopping:
+                    self._spawn(child)
+            time.sleep(poll)
+
+    def request_stop(self, *_args) -> None:
+        self._stopping = True
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the app, then the workers (and their job processes), then Redis. Leaves no process."""
+        self._stopping = True
+        order = [c for c in self.children if c.name == "app"] + [c for c in self.children if c.name != "app"]
+        trees: list[psutil.Process] = []
+        for child in order:
+            if child.process and child.process.poll() is None:
+                try:
+                    proc = psutil.Process(child.process.pid)
+                    trees.extend([proc, *proc.children(recursive=True)])
+                    proc.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+        _, alive = psutil.wait_procs(trees, timeout=grace)
+        for proc in alive:  # a job that did not finish in time: its checkpoint is the recovery point
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        for child in self.children:
+            if child.process:
+                try:
+                    child.process.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def run_up(settings: Settings, with_app: bool = True) -> None:
+    supervisor = Supervisor(settings, with_app=with_app)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        supervisor.start()
+        where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
+        print(f"Crowdtune is up: {where}")
+        print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}")
+        print("  Ctrl-C stops everything.", flush=True)
+        supervisor.watch()
+    finally:
+        print("crowdtune: stopping ...", flush=True)
+        supervisor.stop()
+        print("crowdtune: stopped.", flush=True)

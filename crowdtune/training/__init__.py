@@ -1,0 +1,1 @@
+"""Training: models, data, supervised fine-tuning, RL, generation and guards."""

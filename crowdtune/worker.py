@@ -1,0 +1,195 @@
+"""Crowdtune's RQ workers.
+
+`PreloadedWorker` imports torch, transformers, peft and Lightning (and every job module) once in
+the parent, so each forked job starts in a fraction of a second instead of paying seconds of
+imports. The parent never runs a torch computation: a child forked from a parent that computed
+can hang forever in a futex wait. Each job is seeded from its id, since children forked from one
+parent would otherwise share the parent's RNG state.
+
+`StoreWorker` is the single writer of the DuckDB file: it serves only the `store` queue, without
+forking, and holds a Redis lease so that a second one anywhere refuses to start.
+
+Both are ordinary RQ workers: `rq info`, rq-dashboard and `rq worker -w crowdtune.worker.PreloadedWorker`
+work as with any RQ deployment. Jobs travel as JSON (rq's JSONSerializer), and only functions of
+the `jobs` package run: a job naming anything else fails without being imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import pkgutil
+import random
+import socket
+import threading
+import time
+
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker, Worker
+
+from crowdtune.queue import JOB_PACKAGES
+
+log = logging.getLogger(__name__)
+
+STORE_LEASE_KEY = "crowdtune:store-writer"
+STORE_LEASE_SECONDS = 30
+
+
+def preload() -> None:
+    """Import the heavy libraries and all job modules. Imports only: no tensor is created here."""
+    import peft  # noqa: F401
+    import pytorch_lightning  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import jobs
+
+    for module in pkgutil.iter_modules(jobs.__path__):
+        importlib.import_module(f"jobs.{module.name}")
+
+
+def seed_for(job_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "little")
+
+
+class CrowdtuneJob(Job):
+    """A job that refuses foreign functions and seeds every RNG before it runs."""
+
+    def perform(self):
+        if not self.func_name.startswith(JOB_PACKAGES):
+            raise PermissionError(
+                f"Refused to run {self.func_name!r}: Crowdtune workers run only functions of the jobs package."
+            )
+        seed = int(self.meta.get("seed", seed_for(self.id)))
+        random.seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed)
+        except ImportError:
+            pass
+        import sys
+
+        if "torch" in sys.modules:
+            torch = sys.modules["torch"]
+            threads = os.environ.get("CROWDTUNE_TORCH_THREADS")
+            if threads:
+                torch.set_num_threads(int(threads))
+            torch.manual_seed(seed)
+        return super().perform()
+
+
+def _worker_name(kind: str) -> str:
+    return f"{kind}.{socket.gethostname()}.{os.getpid()}"
+
+
+class _AuditMixin:
+    """Record each job's start and end in the store's `jobs` table (through the store queue)."""
+
+    def _audit(self, job: Job, queue, **values) -> None:
+        from crowdtune.store.writes import StoreWriter
+
+        row = {
+            "job_id": job.id,
+            "func": job.func_name,
+            "queue": queue.name,
+            "description": (job.description or "")[:500],
+            "worker": self.name,
+            "enqueued_at": job.enqueued_at,
+            **values,
+        }
+        try:
+            StoreWriter(self.connection).upsert("jobs", [row], write_id=f"audit-{job.id}-{values.get('status')}-{time.time_ns()}")
+        except Exception:  # the audit must never take a worker down
+            log.exception("could not record job %s in the store", job.id)
+
+    def execute_job(self, job: Job, queue):
+        from crowdtune.store.writes import utc_now
+
+        self._audit(job, queue, status="started", started_at=utc_now())
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            status = job.get_status(refresh=True)
+            result = job.latest_result()
+            values = {"status": getattr(status, "value", str(status)), "ended_at": utc_now()}
+            if result is not None and result.type == result.Type.FAILED:
+                values["error"] = (result.exc_string or "")[-4000:]
+            elif result is not None and result.type == result.Type.SUCCESSFUL:
+                values["result"] = result.return_value
+            self._audit(job, queue, **values)
+
+
+class PreloadedWorker(_AuditMixin, Worker):
+    """Forking worker for `train` and `default`, with the ML stack imported once."""
+
+    job_class = CrowdtuneJob
+    serializer = JSONSerializer
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("job_class", CrowdtuneJob)
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("name", _worker_name("worker"))
+        super().__init__(*args, **kwargs)
+        preload()
+
+
+class StoreWorker(SimpleWorker):
+    """The single writer: serves the `store` queue in-process and holds a lease in Redis."""
+
+    job_class = CrowdtuneJob
+    serializer = JSONSerializer
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("job_class", CrowdtuneJob)
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("name", _worker_name("store"))
+        super().__init__(*args, **kwargs)
+        bad = [q.name for q in self.queues if q.name != "store"]
+        if bad:
+            raise ValueError(f"the store worker serves only the 'store' queue, not {bad}")
+        self._lease_stop = threading.Event()
+
+    def acquire_lease(self, wait_seconds: float = STORE_LEASE_SECONDS + 5) -> None:
+        """Become the single writer; wait out the lease of a writer that died, refuse a live one."""
+        from crowdtune.errors import CrowdtuneError
+
+        deadline = time.monotonic() + wait_seconds
+        while not self.connection.set(STORE_LEASE_KEY, self.name, nx=True, ex=STORE_LEASE_SECONDS):
+            holder = self.connection.get(STORE_LEASE_KEY)
+            live = {w.name for w in Worker.all(connection=self.connection)}
+            # A registered holder is alive: refuse now. An unregistered one died: wait out its lease.
+            if time.monotonic() > deadline or (holder and holder.decode() in live):
+                raise CrowdtuneError(
+                    f"Another store worker ({holder.decode() if holder else '?'}) already writes the store.",
+                    "Run exactly one store worker, on the machine that holds the DuckDB file; "
+                    "other machines run `crowdtune worker` without --store.",
+                )
+            time.sleep(0.5)
+        threading.Thread(target=self._keep_lease, daemon=True, name="store-lease").start()
+
+    def _keep_lease(self) -> None:
+        while not self._lease_stop.wait(STORE_LEASE_SECONDS / 3):
+            try:
+                if self.connection.get(STORE_LEASE_KEY) in (None, self.name.encode()):
+                    self.connection.set(STORE_LEASE_KEY, self.name, ex=STORE_LEASE_SECONDS)
+            except Exception:
+                log.warning("could not renew the store writer lease; retrying")
+
+    def release_lease(self) -> None:
+        self._lease_stop.set()
+        try:
+            if self.connection.get(STORE_LEASE_KEY) == self.name.encode():
+                self.connection.delete(STORE_LEASE_KEY)
+        except Exception:
+            pass
+
+    def work(self, *args, **kwargs):
+        self.acquire_lease()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self.release_lease()

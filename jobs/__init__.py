@@ -1,0 +1,1 @@
+"""What RQ workers run: thin functions that wire faces, store and training together."""

@@ -1,0 +1,20 @@
+"""The store queue's job: apply one batch of writes to DuckDB. Runs on the single store worker."""
+
+from __future__ import annotations
+
+import logging
+
+from crowdtune.settings import load_settings
+from crowdtune.store.writer import apply_write as apply_to_file
+
+log = logging.getLogger(__name__)
+
+
+def apply_write(write_id: str, ops: list[dict]) -> int:
+    """Apply `ops` exactly once; waits (logging every 30 s) while another process holds the file."""
+    settings = load_settings()
+
+    def report_wait(holder: str, waited: float) -> None:
+        log.warning("store write %s waiting %.0f s: the file is held by %s", write_id, waited, holder)
+
+    return apply_to_file(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait)

@@ -1,0 +1,47 @@
+"""Jobs about the system itself."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+
+
+def probe_worker() -> dict:
+    """Report what the worker that runs this job can do: host, devices, library versions.
+
+    `ready_at` is the wall-clock time at which the job had its libraries and could start real
+    work: benchmarks/dispatch.py measures dispatch latency up to that moment.
+    """
+    import time
+
+    import peft
+    import pytorch_lightning
+    import torch
+    import transformers
+
+    ready_at = time.time()
+    cuda = torch.cuda.is_available()
+    return {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "lightning": pytorch_lightning.__version__,
+        "cuda": cuda,
+        "devices": torch.cuda.device_count() if cuda else 0,
+        "cpu_threads": torch.get_num_threads(),
+        "ready_at": ready_at,
+    }
+
+
+def random_draws() -> list[float]:
+    """Three draws from each seeded generator (random, numpy, torch): shows how a job was seeded."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return [random.random(), float(np.random.rand()), float(torch.rand(1).item())]

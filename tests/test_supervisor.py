@@ -1,0 +1,43 @@
+"""`crowdtune up` (what `make run` starts): everything comes up, and Ctrl-C leaves no process behind."""
+
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import psutil
+from rq import Worker
+
+from crowdtune.queue import connect
+from tests.conftest import wait_for
+from tests.test_cli import free_port
+
+
+def health(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+            return r.read() == b"ok"
+    except OSError:
+        return False
+
+
+def test_up_serves_the_app_with_live_workers_and_ctrl_c_stops_everything(settings, tmp_path):
+    port = free_port()
+    out = open(tmp_path / "up.log", "w+")
+    up = subprocess.Popen([sys.executable, "-m", "crowdtune.cli", "up", "--port", str(port)],
+                          stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: health(port), timeout=120, message="the app's health check")
+        conn = connect(settings)
+        wait_for(lambda: len(Worker.all(connection=conn)) == 1 + len(settings.worker_queues), timeout=120,
+                 message="all workers to register")
+        out.seek(0)
+        assert f"Crowdtune is up: http://localhost:{port}" in out.read()
+        family = [psutil.Process(up.pid), *psutil.Process(up.pid).children(recursive=True)]
+        assert len(family) >= 5  # supervisor, redis, store worker, workers, app
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(family, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert not health(port)
