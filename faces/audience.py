@@ -1,0 +1,237 @@
+"""Simulated audiences: how much a crowd would like a text, learned from real reactions.
+
+An audience turns texts into a `log_appeal`: the natural log of how many times more reactions a
+post gets than an average post of the data it learned from (0 = average, 1 = e times more).
+The sandbox face multiplies that into expected counts. Audiences:
+
+- `likes` (default): all-MiniLM-L6-v2 embeddings + ridge regression on log1p(favorite_count) of
+  the real trump_tweets. Likes grew ~100x over 2009-2018, so it learns from one era only
+  (`fit_since`, default 2016-01-01, retweets "RT @..." left out). Held-out Spearman 0.65
+  (measured: 4,546 tweets to fit, 1,136 held out).
+- `sentiment`: VADER compound score (-1..1): cheerful posts do better.
+- `human`: embeddings + ridge regression on the hutto_tweets human sentiment ratings (-4..4).
+
+Fitting embeds a few thousand posts (~1 minute on 2 cores), so the fitted coefficients are cached
+in `cache_dir` under a name that encodes every fitting setting; later loads take milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+# A very lucky or unlucky text cannot get more than e^4 (~55x) the reactions of an average one.
+MAX_ABS_LOG_APPEAL = 4.0
+FIT_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CROWDTUNE_CACHE_DIR", Path.home() / ".cache" / "crowdtune")) / "audiences"
+
+
+class AudienceConfig(BaseModel):
+    """Which audience, and how it learns.
+
+    Defaults:
+        kind = "likes"                  likes | sentiment | human
+        cache_dir = $CROWDTUNE_CACHE_DIR/audiences or ~/.cache/crowdtune/audiences
+        fit_since = "2016-01-01"        likes: learn from tweets created on or after this date
+        fit_max_posts = None            learn from at most this many posts (sampled with fit_seed); None = all
+        fit_seed = 0                    sampling and train/held-out split
+        holdout_fraction = 0.2          share of posts kept out of fitting to measure Spearman
+        ridge_alpha = 3.0               ridge regularisation (3.0 was best by cross-validation on 2016+)
+        sentiment_sensitivity = 1.5     sentiment: log_appeal = sensitivity * VADER compound
+        human_sensitivity = 0.4         human: log_appeal = sensitivity * (predicted rating - mean rating)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["likes", "sentiment", "human"] = "likes"
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    fit_since: str = "2016-01-01"
+    fit_max_posts: int | None = Field(default=None, gt=10)
+    fit_seed: int = 0
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    ridge_alpha: float = Field(default=3.0, gt=0)
+    sentiment_sensitivity: float = 1.5
+    human_sensitivity: float = 0.4
+
+
+class Audience(Protocol):
+    def log_appeal(self, texts: list[str]) -> np.ndarray:
+        """In: texts. Out: float64 array of log appeal per text, clipped to +-MAX_ABS_LOG_APPEAL."""
+
+
+@dataclass
+class FittedRidge:
+    """A ridge regression over MiniLM embeddings, with how well it did on held-out posts."""
+
+    coef: np.ndarray
+    intercept: float
+    target_mean: float
+    holdout_spearman: float
+    n_train: int
+    n_holdout: int
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        from crowdtune.embeddings import embed
+
+        return embed(texts) @ self.coef + self.intercept
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(
+            temporary,
+            coef=self.coef,
+            meta=json.dumps(
+                {
+                    "intercept": self.intercept,
+                    "target_mean": self.target_mean,
+                    "holdout_spearman": self.holdout_spearman,
+                    "n_train": self.n_train,
+                    "n_holdout": self.n_holdout,
+                }
+            ),
+        )
+        os.replace(temporary, path)  # atomic: a concurrent reader sees the old file or the new one
+
+    @classmethod
+    def load(cls, path: Path) -> FittedRidge:
+        with np.load(path) as stored:
+            meta = json.loads(str(stored["meta"]))
+            return cls(coef=stored["coef"], **meta)
+
+
+def fit_ridge(texts: list[str], targets: np.ndarray, config: AudienceConfig) -> FittedRidge:
+    """Fit ridge on embeddings of `texts` -> `targets`, measuring Spearman on a held-out share."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import Ridge
+
+    from crowdtune.embeddings import embed
+
+    order = np.random.default_rng(config.fit_seed).permutation(len(texts))
+    n_holdout = max(1, int(len(texts) * config.holdout_fraction))
+    holdout, train = order[:n_holdout], order[n_holdout:]
+    vectors = embed([texts[i] for i in order])
+    position = {index: row for row, index in enumerate(order)}
+    train_x = vectors[[position[i] for i in train]]
+    holdout_x = vectors[[position[i] for i in holdout]]
+    model = Ridge(alpha=config.ridge_alpha).fit(train_x, targets[train])
+    spearman = float(spearmanr(model.predict(holdout_x), targets[holdout]).statistic)
+    # Refit on everything for use; the held-out figure describes this procedure's quality.
+    model = Ridge(alpha=config.ridge_alpha).fit(vectors, targets[order])
+    return FittedRidge(
+        coef=model.coef_.astype(np.float64),
+        intercept=float(model.intercept_),
+        target_mean=float(targets.mean()),
+        holdout_spearman=spearman,
+        n_train=len(train),
+        n_holdout=n_holdout,
+    )
+
+
+def sample_for_fit(texts: list[str], targets: np.ndarray, config: AudienceConfig) -> tuple[list[str], np.ndarray]:
+    if config.fit_max_posts is None or len(texts) <= config.fit_max_posts:
+        return texts, targets
+    chosen = sorted(random.Random(config.fit_seed).sample(range(len(texts)), config.fit_max_posts))
+    return [texts[i] for i in chosen], targets[chosen]
+
+
+def cache_path(config: AudienceConfig) -> Path:
+    settings = config.model_dump(mode="json", exclude={"cache_dir", "sentiment_sensitivity", "human_sensitivity"})
+    settings["format"] = FIT_FORMAT_VERSION
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.cache_dir) / f"{config.kind}-{key}.npz"
+
+
+def fitted_ridge(config: AudienceConfig) -> FittedRidge:
+    """The fitted regression for a `likes` or `human` audience: from the cache, or fitted and cached."""
+    path = cache_path(config)
+    if path.is_file():
+        return FittedRidge.load(path)
+    if config.kind == "likes":
+        texts, targets = likes_training_data(config)
+    else:
+        texts, targets = human_training_data()
+    texts, targets = sample_for_fit(texts, targets, config)
+    ridge = fit_ridge(texts, targets, config)
+    ridge.save(path)
+    return ridge
+
+
+def likes_training_data(config: AudienceConfig) -> tuple[list[str], np.ndarray]:
+    """Real tweets of one era and log1p(likes): the texts and targets the likes audience learns from."""
+    from faces.dataset import DatasetFace
+
+    since = datetime.fromisoformat(config.fit_since)
+    texts, targets = [], []
+    for post in DatasetFace().fetch_history(after=since):
+        if post.text.startswith("RT @"):  # retweets carry no likes of their own
+            continue
+        texts.append(post.text)
+        targets.append(np.log1p(post.reactions.get("likes", 0)))
+    return texts, np.asarray(targets, dtype=np.float64)
+
+
+def human_training_data() -> tuple[list[str], np.ndarray]:
+    """The hutto tweets and their mean human ratings (-4..4)."""
+    from faces.dataset import DatasetConfig, DatasetFace
+
+    posts = list(DatasetFace(DatasetConfig(source="hutto_tweets")).fetch_history())
+    ratings = np.asarray([post.reactions["human_rating_x1000"] / 1000.0 for post in posts], dtype=np.float64)
+    return [post.text for post in posts], ratings
+
+
+class RidgeAudience:
+    """likes / human: appeal is the predicted target relative to the training mean."""
+
+    def __init__(self, ridge: FittedRidge, sensitivity: float = 1.0):
+        self.ridge = ridge
+        self.sensitivity = sensitivity
+
+    def log_appeal(self, texts: list[str]) -> np.ndarray:
+        predicted = self.ridge.predict(texts) - self.ridge.target_mean
+        return np.clip(self.sensitivity * predicted, -MAX_ABS_LOG_APPEAL, MAX_ABS_LOG_APPEAL)
+
+
+class SentimentAudience:
+    """Appeal from VADER's compound sentiment: an audience that likes cheerful posts."""
+
+    def __init__(self, sensitivity: float):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.sensitivity = sensitivity
+
+    def log_appeal(self, texts: list[str]) -> np.ndarray:
+        compound = np.asarray([self.analyzer.polarity_scores(text)["compound"] for text in texts], dtype=np.float64)
+        return np.clip(self.sensitivity * compound, -MAX_ABS_LOG_APPEAL, MAX_ABS_LOG_APPEAL)
+
+
+_audiences: dict[AudienceConfig, Audience] = {}
+_audiences_lock = threading.Lock()
+
+
+def load_audience(config: AudienceConfig | None = None) -> Audience:
+    """The audience for a config, built once per process (fitting and caching it if needed)."""
+    config = config or AudienceConfig()
+    with _audiences_lock:
+        if config not in _audiences:
+            if config.kind == "sentiment":
+                _audiences[config] = SentimentAudience(config.sentiment_sensitivity)
+            elif config.kind == "likes":
+                _audiences[config] = RidgeAudience(fitted_ridge(config))
+            else:
+                _audiences[config] = RidgeAudience(fitted_ridge(config), config.human_sensitivity)
+        return _audiences[config]

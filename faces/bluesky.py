@@ -1,0 +1,265 @@
+"""Bluesky through the atproto SDK: the configured handle's feed, publishing, and reactions.
+
+- History: app.bsky.feed.getAuthorFeed of the handle (posts only, no reposts), paged by cursor.
+- Publish: com.atproto.repo.createRecord with a record key chosen by us, derived from intent_id.
+  A repeated attempt names the same record, so it cannot create a second post; before any retry
+  we also ask for that record (com.atproto.repo.getRecord).
+- Reactions: likeCount, repostCount, replyCount, quoteCount of app.bsky.feed.getPosts;
+  audience = followersCount of app.bsky.actor.getProfile.
+- Rate limits and 5xx follow faces.retry; a 429's Retry-After (or ratelimit-reset) is honoured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from pydantic import Field, SecretStr
+
+from faces.base import (
+    Capabilities,
+    Face,
+    FaceAuthError,
+    FaceConfig,
+    FaceConfigError,
+    FaceError,
+    FaceHealth,
+    HistoryPost,
+    PostNotFoundError,
+    Published,
+    ReactionSnapshot,
+    as_naive_utc,
+    utc_now,
+)
+from faces.retry import RetryPolicy, Retryable, call_with_retries, retry_after_seconds
+
+POST_COLLECTION = "app.bsky.feed.post"
+TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+# Record keys of posts must be TIDs: 53 bits of microseconds since 1970 + 10 bits of clock id.
+TID_EPOCH_START_US = int(datetime(2023, 1, 1).timestamp() * 1_000_000)
+TID_SPREAD_US = 365 * 24 * 3600 * 1_000_000
+PASSWORD_FIX = (
+    "Create an app password (Settings > Privacy and security > App passwords) and set "
+    "CROWDTUNE_BLUESKY_APP_PASSWORD; check `handle` in the Bluesky face config."
+)
+
+
+class BlueskyConfig(FaceConfig):
+    """One Bluesky account.
+
+    Defaults:
+        service_url = "https://bsky.social"   the PDS / entryway (xrpc is appended)
+        handle = ""                     the account, e.g. "crowdtune.bsky.social"
+        app_password = None             an app password (secret: CROWDTUNE_BLUESKY_APP_PASSWORD)
+        page_size = 50                  posts per history page (Bluesky allows up to 100)
+        request_timeout = 30.0          seconds per HTTP request
+        retry = RetryPolicy()           see faces.retry
+    """
+
+    service_url: str = "https://bsky.social"
+    handle: str = ""
+    app_password: SecretStr | None = None
+    page_size: int = Field(default=50, ge=1, le=100)
+    request_timeout: float = Field(default=30.0, gt=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+def record_key_for_intent(intent_id: str) -> str:
+    """A valid TID record key that is a pure function of intent_id.
+
+    Its timestamp part lies in 2023 (a plausible TID), the rest comes from a hash of the intent,
+    so every retry of one intent addresses the same record.
+    """
+    digest = int.from_bytes(hashlib.sha256(intent_id.encode()).digest()[:16], "big")
+    timestamp_us = TID_EPOCH_START_US + digest % TID_SPREAD_US
+    clock_id = (digest >> 64) % 1024
+    value = (timestamp_us << 10) | clock_id
+    return "".join(TID_ALPHABET[(value >> shift) & 31] for shift in range(60, -1, -5))
+
+
+def parse_time(value: str) -> datetime:
+    return as_naive_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+
+
+class BlueskyFace(Face):
+    kind = "bluesky"
+    Config = BlueskyConfig
+    capabilities = Capabilities(fetch_history=True, publish=True, reactions=True)
+    secret_fields = ("app_password",)
+
+    def __init__(self, config: BlueskyConfig | None = None):
+        super().__init__(config)
+        self._client = None
+        self._did: str | None = None
+
+    # -- client and errors ----------------------------------------------------------------
+
+    def _api(self):
+        if self._client is None:
+            from atproto import Client
+            from atproto_client.request import Request
+
+            if not self.config.handle or self.config.app_password is None:
+                raise FaceConfigError("The Bluesky face needs a handle and an app password.", PASSWORD_FIX)
+            client = Client(base_url=self.config.service_url, request=Request(timeout=self.config.request_timeout))
+            self._call(
+                "signing in",
+                lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(), fetch_bsky_profile=False),
+                signed_in=False,
+            )
+            self._did = client._session.did  # the repo we write to; the SDK keeps it on the session
+            self._client = client
+        return self._client
+
+    def _classify(self, error: Exception) -> Retryable | FaceError | None:
+        from atproto_client import exceptions
+
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        content = getattr(response, "content", None)
+        code = getattr(content, "error", None) or ""
+        if isinstance(error, exceptions.RateLimitExceededError) or status == 429:
+            headers = getattr(response, "headers", {}) or {}
+            wait = retry_after_seconds(headers.get("retry-after"))
+            if wait is None and headers.get("ratelimit-reset"):
+                wait = max(0.0, float(headers["ratelimit-reset"]) - utc_now().timestamp())
+            return Retryable("HTTP 429", rate_limited=True, retry_after=wait)
+        if isinstance(error, exceptions.UnauthorizedError) or code in {"AuthenticationRequired", "ExpiredToken", "InvalidToken"}:
+            return FaceAuthError(
+                f"Bluesky ({self.config.service_url}) rejected the handle or app password ({status}).", PASSWORD_FIX
+            )
+        if status is not None and status >= 500:
+            return Retryable(f"HTTP {status}")
+        if isinstance(error, exceptions.NetworkError):
+            return Retryable(f"HTTP {status}" if status else "network error")
+        if code == "RecordNotFound" or status == 404:
+            return PostNotFoundError(
+                f"Bluesky ({self.config.service_url}) has no such post.",
+                "Check the post's at:// URI; the post may have been deleted.",
+            )
+        if isinstance(error, exceptions.RequestErrorBase):
+            return FaceError(
+                f"Bluesky ({self.config.service_url}) refused the request ({status} {code}).",
+                "Check the post (at most 300 characters) and the face config.",
+            )
+        return None
+
+    def _call(self, action: str, operation, before_retry=None, signed_in: bool = True):
+        if signed_in:
+            self._api()
+        return call_with_retries(
+            operation,
+            classify=self._classify,
+            policy=self.config.retry,
+            network="Bluesky",
+            action=action,
+            before_retry=before_retry,
+        )
+
+    # -- the face -----------------------------------------------------------------------------
+
+    def fetch_history(
+        self, limit: int | None = None, before: datetime | None = None, after: datetime | None = None
+    ) -> Iterator[HistoryPost]:
+        """The handle's own posts (no reposts), newest first, page by page with the feed's cursor."""
+        cursor = None
+        yielded = 0
+        while True:
+            params = {"actor": self.config.handle, "limit": self.config.page_size, "filter": "posts_no_replies"}
+            if cursor:
+                params["cursor"] = cursor
+            page = self._call("reading the author feed", lambda: self._api().app.bsky.feed.get_author_feed(params=params))
+            for item in page.feed:
+                if item.reason is not None:  # a repost of someone else's post
+                    continue
+                post = item.post
+                created_at = parse_time(post.record.created_at)
+                if after is not None and created_at <= after:
+                    return
+                if before is not None and created_at >= before:
+                    continue
+                yield HistoryPost(
+                    platform_id=post.uri,
+                    text=post.record.text,
+                    created_at=created_at,
+                    url=self._web_url(post.uri, post.author.handle),
+                    author=post.author.handle,
+                    reactions=self._counts(post),
+                )
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            cursor = page.cursor
+            if not cursor or not page.feed:
+                return
+
+    @staticmethod
+    def _web_url(uri: str, handle: str) -> str:
+        return f"https://bsky.app/profile/{handle}/post/{uri.rsplit('/', 1)[-1]}"
+
+    @staticmethod
+    def _counts(post) -> dict[str, int]:
+        return {
+            "likes": post.like_count or 0,
+            "reposts": post.repost_count or 0,
+            "replies": post.reply_count or 0,
+            "quotes": post.quote_count or 0,
+        }
+
+    def publish(self, text: str, intent_id: str) -> Published:
+        """Create the post under the record key derived from intent_id (see module docstring)."""
+        client = self._api()
+        rkey = record_key_for_intent(intent_id)
+        created_at = utc_now()
+        record = {"$type": POST_COLLECTION, "text": text, "createdAt": created_at.isoformat(timespec="milliseconds") + "Z"}
+        data = {"repo": self._did, "collection": POST_COLLECTION, "rkey": rkey, "record": record}
+        since = created_at - timedelta(days=1)
+        response = self._call(
+            "publishing a post",
+            lambda: client.com.atproto.repo.create_record(data=data),
+            before_retry=lambda: self.find_published(intent_id, text, since),
+        )
+        if isinstance(response, Published):
+            return response
+        return Published(response.uri, self._web_url(response.uri, self.config.handle), created_at)
+
+    def find_published(self, intent_id: str, text: str, since: datetime) -> Published | None:
+        """The record this intent's key names, if it exists and was created since `since`."""
+        client = self._api()
+        params = {"repo": self._did, "collection": POST_COLLECTION, "rkey": record_key_for_intent(intent_id)}
+        try:
+            found = self._call("looking up a published post", lambda: client.com.atproto.repo.get_record(params=params))
+        except PostNotFoundError:
+            return None
+        created_at = parse_time(found.value.created_at)
+        if created_at < since:
+            return None
+        return Published(found.uri, self._web_url(found.uri, self.config.handle), created_at)
+
+    def reactions(self, platform_id: str) -> ReactionSnapshot:
+        client = self._api()
+        page = self._call("reading a post's reactions", lambda: client.app.bsky.feed.get_posts(params={"uris": [platform_id]}))
+        if not page.posts:
+            raise PostNotFoundError(f"Bluesky has no post {platform_id}.", "Check the at:// URI; it may have been deleted.")
+        post = page.posts[0]
+        now = utc_now()
+        return ReactionSnapshot(
+            platform_id=platform_id,
+            observed_at=now,
+            counts=self._counts(post),
+            audience_size=self.audience_size(),
+            post_age_seconds=(now - parse_time(post.record.created_at)).total_seconds(),
+        )
+
+    def audience_size(self) -> int | None:
+        client = self._api()
+        profile = self._call("reading the follower count", lambda: client.app.bsky.actor.get_profile(params={"actor": self.config.handle}))
+        return profile.followers_count
+
+    def health(self) -> FaceHealth:
+        try:
+            self._api()
+        except FaceError as error:
+            return FaceHealth(False, str(error))
+        return FaceHealth(True, f"Signed in to {self.config.service_url} as {self.config.handle}.")

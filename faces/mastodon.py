@@ -1,0 +1,280 @@
+"""Mastodon through Mastodon.py: the account's own statuses, publishing, and their reactions.
+
+- History: GET /api/v1/accounts/:id/statuses, newest first, paged with max_id (reblogs left out).
+- Publish: POST /api/v1/statuses with an Idempotency-Key header = intent_id, so the server itself
+  drops a repeated attempt; before any retry we also look for the status among our own.
+- Reactions: favourites -> likes, reblogs -> reposts, replies -> replies; audience = followers_count.
+- Rate limits and 5xx follow faces.retry (Mastodon.py's own waiting is switched off with
+  ratelimit_method="throw" so there is one retry policy, and a 429's Retry-After is read from
+  the response).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from faces.base import (
+    Capabilities,
+    Face,
+    FaceAuthError,
+    FaceConfig,
+    FaceConfigError,
+    FaceError,
+    FaceHealth,
+    HistoryPost,
+    PostNotFoundError,
+    Published,
+    ReactionSnapshot,
+    as_naive_utc,
+    utc_now,
+)
+from faces.retry import RetryPolicy, Retryable, call_with_retries, retry_after_seconds
+
+TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
+
+
+class MastodonConfig(FaceConfig):
+    """One Mastodon account.
+
+    Defaults:
+        api_base_url = "https://mastodon.social"   the instance
+        token = None                    access token with scopes read write (secret: CROWDTUNE_MASTODON_TOKEN)
+        account_id = None               whose statuses to read; None = the token's own account
+        visibility = "public"           of published statuses: public | unlisted | private
+        page_size = 40                  statuses per history page (Mastodon's maximum)
+        request_timeout = 30.0          seconds per HTTP request
+        find_window_minutes = 10        how far back find_published looks before the first attempt
+        retry = RetryPolicy()           see faces.retry
+    """
+
+    api_base_url: str = "https://mastodon.social"
+    token: SecretStr | None = None
+    account_id: str | None = None
+    visibility: Literal["public", "unlisted", "private"] = "public"
+    page_size: int = Field(default=40, ge=1, le=40)
+    request_timeout: float = Field(default=30.0, gt=0)
+    find_window_minutes: float = Field(default=10.0, ge=0)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class StatusText(HTMLParser):
+    """Mastodon serves status content as HTML; this turns it back into the text that was posted."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "br":
+            self.parts.append("\n")
+        elif tag == "p" and self.parts:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def status_text(content: str) -> str:
+    """Plain text of a status's HTML content."""
+    if "<" not in content:
+        return html.unescape(content)
+    parser = StatusText()
+    parser.feed(content)
+    return "".join(parser.parts).strip()
+
+
+def same_text(a: str, b: str) -> bool:
+    return re.sub(r"\s+", " ", a).strip() == re.sub(r"\s+", " ", b).strip()
+
+
+class MastodonFace(Face):
+    kind = "mastodon"
+    Config = MastodonConfig
+    capabilities = Capabilities(fetch_history=True, publish=True, reactions=True)
+    secret_fields = ("token",)
+
+    def __init__(self, config: MastodonConfig | None = None):
+        super().__init__(config)
+        self._client = None
+        self._account_id: str | None = self.config.account_id
+        self._last_retry_after: float | None = None
+
+    # -- client and errors ----------------------------------------------------------------
+
+    def _api(self):
+        if self._client is None:
+            import requests
+            from mastodon import Mastodon
+
+            if self.config.token is None:
+                raise FaceConfigError("The Mastodon face has no access token.", TOKEN_FIX)
+            session = requests.Session()
+            session.hooks["response"].append(self._remember_rate_limit)
+            self._client = Mastodon(
+                access_token=self.config.token.get_secret_value(),
+                api_base_url=self.config.api_base_url,
+                ratelimit_method="throw",
+                version_check_mode="none",
+                request_timeout=self.config.request_timeout,
+                session=session,
+            )
+        return self._client
+
+    def _remember_rate_limit(self, response, *args, **kwargs):
+        # Mastodon.py's MastodonRatelimitError does not carry the response; keep the wait it asked for.
+        if response.status_code == 429:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            reset = response.headers.get("X-RateLimit-Reset")
+            if wait is None and reset:
+                try:
+                    wait = max(0.0, (as_naive_utc(datetime.fromisoformat(reset)) - utc_now()).total_seconds())
+                except ValueError:
+                    wait = None
+            self._last_retry_after = wait
+        return response
+
+    def _classify(self, error: Exception) -> Retryable | FaceError | None:
+        from mastodon import errors
+
+        if isinstance(error, errors.MastodonRatelimitError):
+            return Retryable("HTTP 429", rate_limited=True, retry_after=self._last_retry_after)
+        if isinstance(error, errors.MastodonServerError):
+            return Retryable(f"HTTP {error.args[1]}")
+        if isinstance(error, errors.MastodonNetworkError):
+            return Retryable("network error")
+        if isinstance(error, errors.MastodonUnauthorizedError):
+            return FaceAuthError(f"Mastodon ({self.config.api_base_url}) rejected the access token (401).", TOKEN_FIX)
+        if isinstance(error, errors.MastodonNotFoundError):
+            return PostNotFoundError(
+                f"Mastodon ({self.config.api_base_url}) has no such status or account (404).",
+                "Check the status id, or account_id in the Mastodon face config; the status may have been deleted.",
+            )
+        if isinstance(error, errors.MastodonAPIError) and len(error.args) > 1 and error.args[1] == 403:
+            return FaceAuthError(
+                f"Mastodon ({self.config.api_base_url}) refused the request (403): the token lacks a scope.",
+                TOKEN_FIX,
+            )
+        if isinstance(error, errors.MastodonAPIError):
+            return FaceError(
+                f"Mastodon ({self.config.api_base_url}) refused the request: {error.args[1:]}.",
+                "Check the post (length, visibility) and the face config.",
+            )
+        return None
+
+    def _call(self, action: str, operation, before_retry=None):
+        return call_with_retries(
+            operation,
+            classify=self._classify,
+            policy=self.config.retry,
+            network="Mastodon",
+            action=action,
+            before_retry=before_retry,
+        )
+
+    def _own_account_id(self) -> str:
+        if self._account_id is None:
+            me = self._call("reading the token's account", lambda: self._api().account_verify_credentials())
+            self._account_id = str(me["id"])
+        return self._account_id
+
+    # -- the face -----------------------------------------------------------------------------
+
+    def _statuses(self) -> Iterator[dict]:
+        """Own statuses newest first, page by page with max_id."""
+        account_id = self._own_account_id()
+        max_id = None
+        while True:
+            page = self._call(
+                "reading statuses",
+                lambda: self._api().account_statuses(
+                    account_id, max_id=max_id, limit=self.config.page_size, exclude_reblogs=True
+                ),
+            )
+            if not page:
+                return
+            yield from page
+            max_id = page[-1]["id"]
+
+    def fetch_history(
+        self, limit: int | None = None, before: datetime | None = None, after: datetime | None = None
+    ) -> Iterator[HistoryPost]:
+        """The account's statuses, newest first (see Face.fetch_history)."""
+        yielded = 0
+        for status in self._statuses():
+            created_at = as_naive_utc(status["created_at"])
+            if after is not None and created_at <= after:
+                return  # newest first: everything further is older still
+            if before is not None and created_at >= before:
+                continue
+            yield HistoryPost(
+                platform_id=str(status["id"]),
+                text=status_text(status["content"]),
+                created_at=created_at,
+                url=status.get("url"),
+                author=status["account"]["acct"],
+                reactions=self._counts(status),
+                audience_size=status["account"].get("followers_count"),
+            )
+            yielded += 1
+            if limit is not None and yielded >= limit:
+                return
+
+    @staticmethod
+    def _counts(status) -> dict[str, int]:
+        return {
+            "likes": int(status["favourites_count"]),
+            "reposts": int(status["reblogs_count"]),
+            "replies": int(status["replies_count"]),
+        }
+
+    def publish(self, text: str, intent_id: str) -> Published:
+        """Post a status; retries carry the same Idempotency-Key and are preceded by find_published."""
+        since = utc_now() - timedelta(minutes=self.config.find_window_minutes)
+        status = self._call(
+            "publishing a status",
+            lambda: self._api().status_post(text, idempotency_key=intent_id, visibility=self.config.visibility),
+            before_retry=lambda: self.find_published(intent_id, text, since),
+        )
+        if isinstance(status, Published):
+            return status
+        return Published(str(status["id"]), status.get("url"), as_naive_utc(status["created_at"]))
+
+    def find_published(self, intent_id: str, text: str, since: datetime) -> Published | None:
+        """Our own status with exactly this text created since `since` (Mastodon does not echo the key)."""
+        for status in self._statuses():
+            created_at = as_naive_utc(status["created_at"])
+            if created_at < since:
+                return None
+            if same_text(status_text(status["content"]), text):
+                return Published(str(status["id"]), status.get("url"), created_at)
+        return None
+
+    def reactions(self, platform_id: str) -> ReactionSnapshot:
+        status = self._call("reading a status's reactions", lambda: self._api().status(platform_id))
+        now = utc_now()
+        created_at = as_naive_utc(status["created_at"])
+        return ReactionSnapshot(
+            platform_id=platform_id,
+            observed_at=now,
+            counts=self._counts(status),
+            audience_size=status["account"].get("followers_count"),
+            post_age_seconds=(now - created_at).total_seconds(),
+        )
+
+    def audience_size(self) -> int | None:
+        me = self._call("reading the follower count", lambda: self._api().account_verify_credentials())
+        return int(me["followers_count"])
+
+    def health(self) -> FaceHealth:
+        try:
+            me = self._call("checking the token", lambda: self._api().account_verify_credentials())
+        except FaceError as error:
+            return FaceHealth(False, str(error))
+        return FaceHealth(True, f"Signed in to {self.config.api_base_url} as @{me['acct']}.")

@@ -1,0 +1,146 @@
+"""Retrying calls to networks: rate limits, server errors, and publishing without duplicates.
+
+Rules (one place for all network faces):
+- 429: wait what the server said (Retry-After); without it, back off like a server error.
+- 5xx and connection errors: exponential backoff with jitter.
+- Attempts are bounded; when they run out the caller gets a FaceRateLimitError or
+  FaceUnavailableError saying what failed and what to do.
+- Anything else (401, 400, ...) is not retried: the face turns it into a clear FaceError.
+- Before a publish is retried, `before_retry` (the face's find_published) is asked whether the
+  failed attempt did create the post after all; if so that post is returned and nothing is resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from faces.base import FaceError, FaceRateLimitError, FaceUnavailableError
+
+log = logging.getLogger(__name__)
+Result = TypeVar("Result")
+
+
+class RetryPolicy(BaseModel):
+    """How hard a network face tries before giving up.
+
+    Defaults:
+        max_attempts = 5                 tries in total, the first included
+        base_delay_seconds = 1.0         first backoff; doubles every attempt, times a jitter in [0.5, 1]
+        max_delay_seconds = 60.0         cap on one backoff
+        max_retry_after_seconds = 300.0  a 429 asking to wait longer than this fails at once
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=5, ge=1)
+    base_delay_seconds: float = Field(default=1.0, ge=0)
+    max_delay_seconds: float = Field(default=60.0, ge=0)
+    max_retry_after_seconds: float = Field(default=300.0, ge=0)
+
+    def backoff_seconds(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay after failed attempt number `attempt` (1-based): exponential, capped, jittered."""
+        rng = rng or random.Random()
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
+        return ceiling * rng.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Retryable:
+    """A failure worth another attempt. `reason` is safe to log (a status, never a token)."""
+
+    reason: str
+    rate_limited: bool = False
+    retry_after: float | None = None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a Retry-After header (seconds, or an HTTP date) into seconds from now; None if absent/unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def call_with_retries(
+    operation: Callable[[], Result],
+    *,
+    classify: Callable[[Exception], Retryable | FaceError | None],
+    policy: RetryPolicy,
+    network: str,
+    action: str,
+    before_retry: Callable[[], Result | None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Result:
+    """Run `operation` until it succeeds, following the rules in the module docstring.
+
+    In: the operation; `classify` maps its exception to Retryable (try again), a FaceError (raise
+    it) or None (re-raise the original); names for messages (`network`, `action`, e.g.
+    "Mastodon", "publishing a status"); an optional `before_retry` that returns a result to stop
+    retrying with (used to find a post a failed publish did create).
+    Out: the operation's result, or `before_retry`'s. Raises FaceRateLimitError /
+    FaceUnavailableError when attempts run out.
+    """
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            return operation()
+        except Exception as error:  # noqa: BLE001 - classify decides what is retryable
+            verdict = classify(error)
+            if verdict is None:
+                raise
+            if isinstance(verdict, FaceError):
+                raise verdict from error
+            if verdict.rate_limited and verdict.retry_after is not None:
+                if verdict.retry_after > policy.max_retry_after_seconds:
+                    raise FaceRateLimitError(
+                        f"{network} rate-limited {action} and asked to wait {verdict.retry_after:.0f} s, "
+                        f"longer than the {policy.max_retry_after_seconds:.0f} s Crowdtune waits.",
+                        "Try again later, or post and collect less often for this face.",
+                    ) from error
+                delay = verdict.retry_after
+            else:
+                delay = policy.backoff_seconds(attempt)
+            if attempt == policy.max_attempts:
+                if verdict.rate_limited:
+                    raise FaceRateLimitError(
+                        f"{network} kept rate-limiting {action} ({verdict.reason}) for {attempt} attempts.",
+                        "Wait a few minutes and try again, or post and collect less often for this face.",
+                    ) from error
+                raise FaceUnavailableError(
+                    f"{network} kept failing while {action} ({verdict.reason}) for {attempt} attempts.",
+                    "Check that the server is up and reachable (its status page, the base URL in the "
+                    "face config) and try again later.",
+                ) from error
+            log.warning(
+                "%s: %s while %s; retrying in %.2f s (attempt %d of %d)",
+                network, verdict.reason, action, delay, attempt, policy.max_attempts,
+            )
+            sleep(delay)
+            if before_retry is not None:
+                # The check is itself retried; if it cannot be made, resending could duplicate
+                # the post, so the error propagates instead.
+                found = call_with_retries(
+                    before_retry, classify=classify, policy=policy, network=network,
+                    action=f"checking whether {action} already happened", sleep=sleep,
+                )
+                if found is not None:
+                    log.info("%s: the failed attempt at %s did succeed; not sending it again", network, action)
+                    return found
+    raise AssertionError("unreachable: the loop returns or raises")

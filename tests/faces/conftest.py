@@ -1,0 +1,171 @@
+"""A real HTTP server on 127.0.0.1 that plays a social network's API for the network-face tests.
+
+Each test registers routes (method + path regex -> handler) answering with bodies shaped like the
+network's documented API, points the real client library at `server.url`, and afterwards asserts
+on `server.requests` (what the client really sent).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # The machine is shared; two threads made small matmuls ~35x slower under load.
+    torch.set_num_threads(1)
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body or b"null")
+
+    def form(self) -> dict[str, list[str]]:
+        return parse_qs(self.body.decode())
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: object = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[SeenRequest, re.Match], Reply]
+
+
+class FakeApi:
+    """Routes requests to handlers and records every request it saw. `api.reply(...)` builds a Reply."""
+
+    reply = staticmethod(Reply)
+
+    def __init__(self):
+        self.routes: list[tuple[str, re.Pattern, Handler]] = []
+        self.requests: list[SeenRequest] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def route(self, method: str, pattern: str, handler: Handler | Reply | list[Reply]) -> None:
+        """Answer `method` requests whose path matches `pattern` (a full-match regex).
+
+        A list of Replies is answered in order, the last one repeating (e.g. [503, 200]).
+        """
+        if isinstance(handler, Reply):
+            reply = handler
+            handler = lambda request, match: reply  # noqa: E731
+        elif isinstance(handler, list):
+            queue = list(handler)
+            handler = lambda request, match: queue.pop(0) if len(queue) > 1 else queue[0]  # noqa: E731
+        self.routes.insert(0, (method, re.compile(pattern), handler))
+
+    def seen(self, method: str, pattern: str) -> list[SeenRequest]:
+        return [r for r in self.requests if r.method == method and re.fullmatch(pattern, r.path)]
+
+    def _handler_class(self):
+        api = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                seen = SeenRequest(self.command, parts.path, parse_qs(parts.query), dict(self.headers), body)
+                api.requests.append(seen)
+                for method, pattern, handler in api.routes:
+                    match = pattern.fullmatch(parts.path)
+                    if method == self.command and match:
+                        reply = handler(seen, match)
+                        break
+                else:
+                    reply = Reply(404, {"error": f"no fake route for {self.command} {parts.path}"})
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                # One request per connection: no client ever reuses a connection the server dropped.
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        return RequestHandler
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeApi()
+    yield api
+    api.close()
+
+
+class LeakCheck:
+    """Exercise a face (successes and failures) and collect everything it could have shown a user."""
+
+    def __init__(self, caplog):
+        caplog.set_level(1)  # every logger, including hikari's TRACE and urllib3/httpx debug lines
+        self.caplog = caplog
+        self.errors: list[BaseException] = []
+
+    def exercise(self, face) -> list[BaseException]:
+        from faces.base import FaceError
+
+        for call in (
+            lambda: list(face.fetch_history(limit=3)),
+            lambda: face.publish("a post", intent_id="leak-check"),
+            lambda: face.reactions("1"),
+            lambda: face.audience_size(),
+            lambda: face.health(),
+        ):
+            try:
+                call()
+            except FaceError as error:
+                self.errors.append(error)
+        return self.errors
+
+    def everything_shown(self, *faces) -> str:
+        shown = [self.caplog.text]
+        for face in faces:
+            shown += [repr(face), str(face), repr(face.config), str(face.config), face.health().message]
+        for error in self.errors:
+            shown += [str(error), repr(error), "".join(traceback.format_exception(error))]
+        return "\n".join(shown)
+
+
+@pytest.fixture
+def leak_check(caplog) -> LeakCheck:
+    return LeakCheck(caplog)

@@ -1,0 +1,197 @@
+"""BlueskyFace against a local server answering like the AT Protocol XRPC API (docs.bsky.app)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from faces.base import FaceAuthError
+from faces.bluesky import BlueskyConfig, BlueskyFace, record_key_for_intent
+from faces.retry import RetryPolicy
+
+HANDLE = "crowd.bsky.social"
+DID = "did:plc:crowdtune0000000000000"
+PASSWORD = "bsky-app-password-7c1e"
+CID = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seconds=0.05)
+
+
+def jwt(payload: dict) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'ES256K', 'typ': 'at+jwt'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
+class FakeBluesky:
+    def __init__(self, api, posts: int = 5):
+        self.api = api
+        start = datetime(2026, 11, 1, 12, 0, 0)
+        self.records: dict[str, dict] = {}  # rkey -> record, oldest first
+        for i in range(posts):
+            self.records[f"3l{i:011d}"] = {
+                "$type": "app.bsky.feed.post", "text": f"sky post {i}",
+                "createdAt": (start + timedelta(hours=i)).isoformat() + ".000Z",
+            }
+        self.created = 0
+        api.route("POST", r"/xrpc/com.atproto.server.createSession", self.create_session)
+        api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", self.author_feed)
+        api.route("POST", r"/xrpc/com.atproto.repo.createRecord", self.create_record)
+        api.route("GET", r"/xrpc/com.atproto.repo.getRecord", self.get_record)
+        api.route("GET", r"/xrpc/app.bsky.feed.getPosts", self.get_posts)
+        api.route("GET", r"/xrpc/app.bsky.actor.getProfile", self.get_profile)
+
+    def uri(self, rkey: str) -> str:
+        return f"at://{DID}/app.bsky.feed.post/{rkey}"
+
+    def post_view(self, rkey: str) -> dict:
+        return {
+            "uri": self.uri(rkey), "cid": CID,
+            "author": {"did": DID, "handle": HANDLE},
+            "record": self.records[rkey], "indexedAt": self.records[rkey]["createdAt"],
+            "likeCount": 11, "repostCount": 3, "replyCount": 2, "quoteCount": 1,
+        }
+
+    def create_session(self, request, match):
+        body = request.json()
+        if body.get("identifier") != HANDLE or body.get("password") != PASSWORD:
+            return self.api.reply(401, {"error": "AuthenticationRequired", "message": "Invalid identifier or password"})
+        token = jwt({"scope": "com.atproto.appPass", "sub": DID, "iat": int(time.time()), "exp": int(time.time()) + 7200})
+        return self.api.reply(200, {"did": DID, "handle": HANDLE, "accessJwt": token, "refreshJwt": token, "active": True})
+
+    def author_feed(self, request, match):
+        limit = int(request.query["limit"][0])
+        offset = int(request.query.get("cursor", ["0"])[0])
+        newest_first = list(self.records)[::-1]
+        page = newest_first[offset : offset + limit]
+        body = {"feed": [{"post": self.post_view(rkey)} for rkey in page]}
+        if offset + limit < len(newest_first):
+            body["cursor"] = str(offset + limit)
+        return self.api.reply(200, body)
+
+    def store(self, request) -> dict:
+        body = request.json()
+        assert body["repo"] == DID and body["collection"] == "app.bsky.feed.post"
+        rkey = body["rkey"]
+        if rkey in self.records:
+            return None
+        self.records[rkey] = body["record"]
+        self.created += 1
+        return {"uri": self.uri(rkey), "cid": CID, "validationStatus": "valid"}
+
+    def create_record(self, request, match):
+        stored = self.store(request)
+        if stored is None:
+            return self.api.reply(400, {"error": "InvalidRequest", "message": "Record already exists"})
+        return self.api.reply(200, stored)
+
+    def get_record(self, request, match):
+        rkey = request.query["rkey"][0]
+        if rkey not in self.records:
+            return self.api.reply(400, {"error": "RecordNotFound", "message": "Could not locate record"})
+        return self.api.reply(200, {"uri": self.uri(rkey), "cid": CID, "value": self.records[rkey]})
+
+    def get_posts(self, request, match):
+        rkeys = [uri.rsplit("/", 1)[-1] for uri in request.query["uris"]]
+        return self.api.reply(200, {"posts": [self.post_view(rkey) for rkey in rkeys if rkey in self.records]})
+
+    def get_profile(self, request, match):
+        return self.api.reply(200, {"did": DID, "handle": HANDLE, "followersCount": 321, "followsCount": 5, "postsCount": 5})
+
+
+def make_face(api, password=PASSWORD, page_size=50) -> BlueskyFace:
+    return BlueskyFace(
+        BlueskyConfig(service_url=api.url, handle=HANDLE, app_password=SecretStr(password), page_size=page_size, retry=FAST_RETRY)
+    )
+
+
+def test_history_pages_with_cursor_newest_first(fake_api):
+    FakeBluesky(fake_api, posts=5)
+    posts = list(make_face(fake_api, page_size=2).fetch_history())
+    assert [p.text for p in posts] == [f"sky post {i}" for i in (4, 3, 2, 1, 0)]
+    assert posts[0].reactions == {"likes": 11, "reposts": 3, "replies": 2, "quotes": 1}
+    assert posts[0].created_at == datetime(2026, 11, 1, 16, 0)
+    pages = fake_api.seen("GET", r"/xrpc/app.bsky.feed.getAuthorFeed")
+    assert [p.query.get("cursor") for p in pages] == [None, ["2"], ["4"]]
+    assert all(p.query["actor"] == [HANDLE] for p in pages)
+
+
+def test_publish_uses_a_record_key_derived_from_the_intent(fake_api):
+    server = FakeBluesky(fake_api)
+    published = make_face(fake_api).publish("hello sky", intent_id="intent-1")
+    rkey = record_key_for_intent("intent-1")
+    assert rkey == record_key_for_intent("intent-1") != record_key_for_intent("intent-2")
+    assert len(rkey) == 13 and rkey[0] in "234567abcdefghij"
+    assert published.platform_id == f"at://{DID}/app.bsky.feed.post/{rkey}"
+    assert server.records[rkey]["text"] == "hello sky" and server.created == 1
+    (create,) = fake_api.seen("POST", r"/xrpc/com.atproto.repo.createRecord")
+    assert create.headers["Authorization"].startswith("Bearer ")
+
+
+def test_reactions_and_audience(fake_api):
+    server = FakeBluesky(fake_api)
+    uri = server.uri(list(server.records)[0])
+    snapshot = make_face(fake_api).reactions(uri)
+    assert snapshot.counts == {"likes": 11, "reposts": 3, "replies": 2, "quotes": 1}
+    assert snapshot.audience_size == 321
+
+
+def test_rate_limit_waits_for_retry_after(fake_api):
+    server = FakeBluesky(fake_api)
+    replies = [fake_api.reply(429, {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}, {"Retry-After": "0.3"})]
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", lambda r, m: replies.pop() if replies else server.author_feed(r, m))
+    started = time.monotonic()
+    posts = list(make_face(fake_api).fetch_history(limit=2))
+    assert time.monotonic() - started >= 0.3 and len(posts) == 2
+    assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getAuthorFeed")) == 2
+
+
+def test_server_error_after_the_record_was_written_does_not_post_twice(fake_api):
+    server = FakeBluesky(fake_api)
+    attempts = []
+
+    def written_but_500(request, match):
+        attempts.append(request)
+        server.store(request)
+        return fake_api.reply(500, {"error": "InternalServerError", "message": "Internal Server Error"})
+
+    fake_api.route("POST", r"/xrpc/com.atproto.repo.createRecord", written_but_500)
+    published = make_face(fake_api).publish("exactly one", intent_id="intent-9")
+    assert server.created == 1 and len(attempts) == 1
+    assert published.platform_id.endswith(record_key_for_intent("intent-9"))
+
+
+def test_server_error_before_writing_retries_with_the_same_key(fake_api):
+    server = FakeBluesky(fake_api)
+    failures = [fake_api.reply(503, {"error": "ServiceUnavailable"})]
+    fake_api.route(
+        "POST", r"/xrpc/com.atproto.repo.createRecord",
+        lambda r, m: failures.pop() if failures else server.create_record(r, m),
+    )
+    make_face(fake_api).publish("second try", intent_id="intent-10")
+    creates = fake_api.seen("POST", r"/xrpc/com.atproto.repo.createRecord")
+    assert len(creates) == 2 and server.created == 1
+    assert {c.json()["rkey"] for c in creates} == {record_key_for_intent("intent-10")}
+
+
+def test_invalid_app_password_names_the_problem_and_the_fix(fake_api):
+    FakeBluesky(fake_api)
+    face = make_face(fake_api, password="wrong")
+    with pytest.raises(FaceAuthError) as raised:
+        list(face.fetch_history())
+    assert "rejected the handle or app password (401)" in str(raised.value)
+    assert "CROWDTUNE_BLUESKY_APP_PASSWORD" in str(raised.value)
+
+
+def test_the_app_password_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
+    server = FakeBluesky(fake_api)
+    good, wrong = make_face(fake_api), make_face(fake_api, password=PASSWORD + "-wrong")
+    leak_check.exercise(good)
+    leak_check.exercise(wrong)
+    assert server.created == 1 and leak_check.errors
+    assert PASSWORD not in leak_check.everything_shown(good, wrong)

@@ -1,0 +1,187 @@
+"""DiscordFace against a local server answering like the Discord REST API v10 (discord.com/developers/docs)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from faces.base import FaceAuthError
+from faces.discord import DiscordConfig, DiscordFace, nonce_for_intent
+from faces.retry import RetryPolicy
+
+TOKEN = "discord-bot-token-55aa"
+CHANNEL = 111222333444555666
+GUILD = 999888777666555444
+BOT_ID = "700000000000000001"
+DISCORD_EPOCH_MS = 1420070400000
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seconds=0.05)
+
+
+def snowflake(moment: datetime, sequence: int = 0) -> str:
+    return str(((int(moment.timestamp() * 1000) - DISCORD_EPOCH_MS) << 22) | sequence)
+
+
+class FakeDiscord:
+    def __init__(self, api, messages: int = 5):
+        self.api = api
+        start = datetime(2026, 11, 1, 12, 0, 0)
+        self.messages = [self.message(f"channel message {i}", start + timedelta(hours=i), author_id="42") for i in range(messages)]
+        self.created = 0
+        self.nonces: dict[str, dict] = {}
+        api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", self.list_messages)
+        api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", self.get_message)
+        api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", self.post_message)
+        api.route("GET", r"/api/v10/users/@me", self.me)
+        api.route("GET", rf"/api/v10/guilds/{GUILD}/preview", self.preview)
+
+    def message(self, content: str, moment: datetime, author_id: str) -> dict:
+        return {
+            "id": snowflake(moment, len(content) % 7), "channel_id": str(CHANNEL), "guild_id": str(GUILD),
+            "author": {"id": author_id, "username": "crowdbot" if author_id == BOT_ID else "someone",
+                       "discriminator": "0", "avatar": None, "global_name": None, "public_flags": 0},
+            "content": content, "timestamp": moment.isoformat() + "+00:00", "edited_timestamp": None,
+            "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
+            "attachments": [], "embeds": [], "pinned": False, "type": 0, "flags": 0,
+            "reactions": [
+                {"count": 4, "count_details": {"burst": 0, "normal": 4}, "me": False, "me_burst": False,
+                 "emoji": {"id": None, "name": "👍"}, "burst_colors": []},
+                {"count": 1, "count_details": {"burst": 0, "normal": 1}, "me": False, "me_burst": False,
+                 "emoji": {"id": None, "name": "🔥"}, "burst_colors": []},
+            ],
+        }
+
+    def authorized(self, request) -> bool:
+        return request.headers.get("Authorization") == f"Bot {TOKEN}"
+
+    def unauthorized(self):
+        return self.api.reply(401, {"message": "401: Unauthorized", "code": 0})
+
+    def list_messages(self, request, match):
+        if not self.authorized(request):
+            return self.unauthorized()
+        limit = int(request.query.get("limit", ["50"])[0])
+        before = request.query.get("before", [None])[0]
+        newest_first = sorted(self.messages, key=lambda m: int(m["id"]), reverse=True)
+        older = [m for m in newest_first if before is None or int(m["id"]) < int(before)]
+        return self.api.reply(200, older[:limit])
+
+    def get_message(self, request, match):
+        found = [m for m in self.messages if m["id"] == match.group(1)]
+        return self.api.reply(200, found[0]) if found else self.api.reply(404, {"message": "Unknown Message", "code": 10008})
+
+    def create(self, request) -> dict:
+        body = request.json()
+        if body.get("enforce_nonce") and body.get("nonce") in self.nonces:
+            return self.nonces[body["nonce"]]
+        self.created += 1
+        message = self.message(body["content"], datetime.utcnow(), author_id=BOT_ID)
+        message["id"] = str(int(message["id"]) + self.created)
+        message["reactions"] = []
+        self.messages.append(message)
+        self.nonces[body.get("nonce")] = message
+        return message
+
+    def post_message(self, request, match):
+        return self.api.reply(200, self.create(request))
+
+    def me(self, request, match):
+        if not self.authorized(request):
+            return self.unauthorized()
+        return self.api.reply(200, {"id": BOT_ID, "username": "crowdbot", "discriminator": "0", "avatar": None,
+                                    "bot": True, "mfa_enabled": False, "flags": 0, "verified": True})
+
+    def preview(self, request, match):
+        return self.api.reply(200, {"id": str(GUILD), "name": "Crowd", "icon": None, "splash": None, "discovery_splash": None,
+                                    "emojis": [], "features": [], "approximate_member_count": 1234,
+                                    "approximate_presence_count": 56, "description": None, "stickers": []})
+
+
+def make_face(api, token=TOKEN, page_size=100) -> DiscordFace:
+    return DiscordFace(DiscordConfig(api_url=f"{api.url}/api/v10", token=SecretStr(token), channel_id=CHANNEL,
+                                     guild_id=GUILD, page_size=page_size, retry=FAST_RETRY))
+
+
+def test_history_pages_with_before_newest_first(fake_api):
+    FakeDiscord(fake_api, messages=5)
+    posts = list(make_face(fake_api, page_size=2).fetch_history())
+    assert [p.text for p in posts] == [f"channel message {i}" for i in (4, 3, 2, 1, 0)]
+    assert posts[0].reactions == {"emoji:👍": 4, "emoji:🔥": 1}
+    assert posts[0].created_at == datetime(2026, 11, 1, 16, 0)
+    pages = fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages")
+    befores = [p.query.get("before", [None])[0] for p in pages]
+    # hikari asks for 100 per request; our pages of 2 continue before the oldest message seen.
+    assert befores[0] is None
+    assert posts[1].platform_id in befores and posts[3].platform_id in befores
+
+
+def test_publish_sends_nonce_with_enforce_nonce(fake_api):
+    server = FakeDiscord(fake_api)
+    published = make_face(fake_api).publish("hello channel", intent_id="intent-3")
+    (sent,) = fake_api.seen("POST", rf"/api/v10/channels/{CHANNEL}/messages")
+    assert sent.json()["nonce"] == nonce_for_intent("intent-3") and sent.json()["enforce_nonce"] is True
+    assert server.created == 1 and published.platform_id == server.messages[-1]["id"]
+
+
+def test_reactions_by_emoji_and_member_count(fake_api):
+    server = FakeDiscord(fake_api)
+    snapshot = make_face(fake_api).reactions(server.messages[0]["id"])
+    assert snapshot.counts == {"emoji:👍": 4, "emoji:🔥": 1}
+    assert snapshot.audience_size == 1234
+
+
+def test_rate_limit_waits_for_retry_after(fake_api):
+    server = FakeDiscord(fake_api)
+    limited = [fake_api.reply(429, {"message": "You are being rate limited.", "retry_after": 0.3, "global": False},
+                              {"Retry-After": "1"})]
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)",
+                   lambda r, m: limited.pop() if limited else server.get_message(r, m))
+    started = time.monotonic()
+    snapshot = make_face(fake_api).reactions(server.messages[0]["id"])
+    assert time.monotonic() - started >= 0.3 and snapshot.counts["emoji:👍"] == 4
+    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 2
+
+
+def test_server_error_after_sending_does_not_post_twice(fake_api):
+    server = FakeDiscord(fake_api)
+    attempts = []
+
+    def sent_but_502(request, match):
+        attempts.append(request)
+        server.create(request)
+        return fake_api.reply(502, {"message": "Bad Gateway"})
+
+    fake_api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", sent_but_502)
+    published = make_face(fake_api).publish("only once", intent_id="intent-4")
+    assert server.created == 1 and len(attempts) == 1
+    assert published.platform_id == server.messages[-1]["id"]
+
+
+def test_server_error_before_sending_retries_and_posts_once(fake_api):
+    server = FakeDiscord(fake_api)
+    failures = [fake_api.reply(500, {"message": "Internal Server Error"})]
+    fake_api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages",
+                   lambda r, m: failures.pop() if failures else server.post_message(r, m))
+    make_face(fake_api).publish("retry me", intent_id="intent-5")
+    assert len(fake_api.seen("POST", rf"/api/v10/channels/{CHANNEL}/messages")) == 2 and server.created == 1
+
+
+def test_invalid_token_names_the_problem_and_the_fix(fake_api):
+    FakeDiscord(fake_api)
+    face = make_face(fake_api, token="wrong")
+    with pytest.raises(FaceAuthError) as raised:
+        list(face.fetch_history())
+    assert "Discord rejected the bot token (401)" in str(raised.value)
+    assert "CROWDTUNE_DISCORD_TOKEN" in str(raised.value)
+    assert not face.health().ok
+
+
+def test_the_bot_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
+    server = FakeDiscord(fake_api)
+    good, wrong = make_face(fake_api), make_face(fake_api, token=TOKEN + "-wrong")
+    leak_check.exercise(good)
+    leak_check.exercise(wrong)
+    assert server.created == 1 and leak_check.errors
+    assert TOKEN not in leak_check.everything_shown(good, wrong)

@@ -1,0 +1,172 @@
+"""RedditFace against a local server answering like Reddit's OAuth API (reddit.com/dev/api)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from faces.base import FaceAuthError
+from faces.reddit import RedditConfig, RedditFace
+from faces.retry import RetryPolicy
+
+CLIENT_ID = "script-app-id"
+CLIENT_SECRET = "reddit-client-secret-9b2d"
+PASSWORD = "reddit-password-1e8f"
+USER = "crowdbot"
+SUBREDDIT = "crowdtune"
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seconds=0.05)
+
+
+class FakeReddit:
+    def __init__(self, api, submissions: int = 5):
+        self.api = api
+        start = datetime(2026, 11, 1, 12, 0, 0)
+        self.submissions = [self.submission(f"r{i}", f"reddit post {i}", start + timedelta(hours=i)) for i in range(submissions)]
+        self.created = 0
+        api.route("POST", r"/api/v1/access_token/?", self.access_token)
+        api.route("GET", rf"/user/{USER}/submitted/?", self.submitted)
+        api.route("POST", r"/api/submit/?", self.submit)
+        api.route("GET", r"/api/info/?", self.info)
+        api.route("GET", rf"/r/{SUBREDDIT}/about/?", self.about)
+
+    def submission(self, submission_id: str, text: str, created_at: datetime) -> dict:
+        return {
+            "id": submission_id, "name": f"t3_{submission_id}", "title": text.splitlines()[0], "selftext": text,
+            "created_utc": (created_at - datetime(1970, 1, 1)).total_seconds(),
+            "permalink": f"/r/{SUBREDDIT}/comments/{submission_id}/post/", "author": USER, "subreddit": SUBREDDIT,
+            "score": 17, "num_comments": 4, "upvote_ratio": 0.93, "subreddit_subscribers": 4321, "is_self": True,
+        }
+
+    def listing(self, children: list[dict], after: str | None) -> dict:
+        return {"kind": "Listing", "data": {"after": after, "before": None, "dist": len(children),
+                                            "children": [{"kind": "t3", "data": c} for c in children]}}
+
+    def access_token(self, request, match):
+        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return self.api.reply(401, {"message": "Unauthorized", "error": 401})
+        form = request.form()
+        if form.get("password") != [PASSWORD]:
+            return self.api.reply(200, {"error": "invalid_grant"})
+        return self.api.reply(200, {"access_token": "oauth-access", "token_type": "bearer", "expires_in": 86400, "scope": "*"})
+
+    def submitted(self, request, match):
+        limit = int(request.query["limit"][0])
+        after = request.query.get("after", [None])[0]
+        newest_first = self.submissions[::-1]
+        start = 0 if after is None else [s["name"] for s in newest_first].index(after) + 1
+        page = newest_first[start : start + limit]
+        more = start + limit < len(newest_first)
+        return self.api.reply(200, self.listing(page, page[-1]["name"] if more and page else None))
+
+    def create(self, request) -> dict:
+        form = {k: v[0] for k, v in request.form().items()}
+        assert form["kind"] == "self" and form["sr"] == SUBREDDIT
+        self.created += 1
+        submission = self.submission(f"new{self.created}", form["text"], datetime.utcnow())
+        submission["title"] = form["title"]
+        self.submissions.append(submission)
+        return submission
+
+    def submit(self, request, match):
+        submission = self.create(request)
+        return self.api.reply(200, {"json": {"errors": [], "data": {
+            "url": f"https://www.reddit.com{submission['permalink']}", "drafts_count": 0,
+            "id": submission["id"], "name": submission["name"]}}})
+
+    def info(self, request, match):
+        wanted = request.query["id"][0]
+        return self.api.reply(200, self.listing([s for s in self.submissions if s["name"] == wanted], None))
+
+    def about(self, request, match):
+        return self.api.reply(200, {"kind": "t5", "data": {"display_name": SUBREDDIT, "subscribers": 4321, "id": "2abc", "name": "t5_2abc"}})
+
+
+def make_face(api, password=PASSWORD, page_size=100) -> RedditFace:
+    return RedditFace(RedditConfig(
+        client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET), username=USER, password=SecretStr(password),
+        subreddit=SUBREDDIT, oauth_url=api.url, reddit_url=api.url, page_size=page_size, retry=FAST_RETRY,
+    ))
+
+
+def test_history_reads_the_users_own_submissions_paged_with_after(fake_api):
+    FakeReddit(fake_api, submissions=5)
+    posts = list(make_face(fake_api, page_size=2).fetch_history())
+    assert [p.text for p in posts] == [f"reddit post {i}" for i in (4, 3, 2, 1, 0)]
+    assert posts[0].reactions == {"likes": 17, "replies": 4, "upvote_ratio_percent": 93}
+    assert posts[0].created_at == datetime(2026, 11, 1, 16, 0) and posts[0].audience_size == 4321
+    pages = fake_api.seen("GET", rf"/user/{USER}/submitted/?")
+    assert [p.query.get("after") for p in pages] == [None, ["t3_r3"], ["t3_r1"]]
+
+
+def test_publish_submits_a_self_post(fake_api):
+    server = FakeReddit(fake_api)
+    published = make_face(fake_api).publish("A title line\nand a body", intent_id="intent-1")
+    (sent,) = fake_api.seen("POST", r"/api/submit/?")
+    form = {k: v[0] for k, v in sent.form().items()}
+    assert form["title"] == "A title line" and form["text"] == "A title line\nand a body"
+    assert server.created == 1 and published.platform_id == "new1"
+
+
+def test_reactions_score_comments_ratio_and_subscribers(fake_api):
+    FakeReddit(fake_api)
+    face = make_face(fake_api)
+    snapshot = face.reactions("r2")
+    assert snapshot.counts == {"likes": 17, "replies": 4, "upvote_ratio_percent": 93}
+    assert snapshot.audience_size == 4321 and face.audience_size() == 4321
+
+
+def test_rate_limit_waits_for_retry_after(fake_api):
+    server = FakeReddit(fake_api)
+    limited = [fake_api.reply(429, {"message": "Too Many Requests", "error": 429}, {"Retry-After": "0.3"})]
+    fake_api.route("GET", r"/api/info/?", lambda r, m: limited.pop() if limited else server.info(r, m))
+    started = time.monotonic()
+    snapshot = make_face(fake_api).reactions("r1")
+    assert time.monotonic() - started >= 0.3 and snapshot.counts["likes"] == 17
+    assert len(fake_api.seen("GET", r"/api/info/?")) == 2
+
+
+def test_server_error_after_submitting_does_not_post_twice(fake_api):
+    server = FakeReddit(fake_api)
+    attempts = []
+
+    def submitted_but_502(request, match):
+        attempts.append(request)
+        server.create(request)
+        return fake_api.reply(502, {"message": "Bad Gateway", "error": 502})
+
+    fake_api.route("POST", r"/api/submit/?", submitted_but_502)
+    published = make_face(fake_api).publish("just once", intent_id="intent-2")
+    assert server.created == 1 and len(attempts) == 1 and published.platform_id == "new1"
+
+
+def test_server_error_before_submitting_retries_and_posts_once(fake_api):
+    server = FakeReddit(fake_api)
+    failures = [fake_api.reply(503, {"message": "Service Unavailable", "error": 503})]
+    fake_api.route("POST", r"/api/submit/?", lambda r, m: failures.pop() if failures else server.submit(r, m))
+    make_face(fake_api).publish("try again", intent_id="intent-3")
+    assert len(fake_api.seen("POST", r"/api/submit/?")) == 2 and server.created == 1
+
+
+def test_invalid_password_names_the_problem_and_the_fix(fake_api):
+    FakeReddit(fake_api)
+    face = make_face(fake_api, password="wrong")
+    with pytest.raises(FaceAuthError) as raised:
+        list(face.fetch_history())
+    assert "Reddit rejected the app credentials or the password" in str(raised.value)
+    assert "CROWDTUNE_REDDIT_PASSWORD" in str(raised.value)
+    assert not face.health().ok
+
+
+def test_the_secret_and_password_never_show_in_reprs_errors_or_logs(fake_api, leak_check):
+    server = FakeReddit(fake_api)
+    good, wrong = make_face(fake_api), make_face(fake_api, password=PASSWORD + "-wrong")
+    leak_check.exercise(good)
+    leak_check.exercise(wrong)
+    assert server.created == 1 and leak_check.errors
+    shown = leak_check.everything_shown(good, wrong)
+    assert PASSWORD not in shown and CLIENT_SECRET not in shown
