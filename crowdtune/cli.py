@@ -126,6 +126,172 @@ def store_init():
     typer.echo(f"Store ready: {settings.store_path}")
 
 
+def parse_assignments(pairs: list[str]) -> dict:
+    """`key=value` pairs as a dict; values are read as JSON when they parse (numbers, lists, true)."""
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise CrowdtuneError(f"{pair!r} is not of the form key=value.", "Write settings like --set max_steps=50.")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+face_app = typer.Typer(help="Faces: where posts come from and go to.", no_args_is_help=True)
+app.add_typer(face_app, name="face")
+
+
+@face_app.command("add")
+@friendly
+def face_add(
+    face_id: str = typer.Argument(..., help="A name for the face, e.g. tweets."),
+    kind: str = typer.Option(..., help="dataset, sandbox, mastodon, bluesky, discord or reddit."),
+    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),
+):
+    """Create or update a face. Tokens are never given here: see README, Secrets."""
+    from crowdtune.actions import save_face
+    from crowdtune.queue import connect
+
+    save_face(connect(load_settings()), face_id, kind, parse_assignments(set_))
+    typer.echo(f"Face {face_id} ({kind}) saved.")
+
+
+@face_app.command("list")
+@friendly
+def face_list():
+    """List the faces in the store."""
+    from crowdtune.store.reads import StoreReader, faces
+
+    for face in faces(StoreReader.from_settings(load_settings())):
+        typer.echo(f"{face['face_id']}: {face['kind']} {json.dumps(face['config'])}")
+
+
+def follow_job(job, label: str, poll: float = 0.5) -> dict | None:
+    """Show a job's progress until it ends; return its result, or exit 1 if it failed."""
+    import time
+
+    last_step = -1
+    with typer.progressbar(length=1, label=label) as bar:
+        while True:
+            status = job.get_status(refresh=True)
+            progress = job.get_meta(refresh=True).get("progress") or {}
+            total, step = progress.get("total"), progress.get("step") or 0
+            if total and bar.length != total:
+                bar.length = total
+            if step != last_step and total:
+                bar.update(step - max(last_step, 0))
+                bar.label = f"{label} loss {progress['loss']:.3f}" if progress.get("loss") is not None else label
+                last_step = step
+            if status is not None and status.value in ("finished", "failed", "stopped", "canceled"):
+                break
+            time.sleep(poll)
+    result = job.latest_result()
+    if status.value != "finished":
+        error = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+        typer.secho(f"Job {job.id} {status.value}: {error}", fg="red", err=True)
+        raise typer.Exit(1)
+    return result.return_value if result else None
+
+
+@app.command("import")
+@friendly
+def import_(
+    face: str = typer.Option(..., "--face", help="The face to import from (see `crowdtune face list`)."),
+    limit: Optional[int] = typer.Option(None, help="Import at most this many posts."),
+    wait: bool = typer.Option(True, help="Follow the job until it ends."),
+):
+    """Import a face's history into the store (runs on a worker)."""
+    from crowdtune.actions import start_import
+    from crowdtune.queue import connect
+
+    job = start_import(connect(load_settings()), face, limit)
+    typer.echo(f"Import job {job.id} queued.")
+    if wait:
+        result = follow_job(job, f"importing {face}")
+        typer.echo(f"Imported {result['imported']} posts; {result['problem_count']} row(s) not imported.")
+        for problem in result["problems"][:20]:
+            typer.echo(f"  line {problem['line']}: {problem['reason']}")
+
+
+train_app = typer.Typer(help="Training runs.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("offline")
+@friendly
+def train_offline(
+    face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
+    base_model: Optional[str] = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
+    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
+    wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
+):
+    """Fine-tune with LoRA on a face's posts (runs on a `train` worker)."""
+    from pydantic import ValidationError
+
+    from crowdtune.actions import start_offline_training
+    from crowdtune.queue import connect
+    from crowdtune.training.sft import SFTConfig
+
+    overrides = parse_assignments(set_)
+    try:
+        config = SFTConfig(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CrowdtuneError(f"Invalid training settings: {problems}",
+                             "See `crowdtune train offline --help` and SFTConfig's documented defaults.") from None
+    run_id, job = start_offline_training(connect(load_settings()), face, config.model_dump(mode="json"),
+                                         base_model=base_model)
+    typer.echo(f"Run {run_id} queued. Stop it with `crowdtune stop {run_id}`.")
+    if wait:
+        result = follow_job(job, f"training {run_id}")
+        typer.echo(f"Run {run_id} {result['stopped_reason']} after {result['steps']} steps; "
+                   f"best val loss {result['best_val_loss']}; version {result['version_id']}.")
+
+
+@app.command()
+@friendly
+def stop(run_id: str = typer.Argument(..., help="The run to stop (see the Training page or `crowdtune status`).")):
+    """Ask a run to stop gracefully: it saves a checkpoint and a loadable version."""
+    from crowdtune.actions import stop_run
+    from crowdtune.queue import connect
+
+    stop_run(connect(load_settings()), run_id)
+    typer.echo(f"Stop requested for {run_id}.")
+
+
+@app.command()
+@friendly
+def recover():
+    """Requeue jobs whose worker on this machine died (workers also do this when they start)."""
+    from crowdtune.queue import connect
+    from crowdtune.recovery import requeue_orphans
+
+    requeued = requeue_orphans(connect(load_settings()))
+    typer.echo(f"Requeued {len(requeued)} job(s)" + (": " + ", ".join(requeued) if requeued else "."))
+
+
+@app.command()
+@friendly
+def generate(
+    version: Optional[str] = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
+    base_model: Optional[str] = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
+    count: int = typer.Option(5, min=1, max=200, help="How many posts."),
+    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
+    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),
+):
+    """Print sampled posts from a version (runs on a worker; nothing is published)."""
+    from crowdtune.actions import generate_samples
+    from crowdtune.queue import connect
+
+    job = generate_samples(connect(load_settings()), version, base_model, count, parse_assignments(set_), prompt)
+    for i, post in enumerate(follow_job(job, "sampling") or [], start=1):
+        mark = "" if post["kept"] else f"  [rejected: {post['rejected']}]"
+        typer.echo(f"{i}. {post['text']}{mark}")
+
+
 def main() -> None:
     try:
         app()

@@ -16,12 +16,14 @@ the `jobs` package run: a job naming anything else fails without being imported.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import logging
 import os
 import pkgutil
 import random
+import signal
 import socket
 import threading
 import time
@@ -123,6 +125,13 @@ class _AuditMixin:
             self._audit(job, queue, **values)
 
 
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class PreloadedWorker(_AuditMixin, Worker):
     """Forking worker for `train` and `default`, with the ML stack imported once."""
 
@@ -135,6 +144,18 @@ class PreloadedWorker(_AuditMixin, Worker):
         kwargs.setdefault("name", _worker_name("worker"))
         super().__init__(*args, **kwargs)
         preload()
+
+    def main_work_horse(self, job, queue):
+        # RQ puts the horse in its own process group: without this, a SIGKILLed worker would
+        # leave its job running, and the requeued copy would train on the same checkpoint.
+        _die_with_parent()
+        return super().main_work_horse(job, queue)
+
+    def work(self, *args, **kwargs):
+        from crowdtune.recovery import requeue_orphans
+
+        requeue_orphans(self.connection)
+        return super().work(*args, **kwargs)
 
 
 class StoreWorker(SimpleWorker):
@@ -188,7 +209,10 @@ class StoreWorker(SimpleWorker):
             pass
 
     def work(self, *args, **kwargs):
+        from crowdtune.recovery import requeue_orphans
+
         self.acquire_lease()
+        requeue_orphans(self.connection)
         try:
             return super().work(*args, **kwargs)
         finally:

@@ -18,3 +18,14 @@ def apply_write(write_id: str, ops: list[dict]) -> int:
         log.warning("store write %s waiting %.0f s: the file is held by %s", write_id, waited, holder)
 
     return apply_to_file(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait)
+
+
+def read_named(name: str, params: dict):
+    """Run one of the store's named reads for a job on another machine (see crowdtune.store.remote)."""
+    from crowdtune.store.reads import NAMED_READS, StoreReader
+
+    settings = load_settings()
+    reader = StoreReader(settings.store_path, wait_seconds=settings.store_lock_wait_seconds)
+    from crowdtune.store.writes import plain
+
+    return plain(NAMED_READS[name](reader, **params))  # timestamps as ISO text: results travel as JSON

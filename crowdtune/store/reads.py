@@ -87,3 +87,42 @@ def recent_jobs(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
 def job_record(reader: StoreReader, job_id: str) -> dict | None:
     df = reader.frame("SELECT * FROM jobs WHERE job_id = ?", [job_id])
     return None if df.empty else df.iloc[0].to_dict()
+
+
+def training_posts(reader: StoreReader, face_id: str) -> list[dict]:
+    """A face's imported posts (text, created_at as ISO text, score) for offline training, oldest first."""
+    df = reader.frame(
+        "SELECT post_id, text, strftime(created_at, '%Y-%m-%dT%H:%M:%S') AS created_at, score "
+        "FROM posts WHERE face_id = ? AND origin = 'imported' ORDER BY created_at NULLS FIRST, post_id",
+        [face_id],
+    )
+    return [] if df.empty else df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def face_record(reader: StoreReader, face_id: str) -> dict | None:
+    """A face's kind, config and scorer (dicts) and active version, or None if it does not exist."""
+    import json
+
+    rows = reader.rows("SELECT kind, config, scorer, active_version_id FROM faces WHERE face_id = ?", [face_id])
+    if not rows:
+        return None
+    kind, config, scorer, active = rows[0]
+    return {"face_id": face_id, "kind": kind, "config": json.loads(config) if config else {},
+            "scorer": json.loads(scorer) if scorer else {}, "active_version_id": active}
+
+
+def faces(reader: StoreReader) -> list[dict]:
+    return [face_record(reader, row[0]) for row in reader.rows("SELECT face_id FROM faces ORDER BY face_id")]
+
+
+def model_version(reader: StoreReader, version_id: str) -> dict | None:
+    df = reader.frame("SELECT * FROM model_versions WHERE version_id = ?", [version_id])
+    return None if df.empty else df.astype(object).where(df.notna(), None).iloc[0].to_dict()
+
+
+# Reads that workers on other machines may ask the store worker for (see crowdtune.store.remote).
+NAMED_READS = {
+    "training_posts": training_posts,
+    "face_record": face_record,
+    "model_version": model_version,
+}

@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
         updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
     );
     """,
+    # 2: a scorer per face (how its reactions become a score; see crowdtune.scoring.ScorerConfig)
+    """
+    ALTER TABLE faces ADD COLUMN scorer JSON;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

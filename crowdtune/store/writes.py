@@ -8,7 +8,9 @@ wait in Redis, which persists them, and catch up in order.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
+import re
 import uuid
 from typing import Any, Iterable
 
@@ -26,7 +28,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Make a value JSON-safe for the queue: timestamps become naive-UTC ISO strings."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -37,12 +39,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _plain(value.item())
+        return plain(value.item())
     return value
+
+
+def _job_id(write_id: str) -> str:
+    """An RQ job id (letters, digits, _ and - only) that is unique per write id."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", write_id)[:80]
+    return f"store-{readable}-{hashlib.sha1(write_id.encode()).hexdigest()[:10]}"
 
 
 def _checked_table(table: str) -> str:
@@ -67,8 +75,8 @@ class StoreWriter:
             QUEUE_STORE,
             "jobs.store.apply_write",
             write_id,
-            _plain(ops),
-            job_id=f"store-{write_id}",
+            plain(ops),
+            job_id=_job_id(write_id),
             timeout=-1,  # the file may be held by someone else for a long time: wait, never fail
             retries=_RETRIES,
             retry_intervals=[1, 5, 30],

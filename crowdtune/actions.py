@@ -1,0 +1,112 @@
+"""What the app and the CLI can ask Crowdtune to do. Each action writes through the store queue
+and/or enqueues a job; none trains or calls a face itself, so both stay responsive.
+
+Every function takes a Redis connection (from crowdtune.queue.connect) and plain data. Job
+arguments never carry secrets: workers read tokens from their own environment or secrets file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+from rq.job import Job
+
+from crowdtune import control
+from crowdtune.queue import enqueue
+from crowdtune.settings import QUEUE_DEFAULT, QUEUE_TRAIN
+from crowdtune.store.writes import StoreWriter, utc_now
+
+# Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
+TRAINING_TIMEOUT = 30 * 24 * 3600
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{utc_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def save_face(conn: redis.Redis, face_id: str, kind: str, config: dict[str, Any],
+              scorer: dict[str, Any] | None = None) -> str:
+    """Create or update a face. The config is validated by the face kind's typed Config and must not
+    hold secrets (those come from the environment or the secrets file). Returns the write id."""
+    from crowdtune.scoring import ScorerConfig
+
+    validate_face_config(kind, config)
+    row = {"face_id": face_id, "kind": kind, "config": config}
+    if scorer is not None:
+        row["scorer"] = ScorerConfig(**scorer).model_dump()
+    return StoreWriter(conn).upsert("faces", [row])
+
+
+def validate_face_config(kind: str, config: dict[str, Any]) -> None:
+    """Check a face config against its kind's typed Config; raise CrowdtuneError naming the field.
+
+    Secret fields are checked on the worker that uses the face (tokens live in its environment),
+    and must not appear here at all.
+    """
+    from pydantic import ValidationError
+
+    from crowdtune.errors import SettingsError
+    from faces.registry import FACE_KINDS
+
+    face_class = FACE_KINDS.get(kind)
+    if face_class is None:
+        raise SettingsError(f"Unknown face kind {kind!r}.", f"Use one of: {', '.join(sorted(FACE_KINDS))}.")
+    leaked = [name for name in face_class.secret_fields if name in config]
+    if leaked:
+        raise SettingsError(
+            f"The {kind} face config must not contain secrets ({', '.join(leaked)}).",
+            "Put tokens in environment variables or the secrets file (see README, Secrets).",
+        )
+    placeholders = {name: "placeholder" for name in face_class.secret_fields}
+    try:
+        face_class.Config(**{**config, **placeholders})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"Invalid {kind} face config: {problems}",
+                            f"Correct the config; the {kind} face's Config documents every field.") from None
+
+
+def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
+    """Import (or refresh) a face's history into the store, on the `default` queue."""
+    return enqueue(conn, QUEUE_DEFAULT, "jobs.imports.import_history", face_id, limit=limit,
+                   description=f"import history of {face_id}", timeout=6 * 3600, meta={"face_id": face_id})
+
+
+def start_offline_training(
+    conn: redis.Redis,
+    face_id: str,
+    config: dict[str, Any],
+    base_model: str | None = None,
+    parent_version_id: str | None = None,
+) -> tuple[str, Job]:
+    """Queue supervised LoRA training on a face's posts. Returns (run_id, job)."""
+    run_id = new_id("offline")
+    StoreWriter(conn).upsert("runs", [{
+        "run_id": run_id, "kind": "offline", "face_id": face_id, "status": "queued", "config": config,
+        "base_model": base_model, "parent_version_id": parent_version_id, "job_id": run_id,
+    }])
+    job = enqueue(conn, QUEUE_TRAIN, "jobs.offline.train_offline", run_id, face_id, config,
+                  base_model=base_model, parent_version_id=parent_version_id, job_id=run_id,
+                  timeout=TRAINING_TIMEOUT, description=f"offline training on {face_id}",
+                  meta={"run_id": run_id, "face_id": face_id, "kind": "offline"})
+    return run_id, job
+
+
+def stop_run(conn: redis.Redis, run_id: str) -> None:
+    """Ask a run to stop gracefully (checkpoint saved, state `stopped`)."""
+    control.request_stop(conn, run_id)
+
+
+def set_active_version(conn: redis.Redis, face_id: str, version_id: str | None) -> str:
+    """Choose the model version that publishes on a face (None: the base model); also a rollback."""
+    return StoreWriter(conn).update("faces", {"face_id": face_id}, {"active_version_id": version_id})
+
+
+def generate_samples(conn: redis.Redis, version_id: str | None, base_model: str | None, count: int,
+                     generation: dict[str, Any] | None = None, prompts: list[str] | None = None) -> Job:
+    """Sample posts from a version (or a base model) without publishing; the job returns them."""
+    return enqueue(conn, QUEUE_DEFAULT, "jobs.generate.sample_posts", version_id, base_model, count,
+                   generation or {}, prompts or [], timeout=3600,
+                   description=f"samples from {version_id or base_model or 'the default model'}")

@@ -1,0 +1,62 @@
+"""Where model versions and run checkpoints live: under `artifacts_url`, any fsspec URL.
+
+Layout:
+    <artifacts_url>/versions/<version_id>/       a PEFT adapter folder (+ crowdtune_version.json)
+    <artifacts_url>/checkpoints/<run_id>/        what a run needs to resume on any worker
+
+With a local artifacts folder a run checkpoints straight into it. With a remote one (s3://...)
+it checkpoints to a local folder and mirrors that folder up after each evaluation, so a run
+whose worker died resumes on another machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def version_url(artifacts_url: str, version_id: str) -> str:
+    return join(artifacts_url, "versions", version_id)
+
+
+def checkpoint_url(artifacts_url: str, run_id: str) -> str:
+    return join(artifacts_url, "checkpoints", run_id)
+
+
+def is_local(url: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(url)
+    return isinstance(fs, LocalFileSystem)
+
+
+def local_path(url: str) -> Path:
+    _, path = fsspec.core.url_to_fs(url)
+    return Path(path)
+
+
+def mirror_up(local_dir: Path, url: str) -> None:
+    """Copy a local folder's files to `url` (overwriting), files first, then a marker of completeness."""
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file() and not path.name.endswith(".tmp"):
+            remote = join(root, path.relative_to(local_dir).as_posix())
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(path), remote)
+
+
+def mirror_down(url: str, local_dir: Path) -> bool:
+    """Fetch a mirrored folder into `local_dir` if it exists remotely; return whether it did."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return False
+    local_dir = Path(local_dir)
+    shutil.rmtree(local_dir, ignore_errors=True)
+    local_dir.mkdir(parents=True)
+    fs.get(root.rstrip("/") + "/", str(local_dir) + "/", recursive=True)
+    return True

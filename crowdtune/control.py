@@ -1,0 +1,25 @@
+"""Control flags: how the app and the CLI ask a running job to stop, without killing it.
+
+Each flag lives in its own Redis key (not in the job's meta, which RQ rewrites whole), and a
+Lightning callback in the job reads it between steps. SIGKILL stays the fallback.
+"""
+
+from __future__ import annotations
+
+import redis
+
+_STOP = "crowdtune:stop:{run_id}"
+_STOP_TTL = 7 * 24 * 3600
+
+
+def request_stop(conn: redis.Redis, run_id: str) -> None:
+    """Ask the run to stop at its next step; it saves a checkpoint and ends in state `stopped`."""
+    conn.set(_STOP.format(run_id=run_id), "1", ex=_STOP_TTL)
+
+
+def stop_requested(conn: redis.Redis, run_id: str) -> bool:
+    return bool(conn.exists(_STOP.format(run_id=run_id)))
+
+
+def clear_stop(conn: redis.Redis, run_id: str) -> None:
+    conn.delete(_STOP.format(run_id=run_id))

@@ -1,0 +1,144 @@
+"""Guards on generated posts: copying of training posts, diversity, closeness to the channel's style.
+
+- copy rate: share of samples that reproduce a training post, either by a long exact word
+  n-gram in common (>= `min_ngram` words, or about half of a short post) found through a hashed
+  n-gram index, or by a near-duplicate embedding (cosine >= `embedding_threshold`).
+- distinct-n: unique n-grams / all n-grams over a set of samples (1.0 = no repetition).
+- style similarity: mean cosine of sample embeddings to the centroid of held-out posts, beside
+  the same figure for real training posts (the reference a good model should reach).
+
+Words, not model tokens, are the unit: the guards then mean the same for every base model and
+can run where no tokenizer is loaded (e.g. before publishing).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+WORD = re.compile(r"\w+|[^\w\s]")
+
+Embedder = Callable[[list[str]], np.ndarray]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks, the unit of all guards."""
+    return WORD.findall(text.lower())
+
+
+def _default_embedder() -> Embedder:
+    from crowdtune.embeddings import embed
+
+    return embed
+
+
+def _ngram_hashes(tokens: list[str], n: int) -> set[int]:
+    return {hash(tuple(tokens[i : i + n])) for i in range(len(tokens) - n + 1)}
+
+
+class CopyIndex:
+    """Finds samples that reproduce one of the training posts.
+
+    A sample copies post P (of L words) when they share a run of k consecutive words with
+    k = min(min_ngram, max(ceil(short_fraction * L), min(L, min_short_ngram))): 12 words for
+    long posts, about half of a short post, the whole of a very short one. Optionally, a sample
+    whose embedding has cosine >= embedding_threshold with any training post is a copy too
+    (catches copies with small edits). Training-post embeddings are computed on first use.
+    """
+
+    def __init__(
+        self,
+        posts: list[str],
+        *,
+        min_ngram: int = 12,
+        short_fraction: float = 0.5,
+        min_short_ngram: int = 6,
+        embedding_threshold: float | None = 0.95,
+        embedder: Embedder | None = None,
+    ):
+        self.posts = list(posts)
+        self.embedding_threshold = embedding_threshold
+        self._embedder = embedder
+        self._post_vectors: np.ndarray | None = None
+        # hashes of the required-length n-grams, grouped by that length (at most min_ngram groups)
+        self.hashes: dict[int, set[int]] = {}
+        for text in self.posts:
+            tokens = words(text)
+            if not tokens:
+                continue
+            k = min(min_ngram, max(math.ceil(short_fraction * len(tokens)), min(len(tokens), min_short_ngram)))
+            self.hashes.setdefault(k, set()).update(_ngram_hashes(tokens, k))
+
+    def ngram_copies(self, samples: list[str]) -> list[bool]:
+        """Per sample: does it share a long enough exact word run with a training post?"""
+        flags = []
+        for text in samples:
+            tokens = words(text)
+            flags.append(any(_ngram_hashes(tokens, k) & hashes for k, hashes in self.hashes.items()))
+        return flags
+
+    def embedding_copies(self, samples: list[str]) -> list[bool]:
+        """Per sample: is it a near-duplicate (cosine >= threshold) of a training post?"""
+        if self.embedding_threshold is None or not samples or not self.posts:
+            return [False] * len(samples)
+        embed = self._embedder or _default_embedder()
+        if self._post_vectors is None:
+            self._post_vectors = embed(self.posts)
+        best = (embed(samples) @ self._post_vectors.T).max(axis=1)
+        return [bool(c >= self.embedding_threshold) for c in best]
+
+    def copy_flags(self, samples: list[str]) -> list[bool]:
+        """Per sample: is it a copy of a training post by either test?"""
+        by_ngram = self.ngram_copies(samples)
+        # only embed the samples the cheap test did not already catch
+        rest = [i for i, flag in enumerate(by_ngram) if not flag]
+        for i, flag in zip(rest, self.embedding_copies([samples[i] for i in rest])):
+            by_ngram[i] = flag
+        return by_ngram
+
+    def copy_rate(self, samples: list[str]) -> float:
+        """Share of samples that copy a training post (0.0 for no samples)."""
+        return float(np.mean(self.copy_flags(samples))) if samples else 0.0
+
+
+def distinct_n(samples: list[str], n: int) -> float:
+    """Unique word n-grams / total word n-grams over all samples (0.0 when there are none)."""
+    grams = [tuple(t[i : i + n]) for t in map(words, samples) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class StyleProbe:
+    """Measures how close samples sit to the channel's recent style.
+
+    In: held-out (recent) posts, whose embedding centroid is the target, and reference posts
+    (e.g. training posts) whose mean cosine to that centroid is what real posts score.
+    """
+
+    def __init__(self, heldout: list[str], reference: list[str], *, embedder: Embedder | None = None):
+        self._embed = embedder or _default_embedder()
+        centroid = self._embed(heldout).mean(axis=0)
+        self.centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+        self.reference = self.similarity(reference)
+
+    def similarity(self, samples: list[str]) -> float:
+        """Mean cosine of the samples' embeddings to the held-out centroid (0.0 for none)."""
+        if not samples:
+            return 0.0
+        return float((self._embed(samples) @ self.centroid).mean())
+
+
+def guard_metrics(samples: list[str], copy_index: CopyIndex, style: StyleProbe | None = None) -> dict[str, float]:
+    """All guard figures for one set of samples, named as training logs them."""
+    metrics = {
+        "copy_rate": copy_index.copy_rate(samples),
+        "distinct_1": distinct_n(samples, 1),
+        "distinct_2": distinct_n(samples, 2),
+        "mean_words": float(np.mean([len(words(s)) for s in samples])) if samples else 0.0,
+    }
+    if style is not None:
+        metrics["style_similarity"] = style.similarity(samples)
+        metrics["style_reference"] = style.reference
+    return metrics

@@ -1,0 +1,497 @@
+"""Supervised fine-tuning (LoRA) of a base model on a channel's posts.
+
+`train_sft(config, posts, base_model, ...)` is the whole thing: it loads the base model, wraps it
+with LoRA, packs the posts (crowdtune.training.data), runs a Lightning Trainer and reports
+through plain callbacks, so the RQ job that calls it stays thin:
+
+    on_metrics(step, {name: value})            at every evaluation (after its checkpoint is saved)
+    on_progress(step, total, loss, eta_seconds) every `progress_every` optimizer steps
+    should_stop() -> bool                      polled every batch; True stops gracefully
+
+Everything that must survive a crash lives in `checkpoint_dir`:
+    last.ckpt            Lightning checkpoint (adapter weights, optimizer, scheduler, loop, monitor state)
+    adapter-step<N>/     the best adapter so far (a plain PEFT adapter folder)
+    emitted.json         the last step whose metrics reached on_metrics
+    result.json          written when the run has finished (completed or early-stopped)
+Running again with the same folder resumes from last.ckpt; step numbers continue and no
+(metric, step) pair is emitted twice. A finished run returns its stored result at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pydantic import BaseModel, Field
+
+from crowdtune.training.data import PostsDataModule
+from crowdtune.training.generation import GenerationConfig, sample
+from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
+from crowdtune.training.models import DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model
+
+MetricsSink = Callable[[int, dict[str, float]], None]
+ProgressSink = Callable[[int, int, float, float], None]
+
+
+class SFTConfig(BaseModel):
+    """Settings of one supervised fine-tuning run.
+
+    Defaults:
+        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.05
+        lora_targets = "all-linear"        or a list of module names (e.g. ["q_proj", "v_proj"])
+        learning_rate = 2e-4               peak, reached after warm-up
+        weight_decay = 0.0                 AdamW
+        warmup_steps = 10                  linear warm-up, then cosine decay to min_lr_ratio * peak
+        min_lr_ratio = 0.1
+        grad_clip = 1.0                    max gradient norm; None = off
+        batch_size = 8                     blocks per micro-batch (per device)
+        block_size = 128                   tokens per packed block
+        accumulate_grad_batches = 1        micro-batches per optimizer step
+        max_steps = 200                    optimizer steps
+        max_epochs = None                  also stop after this many passes over the data
+        eval_every = 20                    optimizer steps between evaluations
+        max_val_batches = 8                validation micro-batches per evaluation; None = all
+        early_stopping_patience = 3        evaluations without improvement before stopping; None = off
+        early_stopping_min_delta = 0.0     improvement in val_loss that counts
+        val_fraction = 0.1                 newest share of posts held out for validation
+        lowercase = False
+        precision = "auto"                 "bf16-mixed" on GPUs that support it, else "32-true"
+        accelerator = "auto", devices = "auto"
+        seed = 1234
+        eval_samples = 16                  posts sampled per evaluation for the guards; 0 = none
+        eval_max_new_tokens = 48
+        eval_temperature = 1.0, eval_top_p = 0.95
+        copy_min_ngram = 12                words in common that make a sample a copy
+        copy_embedding_threshold = 0.95    cosine that makes a sample a near-copy; None = n-grams only
+        style_metrics = True               embed samples to measure style similarity
+        progress_every = 5                 optimizer steps between on_progress calls
+        num_workers = 0                    DataLoader workers
+        chunked_loss = True                compute head + loss in chunks (much less memory, same loss)
+    """
+
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_targets: str | list[str] = "all-linear"
+    learning_rate: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    block_size: int = Field(128, ge=8)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    max_steps: int = Field(200, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    eval_every: int = Field(20, ge=1)
+    max_val_batches: int | None = Field(8, ge=1)
+    early_stopping_patience: int | None = Field(3, ge=1)
+    early_stopping_min_delta: float = Field(0.0, ge=0.0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    lowercase: bool = False
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    seed: int = 1234
+    eval_samples: int = Field(16, ge=0)
+    eval_max_new_tokens: int = Field(48, ge=1)
+    eval_temperature: float = Field(1.0, ge=0.0)
+    eval_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    copy_min_ngram: int = Field(12, ge=2)
+    copy_embedding_threshold: float | None = Field(0.95, gt=0.0, le=1.0)
+    style_metrics: bool = True
+    progress_every: int = Field(5, ge=1)
+    num_workers: int = Field(0, ge=0)
+    chunked_loss: bool = True
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "32-true"
+
+
+@dataclass
+class SFTResult:
+    """What a run produced.
+
+    adapter_dir: local PEFT adapter folder of the best evaluation (or of the last step when the
+        run stopped before any evaluation); hand it to models.save_version
+    best_step / best_val_loss: the evaluation it comes from (None if there was none)
+    metrics: one dict per evaluation, {"step": ..., name: value}, over all attempts of the run
+    stopped_reason: "completed" | "early_stopped" | "stopped"
+    steps: optimizer steps done in total
+    data: sizes and padding of the packed data (PostsDataModule.stats)
+    tokens_per_second: real (non-padding) training tokens per second in this attempt
+    """
+
+    adapter_dir: Path
+    best_step: int | None
+    best_val_loss: float | None
+    metrics: list[dict]
+    stopped_reason: str
+    steps: int
+    base_model: str
+    data: dict = field(default_factory=dict)
+    tokens_per_second: float = 0.0
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate: linear warm-up, then cosine decay to min_lr_ratio."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int = 256) -> torch.Tensor:
+    """Mean next-token cross-entropy over labels != -100, as `model(**batch).loss`, with less memory.
+
+    The full [batch, seq, vocab] logits (200 MB for 8 x 128 tokens of a 49k vocabulary, held
+    three times over by softmax and backward) are never built: the output head and the loss run
+    on `chunk_tokens` rows at a time under activation checkpointing, so backward recomputes each
+    chunk's logits instead of keeping them. Assumes the head is the plain output embedding (true
+    for GPT-2/Llama-style models; models with logit soft-capping should not use it).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    head = base.get_output_embeddings()
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    labels = batch["labels"][:, 1:].reshape(-1)
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(head(h).float(), y, ignore_index=-100, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
+        if torch.is_grad_enabled():
+            total = total + torch.utils.checkpoint.checkpoint(chunk_loss, h, y, use_reentrant=False)
+        else:
+            total = total + chunk_loss(h, y)
+    return total / (labels != -100).sum().clamp(min=1)
+
+
+class SFTModule(pl.LightningModule):
+    """Causal-LM loss on packed blocks; only the LoRA weights train (and are checkpointed)."""
+
+    def __init__(self, model: torch.nn.Module, config: SFTConfig, total_steps: int):
+        super().__init__()
+        self.model = model
+        self.model.train()  # from_pretrained leaves eval mode, which would disable LoRA dropout
+        self.config = config
+        self.total_steps = total_steps
+        # checkpoints carry only the trainable (adapter) weights: the base model is reloaded
+        self.strict_loading = False
+        # running sums since the last evaluation; per process, reduced across devices when read
+        self.train_loss_sum = 0.0
+        self.train_loss_count = 0
+        self.last_loss = float("nan")
+        self.real_tokens = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.last_loss = loss.item()
+        self.train_loss_sum += self.last_loss
+        self.train_loss_count += 1
+        self.real_tokens += int(batch["attention_mask"].sum())
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # weight each batch by its real tokens so the last, padded block does not count double
+        tokens = batch["attention_mask"].sum()
+        loss = self.loss(batch)
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
+        return loss
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.config.chunked_loss:
+            return causal_lm_loss(self.model, batch)
+        return self.model(**batch).loss
+
+    def take_train_loss(self) -> float:
+        """Mean training loss since the last call, averaged over devices."""
+        mean = self.train_loss_sum / max(1, self.train_loss_count)
+        self.train_loss_sum, self.train_loss_count = 0.0, 0
+        reduced = self.trainer.strategy.reduce(torch.tensor(mean, device=self.device), reduce_op="mean")
+        return float(reduced)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        schedule = lr_lambda(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+class StopFlag(pl.Callback):
+    """Polls `should_stop()` after every batch; any device saying True stops all of them."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+        self.fired = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.strategy.reduce_boolean_decision(bool(self.should_stop()), all=False):
+            self.fired = True
+            trainer.should_stop = True
+
+
+class ProgressReport(pl.Callback):
+    """Calls on_progress(step, total, loss, eta_seconds) every `every` optimizer steps (rank 0)."""
+
+    def __init__(self, on_progress: ProgressSink, total: int, every: int):
+        self.on_progress, self.total, self.every = on_progress, total, every
+        self.start_time, self.start_step, self.last_step = 0.0, 0, -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_time, self.start_step = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self.last_step or step % self.every or not trainer.is_global_zero:
+            return
+        self.last_step = step
+        per_step = (time.monotonic() - self.start_time) / max(1, step - self.start_step)
+        self.on_progress(step, self.total, pl_module.last_loss, per_step * max(0, self.total - step))
+
+
+class Evaluation(pl.Callback):
+    """After each validation: guard metrics, early stopping, best adapter, checkpoint, emission.
+
+    Order matters for crash safety: the best adapter and last.ckpt are written before the
+    metrics are emitted, and emitted.json records what was emitted, so a resumed run neither
+    repeats nor loses a (metric, step) pair.
+    """
+
+    def __init__(self, config: SFTConfig, checkpoint_dir: Path, tokenizer, copy_index: CopyIndex,
+                 style: StyleProbe | None, on_metrics: MetricsSink | None):
+        self.config = config
+        self.dir = checkpoint_dir
+        self.tokenizer = tokenizer
+        self.copy_index = copy_index
+        self.style = style
+        self.on_metrics = on_metrics
+        # state saved in checkpoints
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.early_stopped = False
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "early_stopped": self.early_stopped, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def emitted_step(self) -> int:
+        path = self.dir / "emitted.json"
+        return json.loads(path.read_text())["step"] if path.is_file() else -1
+
+    def emit(self, trainer) -> None:
+        """Send every evaluation not yet emitted, oldest first (rank 0 only)."""
+        if not trainer.is_global_zero:
+            return
+        done = self.emitted_step
+        for row in self.history:
+            if row["step"] > done:
+                if self.on_metrics is not None:
+                    self.on_metrics(row["step"], {k: v for k, v in row.items() if k != "step"})
+                _write_json_atomic(self.dir / "emitted.json", {"step": row["step"]})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.emit(trainer)  # evaluations checkpointed by a run that died before emitting them
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        cfg, step = self.config, trainer.global_step
+        val_loss = float(trainer.callback_metrics["val_loss"])
+        train_loss = pl_module.take_train_loss()
+        metrics = {
+            "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 50.0)),
+            "train_loss": train_loss,
+            "gap": val_loss - train_loss,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        if cfg.eval_samples and trainer.is_global_zero:
+            generation = GenerationConfig(num_samples=cfg.eval_samples, batch_size=cfg.eval_samples,
+                                          max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature,
+                                          top_p=cfg.eval_top_p, seed=cfg.seed + step)
+            texts = [s.text for s in sample(pl_module.model, self.tokenizer, generation)]
+            metrics.update(guard_metrics(texts, self.copy_index, self.style))
+
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss - cfg.early_stopping_min_delta
+        if improved:
+            self.best_val_loss, self.best_step, self.bad_evals = val_loss, step, 0
+            if trainer.is_global_zero:
+                save_adapter(pl_module.model, self.dir / f"adapter-step{step}")
+        else:
+            self.bad_evals += 1
+            if cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience:
+                self.early_stopped = True
+                trainer.should_stop = True
+        metrics["best_val_loss"] = self.best_val_loss
+        self.history.append({"step": step, **metrics})
+        save_checkpoint(trainer, self.dir)
+        if trainer.is_global_zero:
+            _prune_adapters(self.dir, keep=self.best_step)
+        self.emit(trainer)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=float))
+    os.replace(tmp, path)
+
+
+def save_adapter(model, folder: Path) -> None:
+    """Write a PEFT adapter folder atomically (temp folder, then rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def save_checkpoint(trainer: pl.Trainer, folder: Path) -> None:
+    """Write last.ckpt atomically (all ranks call this; rank 0 writes)."""
+    tmp = folder / "last.ckpt.tmp"
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, folder / "last.ckpt")
+
+
+def _prune_adapters(folder: Path, keep: int | None) -> None:
+    for path in folder.glob("adapter-step*"):
+        if path.name != f"adapter-step{keep}":
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def train_sft(
+    config: SFTConfig,
+    posts: list[dict],
+    base_model: str = DEFAULT_BASE_MODEL,
+    *,
+    model_cache_dir: str | Path = DEFAULT_MODEL_CACHE,
+    on_metrics: MetricsSink | None = None,
+    on_progress: ProgressSink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+) -> SFTResult:
+    """Fine-tune `base_model` with LoRA on `posts` (dicts with text and created_at).
+
+    Sinks are described in the module docstring. `checkpoint_dir` (a local folder; a fresh temp
+    folder if None) holds checkpoints and the best adapter; with `resume`, a run killed earlier
+    continues from its last checkpoint. Raises ModelError / DatasetError for unusable settings.
+    Returns an SFTResult whose adapter_dir is the best adapter.
+    """
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else Path(tempfile.mkdtemp(prefix="crowdtune-sft-"))
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (checkpoint_dir / "result.json").is_file():
+        stored = json.loads((checkpoint_dir / "result.json").read_text())
+        return SFTResult(**{**stored, "adapter_dir": Path(stored["adapter_dir"])})
+    if not resume:
+        for path in checkpoint_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    model, tokenizer = load_base_model(base_model, cache_dir=model_cache_dir)
+    data = PostsDataModule(posts, tokenizer, block_size=config.block_size, batch_size=config.batch_size,
+                           val_fraction=config.val_fraction, lowercase=config.lowercase, num_workers=config.num_workers)
+    model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                     target_modules=config.lora_targets)
+
+    steps_per_epoch = math.ceil(len(data.train_blocks.input_ids) / config.batch_size / config.accumulate_grad_batches)
+    total = config.max_steps if config.max_epochs is None else min(config.max_steps, config.max_epochs * steps_per_epoch)
+    module = SFTModule(model, config, total)
+
+    train_texts = [p.text for p in data.train_posts]
+    copy_index = CopyIndex(train_texts, min_ngram=config.copy_min_ngram,
+                           embedding_threshold=config.copy_embedding_threshold)
+    style = None
+    if config.style_metrics and config.eval_samples:
+        # a fixed, seeded subset keeps the probe cheap on large channels
+        generator = torch.Generator().manual_seed(config.seed)
+        ref = [train_texts[i] for i in torch.randperm(len(train_texts), generator=generator)[:256].tolist()]
+        style = StyleProbe([p.text for p in data.val_posts][-256:], ref)
+    evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, on_metrics)
+    callbacks: list[pl.Callback] = [evaluation]
+    if on_progress is not None:
+        callbacks.append(ProgressReport(on_progress, total, config.progress_every))
+    stop_flag = StopFlag(should_stop) if should_stop is not None else None
+    if stop_flag:
+        callbacks.append(stop_flag)
+
+    trainer = pl.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        precision=config.resolved_precision(),
+        max_steps=config.max_steps,
+        max_epochs=config.max_epochs if config.max_epochs is not None else -1,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.grad_clip,
+        # validation counts micro-batches; across epochs, not per epoch
+        val_check_interval=config.eval_every * config.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        limit_val_batches=config.max_val_batches,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,  # Evaluation writes last.ckpt and the best adapter itself
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=checkpoint_dir,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    started = time.monotonic()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    elapsed = time.monotonic() - started
+
+    if stop_flag and stop_flag.fired:
+        reason = "stopped"
+    elif evaluation.early_stopped:
+        reason = "early_stopped"
+    else:
+        reason = "completed"
+    # a checkpoint at the very end, so that a stopped run resumes exactly where it stopped
+    save_checkpoint(trainer, checkpoint_dir)
+    if evaluation.best_step is not None:
+        adapter_dir = checkpoint_dir / f"adapter-step{evaluation.best_step}"
+    else:
+        adapter_dir = checkpoint_dir / f"adapter-step{trainer.global_step}"
+        if trainer.is_global_zero:
+            save_adapter(model, adapter_dir)
+    result = SFTResult(
+        adapter_dir=adapter_dir, best_step=evaluation.best_step, best_val_loss=evaluation.best_val_loss,
+        metrics=list(evaluation.history), stopped_reason=reason, steps=trainer.global_step, base_model=base_model,
+        data=data.stats(), tokens_per_second=module.real_tokens / elapsed if elapsed > 0 else 0.0,
+    )
+    if reason != "stopped" and trainer.is_global_zero:
+        _write_json_atomic(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
+    return result

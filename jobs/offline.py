@@ -1,0 +1,97 @@
+"""Offline training job (queue `train`): supervised LoRA fine-tuning on a face's imported posts.
+
+Reports progress in the job's meta (`progress`: step, total, loss, eta_seconds), writes metrics
+and the resulting model version through the store queue, stops gracefully on a control flag, and
+resumes from its checkpoint when it runs again after its worker was killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from rq import get_current_job
+
+from crowdtune import artifacts, control
+from crowdtune.errors import CrowdtuneError
+from crowdtune.queue import connect
+from crowdtune.settings import load_settings
+from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.writes import StoreWriter, utc_now
+from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
+from crowdtune.training.sft import SFTConfig, train_sft
+
+log = logging.getLogger(__name__)
+
+
+def train_offline(run_id: str, face_id: str, config: dict, base_model: str | None = None,
+                  parent_version_id: str | None = None) -> dict:
+    """Train, register the best adapter as a model version, and return a summary of the run."""
+    settings = load_settings()
+    conn = connect(settings)
+    writer = StoreWriter(conn)
+    job = get_current_job()
+    base_model = base_model or DEFAULT_BASE_MODEL
+    writer.update("runs", {"run_id": run_id}, {"status": "running", "started_at": utc_now(), "error": None})
+    try:
+        sft_config = SFTConfig(**config)
+        posts = read_via_store_worker(conn, "training_posts", face_id=face_id)
+        if not posts:
+            raise CrowdtuneError(f"The face {face_id!r} has no imported posts to train on.",
+                                 f"Import its history first: `crowdtune import --face {face_id}` or the Training page.")
+
+        remote_checkpoints = artifacts.checkpoint_url(settings.artifacts, run_id)
+        if artifacts.is_local(remote_checkpoints):
+            checkpoint_dir, mirrored = artifacts.local_path(remote_checkpoints), False
+        else:
+            checkpoint_dir, mirrored = settings.data_dir / "checkpoints" / run_id, True
+            if not (checkpoint_dir / "last.ckpt").exists():
+                artifacts.mirror_down(remote_checkpoints, checkpoint_dir)
+        resumed = (checkpoint_dir / "last.ckpt").exists()
+
+        def on_metrics(step: int, values: dict[str, float]) -> None:
+            rows = [{"run_id": run_id, "name": name, "step": step, "value": value}
+                    for name, value in values.items() if value is not None]
+            # A deterministic write id: a step re-emitted after a crash is applied once.
+            writer.upsert("metrics", rows, write_id=f"metrics:{run_id}:{step}")
+            if mirrored:
+                artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
+
+        def on_progress(step: int, total: int, loss: float, eta: float) -> None:
+            if job is not None:
+                job.meta["progress"] = {"step": step, "total": total, "loss": loss, "eta_seconds": eta}
+                job.save_meta()
+
+        result = train_sft(
+            sft_config, posts, base_model,
+            model_cache_dir=settings.data_dir / "models",
+            on_metrics=on_metrics, on_progress=on_progress,
+            should_stop=lambda: control.stop_requested(conn, run_id),
+            checkpoint_dir=checkpoint_dir, resume=True,
+        )
+
+        version_id = f"{run_id}-step{result.best_step if result.best_step is not None else result.steps}"
+        url = artifacts.version_url(settings.artifacts, version_id)
+        best = next((m for m in result.metrics if m.get("step") == result.best_step), {})
+        save_version(result.adapter_dir, url, base_model=base_model,
+                     metadata={"version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id})
+        writer.submit([
+            {"op": "upsert", "table": "model_versions", "rows": [{
+                "version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id,
+                "base_model": base_model, "artifact_url": url, "step": result.best_step or result.steps,
+                "metrics": {k: v for k, v in best.items() if k != "step"},
+                "note": f"offline {result.stopped_reason}",
+            }]},
+            {"op": "update", "table": "runs", "where": {"run_id": run_id},
+             "set": {"status": result.stopped_reason, "ended_at": utc_now()}},
+        ], write_id=f"finish:{run_id}")
+        control.clear_stop(conn, run_id)
+        if mirrored:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return {"run_id": run_id, "version_id": version_id, "resumed": resumed, "artifact_url": url, "stopped_reason": result.stopped_reason,
+                "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+                "tokens_per_second": result.tokens_per_second, "data": result.data}
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, CrowdtuneError) else f"{type(exc).__name__}: {exc}"
+        writer.update("runs", {"run_id": run_id}, {"status": "failed", "ended_at": utc_now(), "error": message[:2000]})
+        raise
