@@ -64,6 +64,27 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def default_faces(settings: Settings) -> list[dict]:
+    """What a new store starts with: the bundled real tweets to learn from, and a simulated
+    audience (grounded in those tweets' likes) to publish to. A day passes in 24 minutes."""
+    return [
+        {"face_id": "tweets", "kind": "dataset", "config": {"source": "trump_tweets"}},
+        {"face_id": "sandbox", "kind": "sandbox", "config": {
+            "state_url": str((settings.data_dir / "sandbox").absolute()), "time_acceleration": 60.0}},
+    ]
+
+
+def seed_default_faces(settings: Settings) -> None:
+    """Add the default faces to a store that has none (never touches a store that has faces)."""
+    from crowdtune.store.reads import StoreReader
+    from crowdtune.store.writer import apply_write
+
+    if StoreReader(settings.store_path).scalar("SELECT count(*) FROM faces", default=0):
+        return
+    apply_write(settings.store_path, "default-faces-v1",
+                [{"op": "upsert", "table": "faces", "rows": default_faces(settings)}], wait_seconds=30)
+
+
 @dataclass
 class Child:
     name: str
@@ -127,6 +148,7 @@ class Supervisor:
             self.redis.start()
         connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
         initialise(self.settings.store_path)
+        seed_default_faces(self.settings)
         self.children = self.plan()
         for child in self.children:
             self._spawn(child)

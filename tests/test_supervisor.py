@@ -31,6 +31,10 @@ def test_up_serves_the_app_with_live_workers_and_ctrl_c_stops_everything(setting
         conn = connect(settings)
         wait_for(lambda: len(Worker.all(connection=conn)) == 1 + len(settings.worker_queues), timeout=120,
                  message="all workers to register")
+        from crowdtune.store.reads import StoreReader
+
+        faces = StoreReader(settings.store_path).rows("SELECT face_id, kind FROM faces ORDER BY face_id")
+        assert faces == [("sandbox", "sandbox"), ("tweets", "dataset")]  # a working default to start from
         out.seek(0)
         assert f"Crowdtune is up: http://localhost:{port}" in out.read()
         family = [psutil.Process(up.pid), *psutil.Process(up.pid).children(recursive=True)]
