@@ -1,0 +1,150 @@
+"""Policy gradient with a learned baseline, importance weights and a KL leash (the default).
+
+Real reactions are scarce, so each one is used many times, safely:
+
+- advantage = reward - baseline, the baseline being learned across updates (an exponential
+  moving average of the face's rewards, kept in state_dir) rather than re-estimated from the
+  handful of posts in one batch;
+- the batch is trained on for several epochs together with a replay buffer of earlier posts;
+  since those were sampled by older policies, each post's gradient is weighted by its
+  sequence-level importance weight w = exp((log pi - log mu) / n) against the logprob recorded
+  when it was sampled (mu), clipped PPO-style to [1 - eps, 1 + eps]:
+
+      loss = -mean(min(w * A, clip(w, 1 - eps, 1 + eps) * A)) + kl_coef * KL(pi || reference)
+
+- the KL penalty to the reference model (the base with the adapter turned off) keeps the
+  policy from drifting into text the audience model (or the audience) was never asked about.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from pydantic import Field
+
+from crowdtune.training.rl.update import (
+    PolicyModule,
+    RLConfig,
+    UpdateInputs,
+    UpdateResult,
+    encode_rollouts,
+    finish,
+    fit,
+    importance_weights,
+    load_policy,
+    read_state,
+    reward_figures,
+    sequence_stats,
+    stored_result,
+    usable_posts,
+    write_state,
+)
+
+STATE_FILE = "policy_gradient.json"
+
+
+class PolicyGradientConfig(RLConfig):
+    """Settings of a policy-gradient update.
+
+    Defaults:
+        epochs = 4                         passes over (batch + replay) per update
+        minibatch_size = 16                posts per optimizer step
+        replay_posts = 64                  earlier posts kept in state_dir and trained on again; 0 = off
+        clip_epsilon = 0.2                 importance weights are clipped to [1 - eps, 1 + eps]
+        kl_coef = 0.05                     weight of KL(policy || reference) in the loss
+        baseline_rate = 0.1                how fast the learned baseline follows rewards (per post)
+        learning_rate = 2e-4, weight_decay = 0.0, grad_clip = 1.0
+        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
+        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0   (sampling policy)
+        max_new_tokens = 40, eval_samples = 8
+        copy_min_ngram = 12, copy_embedding_threshold = 0.95
+        precision = "auto", accelerator = "auto", checkpoint_every = 1
+    """
+
+    epochs: int = Field(4, ge=1)
+    minibatch_size: int = Field(16, ge=1)
+    replay_posts: int = Field(64, ge=0)
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0)
+    kl_coef: float = Field(0.05, ge=0.0)
+    baseline_rate: float = Field(0.1, gt=0.0, le=1.0)
+    learning_rate: float = Field(2e-4, gt=0.0)
+
+
+class PolicyGradientModule(PolicyModule):
+    def __init__(self, model, tokenizer, config: PolicyGradientConfig, posts: list[dict], advantages: list[float],
+                 order: list[list[int]]):
+        super().__init__(model, tokenizer, config)
+        self.posts, self.advantages, self.order = posts, advantages, order
+
+    def training_step(self, index, batch_idx):
+        cfg = self.config
+        rows = self.order[int(index)]
+        posts = [self.posts[i] for i in rows]
+        rollouts = encode_rollouts(self.tokenizer, [p.get("prompt", "") for p in posts],
+                                   [p["token_ids"] for p in posts]).to(self.device)
+        stats = sequence_stats(self.model, rollouts, cfg, eos=self.tokenizer.eos_token_id, reference=cfg.kl_coef > 0)
+        recorded = torch.tensor([float(p["logprob"]) for p in posts], device=self.device)
+        advantages = torch.tensor([self.advantages[i] for i in rows], device=self.device)
+        weights = importance_weights(stats.logprob, recorded, stats.n_tokens)
+        clipped = weights.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon)
+        surrogate = torch.minimum(weights * advantages, clipped * advantages)
+        loss = -surrogate.mean() + cfg.kl_coef * stats.kl
+        clip_fraction = ((weights * advantages) > (clipped * advantages)).float().mean()
+        self.record(loss, kl=stats.kl, entropy=stats.entropy, importance_weight_mean=weights.mean(),
+                    clip_fraction=clip_fraction)
+        return loss
+
+
+def minibatch_order(n: int, epochs: int, size: int, seed: int) -> list[list[int]]:
+    """Shuffled minibatches of row indices, `epochs` passes over n rows."""
+    rng = random.Random(seed)
+    order = []
+    for _ in range(epochs):
+        rows = list(range(n))
+        rng.shuffle(rows)
+        order.extend(rows[i:i + size] for i in range(0, n, size))
+    return order
+
+
+def update(config: PolicyGradientConfig, inputs: UpdateInputs) -> UpdateResult:
+    """Several clipped, importance-weighted epochs over batch + replay (see the module docstring)."""
+    done = stored_result(inputs.checkpoint_dir)
+    if done is not None:
+        return done
+    state_path = inputs.state_dir / STATE_FILE
+    state = read_state(state_path, {"baseline": None, "seen": [], "replay": []})
+    new = usable_posts(inputs.batch)
+    new_ids = {p.get("post_id") for p in new}
+    replay = [p for p in state["replay"] if p.get("post_id") not in new_ids][-config.replay_posts:] \
+        if config.replay_posts else []
+    posts = new + replay
+    rewards = [float(p["reward"]) for p in new]
+    # the baseline as it was before this batch: the state only moves once per post id (below)
+    baseline = state["baseline"] if state["baseline"] is not None else 0.0
+    advantages = [float(p["reward"]) - baseline for p in posts]
+
+    model, tokenizer = load_policy(inputs, config)
+    metrics = {**reward_figures(rewards), "baseline": baseline, "replayed_posts": float(len(replay))}
+    stopped = False
+    if posts:
+        order = minibatch_order(len(posts), config.epochs, config.minibatch_size, inputs.seed)
+        module = PolicyGradientModule(model, tokenizer, config, posts, advantages, order)
+        stopped = fit(module, len(order), inputs)
+        metrics.update(module.mean_step_metrics())
+        metrics["steps"] = len(module.step_metrics)
+    if not stopped:
+        seen = set(state["seen"])
+        b = state["baseline"]
+        for p in new:
+            if p.get("post_id") in seen:
+                continue
+            b = float(p["reward"]) if b is None else b + config.baseline_rate * (float(p["reward"]) - b)
+            seen.add(p.get("post_id"))
+        keep = ("post_id", "prompt", "token_ids", "logprob", "reward")
+        replay_out = (replay + [{k: p.get(k) for k in keep} for p in new])[-config.replay_posts:] \
+            if config.replay_posts else []
+        write_state(state_path, {"baseline": b, "seen": list(seen)[-5000:], "replay": replay_out})
+    metrics.setdefault("kl", math.nan)
+    return finish(model, tokenizer, config, inputs, metrics, stopped=stopped)

@@ -1,0 +1,173 @@
+"""train_sft for real on the tiny model: early stopping, copy metric, stop flag, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from peft import PeftModel
+
+from crowdtune.errors import CrowdtuneError
+from crowdtune.training.data import DatasetError
+from crowdtune.training.generation import GenerationConfig, sample
+from crowdtune.training.guards import CopyIndex
+from crowdtune.training.models import ModelError, load_base_model
+from crowdtune.training.sft import SFTConfig, lr_lambda, train_sft
+
+# Small, fast settings shared by the tests: no embedding model unless a test needs it.
+FAST = dict(batch_size=4, block_size=32, learning_rate=1e-2, warmup_steps=0, lora_rank=16, lora_alpha=32,
+            lora_dropout=0.0, eval_samples=0, style_metrics=False, copy_embedding_threshold=None)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factor = lr_lambda(warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == 1.0 and factor(12) == pytest.approx(0.55) and factor(20) == pytest.approx(0.1)
+
+
+def test_early_stopping_fires_on_a_dataset_built_to_overfit(tiny_model_dir, fresh_posts, tmp_path):
+    # 10 posts to memorise, 10 newer ones to validate on: val loss must turn up while train loss falls
+    config = SFTConfig(**FAST, max_steps=400, eval_every=10, early_stopping_patience=2, val_fraction=0.5, min_lr_ratio=1.0)
+    seen: list[tuple[int, dict]] = []
+    result = train_sft(config, fresh_posts[:20], tiny_model_dir, checkpoint_dir=tmp_path,
+                       on_metrics=lambda step, m: seen.append((step, m)))
+    assert result.stopped_reason == "early_stopped"
+    assert result.steps < 400
+    val = {step: m["val_loss"] for step, m in seen}
+    assert result.best_step == min(val, key=val.get) and result.best_val_loss == min(val.values())
+    # stopped after exactly `patience` evaluations without improvement
+    assert [s for s in val if s > result.best_step] == [result.best_step + 10, result.best_step + 20]
+    assert seen[-1][1]["train_loss"] < seen[0][1]["train_loss"]  # it kept learning the training posts
+    assert seen[-1][1]["gap"] > seen[0][1]["gap"]
+    assert result.adapter_dir == tmp_path / f"adapter-step{result.best_step}"
+    assert sorted(p.name for p in tmp_path.glob("adapter-step*")) == [result.adapter_dir.name]
+
+
+def test_copy_rate_catches_a_memorising_model_but_not_a_fresh_one(tiny_model_dir, fresh_posts, tmp_path):
+    handful = fresh_posts[:10]
+    config = SFTConfig(**{**FAST, "eval_samples": 16}, max_steps=300, eval_every=100, early_stopping_patience=None,
+                       min_lr_ratio=1.0, eval_temperature=0.7)
+    result = train_sft(config, handful, tiny_model_dir, checkpoint_dir=tmp_path)
+    memorised = result.metrics[-1]
+    assert memorised["step"] == 300 and memorised["copy_rate"] >= 0.5
+    assert memorised["distinct_2"] < 0.8
+
+    model, tokenizer = load_base_model(tiny_model_dir)
+    fresh = sample(model, tokenizer, GenerationConfig(num_samples=16, max_new_tokens=48, temperature=0.7, top_p=0.95, seed=1))
+    train_texts = sorted(handful, key=lambda p: p["created_at"])[:9]
+    assert CopyIndex([p["text"] for p in train_texts], embedding_threshold=None).copy_rate([s.text for s in fresh]) <= 0.1
+
+
+def test_guard_and_style_metrics_are_reported_at_each_evaluation(tiny_model_dir, fresh_posts, tmp_path):
+    config = SFTConfig(**{**FAST, "eval_samples": 4, "style_metrics": True, "copy_embedding_threshold": 0.95},
+                       max_steps=10, eval_every=5, eval_max_new_tokens=16)
+    progress = []
+    result = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
+                       on_progress=lambda *args: progress.append(args))
+    assert [m["step"] for m in result.metrics] == [5, 10]
+    for name in ["val_loss", "val_ppl", "train_loss", "gap", "copy_rate", "distinct_1", "distinct_2",
+                 "style_similarity", "style_reference"]:
+        assert name in result.metrics[-1]
+    assert [p[0] for p in progress] == [5, 10] and progress[-1][1] == 10 and progress[-1][3] == 0.0
+    assert result.data["train_padding_fraction"] < 0.05
+
+
+def test_should_stop_leaves_a_loadable_adapter(tiny_model_dir, fresh_posts, tmp_path):
+    steps = []
+    config = SFTConfig(**FAST, max_steps=200, eval_every=50, progress_every=1)
+    result = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
+                       on_progress=lambda step, *_: steps.append(step), should_stop=lambda: len(steps) >= 7)
+    assert result.stopped_reason == "stopped"
+    # Lightning validates once more when stopped mid-epoch: the stop step gets its evaluation
+    assert result.steps == 7 and result.best_step == 7 and [m["step"] for m in result.metrics] == [7]
+    base, _ = load_base_model(tiny_model_dir)
+    PeftModel.from_pretrained(base, str(result.adapter_dir))
+    assert (tmp_path / "last.ckpt").is_file() and not (tmp_path / "result.json").exists()
+
+
+def test_bad_settings_raise_clear_errors(tiny_model_dir, fresh_posts, tmp_path):
+    config = SFTConfig(**FAST, max_steps=2)
+    with pytest.raises(ModelError, match="no-such-model"):
+        train_sft(config, fresh_posts, "no-such-org/no-such-model", checkpoint_dir=tmp_path / "a")
+    with pytest.raises(DatasetError, match="empty"):
+        train_sft(config, [{"text": "https://t.co/x", "created_at": 0}], tiny_model_dir, checkpoint_dir=tmp_path / "b")
+    with pytest.raises(ModelError, match="q_proj") as error:
+        train_sft(config.model_copy(update={"lora_targets": ["q_proj"]}), fresh_posts, tiny_model_dir,
+                  checkpoint_dir=tmp_path / "c")
+    assert isinstance(error.value, CrowdtuneError) and "c_attn" in error.value.fix
+
+
+CHILD = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from crowdtune.training.sft import SFTConfig, train_sft
+config = SFTConfig.model_validate_json(sys.argv[1])
+posts = json.loads(open(sys.argv[2]).read())
+log = open(sys.argv[4], "a")
+def on_metrics(step, metrics):
+    log.write(json.dumps({"step": step, "names": sorted(metrics)}) + "\\n"); log.flush()
+train_sft(config, posts, sys.argv[3], checkpoint_dir=sys.argv[5], on_metrics=on_metrics,
+          on_progress=lambda *a: time.sleep(0.15))  # slow enough to be killed mid-run
+"""
+
+
+def test_kill_and_resume_continues_steps_without_repeating_metrics(tiny_model_dir, fresh_posts, tmp_path):
+    config = SFTConfig(**FAST, max_steps=40, eval_every=5, progress_every=1, early_stopping_patience=None)
+    posts = tmp_path / "posts.json"
+    posts.write_text(json.dumps([{"text": p["text"], "created_at": str(p["created_at"])} for p in fresh_posts[:80]]))
+    log, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, config.model_dump_json(), str(posts), tiny_model_dir,
+                              str(log), str(checkpoints)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not ((checkpoints / "last.ckpt").is_file() and log.is_file() and log.read_text().count("\n") >= 2):
+        assert child.poll() is None, "the training process ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    first = [json.loads(line) for line in log.read_text().splitlines()]
+    assert first[-1]["step"] < 40, "killed too late to test resuming"
+
+    second: list[tuple[int, str]] = []
+    progress: list[int] = []
+    result = train_sft(config, json.loads(posts.read_text()), tiny_model_dir, checkpoint_dir=checkpoints,
+                       on_metrics=lambda step, m: second.extend((step, name) for name in m),
+                       on_progress=lambda step, *_: progress.append(step))
+    emitted = [(row["step"], name) for row in first for name in row["names"]] + second
+    assert len(emitted) == len(set(emitted)), "a (metric, step) pair was emitted twice"
+    assert sorted({step for step, _ in emitted}) == list(range(5, 41, 5))
+    assert min(step for step, _ in second) > first[-1]["step"]
+    assert progress[0] > 1 and progress[-1] == 40  # resumed mid-run, not from step 0
+    assert result.steps == 40 and result.stopped_reason == "completed"
+    assert [m["step"] for m in result.metrics] == list(range(5, 41, 5))
+    # running a finished run again returns its stored result without training
+    again = train_sft(config, [], tiny_model_dir, checkpoint_dir=checkpoints)
+    assert again.steps == 40 and again.adapter_dir == result.adapter_dir
+
+
+def test_chunked_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, fresh_posts):
+    import torch
+
+    from crowdtune.training.data import PostsDataModule
+    from crowdtune.training.models import add_lora
+    from crowdtune.training.sft import causal_lm_loss
+
+    model, tokenizer = load_base_model(tiny_model_dir)
+    model = add_lora(model, rank=4, dropout=0.0)
+    batch = next(iter(PostsDataModule(fresh_posts[:40], tokenizer, block_size=32, batch_size=4).val_dataloader()))
+    reference = model(**batch).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    chunked = causal_lm_loss(model, batch, chunk_tokens=7)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(reference.item(), abs=1e-5)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(param.grad, expected[name], atol=1e-6), name
