@@ -110,3 +110,71 @@ def generate_samples(conn: redis.Redis, version_id: str | None, base_model: str 
     return enqueue(conn, QUEUE_DEFAULT, "jobs.generate.sample_posts", version_id, base_model, count,
                    generation or {}, prompts or [], timeout=3600,
                    description=f"samples from {version_id or base_model or 'the default model'}")
+
+
+# --------------------------------------------------------------------------------------------
+# Online training (crowdtune.controller decides, jobs.online acts)
+
+
+def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str:
+    """Start the online loop on a face: publish on schedule, collect reactions, run RL updates.
+
+    `config` is validated as crowdtune.controller.OnlineConfig (a SettingsError names every bad
+    setting). The face must exist, be able to publish and observe reactions, and not be online
+    already. Returns the new run id; the controller's first tick is queued at once.
+    """
+    from crowdtune.controller import IDLE, ONLINE, parse_online_config
+    from crowdtune.errors import SettingsError
+    from crowdtune.store.remote import read_via_store_worker
+    from faces.registry import FACE_KINDS
+    from jobs.online import schedule_tick
+
+    online = parse_online_config(config)
+    face = read_via_store_worker(conn, "face_record", face_id=face_id, timeout=60)
+    if face is None:
+        raise SettingsError(f"There is no face called {face_id!r}.",
+                            "Add it first on the Settings page or with `crowdtune face add`.")
+    capabilities = FACE_KINDS[face["kind"]].capabilities
+    if not (capabilities.publish and capabilities.reactions):
+        raise SettingsError(f"The face {face_id!r} ({face['kind']}) cannot publish and read reactions.",
+                            "Train online on a sandbox or network face.")
+    controller = read_via_store_worker(conn, "online_controller", face_id=face_id, timeout=60)
+    if controller is not None and controller["state"] != IDLE:
+        raise SettingsError(f"The face {face_id!r} is already {controller['state']} (run {controller['run_id']}).",
+                            f"Stop it first: `crowdtune stop --face {face_id}` or the Training page.")
+    run_id = new_id("online")
+    now = utc_now()
+    values = online.model_dump(mode="json")
+    StoreWriter(conn).submit([
+        {"op": "upsert", "table": "runs", "rows": [{
+            "run_id": run_id, "kind": "online", "face_id": face_id, "status": "running", "config": values,
+            "base_model": online.base_model, "parent_version_id": face.get("active_version_id"),
+            "started_at": now, "ended_at": None, "error": None}]},
+        {"op": "upsert", "table": "controllers", "rows": [{
+            "face_id": face_id, "state": ONLINE, "run_id": run_id, "config": values, "started_at": now,
+            "publish_slot": 0, "resolved_slot": -1, "last_resolved_at": None, "offline_run_id": None,
+            "updates_at_offline": 0, "paused_reason": None}]},
+    ], write_id=f"start:{run_id}")
+    control.clear_stop(conn, run_id)
+    schedule_tick(conn, face_id)
+    return run_id
+
+
+def stop_online(conn: redis.Redis, face_id: str) -> str | None:
+    """Stop a face's online loop: nothing new is published, the post being published is resolved,
+    a running update stops at its next step, then the run ends (`stopped`) and the controller is
+    IDLE. Returns the run id being stopped, or None if the face was not online."""
+    from crowdtune.controller import IDLE, STOPPING
+    from crowdtune.store.remote import read_via_store_worker
+    from jobs.online import schedule_tick
+
+    controller = read_via_store_worker(conn, "online_controller", face_id=face_id, timeout=60)
+    if controller is None or controller["state"] == IDLE:
+        return None
+    run_id = controller["run_id"]
+    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": STOPPING}, write_id=f"stop:{run_id}")
+    control.request_stop(conn, run_id)
+    if controller.get("offline_run_id"):
+        control.request_stop(conn, controller["offline_run_id"])
+    schedule_tick(conn, face_id)
+    return run_id

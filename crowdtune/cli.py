@@ -64,16 +64,19 @@ def worker(
     settings = load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     conn = connect(settings)
+    # An idle worker blocks on Redis for worker_ttl - 15 s and runs maintenance (requeueing orphans,
+    # taking over the scheduler of a killed worker) only between blocks: keep the two periods equal.
+    timing = dict(maintenance_interval=settings.worker_maintenance_seconds,
+                  worker_ttl=settings.worker_maintenance_seconds + 15)
     if store:
-        w = StoreWorker([queue(QUEUE_STORE, conn)], connection=conn, maintenance_interval=settings.worker_maintenance_seconds)
+        w = StoreWorker([queue(QUEUE_STORE, conn)], connection=conn, **timing)
     else:
         names = [n.strip() for n in queues.split(",") if n.strip()]
         if QUEUE_STORE in names:
             raise CrowdtuneError(
                 "The 'store' queue is served only by the store worker.", "Use `crowdtune worker --store` for it."
             )
-        w = PreloadedWorker([queue(n, conn) for n in names], connection=conn,
-                            maintenance_interval=settings.worker_maintenance_seconds)
+        w = PreloadedWorker([queue(n, conn) for n in names], connection=conn, **timing)
     w.work(with_scheduler=True, burst=burst)
 
 
@@ -251,14 +254,63 @@ def train_offline(
                    f"best val loss {result['best_val_loss']}; version {result['version_id']}.")
 
 
-@app.command()
+def nested_assignments(pairs: list[str]) -> dict:
+    """Like parse_assignments, but `a.b=1` sets key b of dict a (e.g. algorithm_settings.learning_rate=1e-4)."""
+    out: dict = {}
+    for key, value in parse_assignments(pairs).items():
+        *parents, last = key.split(".")
+        target = out
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return out
+
+
+@train_app.command("online")
 @friendly
-def stop(run_id: str = typer.Argument(..., help="The run to stop (see the Training page or `crowdtune status`).")):
-    """Ask a run to stop gracefully: it saves a checkpoint and a loadable version."""
-    from crowdtune.actions import stop_run
+def train_online(
+    face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
+    base_model: Optional[str] = typer.Option(None, help="Base model if the face has no active version yet."),
+    set_: list[str] = typer.Option([], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
+                                   "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
+):
+    """Start online training: publish on schedule, score reactions at maturity, update with RL (runs on workers)."""
+    from crowdtune.actions import start_online
     from crowdtune.queue import connect
 
-    stop_run(connect(load_settings()), run_id)
+    config = nested_assignments(set_)
+    if base_model:
+        config["base_model"] = base_model
+    run_id = start_online(connect(load_settings()), face, config)
+    typer.echo(f"Online run {run_id} started on {face}. Stop it with `crowdtune stop --face {face}`.")
+
+
+@app.command()
+@friendly
+def stop(
+    run_id: Optional[str] = typer.Argument(None, help="The run to stop (see the Training page or `crowdtune status`)."),
+    face: Optional[str] = typer.Option(None, "--face", help="Stop the online training of this face."),
+):
+    """Ask a run to stop gracefully: offline runs save a checkpoint and a loadable version; an online
+    run publishes nothing new, lets work in flight end, and leaves its controller IDLE."""
+    from crowdtune.actions import stop_online, stop_run
+    from crowdtune.queue import connect
+
+    conn = connect(load_settings())
+    if face is None and run_id and run_id.startswith("online-"):
+        from crowdtune.store.remote import read_via_store_worker
+
+        run = read_via_store_worker(conn, "online_run", run_id=run_id, timeout=60)
+        if run is None:
+            raise CrowdtuneError(f"There is no run {run_id!r}.", "See the runs on the Training page.")
+        face = run["face_id"]
+    if face is not None:
+        stopped = stop_online(conn, face)
+        typer.echo(f"Stopping online run {stopped} of {face}." if stopped else f"{face} is not training online.")
+        return
+    if not run_id:
+        raise CrowdtuneError("Nothing to stop was named.", "Give a run id (`crowdtune stop RUN_ID`) or a face (`--face F`).")
+    stop_run(conn, run_id)
     typer.echo(f"Stop requested for {run_id}.")
 
 

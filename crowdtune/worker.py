@@ -155,7 +155,19 @@ class PreloadedWorker(_AuditMixin, Worker):
         from crowdtune.recovery import requeue_orphans
 
         requeue_orphans(self.connection)
+        _request_reconcile(self.connection)
         return super().work(*args, **kwargs)
+
+
+def _request_reconcile(conn) -> None:
+    """The online controllers' schedule lives in Redis: any worker starting asks for it to be rebuilt
+    from the store (a job on the store queue, so it waits for the store worker instead of blocking)."""
+    try:
+        from jobs.online import request_reconcile
+
+        request_reconcile(conn)
+    except Exception:
+        log.exception("could not ask for the online controllers to be reconciled")
 
 
 class StoreWorker(SimpleWorker):
@@ -213,6 +225,7 @@ class StoreWorker(SimpleWorker):
 
         self.acquire_lease()
         requeue_orphans(self.connection)
+        _request_reconcile(self.connection)
         try:
             return super().work(*args, **kwargs)
         finally:

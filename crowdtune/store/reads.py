@@ -126,3 +126,146 @@ NAMED_READS = {
     "face_record": face_record,
     "model_version": model_version,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# The online loop (crowdtune.controller, jobs.online). Results travel as JSON through the store
+# worker, so rows are plain dicts; JSON columns are parsed.
+
+
+def _dicts(reader: StoreReader, sql: str, params: list | None = None) -> list[dict]:
+    with open_for_read(reader.path, reader.wait_seconds) as con:
+        if con is None:
+            return []
+        cursor = con.execute(sql, params or [])
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _parsed(row: dict | None, *columns: str) -> dict | None:
+    import json
+
+    if row is not None:
+        for column in columns:
+            if isinstance(row.get(column), str):
+                row[column] = json.loads(row[column])
+    return row
+
+
+def online_controller(reader: StoreReader, face_id: str) -> dict | None:
+    """The face's controller row (state, run_id, config ...), or None if it never ran online."""
+    rows = _dicts(reader, "SELECT * FROM controllers WHERE face_id = ?", [face_id])
+    return _parsed(rows[0], "config") if rows else None
+
+
+def online_run(reader: StoreReader, run_id: str) -> dict | None:
+    """A run's row (kind, face_id, status, config ...), or None."""
+    rows = _dicts(reader, "SELECT * FROM runs WHERE run_id = ?", [run_id])
+    return _parsed(rows[0], "config") if rows else None
+
+
+def online_faces(reader: StoreReader) -> list[str]:
+    """Faces whose controller has work: not IDLE, or published posts still waiting for their score."""
+    return [r[0] for r in reader.rows(
+        "SELECT face_id FROM controllers WHERE state <> 'IDLE' OR face_id IN "
+        "(SELECT face_id FROM posts WHERE origin = 'generated' AND status IN ('published', 'publishing') "
+        "AND score IS NULL) ORDER BY face_id")]
+
+
+def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
+    """Everything the controller decides from (see crowdtune.controller.ControllerSnapshot), or None."""
+    controller = online_controller(reader, face_id)
+    if controller is None:
+        return None
+    run_id = controller.get("run_id")
+    posts = _dicts(reader, """
+        WITH obs AS (
+            SELECT s.post_id, s.observed_at, max(s.age_seconds) AS age
+            FROM reaction_snapshots s JOIN posts p USING (post_id)
+            WHERE p.face_id = ? AND p.origin = 'generated' GROUP BY ALL),
+        agg AS (SELECT post_id, list(age ORDER BY observed_at) AS observed_ages, max(observed_at) AS last_observed_at
+                FROM obs GROUP BY post_id)
+        SELECT p.post_id, p.run_id, p.status, p.platform_id, p.published_at, p.score, p.update_id, p.publish_slot,
+               p.inserted_at, p.updated_at, coalesce(agg.observed_ages, []) AS observed_ages, agg.last_observed_at
+        FROM posts p LEFT JOIN agg USING (post_id)
+        WHERE p.face_id = ? AND p.origin = 'generated' AND p.status IN ('publishing', 'published', 'failed')
+          AND (p.run_id = ? OR (p.status IN ('published', 'publishing') AND p.score IS NULL))
+        ORDER BY p.publish_slot, p.post_id""", [face_id, face_id, run_id])
+    updates = [_parsed(u, "metrics", "post_ids") for u in _dicts(
+        reader, "SELECT update_id, step, status, metrics, post_ids, created_at, ended_at FROM online_updates "
+                "WHERE run_id = ? ORDER BY step", [run_id])]
+    offline = None
+    if controller.get("offline_run_id"):
+        offline = {"run": online_run(reader, controller["offline_run_id"]),
+                   "version_id": reader.scalar("SELECT version_id FROM model_versions WHERE run_id = ? "
+                                               "ORDER BY created_at DESC LIMIT 1", [controller["offline_run_id"]])}
+    return {"controller": controller, "face": face_record(reader, face_id), "posts": posts, "updates": updates,
+            "offline": offline, "run": online_run(reader, run_id) if run_id else None}
+
+
+def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
+    """What publishing one slot needs: controller, face, the run, the active version and the slot's post rows."""
+    face = face_record(reader, face_id)
+    active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
+    slot_posts = [_parsed(p, "sampling") for p in _dicts(
+        reader, "SELECT * FROM posts WHERE run_id = ? AND publish_slot = ? ORDER BY post_id", [run_id, slot])]
+    return {"controller": online_controller(reader, face_id), "face": face, "run": online_run(reader, run_id),
+            "active_version": active, "slot_posts": slot_posts}
+
+
+def collect_inputs(reader: StoreReader, post_id: str) -> dict | None:
+    """A published post, its face and its reaction snapshots so far (age_seconds, counts, audience_size)."""
+    rows = _dicts(reader, "SELECT post_id, face_id, run_id, publish_slot, platform_id, published_at, score "
+                          "FROM posts WHERE post_id = ?", [post_id])
+    if not rows:
+        return None
+    snapshots = _dicts(reader, """
+        SELECT observed_at, max(age_seconds) AS age_seconds, map_from_entries(list((kind, count))) AS counts,
+               max(audience_size) AS audience_size
+        FROM reaction_snapshots WHERE post_id = ? GROUP BY observed_at ORDER BY observed_at""", [post_id])
+    for snapshot in snapshots:
+        snapshot["counts"] = dict(snapshot["counts"])
+    return {"post": rows[0], "face": face_record(reader, rows[0]["face_id"]), "snapshots": snapshots}
+
+
+def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000) -> dict | None:
+    """What one RL update needs: its row, run, controller, face, active version, batch posts (with tokens
+    and scores), the scores of the face's earlier generated posts (the reward baseline), and the face's
+    scored history (imported and generated posts, oldest first, at most `history_limit`)."""
+    rows = _dicts(reader, "SELECT * FROM online_updates WHERE update_id = ?", [update_id])
+    if not rows:
+        return None
+    update = _parsed(rows[0], "post_ids", "metrics")
+    face = face_record(reader, update["face_id"])
+    active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
+    ids = update["post_ids"] or []
+    batch = _dicts(reader, "SELECT post_id, prompt, text, token_ids, token_logprobs, logprob, score, published_at "
+                           "FROM posts WHERE post_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY published_at, post_id",
+                   [ids])
+    first = min((p["published_at"] for p in batch if p["published_at"] is not None), default=None)
+    baseline = [r[0] for r in reader.rows(
+        "SELECT score FROM posts WHERE face_id = ? AND origin = 'generated' AND score IS NOT NULL "
+        "AND published_at < ? AND NOT list_contains(?::VARCHAR[], post_id) ORDER BY published_at",
+        [update["face_id"], first, ids])] if first is not None else []
+    history = _dicts(reader, """
+        SELECT * FROM (
+            SELECT post_id, text, score, coalesce(published_at, created_at) AS published_at FROM posts
+            WHERE face_id = ? AND score IS NOT NULL AND status IN ('imported', 'published')
+            ORDER BY coalesce(published_at, created_at) DESC NULLS LAST LIMIT ?)
+        ORDER BY published_at NULLS FIRST, post_id""", [update["face_id"], history_limit])
+    published = reader.scalar("SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'",
+                              [update["run_id"]], default=0)
+    return {"update": update, "run": online_run(reader, update["run_id"]),
+            "controller": online_controller(reader, update["face_id"]), "face": face, "active_version": active,
+            "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published}
+
+
+NAMED_READS.update({
+    "online_controller": online_controller,
+    "online_run": online_run,
+    "online_faces": online_faces,
+    "online_snapshot": online_snapshot,
+    "publish_inputs": publish_inputs,
+    "collect_inputs": collect_inputs,
+    "update_inputs": update_inputs,
+})

@@ -123,6 +123,43 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE faces ADD COLUMN scorer JSON;
     """,
+    # 3: the online loop: its controller per face, publishing intents, RL updates (see crowdtune.controller)
+    """
+    ALTER TABLE posts ADD COLUMN intent_id VARCHAR;
+    ALTER TABLE posts ADD COLUMN publish_slot INTEGER;
+    ALTER TABLE posts ADD COLUMN update_id VARCHAR;
+    CREATE TABLE controllers (
+        face_id VARCHAR PRIMARY KEY,
+        state VARCHAR NOT NULL,
+        run_id VARCHAR,
+        config JSON,
+        started_at TIMESTAMP,
+        publish_slot INTEGER DEFAULT 0,
+        resolved_slot INTEGER DEFAULT -1,
+        last_resolved_at TIMESTAMP,
+        offline_run_id VARCHAR,
+        updates_at_offline INTEGER DEFAULT 0,
+        paused_reason VARCHAR,
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    CREATE TABLE online_updates (
+        update_id VARCHAR PRIMARY KEY,
+        run_id VARCHAR NOT NULL,
+        face_id VARCHAR NOT NULL,
+        step INTEGER NOT NULL,
+        status VARCHAR NOT NULL,
+        post_ids JSON,
+        parent_version_id VARCHAR,
+        version_id VARCHAR,
+        metrics JSON,
+        paused BOOLEAN DEFAULT false,
+        error VARCHAR,
+        created_at TIMESTAMP DEFAULT (now()::TIMESTAMP),
+        started_at TIMESTAMP,
+        ended_at TIMESTAMP,
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -138,4 +175,6 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "jobs": ("job_id",),
     "alerts": ("alert_id",),
     "state": ("key",),
+    "controllers": ("face_id",),
+    "online_updates": ("update_id",),
 }

@@ -8,7 +8,8 @@
   the same figure for real training posts (the reference a good model should reach).
 
 Words, not model tokens, are the unit: the guards then mean the same for every base model and
-can run where no tokenizer is loaded (e.g. before publishing).
+can run where no tokenizer is loaded (e.g. before publishing). Links are not words: a t.co link
+is random characters after "https://t.co/", which every sample with a link would "share".
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections.abc import Callable
 import numpy as np
 
 WORD = re.compile(r"\w+|[^\w\s]")
+URL = re.compile(r"https?://\S+|www\.\S+")  # as crowdtune.training.data.URL
 
 Embedder = Callable[[list[str]], np.ndarray]
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks, the unit of all guards."""
-    return WORD.findall(text.lower())
+    """Lower-cased words and punctuation marks (links left out), the unit of all guards."""
+    return WORD.findall(URL.sub(" ", text).lower())
 
 
 def _default_embedder() -> Embedder:
@@ -44,7 +46,9 @@ class CopyIndex:
 
     A sample copies post P (of L words) when they share a run of k consecutive words with
     k = min(min_ngram, max(ceil(short_fraction * L), min(L, min_short_ngram))): 12 words for
-    long posts, about half of a short post, the whole of a very short one. Optionally, a sample
+    long posts, about half of a short post, the whole of a very short one. A post of fewer than
+    `min_words` words ("We", "Thank you!") is copied only by a sample that is that whole post:
+    such a run inside a longer sample is no evidence of copying. Optionally, a sample
     whose embedding has cosine >= embedding_threshold with any training post is a copy too
     (catches copies with small edits). Training-post embeddings are computed on first use.
     """
@@ -56,6 +60,7 @@ class CopyIndex:
         min_ngram: int = 12,
         short_fraction: float = 0.5,
         min_short_ngram: int = 6,
+        min_words: int = 4,
         embedding_threshold: float | None = 0.95,
         embedder: Embedder | None = None,
     ):
@@ -65,9 +70,13 @@ class CopyIndex:
         self._post_vectors: np.ndarray | None = None
         # hashes of the required-length n-grams, grouped by that length (at most min_ngram groups)
         self.hashes: dict[int, set[int]] = {}
+        self.whole_posts: set[int] = set()  # hashes of the posts shorter than min_words
         for text in self.posts:
             tokens = words(text)
             if not tokens:
+                continue
+            if len(tokens) < min_words:
+                self.whole_posts.add(hash(tuple(tokens)))
                 continue
             k = min(min_ngram, max(math.ceil(short_fraction * len(tokens)), min(len(tokens), min_short_ngram)))
             self.hashes.setdefault(k, set()).update(_ngram_hashes(tokens, k))
@@ -77,7 +86,8 @@ class CopyIndex:
         flags = []
         for text in samples:
             tokens = words(text)
-            flags.append(any(_ngram_hashes(tokens, k) & hashes for k, hashes in self.hashes.items()))
+            flags.append(hash(tuple(tokens)) in self.whole_posts
+                         or any(_ngram_hashes(tokens, k) & hashes for k, hashes in self.hashes.items()))
         return flags
 
     def embedding_copies(self, samples: list[str]) -> list[bool]:

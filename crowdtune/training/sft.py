@@ -64,7 +64,8 @@ class SFTConfig(BaseModel):
         early_stopping_min_delta = 0.0     improvement in val_loss that counts
         val_fraction = 0.1                 newest share of posts held out for validation
         lowercase = False
-        precision = "auto"                 "bf16-mixed" on GPUs that support it, else "32-true"
+        precision = "auto"                 "bf16-mixed" on GPUs and CPUs with native bf16 (avx512_bf16/AMX),
+                                           else "32-true"
         accelerator = "auto", devices = "auto"
         seed = 1234
         eval_samples = 16                  posts sampled per evaluation for the guards; 0 = none
@@ -116,9 +117,20 @@ class SFTConfig(BaseModel):
     def resolved_precision(self) -> str:
         if self.precision != "auto":
             return self.precision
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-        return "32-true"
+        if torch.cuda.is_available():
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        # measured on a 2-core Zen 4: a LoRA step of SmolLM2-135M took ~1.9x less CPU time under
+        # bf16 autocast; CPUs that only emulate bf16 gain nothing, so they stay in fp32
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU multiplies bf16 natively (x86 avx512_bf16 or AMX; read from /proc/cpuinfo)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass

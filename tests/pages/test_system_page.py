@@ -3,6 +3,7 @@
 from streamlit.testing.v1 import AppTest
 
 from crowdtune.queue import queue
+from crowdtune.store.schema import SCHEMA_VERSION
 from crowdtune.store.writer import initialise
 from tests.conftest import wait_for
 
@@ -11,6 +12,8 @@ APP = "../../app.py"
 
 def render() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/system.py")  # Overview is the default page now
     at.run()
     assert not at.exception, at.exception
     return at
@@ -39,7 +42,7 @@ def test_with_redis_and_workers_the_page_lists_workers_queues_and_store(settings
     text = page_text(at)
     assert "reachable" in text
     assert f"store.{__import__('socket').gethostname()}.{store_worker.pid}" in text
-    assert "posts" in text and "schema v1" in text
+    assert "posts" in text and f"schema v{SCHEMA_VERSION}" in text
     assert "No failed jobs." in text
 
 
@@ -64,3 +67,16 @@ def test_a_corrupt_store_is_reported_on_the_page(settings, redis_conn):
     text = page_text(render())
     assert "not a readable DuckDB database" in text
     assert settings.store_path.read_bytes() == b"not duckdb" * 50
+
+
+def test_a_store_from_a_newer_crowdtune_is_reported_and_left_alone(settings, redis_conn):
+    import duckdb
+
+    initialise(settings.store_path)
+    with duckdb.connect(str(settings.store_path)) as con:
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION + 1])
+    before = settings.store_path.read_bytes()
+    text = page_text(render())
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this Crowdtune understands" in text
+    assert "Upgrade Crowdtune" in text
+    assert settings.store_path.read_bytes() == before

@@ -52,14 +52,14 @@ def test_three_producers_and_a_reader_holding_the_file_end_with_exact_counts(set
     assert store_queue.count > 0
     assert holder.wait(timeout=30) == 0
 
-    wait_for(lambda: store_queue.count == 0 and store_queue.started_job_registry.count == 0, timeout=120,
-             message="the store queue to drain")
     reader = StoreReader(settings.store_path)
+    wait_for(lambda: reader.scalar("SELECT count(*) FROM applied_writes") == 3 * batches, timeout=180,
+             message="every batch to be applied")
     counts = reader.rows("SELECT run_id, count(*), count(DISTINCT step) FROM metrics GROUP BY run_id ORDER BY run_id")
-    assert counts == [(f"p{i}", batches * rows, batches * rows) for i in range(3)]
+    assert counts == [(f"p{i}", batches * rows, batches * rows) for i in range(3)], workers.logs()[-5000:]
     assert reader.scalar("SELECT count(*) FROM applied_writes") == 3 * batches
     assert FailedJobRegistry(queue=store_queue).count == 0
-    assert "Traceback" not in workers.logs()
+    assert "Traceback" not in workers.logs(), workers.logs()[-5000:]
 
 
 def test_readers_wait_briefly_for_the_writer_instead_of_failing(settings, redis_conn, workers):

@@ -24,6 +24,16 @@ def test_long_shared_word_run_is_a_copy_and_short_overlap_is_not():
     assert flags == [True, False, True, False]
 
 
+def test_links_and_very_short_posts_are_no_evidence_of_copying():
+    index = CopyIndex(["We", "Thank you!", "Thank you Iowa! https://t.co/aB3dE5fG7h", *POSTS], embedding_threshold=None)
+    flags = index.ngram_copies([
+        "We will win, thank you! https://t.co/zZ9yY8xX7w",  # shares only 1-3 word posts and a link prefix
+        "Thank you!",  # the whole of a very short post
+        "Thank you Iowa! See you soon",  # the whole of a short post, without its link
+    ])
+    assert flags == [False, True, True]
+
+
 def test_near_duplicate_by_embedding_is_a_copy():
     index = CopyIndex(POSTS, embedding_threshold=0.95)
     edited = "Watch my big interview tonight on Fox at 10pm: a big announcement coming about the wall!"

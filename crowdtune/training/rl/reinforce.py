@@ -103,5 +103,6 @@ def update(config: ReinforceConfig, inputs: UpdateInputs) -> UpdateResult:
 def _kl_after(model, tokenizer, config, posts) -> float:
     rollouts = encode_rollouts(tokenizer, [p.get("prompt", "") for p in posts], [p["token_ids"] for p in posts])
     rollouts = rollouts.to(next(model.parameters()).device)
+    model.eval()
     stats = sequence_stats(model, rollouts, config, eos=tokenizer.eos_token_id, reference=True)
     return float(stats.kl)

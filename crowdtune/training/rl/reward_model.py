@@ -21,7 +21,6 @@ against that model between real reactions.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -31,6 +30,7 @@ from pydantic import Field
 from crowdtune.training.generation import Sample, sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.rl.update import (
+    EmbeddingCache,
     PolicyModule,
     RLConfig,
     UpdateInputs,
@@ -81,39 +81,6 @@ class RewardModelConfig(RLConfig):
     kl_coef: float = Field(0.05, ge=0.0)
     trim_unfinished: bool = True
     learning_rate: float = Field(2e-4, gt=0.0)
-
-
-class EmbeddingCache:
-    """MiniLM embeddings of texts, kept in state_dir so each post is embedded once per face."""
-
-    def __init__(self, path):
-        self.path = path
-        self.vectors: dict[str, np.ndarray] = {}
-        if path is not None and path.is_file():
-            with np.load(path) as stored:
-                self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
-
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def embed(self, texts: list[str], *, keep: bool = True) -> np.ndarray:
-        from crowdtune.embeddings import EMBEDDING_DIM, embed
-
-        missing = sorted({t for t in texts if self.key(t) not in self.vectors})
-        fresh = dict(zip(missing, embed(missing))) if missing else {}
-        if keep:
-            self.vectors.update({self.key(t): v for t, v in fresh.items()})
-        rows = [fresh[t] if t in fresh else self.vectors[self.key(t)] for t in texts]
-        return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, keys=np.asarray(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
-        tmp.replace(self.path)
 
 
 class RewardModel:
@@ -222,6 +189,7 @@ def update(config: RewardModelConfig, inputs: UpdateInputs) -> UpdateResult:
                   "Nothing was trained; check the face (audience change? scoring?) before resuming.")
     elif len(posts) >= config.min_fit_posts:
         reward_model = RewardModel(vectors, targets, config.ridge_alpha)
+        # n-grams only: embedding every sample twice (reward + near-copy test) would double the cost
         copy_index = CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram, embedding_threshold=None) \
             if inputs.train_texts else None
         prompts = sorted({p.get("prompt", "") or "" for p in inputs.batch}) or [""]

@@ -16,6 +16,7 @@ when a post was sampled: with an unchanged policy the importance weight is 1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import add_lora, load_base_model, load_version
+
+COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
 MetricsSink = Callable[[int, dict[str, float]], None]
 ProgressSink = Callable[[int, int, float, float], None]
@@ -145,7 +148,7 @@ def load_policy(inputs: UpdateInputs, config: RLConfig):
     model, tokenizer = load_base_model(inputs.base_model, cache_dir=inputs.model_cache_dir)
     model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                      target_modules=config.lora_targets)
-    return model, tokenizer
+    return model.eval(), tokenizer  # new LoRA dropout layers start in train mode
 
 
 @dataclass
@@ -416,6 +419,42 @@ def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
 # Starting and finishing an update
 
 
+class EmbeddingCache:
+    """MiniLM embeddings of texts, kept in state_dir so each post is embedded once per face."""
+
+    def __init__(self, path):
+        self.path = path
+        self.vectors: dict[str, np.ndarray] = {}
+        self.dirty = False
+        if path is not None and path.is_file():
+            with np.load(path) as stored:
+                self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def embed(self, texts: list[str], *, keep: bool = True) -> np.ndarray:
+        from crowdtune.embeddings import EMBEDDING_DIM, embed
+
+        missing = sorted({t for t in texts if self.key(t) not in self.vectors})
+        fresh = dict(zip(missing, embed(missing))) if missing else {}
+        if keep and fresh:
+            self.vectors.update({self.key(t): v for t, v in fresh.items()})
+            self.dirty = True
+        rows = [fresh[t] if t in fresh else self.vectors[self.key(t)] for t in texts]
+        return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, keys=np.asarray(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
+        tmp.replace(self.path)
+        self.dirty = False
+
+
 def stored_result(checkpoint_dir: Path) -> UpdateResult | None:
     """The result of an update that already finished in this folder, else None."""
     path = checkpoint_dir / "result.json"
@@ -433,12 +472,24 @@ def guard_figures(model, tokenizer, config: RLConfig, inputs: UpdateInputs, seed
         texts, lengths = [s.text for s in samples], [len(s.token_ids) for s in samples]
     else:
         texts, lengths = [p["text"] for p in inputs.batch], [len(p["token_ids"]) for p in inputs.batch]
-    copy_rate = 0.0
-    if inputs.train_texts and texts:
-        index = CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram,
-                          embedding_threshold=config.copy_embedding_threshold)
-        copy_rate = index.copy_rate(texts)
+    copy_rate = copy_index(inputs, config).copy_rate(texts) if inputs.train_texts and texts else 0.0
     return {"copy_rate": copy_rate, "mean_length": float(np.mean(lengths)) if lengths else 0.0}
+
+
+def copy_index(inputs: UpdateInputs, config: RLConfig) -> CopyIndex:
+    """The copy guard over the face's imported posts; their embeddings are kept in state_dir, so
+    only the first update of a face pays for embedding them."""
+    embedder = None
+    if config.copy_embedding_threshold is not None:
+        cache = EmbeddingCache(inputs.state_dir / COPY_EMBEDDINGS_FILE)
+        cache.embed(inputs.train_texts)
+        cache.save()
+
+        def embedder(texts: list[str]) -> np.ndarray:
+            return cache.embed(texts, keep=False)
+
+    return CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram,
+                     embedding_threshold=config.copy_embedding_threshold, embedder=embedder)
 
 
 def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: dict[str, float], *,

@@ -1,0 +1,513 @@
+"""The online loop's controller: given what the store knows and the clock, what to do next.
+
+Pure decisions, no I/O: `decide(snapshot, now)` returns a `Decision` that jobs/online.py carries
+out (enqueue a publish, collect reactions, start an RL update, switch phase, schedule the next
+tick). Everything a decision needs is in the store, so after any crash (worker, Redis, app) the
+next tick decides again from the same facts and nothing is done twice.
+
+States of a face's controller (table `controllers`):
+
+    IDLE ──start──► ONLINE ──every K updates or drift──► OFFLINE ──offline run ended──► ONLINE
+                      │                                     │
+                      └────────────stop─────────────► STOPPING ◄──stop──┘
+                                                           │ nothing in flight any more
+                                                           ▼
+                                                         IDLE
+
+ONLINE publishes on schedule, collects reactions at the maturity windows and runs an update when
+`posts_per_update` posts have matured; OFFLINE waits for the offline training run (publishing
+paused, reactions still collected); STOPPING publishes nothing new, lets the in-flight publish
+resolve and the in-flight update stop, then ends the run. IDLE still collects the reactions of
+posts that have not matured yet, so no evaluation is lost.
+
+Time. Schedule settings and maturity windows are in "audience time". `time_acceleration` maps
+it to the wall clock from the moment the run started (3600: an audience hour per wall second), to
+match an accelerated sandbox in tests and demos. Quiet hours and the daily cap apply to the
+audience clock (UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crowdtune.errors import SettingsError
+
+IDLE, OFFLINE, ONLINE, STOPPING = "IDLE", "OFFLINE", "ONLINE", "STOPPING"
+STATES = (IDLE, OFFLINE, ONLINE, STOPPING)
+# Generation settings that define the sampling policy: the RL algorithm owns them, so that the
+# log-probabilities recorded at publishing match those the update recomputes.
+POLICY_SETTINGS = ("temperature", "top_p", "top_k", "repetition_penalty")
+UPDATE_IN_FLIGHT = ("queued", "running")
+OFFLINE_ENDED = ("completed", "stopped", "failed")
+
+
+class OnlineConfig(BaseModel):
+    """Settings of one online run (plain data: the app's form, the CLI's --set and the jobs read it).
+
+    Defaults:
+        algorithm = "policy_gradient"      reinforce | policy_gradient | reward_model (crowdtune.training.rl)
+        algorithm_settings = {}            that algorithm's config (its docstring lists the defaults);
+                                           it also owns the sampling policy (temperature, top_p, ...)
+        reward = {}                        crowdtune.training.rl.rewards.RewardConfig
+        base_model = None                  base of the first policy when the face has no active version
+                                           (None: smollm2-135m); later the active version's base
+        interval_minutes = 240             audience minutes between posts ...
+        jitter_minutes = 30                ... plus or minus up to this much (deterministic per post)
+        min_gap_minutes = 60               never two posts closer than this
+        daily_cap = 6                      at most this many posts in any 24 audience hours
+        quiet_hours = None                 [start, end) hours of the day (UTC, audience clock) without
+                                           posts, e.g. [23, 7]; None = post at any hour
+        maturity_windows_hours = [1, 6, 24]  ages at which reactions are read; the last one is the
+                                           maturity at which a post is scored (and becomes a reward)
+        posts_per_update = 16              matured posts that trigger an RL update
+        generation = {}                    crowdtune.training.generation.GenerationConfig (max_new_tokens,
+                                           drop_copies, offensive_threshold ...) except the sampling policy
+        prompts = []                       contexts to post after, cycled; [] = free posts
+        max_generation_attempts = 4        samples tried per post before the slot is skipped
+        copy_embedding_threshold = None    near-copy guard by embeddings (cosine); None = n-gram guard only
+        publish_retries = 3                attempts after a failed publish ...
+        publish_retry_minutes = [1, 5, 30] ... with these backoffs (audience minutes, at least 1 wall second)
+        alternate_every = None             after this many online updates run an offline phase; None = never
+        drift_metric = "kl"                an update metric that signals drift ...
+        drift_threshold = None             ... when above this: go offline now; None = off
+        offline = {}                       SFTConfig settings of the offline phases
+        time_acceleration = 1.0            audience seconds per wall second (match the sandbox's)
+        seed = 0                           seeds jitter, sampling and updates
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str = "policy_gradient"
+    algorithm_settings: dict[str, Any] = Field(default_factory=dict)
+    reward: dict[str, Any] = Field(default_factory=dict)
+    base_model: str | None = None
+    interval_minutes: float = Field(240.0, gt=0)
+    jitter_minutes: float = Field(30.0, ge=0)
+    min_gap_minutes: float = Field(60.0, ge=0)
+    daily_cap: int = Field(6, ge=1)
+    quiet_hours: tuple[int, int] | None = None
+    maturity_windows_hours: list[float] = Field(default_factory=lambda: [1.0, 6.0, 24.0])
+    posts_per_update: int = Field(16, ge=1)
+    generation: dict[str, Any] = Field(default_factory=dict)
+    prompts: list[str] = Field(default_factory=list)
+    max_generation_attempts: int = Field(4, ge=1)
+    copy_embedding_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    publish_retries: int = Field(3, ge=0)
+    publish_retry_minutes: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    alternate_every: int | None = Field(None, ge=1)
+    drift_metric: str = "kl"
+    drift_threshold: float | None = None
+    offline: dict[str, Any] = Field(default_factory=dict)
+    time_acceleration: float = Field(1.0, gt=0)
+    seed: int = 0
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        from crowdtune.training.rl import ALGORITHMS
+
+        if value not in ALGORITHMS:
+            names = list(ALGORITHMS)
+            choices = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+            raise ValueError(f"unknown algorithm {value!r}; choose {choices}")
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours_of_day(cls, value):
+        if value is not None and not all(0 <= h <= 23 for h in value):
+            raise ValueError(f"quiet hours {list(value)} must be hours of the day 0..23, e.g. [23, 7]")
+        if value is not None and value[0] == value[1]:
+            raise ValueError(f"quiet hours {list(value)} start and end at the same hour; use None for no quiet hours")
+        return value
+
+    @field_validator("maturity_windows_hours")
+    @classmethod
+    def _windows(cls, value: list[float]) -> list[float]:
+        if not value or any(w <= 0 for w in value) or sorted(set(value)) != list(value):
+            raise ValueError(f"maturity windows {value} must be positive hours in increasing order, e.g. [1, 6, 24]")
+        return value
+
+    @field_validator("publish_retry_minutes")
+    @classmethod
+    def _backoffs(cls, value: list[float]) -> list[float]:
+        if not value or any(m < 0 for m in value):
+            raise ValueError(f"publish retry backoffs {value} must be a non-empty list of minutes >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OnlineConfig":
+        if self.interval_minutes < self.min_gap_minutes:
+            raise ValueError(f"interval {self.interval_minutes:g} min is below the minimum gap {self.min_gap_minutes:g} min")
+        if self.jitter_minutes >= self.interval_minutes:
+            raise ValueError(f"jitter {self.jitter_minutes:g} min must be smaller than the interval {self.interval_minutes:g} min")
+        if self.daily_cap * self.min_gap_minutes > 24 * 60:
+            raise ValueError(f"a daily cap of {self.daily_cap} posts cannot be reached with a minimum gap of "
+                             f"{self.min_gap_minutes:g} min; lower one of them")
+        clash = [k for k in POLICY_SETTINGS if k in self.generation]
+        if clash:
+            raise ValueError(f"generation setting(s) {clash} define the sampling policy: set them in algorithm_settings")
+        from crowdtune.training.generation import GenerationConfig
+        from crowdtune.training.rl import algorithm_config
+        from crowdtune.training.rl.rewards import RewardConfig
+
+        try:
+            GenerationConfig(**self.generation)
+            RewardConfig(**self.reward)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        try:
+            algorithm_config(self.algorithm, self.algorithm_settings)
+        except SettingsError as exc:
+            raise ValueError(exc.problem) from None
+        return self
+
+    # Durations in audience seconds.
+    @property
+    def interval_seconds(self) -> float:
+        return self.interval_minutes * 60.0
+
+    @property
+    def maturity_seconds(self) -> float:
+        return self.maturity_windows_hours[-1] * 3600.0
+
+    def wall_seconds(self, audience_seconds: float) -> float:
+        return audience_seconds / self.time_acceleration
+
+    def sampling(self) -> dict[str, Any]:
+        """The GenerationConfig values publishing uses: the generation settings + the algorithm's sampling policy."""
+        from crowdtune.training.rl import algorithm_config
+
+        policy = algorithm_config(self.algorithm, self.algorithm_settings)
+        return {**self.generation, **{k: getattr(policy, k) for k in POLICY_SETTINGS if hasattr(policy, k)}}
+
+    def publish_retry_intervals(self) -> list[int]:
+        """RQ retry intervals in wall seconds (at least 1), one per retry."""
+        minutes = self.publish_retry_minutes
+        return [max(1, round(self.wall_seconds(minutes[min(i, len(minutes) - 1)] * 60)))
+                for i in range(self.publish_retries)]
+
+
+def parse_online_config(values: dict[str, Any] | None) -> OnlineConfig:
+    """OnlineConfig from plain values; raise SettingsError naming every problem (no traceback)."""
+    try:
+        return OnlineConfig(**(values or {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(map(str, error["loc"]))
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where and not message.startswith(("interval", "unknown")) else message)
+        raise SettingsError("Invalid online settings: " + "; ".join(problems),
+                            "Fix those settings; OnlineConfig in crowdtune/controller.py lists every setting and its default.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# What the controller knows
+
+
+@dataclass
+class PostView:
+    """A generated post of the face, as the controller sees it. Times are naive UTC wall clock."""
+
+    post_id: str
+    status: str                      # publishing | published | failed
+    run_id: str | None = None
+    platform_id: str | None = None
+    published_at: datetime | None = None
+    score: float | None = None
+    update_id: str | None = None
+    publish_slot: int | None = None
+    observed_ages: list[float] = field(default_factory=list)  # audience age (s) at each observation
+    last_observed_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass
+class UpdateView:
+    update_id: str
+    step: int
+    status: str                      # queued | running | completed | stopped | failed
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ControllerSnapshot:
+    """The store's facts about one face's controller (see reads.online_snapshot)."""
+
+    face_id: str
+    state: str
+    config: OnlineConfig
+    run_id: str | None = None
+    started_at: datetime | None = None         # the run's start: origin of the audience clock
+    publish_slot: int = 0                      # publishing slots started
+    resolved_slot: int = -1                    # the last slot whose outcome is recorded
+    last_resolved_at: datetime | None = None   # when it was recorded
+    paused_reason: str | None = None
+    offline_run_id: str | None = None
+    offline_status: str | None = None
+    offline_version_id: str | None = None
+    updates_at_offline: int = 0                # completed updates when the last offline phase began
+    posts: list[PostView] = field(default_factory=list)
+    updates: list[UpdateView] = field(default_factory=list)
+
+    @classmethod
+    def from_read(cls, data: dict) -> "ControllerSnapshot":
+        """Build from the JSON of the `online_snapshot` named read."""
+        c = data["controller"]
+        offline = data.get("offline") or {}
+        posts = [PostView(
+            post_id=p["post_id"], status=p["status"], run_id=p.get("run_id"), platform_id=p.get("platform_id"),
+            published_at=_time(p.get("published_at")), score=p.get("score"), update_id=p.get("update_id"),
+            publish_slot=p.get("publish_slot"), observed_ages=[a for a in p.get("observed_ages") or [] if a is not None],
+            last_observed_at=_time(p.get("last_observed_at")), updated_at=_time(p.get("updated_at")),
+        ) for p in data.get("posts") or []]
+        updates = [UpdateView(u["update_id"], u["step"], u["status"], u.get("metrics") or {})
+                   for u in data.get("updates") or []]
+        return cls(
+            face_id=c["face_id"], state=c["state"], config=OnlineConfig(**(c.get("config") or {})),
+            run_id=c.get("run_id"), started_at=_time(c.get("started_at")), publish_slot=c.get("publish_slot") or 0,
+            resolved_slot=c["resolved_slot"] if c.get("resolved_slot") is not None else -1,
+            last_resolved_at=_time(c.get("last_resolved_at")),
+            paused_reason=c.get("paused_reason"), offline_run_id=c.get("offline_run_id"),
+            offline_status=((offline.get("run") or {}).get("status")), offline_version_id=offline.get("version_id"),
+            updates_at_offline=c.get("updates_at_offline") or 0, posts=posts, updates=updates,
+        )
+
+
+def _time(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+@dataclass
+class UpdatePlan:
+    update_id: str
+    step: int
+    post_ids: list[str]
+
+
+@dataclass
+class Decision:
+    """What to do now, and when to look again.
+
+    publish_slot: start publishing this slot (a new post)
+    resume_slot: a slot whose outcome is not recorded yet: make sure its publish job runs (it checks
+                 find_published before anything is sent again)
+    collect: posts whose reactions to read now
+    update: an RL update to start; resume_updates: updates in flight whose jobs must exist
+    go_offline: start an offline phase (with the reason); end_offline: "completed" or "failed"
+    finish_stop: the run has nothing in flight any more: end it and go IDLE
+    publish_at: when the next post is due (wall clock), when publishing is on
+    wake_at: when to tick next (naive UTC wall clock), None = only when something happens
+    """
+
+    publish_slot: int | None = None
+    resume_slot: int | None = None
+    collect: list[PostView] = field(default_factory=list)
+    update: UpdatePlan | None = None
+    resume_updates: list[str] = field(default_factory=list)
+    go_offline: str | None = None
+    end_offline: str | None = None
+    finish_stop: bool = False
+    publish_at: datetime | None = None
+    wake_at: datetime | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# The audience clock
+
+
+@dataclass(frozen=True)
+class AudienceClock:
+    """Audience time runs `acceleration` times faster than the wall clock from `origin` on."""
+
+    origin: datetime
+    acceleration: float
+
+    def audience(self, wall: datetime) -> datetime:
+        return self.origin + (wall - self.origin) * self.acceleration
+
+    def wall(self, audience: datetime) -> datetime:
+        return self.origin + (audience - self.origin) / self.acceleration
+
+
+def jitter_seconds(config: OnlineConfig, run_id: str, slot: int) -> float:
+    """A deterministic offset in [-jitter, +jitter] for one slot: a retried decision picks the same time."""
+    digest = hashlib.sha256(f"{config.seed}:{run_id}:{slot}".encode()).digest()
+    unit = int.from_bytes(digest[:8], "little") / 2**64
+    return (2 * unit - 1) * config.jitter_minutes * 60.0
+
+
+def _after_quiet_hours(moment: datetime, quiet: tuple[int, int] | None) -> datetime:
+    """The first moment at or after `moment` outside the quiet hours [start, end)."""
+    if quiet is None:
+        return moment
+    start, end = quiet
+    hour = moment.hour
+    inside = start <= hour < end if start < end else (hour >= start or hour < end)
+    if not inside:
+        return moment
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    resume = day + timedelta(hours=end)
+    return resume if resume > moment else resume + timedelta(days=1)
+
+
+def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetime:
+    """When the next post may go out (wall clock): interval + jitter after the last post, at least
+    the minimum gap, no more than the daily cap in any 24 audience hours, never in quiet hours, and
+    backing off (doubling, up to a day) after consecutive failed slots."""
+    cfg = snap.config
+    run_posts = [p for p in snap.posts if p.run_id == snap.run_id]
+    published = sorted(clock.audience(p.published_at) for p in run_posts if p.status == "published" and p.published_at)
+    moment = clock.audience(snap.started_at)
+    anchors = published[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
+    if anchors:  # the last slot's outcome: a post, a failure or a slot whose samples were all rejected
+        gap = max(cfg.interval_seconds + jitter_seconds(cfg, snap.run_id or "", snap.publish_slot), cfg.min_gap_minutes * 60)
+        moment = max(moment, max(anchors) + timedelta(seconds=gap))
+    if published:
+        moment = max(moment, published[-1] + timedelta(minutes=cfg.min_gap_minutes))
+    by_slot = sorted((p for p in run_posts if p.status in ("published", "failed") and p.publish_slot is not None),
+                     key=lambda p: p.publish_slot)
+    failures = 0
+    for post in reversed(by_slot):
+        if post.status != "failed":
+            break
+        failures += 1
+    if failures and anchors:
+        backoff = min(cfg.interval_seconds * 2 ** (failures - 1), 24 * 3600.0)
+        moment = max(moment, max(anchors) + timedelta(seconds=backoff))
+    if len(published) >= cfg.daily_cap:
+        moment = max(moment, published[-cfg.daily_cap] + timedelta(days=1, seconds=1))
+    moment = _after_quiet_hours(moment, cfg.quiet_hours)
+    return clock.wall(moment)
+
+
+# --------------------------------------------------------------------------------------------
+# The decision
+
+
+def _collection_due(post: PostView, cfg: OnlineConfig, clock: AudienceClock, now: datetime) -> datetime | None:
+    """When to read this post's reactions next (wall clock), or None when it needs no more reading."""
+    if post.status != "published" or post.published_at is None or post.score is not None:
+        return None
+    if max(post.observed_ages, default=-1.0) >= cfg.maturity_seconds:
+        return None  # mature: scored by the collect job that read it
+    # Give up on a post that cannot be read long after maturity (deleted, face gone): no endless retries.
+    if now - post.published_at > timedelta(seconds=cfg.wall_seconds(3 * cfg.maturity_seconds) + 600):
+        return None
+    windows = [w * 3600.0 for w in cfg.maturity_windows_hours]
+    window = next(w for w in windows if not any(age >= w for age in post.observed_ages))
+    due = post.published_at + timedelta(seconds=cfg.wall_seconds(window))
+    if post.last_observed_at is not None:  # observed younger than expected: read again, not in a tight loop
+        due = max(due, post.last_observed_at + timedelta(seconds=max(1.0, cfg.wall_seconds(0.1 * windows[0]))))
+    return due
+
+
+def poll_seconds(cfg: OnlineConfig) -> float:
+    """How often to look at something in flight (wall seconds): a minute of audience time, 1..60 s."""
+    return min(60.0, max(1.0, cfg.wall_seconds(60.0)))
+
+
+# Tick at least this often, so that anything Redis lost is rebuilt from the store.
+MAX_SLEEP_SECONDS = 3600.0
+
+
+def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
+    """What the controller does at wall-clock `now` (naive UTC), given the store's facts."""
+    cfg = snap.config
+    clock = AudienceClock(snap.started_at or now, cfg.time_acceleration)
+    decision = Decision()
+    wakes: list[datetime] = []
+    poll = now + timedelta(seconds=poll_seconds(cfg))
+
+    # Reactions are read in every state, so posts already out are scored even after a stop.
+    for post in snap.posts:
+        due = _collection_due(post, cfg, clock, now)
+        if due is None:
+            continue
+        if due <= now:
+            decision.collect.append(post)
+            wakes.append(poll)
+        else:
+            wakes.append(due)
+
+    if snap.state == IDLE:
+        decision.wake_at = min(wakes, default=None)
+        return decision
+
+    # An unresolved publishing slot is resolved before anything new is published.
+    stuck = sorted({p.publish_slot for p in snap.posts if p.status == "publishing" and p.run_id == snap.run_id
+                    and p.publish_slot is not None})
+    pending_slot = snap.publish_slot - 1 if snap.publish_slot - 1 > snap.resolved_slot else None
+    if stuck or pending_slot is not None:
+        decision.resume_slot = stuck[0] if stuck else pending_slot
+        wakes.append(poll)
+    in_flight = [u for u in snap.updates if u.status in UPDATE_IN_FLIGHT]
+    decision.resume_updates = [u.update_id for u in in_flight]
+    if in_flight:
+        wakes.append(poll)
+    offline_running = snap.offline_run_id is not None and snap.offline_status not in OFFLINE_ENDED
+
+    if snap.state == STOPPING:
+        if decision.resume_slot is None and not in_flight and not offline_running:
+            decision.finish_stop = True
+            decision.notes.append("nothing in flight: the run ends")
+        elif offline_running:
+            wakes.append(poll)
+        decision.wake_at = min(wakes, default=None)
+        return decision
+
+    if snap.state == OFFLINE:
+        if offline_running:
+            wakes.append(poll)
+        else:
+            decision.end_offline = "completed" if snap.offline_status in ("completed", "stopped") and snap.offline_version_id else "failed"
+            wakes.append(now)
+        decision.wake_at = min(wakes, default=None)
+        return decision
+
+    # ONLINE
+    completed = [u for u in snap.updates if u.status == "completed"]
+    if snap.paused_reason:
+        decision.notes.append(f"paused: {snap.paused_reason}")
+    elif not in_flight and decision.resume_slot is None:
+        since_offline = len(completed) - snap.updates_at_offline
+        drifted = (cfg.drift_threshold is not None and completed
+                   and (completed[-1].metrics.get(cfg.drift_metric) or float("-inf")) > cfg.drift_threshold)
+        if cfg.alternate_every is not None and since_offline >= cfg.alternate_every:
+            decision.go_offline = f"{since_offline} online updates since the last offline phase"
+        elif drifted and since_offline > 0:
+            decision.go_offline = f"drift: {cfg.drift_metric} {completed[-1].metrics[cfg.drift_metric]:.4g} > {cfg.drift_threshold:g}"
+        if decision.go_offline:
+            decision.wake_at = poll
+            return decision
+
+    if not snap.paused_reason and not in_flight:
+        ready = sorted((p for p in snap.posts if p.run_id == snap.run_id and p.status == "published"
+                        and p.score is not None and p.update_id is None),
+                       key=lambda p: (p.published_at, p.post_id))
+        if len(ready) >= cfg.posts_per_update:
+            step = len(snap.updates) + 1
+            decision.update = UpdatePlan(f"{snap.run_id}-u{step}", step, [p.post_id for p in ready[:cfg.posts_per_update]])
+            wakes.append(poll)
+
+    if not snap.paused_reason and decision.resume_slot is None:
+        at = decision.publish_at = next_publish_time(snap, clock)
+        if at <= now:
+            decision.publish_slot = snap.publish_slot
+            wakes.append(poll)
+        else:
+            wakes.append(at)
+
+    decision.wake_at = min(wakes, default=now + timedelta(seconds=MAX_SLEEP_SECONDS))
+    decision.wake_at = min(decision.wake_at, now + timedelta(seconds=MAX_SLEEP_SECONDS))
+    return decision
+

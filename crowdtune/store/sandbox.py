@@ -1,0 +1,149 @@
+"""The Query page's ad-hoc SQL: read-only, no file or network access, a row cap and a time limit.
+
+Three fences, each enough on its own for the common cases and together for the rest:
+1. Only one statement, and only a read (DuckDB's own parser gives the statement type: SELECT,
+   which covers WITH/FROM/VALUES/SHOW/DESCRIBE/SUMMARIZE, or EXPLAIN). Anything else is refused
+   before it runs, with a message naming what was refused.
+2. The store is attached READ_ONLY to an in-memory database whose configuration then forbids
+   external access (no file readers, COPY, ATTACH, extension INSTALL/LOAD) and is locked, so a
+   query cannot turn it back on. (Attaching, instead of opening the file with a different
+   configuration, lets it coexist with the app's other readers in the same process.)
+3. The query runs as `SELECT * FROM (query) LIMIT cap + 1` and a timer interrupts it at the limit.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from crowdtune.errors import CrowdtuneError
+from crowdtune.store.connection import StoreBusy
+
+DEFAULT_ROW_CAP = 10_000
+DEFAULT_TIME_LIMIT = 10.0
+
+_READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_WRITE_TYPES = {
+    "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "TRANSACTION", "COPY", "ATTACH", "DETACH",
+    "LOAD", "SET", "VARIABLE_SET", "EXPORT", "VACUUM", "CREATE_FUNC", "MERGE_INTO", "UPDATE_EXTENSIONS",
+}
+
+
+class QueryRefused(CrowdtuneError):
+    """The query was not run (or was stopped): it would write, reach outside the store, or took too long."""
+
+
+@dataclass
+class QueryResult:
+    frame: pd.DataFrame
+    truncated: bool  # more rows existed than the cap
+    seconds: float
+
+
+def check_statement(sql: str) -> duckdb.StatementType:
+    """Refuse anything but one read statement; return its type."""
+    if not sql.strip():
+        raise QueryRefused("The query is empty.", "Write a SELECT, e.g. `SELECT * FROM posts LIMIT 10`.")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(f"The query does not parse: {str(exc).splitlines()[0]}",
+                           "Fix the SQL; docs/SCHEMA.md lists every table and column.") from None
+    if len(statements) != 1:
+        raise QueryRefused(f"The text holds {len(statements)} statements; one is run at a time.",
+                           "Keep one SELECT (remove the others or the trailing `;` parts).")
+    kind = statements[0].type
+    if kind in _READ_TYPES:
+        return kind
+    name = kind.name
+    if name in ("ATTACH", "DETACH"):
+        raise QueryRefused("ATTACH/DETACH is not allowed: the Query page reads the store only.",
+                           "Query the store's own tables (see docs/SCHEMA.md).")
+    if name == "COPY" or name == "EXPORT":
+        raise QueryRefused(f"{name} is not allowed: the Query page never writes files.",
+                           "Run a SELECT and use the download button under the result.")
+    if name == "LOAD":
+        raise QueryRefused("INSTALL/LOAD of extensions is not allowed on the Query page.",
+                           "Use the built-in functions, or query a copy of the file with your own `duckdb`.")
+    if name in _WRITE_TYPES:
+        raise QueryRefused(f"{name} statements are not allowed: the Query page is read-only.",
+                           "Change data through the app's pages or the `crowdtune` CLI; here, use SELECT.")
+    raise QueryRefused(f"{name} statements are not allowed on the Query page.",
+                       "Use SELECT (also WITH, SHOW, DESCRIBE, SUMMARIZE) or EXPLAIN.")
+
+
+def _attach_read_only(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:", config={
+        "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+        "allow_community_extensions": False,
+    })
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.005
+    while True:
+        try:
+            quoted = str(path).replace("'", "''")
+            con.execute(f"ATTACH '{quoted}' AS store (READ_ONLY)")
+            break
+        except duckdb.Error as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                con.close()
+                if "lock" in str(exc).lower():
+                    raise StoreBusy(f"The store {path} is busy (held by another process).",
+                                    "Try again in a moment; close any `duckdb` shell holding the file.") from None
+                raise QueryRefused(f"Cannot open the store {path}: {str(exc).splitlines()[0]}",
+                                   "Check the file on the System page.") from None
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.25)
+    con.execute("USE store")
+    # Order matters: attach first, then forbid external access and lock the configuration.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: float = DEFAULT_TIME_LIMIT,
+              wait_seconds: float = 5.0) -> QueryResult:
+    """Run one read-only query against the store file.
+
+    In: the store path, the SQL, at most `row_cap` rows back, at most `time_limit` seconds.
+    Out: QueryResult(frame, truncated, seconds). Raises QueryRefused with a problem and a fix
+    for anything refused or interrupted, StoreBusy if the file stays held.
+    """
+    kind = check_statement(sql)
+    path = Path(path)
+    if not path.exists():
+        raise QueryRefused(f"There is no store yet at {path}.", "Start Crowdtune (`make run`) and import a dataset.")
+    body = sql.strip().rstrip(";")
+    wrapped = body if kind == duckdb.StatementType.EXPLAIN else f"SELECT * FROM ({body}) LIMIT {int(row_cap) + 1}"
+    con = _attach_read_only(path, wait_seconds)
+    timed_out = threading.Event()
+
+    def interrupt():
+        timed_out.set()
+        con.interrupt()
+
+    timer = threading.Timer(time_limit, interrupt)
+    started = time.monotonic()
+    timer.start()
+    try:
+        frame = con.execute(wrapped).df()
+    except duckdb.Error as exc:
+        if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
+            raise QueryRefused(f"The query ran longer than {time_limit:g} s and was stopped.",
+                               "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.") from None
+        text = str(exc).splitlines()[0]
+        if isinstance(exc, duckdb.PermissionException):
+            raise QueryRefused(f"Refused: {text}",
+                               "The Query page reads the store's tables only: no files, URLs or extensions.") from None
+        raise QueryRefused(f"The query failed: {text}", "Fix the SQL; docs/SCHEMA.md lists every table.") from None
+    finally:
+        timer.cancel()
+        con.close()
+    truncated = len(frame) > row_cap
+    return QueryResult(frame.head(row_cap), truncated, time.monotonic() - started)

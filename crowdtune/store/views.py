@@ -1,0 +1,316 @@
+"""Named read queries behind the dashboard's pages. Every function reads through a StoreReader
+(one short read-only open per call) and returns small, display-ready DataFrames: big tables are
+cut down in DuckDB (LIMIT/OFFSET for posts, bucketing for metric series), never in pandas.
+An absent store reads as empty frames with the right columns, so pages can draw empty states.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from crowdtune.store.connection import open_for_read
+from crowdtune.store.reads import StoreReader
+
+# At most this many points per (run, metric) series reach the browser.
+MAX_POINTS_PER_SERIES = 1500
+
+RUN_COLUMNS = ["run_id", "kind", "face_id", "status", "base_model", "parent_version_id", "job_id",
+               "started_at", "ended_at", "error"]
+POST_COLUMNS = ["post_id", "face_id", "origin", "status", "text", "url", "created_at", "published_at", "score",
+                "model_version_id"]
+SERIES_COLUMNS = ["run_id", "name", "step", "time", "value", "low", "high", "points"]
+VERSION_COLUMNS = ["version_id", "run_id", "parent_version_id", "base_model", "artifact_url", "step", "metrics",
+                   "note", "created_at", "active_for"]
+
+_RANGE_INTERVALS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days"}
+
+
+def _frame(reader: StoreReader, sql: str, params: list, columns: list[str]) -> pd.DataFrame:
+    df = reader.frame(sql, params)
+    return pd.DataFrame(columns=columns) if df.empty and not len(df.columns) else df
+
+
+def faces_frame(reader: StoreReader) -> pd.DataFrame:
+    """Every face: id, kind, config (JSON text, never secrets), active version, timestamps."""
+    return _frame(reader, "SELECT face_id, kind, config, active_version_id, created_at, updated_at "
+                          "FROM faces ORDER BY face_id", [],
+                  ["face_id", "kind", "config", "active_version_id", "created_at", "updated_at"])
+
+
+def latest_runs(reader: StoreReader, limit: int = 20) -> pd.DataFrame:
+    """The newest runs first, with their status and error."""
+    return _frame(reader, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+                          "ORDER BY coalesce(started_at, updated_at) DESC NULLS LAST, run_id DESC LIMIT ?",
+                  [limit], RUN_COLUMNS)
+
+
+def runs_with_status(reader: StoreReader, statuses: tuple[str, ...]) -> pd.DataFrame:
+    """Runs whose status is one of `statuses` (e.g. queued, running), newest first."""
+    marks = ", ".join("?" for _ in statuses)
+    return _frame(reader, f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE status IN ({marks}) "
+                          "ORDER BY coalesce(started_at, updated_at) DESC NULLS LAST", list(statuses), RUN_COLUMNS)
+
+
+def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
+    """Unresolved alerts, newest first."""
+    return _frame(reader, "SELECT level, source, message, created_at, alert_id FROM alerts "
+                          "WHERE resolved_at IS NULL ORDER BY created_at DESC LIMIT ?", [limit],
+                  ["level", "source", "message", "created_at", "alert_id"])
+
+
+def metric_catalog(reader: StoreReader) -> pd.DataFrame:
+    """One row per (run, metric): how many points, step range and when last recorded."""
+    return _frame(reader, "SELECT run_id, name, count(*) AS points, min(step) AS first_step, max(step) AS last_step, "
+                          "max(recorded_at) AS last_recorded FROM metrics GROUP BY run_id, name "
+                          "ORDER BY last_recorded DESC, run_id, name", [],
+                  ["run_id", "name", "points", "first_step", "last_step", "last_recorded"])
+
+
+def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: str = "step",
+                  time_range: str = "all", max_points: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
+    """Metric values of the given runs and metrics, at most `max_points` per (run, metric).
+
+    Downsampling happens in DuckDB: a series longer than `max_points` is cut into equal buckets of
+    its x range (step, or recorded_at when x == "time") and each bucket becomes one point with
+    the mean value, its min and max (`low`, `high`) and the bucket's mean step and time. Shorter
+    series come back point for point. Out: SERIES_COLUMNS, ordered by run, metric and x.
+    """
+    if not run_ids or not names:
+        return pd.DataFrame(columns=SERIES_COLUMNS)
+    x_expr = "epoch(recorded_at)" if x == "time" else "step"
+    where = [f"run_id IN ({', '.join('?' for _ in run_ids)})", f"name IN ({', '.join('?' for _ in names)})"]
+    params: list = [*run_ids, *names]
+    if time_range in _RANGE_INTERVALS:
+        where.append(f"recorded_at >= now()::TIMESTAMP - INTERVAL '{_RANGE_INTERVALS[time_range]}'")
+    sql = f"""
+        WITH chosen AS (
+            SELECT run_id, name, step, value, recorded_at, {x_expr} AS x FROM metrics WHERE {' AND '.join(where)}
+        ), bounds AS (
+            SELECT run_id, name, min(x) AS lo, max(x) AS hi, count(*) AS n FROM chosen GROUP BY run_id, name
+        ), bucketed AS (
+            SELECT c.*, CASE WHEN b.n <= ? THEN c.step
+                             ELSE least(floor((c.x - b.lo) * ? / greatest(b.hi - b.lo, 1e-9)), ? - 1) END AS bucket
+            FROM chosen c JOIN bounds b USING (run_id, name)
+        )
+        SELECT run_id, name, round(avg(step))::BIGINT AS step, to_timestamp(avg(epoch(recorded_at)))::TIMESTAMP AS time,
+               avg(value) AS value, min(value) AS low, max(value) AS high, count(*) AS points
+        FROM bucketed GROUP BY run_id, name, bucket ORDER BY run_id, name, step
+    """
+    return _frame(reader, sql, params + [max_points, max_points, max_points], SERIES_COLUMNS)
+
+
+def smooth(series: pd.DataFrame, smoothing: float) -> pd.DataFrame:
+    """Add `smoothed`: an exponential moving average per (run, metric), TensorBoard-style.
+
+    `smoothing` in [0, 1): 0 leaves values as they are, 0.9 averages over roughly the last ten points.
+    """
+    out = series.copy()
+    if out.empty:
+        out["smoothed"] = pd.Series(dtype=float)
+        return out
+    if smoothing <= 0:
+        out["smoothed"] = out["value"]
+        return out
+    out["smoothed"] = (out.groupby(["run_id", "name"], sort=False)["value"]
+                       .transform(lambda s: s.ewm(alpha=1 - smoothing, adjust=True).mean()))
+    return out
+
+
+@dataclass
+class PostFilters:
+    """What the Posts page filters on; empty strings mean 'any'."""
+
+    face: str = ""
+    version: str = ""
+    origin: str = "any"
+    text: str = ""
+
+
+_POST_ORDER = {
+    "newest": "coalesce(p.published_at, p.created_at) DESC NULLS LAST, p.post_id",
+    "oldest": "coalesce(p.published_at, p.created_at) ASC NULLS LAST, p.post_id",
+    "best": "p.score DESC NULLS LAST, p.post_id",
+    "worst": "p.score ASC NULLS LAST, p.post_id",
+}
+
+
+def _post_where(filters: PostFilters) -> tuple[str, list]:
+    clauses, params = [], []
+    if filters.face:
+        clauses.append("p.face_id = ?")
+        params.append(filters.face)
+    if filters.version:
+        clauses.append("p.model_version_id = ?")
+        params.append(filters.version)
+    if filters.origin in ("imported", "generated"):
+        clauses.append("p.origin = ?")
+        params.append(filters.origin)
+    if filters.text:
+        clauses.append("p.text ILIKE ?")
+        params.append(f"%{filters.text}%")
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def count_posts(reader: StoreReader, filters: PostFilters) -> int:
+    """How many posts match the filters."""
+    where, params = _post_where(filters)
+    return int(reader.scalar(f"SELECT count(*) FROM posts p {where}", params, default=0))
+
+
+def post_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
+              page_size: int = 25) -> pd.DataFrame:
+    """One page of posts (LIMIT/OFFSET in SQL); count_posts gives how many match in all.
+
+    Each post carries its latest count per reaction kind as extra columns (`likes`, `reposts`, ...),
+    read only for the posts of this page.
+    """
+    where, params = _post_where(filters)
+    order = _POST_ORDER.get(sort, _POST_ORDER["newest"])
+    offset = (max(page, 1) - 1) * page_size
+    with open_for_read(reader.path, reader.wait_seconds) as con:
+        if con is None:
+            return pd.DataFrame(columns=POST_COLUMNS)
+        posts = con.execute(
+            f"SELECT {', '.join('p.' + c for c in POST_COLUMNS)} FROM posts p {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            params + [page_size, offset]).df()
+        if posts.empty:
+            return posts
+        reactions = con.execute(
+            "SELECT post_id, kind, arg_max(count, observed_at) AS count FROM reaction_snapshots "
+            "WHERE post_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY post_id, kind",
+            [posts["post_id"].tolist()]).df()
+    if not reactions.empty:
+        wide = reactions.pivot(index="post_id", columns="kind", values="count")
+        posts = posts.merge(wide, left_on="post_id", right_index=True, how="left")
+    return posts
+
+
+def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:
+    """The newest posts with their score and latest reactions."""
+    return post_page(reader, PostFilters(), "newest", 1, limit)
+
+
+def reactions_over_age(reader: StoreReader, post_id: str) -> pd.DataFrame:
+    """Every reaction snapshot of one post: kind, hours since the post was written, count."""
+    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 AS age_hours, "
+                          "count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
+                          "WHERE post_id = ? ORDER BY kind, observed_at", [post_id],
+                  ["kind", "age_hours", "count", "observed_at"])
+
+
+def post_filter_choices(reader: StoreReader) -> dict[str, list[str]]:
+    """Faces and model versions that posts can be filtered by."""
+    faces = [r[0] for r in reader.rows("SELECT face_id FROM faces ORDER BY face_id")]
+    versions = [r[0] for r in reader.rows("SELECT version_id FROM model_versions ORDER BY created_at DESC")]
+    return {"faces": faces, "versions": versions}
+
+
+def score_by_day(reader: StoreReader, limit_days: int = 90) -> pd.DataFrame:
+    """Mean score of scored posts per day and origin, over the last `limit_days` days that have any."""
+    return _frame(reader, "WITH days AS (SELECT date_trunc('day', coalesce(published_at, created_at)) AS day, origin, "
+                          "avg(score) AS score, count(*) AS posts FROM posts WHERE score IS NOT NULL "
+                          "GROUP BY ALL) SELECT * FROM days ORDER BY day DESC LIMIT ?", [limit_days * 2],
+                  ["day", "origin", "score", "posts"])
+
+
+def model_versions(reader: StoreReader) -> pd.DataFrame:
+    """Every model version, newest first, with `active_for`: the faces it publishes for (comma-separated)."""
+    df = _frame(reader, "SELECT v.*, (SELECT string_agg(face_id, ', ' ORDER BY face_id) FROM faces f "
+                        "WHERE f.active_version_id = v.version_id) AS active_for "
+                        "FROM model_versions v ORDER BY created_at DESC, version_id DESC", [], VERSION_COLUMNS)
+    return df[[c for c in VERSION_COLUMNS if c in df.columns]] if not df.empty else df
+
+
+def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
+    """The chain from `version_id` back through its parents to the first version (no cycles)."""
+    parents = dict(zip(versions["version_id"], versions["parent_version_id"])) if not versions.empty else {}
+    chain, current = [], version_id
+    while current and current not in chain:
+        chain.append(current)
+        current = parents.get(current)
+        current = current if isinstance(current, str) else None
+    return chain
+
+
+def version_metrics(versions: pd.DataFrame) -> pd.DataFrame:
+    """The `metrics` JSON of each version spread into columns, for a comparison table."""
+    rows = []
+    for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", [])):
+        try:
+            values = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
+        except ValueError:
+            values = {}
+        rows.append({"version_id": version_id, **{k: v for k, v in values.items() if isinstance(v, (int, float))}})
+    return pd.DataFrame(rows)
+
+
+def training_jobs(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
+    """The job audit (newest first): what Crowdtune's workers ran, with status and error."""
+    return _frame(reader, "SELECT job_id, func, queue, status, description, worker, enqueued_at, started_at, ended_at, "
+                          "error FROM jobs ORDER BY coalesce(ended_at, started_at, enqueued_at) DESC NULLS LAST LIMIT ?",
+                  [limit], ["job_id", "func", "queue", "status", "description", "worker", "enqueued_at", "started_at",
+                            "ended_at", "error"])
+
+
+# --------------------------------------------------------------------------------------------
+# The online loop: each face's controller, its RL updates and what it does next.
+
+ONLINE_COLUMNS = ["face_id", "kind", "state", "run_id", "run_status", "started_at", "published", "scored", "updates",
+                  "active_version_id", "paused_reason"]
+UPDATE_COLUMNS = ["face_id", "run_id", "step", "status", "version_id", "paused", "error", "created_at", "ended_at"]
+SCHEDULE_COLUMNS = ["face_id", "next_post_at", "next_reaction_at", "next_reaction_post", "note"]
+
+
+def online_controllers(reader: StoreReader) -> pd.DataFrame:
+    """Every face that has trained online: its controller state and current run, how many of the run's
+    posts are published and scored, its completed RL updates, and why it is paused (if it is)."""
+    return _frame(reader, """
+        SELECT c.face_id, f.kind, c.state, c.run_id, r.status AS run_status, c.started_at,
+               (SELECT count(*) FROM posts p WHERE p.run_id = c.run_id AND p.status = 'published') AS published,
+               (SELECT count(*) FROM posts p WHERE p.run_id = c.run_id AND p.score IS NOT NULL) AS scored,
+               (SELECT count(*) FROM online_updates u WHERE u.run_id = c.run_id AND u.status = 'completed') AS updates,
+               f.active_version_id, c.paused_reason
+        FROM controllers c LEFT JOIN faces f USING (face_id) LEFT JOIN runs r ON r.run_id = c.run_id
+        ORDER BY c.face_id""", [], ONLINE_COLUMNS)
+
+
+def online_updates(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
+    """The newest RL updates of every face: status, the version each made, why one failed or paused."""
+    return _frame(reader, f"SELECT {', '.join(UPDATE_COLUMNS)} FROM online_updates "
+                          "ORDER BY created_at DESC, step DESC LIMIT ?", [limit], UPDATE_COLUMNS)
+
+
+def online_schedule(reader: StoreReader, face_ids: list[str], now=None) -> pd.DataFrame:
+    """When each face's controller publishes next and reads reactions next (naive UTC wall clock).
+
+    Derived from the store by the controller's own rules (crowdtune.controller.decide for the next
+    post, the maturity windows for reactions), so it shows what the next tick will do, Redis or not.
+    next_post_at is empty when the face does not publish now (IDLE, OFFLINE, STOPPING, paused, or a
+    post still being published: `note` says which); next_reaction_at when no post waits for a score.
+    Out: SCHEDULE_COLUMNS, one row per face that has a controller.
+    """
+    from crowdtune.controller import AudienceClock, ControllerSnapshot, _collection_due, decide
+    from crowdtune.store.reads import online_snapshot
+    from crowdtune.store.writes import utc_now
+
+    now = now or utc_now()
+    rows = []
+    for face_id in face_ids:
+        raw = online_snapshot(reader, face_id)
+        if raw is None:
+            continue
+        snap = ControllerSnapshot.from_read(raw)
+        decision = decide(snap, now)
+        clock = AudienceClock(snap.started_at or now, snap.config.time_acceleration)
+        reads = sorted((due, post.post_id) for post in snap.posts
+                       if (due := _collection_due(post, snap.config, clock, now)) is not None)
+        notes = list(decision.notes)
+        if decision.resume_slot is not None:
+            notes.append(f"post {decision.resume_slot} is being published")
+        rows.append({"face_id": face_id, "next_post_at": decision.publish_at,
+                     "next_reaction_at": reads[0][0] if reads else None,
+                     "next_reaction_post": reads[0][1] if reads else None, "note": "; ".join(notes)})
+    return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)

@@ -1,0 +1,171 @@
+"""Overview: what is training, how far it got, what comes next, what the audience thinks, what is wrong."""
+
+import datetime as dt
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from crowdtune.errors import CrowdtuneError
+from crowdtune.job_board import job_progress
+from crowdtune.links import share_box
+from crowdtune.queue import connect
+from crowdtune.settings import load_settings
+from crowdtune.status import system_status
+from crowdtune.store import views
+from crowdtune.store.reads import StoreReader
+from crowdtune.store.writes import utc_now
+
+st.title("Overview")
+
+try:
+    settings = load_settings()
+except CrowdtuneError as exc:
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    st.stop()
+reader = StoreReader.from_settings(settings)
+KEY_METRICS = ("val_loss", "reward_mean", "score_mean")  # score_mean, reward_mean: per online update
+
+
+def small_chart(frame: pd.DataFrame, x: str, y: str, color: str, title: str):
+    figure = px.line(frame, x=x, y=y, color=color, title=title, height=240)
+    figure.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", showlegend=False)
+    st.plotly_chart(figure, width="stretch", config={"displayModeBar": False})
+
+
+def when(moment, now: dt.datetime) -> str:
+    """A store time (naive UTC) as '2026-11-20 16:00 UTC (in 3 h 50 min)'; '—' when there is none."""
+    if moment is None or pd.isna(moment):
+        return "—"
+    moment = pd.Timestamp(moment).to_pydatetime()
+    minutes = round((moment - now).total_seconds() / 60)
+    relative = "due now" if minutes <= 0 else f"in {minutes // 60} h {minutes % 60} min" if minutes >= 60 \
+        else f"in {minutes} min"
+    return f"{moment:%Y-%m-%d %H:%M} UTC ({relative})"
+
+
+def online_table(controllers: pd.DataFrame, schedule: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
+    """One row per face that trains (or trained) online: state, run, what comes next, counts."""
+    table = controllers.merge(schedule, on="face_id", how="left")
+    reads = [f"{post} at {when(at, now)}" if isinstance(post, str) else "—"
+             for post, at in zip(table["next_reaction_post"], table["next_reaction_at"])]
+    return pd.DataFrame({
+        "face": table["face_id"], "state": table["state"], "run": table["run_id"],
+        "next post": [when(at, now) for at in table["next_post_at"]], "next reaction read": reads,
+        "published": table["published"], "scored": table["scored"], "updates": table["updates"],
+        "note": table["note"].fillna(""),
+    })
+
+
+@st.fragment(run_every=5)
+def live_overview():
+    status = system_status(settings)
+    try:
+        runs = views.latest_runs(reader, limit=10)
+        alerts = views.open_alerts(reader)
+        posts = views.latest_posts(reader, limit=10)
+        scores = views.score_by_day(reader)
+        catalog = views.metric_catalog(reader)
+        controllers = views.online_controllers(reader)
+        now = utc_now()
+        schedule = views.online_schedule(reader, controllers["face_id"].tolist(), now)
+    except CrowdtuneError as exc:
+        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        return
+
+    redis_col, workers_col, runs_col, alerts_col = st.columns(4)
+    redis_col.metric("Redis", "reachable" if status.redis_ok else "unreachable")
+    workers_col.metric("Live workers", len(status.workers))
+    running = runs[runs["status"] == "running"] if not runs.empty else runs
+    runs_col.metric("Running runs", len(running))
+    alerts_col.metric("Open alerts", len(alerts) + len(status.failed_jobs))
+
+    st.subheader("Alerts")
+    if not status.redis_ok:
+        st.error(status.redis_error.replace("\nFix:", "\n\n**Fix:**"))
+    elif not status.workers:
+        st.warning("No worker is alive. Start them with `make run` (or `crowdtune worker` / `crowdtune worker --store`).")
+    if status.store_error:
+        st.error(status.store_error.replace("\nFix:", "\n\n**Fix:**"))
+    elif not reader.exists:
+        st.info(f"No store yet at `{settings.store_path}`: `make run` creates it.")
+    for alert in alerts.itertuples():
+        show = {"error": st.error, "warning": st.warning}.get(alert.level, st.info)
+        show(f"**{alert.source}** · {alert.message} ({alert.created_at})")
+    if status.failed_jobs:
+        st.error(f"{len(status.failed_jobs)} failed job(s); the newest: "
+                 f"`{status.failed_jobs[0].func}`: {status.failed_jobs[0].error}. Details on the System page.")
+    if status.redis_ok and status.workers and alerts.empty and not status.failed_jobs and not status.store_error:
+        st.caption("Nothing needs attention.")
+
+    st.subheader("Training")
+    offline_running = running[running["kind"] != "online"]  # online runs have their own table below
+    if running.empty:
+        st.caption("No run is training now. Start one on the Training page.")
+    for run in offline_running.itertuples():
+        progress = None
+        if status.redis_ok and run.job_id:
+            try:
+                progress = job_progress(connect(settings), run.job_id)
+            except CrowdtuneError:
+                progress = None
+        if progress is None:
+            st.progress(0.0, text=f"{run.run_id} ({run.face_id}): started, no progress reported yet")
+        else:
+            eta = f", ETA {progress.eta_seconds / 60:.0f} min" if progress.eta_seconds is not None else ""
+            loss = f", loss {progress.loss:.3f}" if progress.loss is not None else ""
+            st.progress(progress.fraction,
+                        text=f"{run.run_id} ({run.face_id}): step {progress.step}/{progress.total}{loss}{eta}")
+    if runs.empty:
+        st.info("No training runs yet: import a dataset and start offline training on the Training page.")
+    else:
+        st.dataframe(runs[["run_id", "kind", "face_id", "status", "started_at", "ended_at", "error"]],
+                     hide_index=True, width="stretch")
+
+    st.subheader("Online training")
+    if controllers.empty:
+        st.caption("No face trains online. Start it on the Training page (a sandbox face publishes to a "
+                   "simulated audience).")
+    else:
+        st.dataframe(online_table(controllers, schedule, now), hide_index=True, width="stretch")
+        st.caption("Next post and reaction read as the controller decides them from the store; times are UTC.")
+
+    st.subheader("Next scheduled jobs")
+    if status.scheduled_jobs:
+        st.dataframe(pd.DataFrame([vars(j) for j in status.scheduled_jobs]).sort_values("at"), hide_index=True,
+                     width="stretch")
+    else:
+        st.caption("Nothing scheduled.")
+
+    st.subheader("Key metrics")
+    chart_cols = st.columns(1 + len(KEY_METRICS))
+    with chart_cols[0]:
+        if scores.empty:
+            st.caption("Score: no scored posts yet (posts get a score when their reactions mature).")
+        else:
+            small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day")
+    recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
+    for column, name in zip(chart_cols[1:], KEY_METRICS):
+        with column:
+            has_metric = not catalog.empty and (catalog["name"] == name).any()
+            series = views.metric_series(reader, recent_runs, [name], max_points=300) if has_metric else pd.DataFrame()
+            if series.empty:
+                st.caption(f"{name}: no values yet in the latest runs.")
+            else:
+                small_chart(series, "step", "value", "run_id", name)
+
+    st.subheader("Latest posts")
+    if posts.empty:
+        st.info("No posts yet: import a dataset on the Training page or with `crowdtune import --face ...`.")
+    else:
+        st.dataframe(posts.drop(columns=["status"]), hide_index=True, width="stretch",
+                     column_config={"url": st.column_config.LinkColumn("url", display_text="open")})
+
+    st.subheader("Workers and queues")
+    if status.queues:
+        st.dataframe(pd.DataFrame([vars(q) for q in status.queues]), hide_index=True, width="stretch")
+    st.caption("Details on the System page.")
+
+
+live_overview()
+share_box("overview", None)

@@ -1,0 +1,104 @@
+"""Playground: sample posts from model versions side by side, without publishing anything."""
+
+import pandas as pd
+import streamlit as st
+
+from crowdtune import actions
+from crowdtune.access import readonly_notice
+from crowdtune.errors import CrowdtuneError
+from crowdtune.forms import config_fields, validate_config
+from crowdtune.job_board import fetch_job
+from crowdtune.links import PlaygroundView, from_query_params, seed_widgets, share_box
+from crowdtune.queue import connect
+from crowdtune.settings import load_settings
+from crowdtune.store import views
+from crowdtune.store.reads import StoreReader
+
+BASE_MODEL_CHOICE = "(base model)"
+
+st.title("Playground")
+st.caption("Samples appear here only: nothing is published.")
+
+try:
+    settings = load_settings()
+    reader = StoreReader.from_settings(settings)
+    versions = views.model_versions(reader)
+except CrowdtuneError as exc:
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    st.stop()
+
+may_control = readonly_notice(settings)
+try:
+    conn = connect(settings)
+except CrowdtuneError as exc:
+    conn = None
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+controls_off = not may_control or conn is None
+
+choices = [BASE_MODEL_CHOICE, *(versions["version_id"].tolist() if not versions.empty else [])]
+if len(choices) == 1:
+    st.info("No model versions yet: train one on the Training page. Meanwhile you can sample from a base model.")
+view = from_query_params(PlaygroundView, st.query_params)
+view.versions = [v for v in view.versions if v in choices] or choices[1:2] or [BASE_MODEL_CHOICE]
+seed_widgets("playground", view)
+
+with st.form("generate"):
+    with st.spinner("Loading the generation settings…"):
+        from crowdtune.training.generation import GenerationConfig
+        from crowdtune.training.models import DEFAULT_BASE_MODEL
+    chosen = st.multiselect("Versions side by side", choices, key="playground_versions")
+    base_col, count_col = st.columns([3, 1])
+    base_model = base_col.text_input("Base model (for the base-model column)", DEFAULT_BASE_MODEL)
+    count = count_col.number_input("Samples each", min_value=1, max_value=64, value=4)
+    prompts_text = st.text_area("Prompts (optional, one per line: each sample continues one)", "")
+    with st.expander("Sampling settings"):
+        values = config_fields(GenerationConfig, "generation", disabled=controls_off)
+    if st.form_submit_button("Generate", type="primary", disabled=controls_off) and not controls_off:
+        generation, problems = validate_config(GenerationConfig, values)
+        if problems:
+            st.error("Fix these settings:\n\n" + "\n".join(f"- {p}" for p in problems))
+        else:
+            prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
+            st.session_state["playground_jobs"] = {
+                choice: actions.generate_samples(
+                    conn, None if choice == BASE_MODEL_CHOICE else choice,
+                    base_model.strip() or None if choice == BASE_MODEL_CHOICE else None,
+                    int(count), generation.model_dump(mode="json"), prompts).id
+                for choice in chosen
+            }
+
+
+@st.fragment(run_every=2)
+def samples():
+    jobs = st.session_state.get("playground_jobs") or {}
+    if not jobs:
+        st.caption("Choose versions and press Generate; samples from each appear in its own column.")
+        return
+    if conn is None:
+        return
+    for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items()):
+        with column:
+            st.markdown(f"**{choice}**")
+            job = fetch_job(conn, job_id)
+            if job is None:
+                st.warning("The sampling job expired; generate again.")
+                continue
+            state = job.get_status(refresh=True)
+            state = getattr(state, "value", state)
+            if state == "finished":
+                result = job.latest_result()
+                rows = result.return_value if result is not None else None
+                if rows:
+                    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+                else:
+                    st.caption("The job returned no samples.")
+            elif state == "failed":
+                result = job.latest_result()
+                lines = (result.exc_string if result else "") or ""
+                st.error(f"Sampling failed: {lines.strip().splitlines()[-1] if lines.strip() else 'see the System page'}")
+            else:
+                st.caption(f"Sampling… ({state}; a worker on the default queue picks it up)")
+
+
+samples()
+share_box("playground", PlaygroundView(versions=chosen))

@@ -1,0 +1,53 @@
+"""Query: ad-hoc read-only SQL over the store, with a row cap, a time limit and a quick chart."""
+
+import plotly.express as px
+import streamlit as st
+
+from crowdtune.errors import CrowdtuneError
+from crowdtune.links import QueryView, from_query_params, seed_widgets, share_box
+from crowdtune.settings import load_settings
+from crowdtune.store.sandbox import DEFAULT_ROW_CAP, DEFAULT_TIME_LIMIT, run_query
+
+st.title("Query")
+st.caption(f"Read-only SQL over the store (tables in docs/SCHEMA.md). At most {DEFAULT_ROW_CAP:,} rows, "
+           f"{DEFAULT_TIME_LIMIT:g} s; no files, URLs, extensions or writes.")
+
+try:
+    settings = load_settings()
+except CrowdtuneError as exc:
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    st.stop()
+
+view = from_query_params(QueryView, st.query_params)
+if not view.sql:
+    view.sql = "SELECT face_id, origin, count(*) AS posts, avg(score) AS mean_score FROM posts GROUP BY ALL"
+seed_widgets("query", view)
+
+with st.form("query"):
+    sql = st.text_area("SQL", key="query_sql", height=140)
+    st.form_submit_button("Run", type="primary")
+
+# The query runs on every visit, so a shared link shows its result, not an empty box.
+if sql.strip():
+    try:
+        result = run_query(settings.store_path, sql, wait_seconds=settings.read_retry_seconds)
+    except CrowdtuneError as exc:
+        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    else:
+        note = f" (first {DEFAULT_ROW_CAP:,} shown; more rows exist)" if result.truncated else ""
+        st.caption(f"{len(result.frame):,} rows in {result.seconds:.2f} s{note}")
+        st.dataframe(result.frame, hide_index=True, width="stretch")
+        frame = result.frame
+        if len(frame.columns) >= 2 and not frame.empty:
+            with st.expander("Chart", expanded=True):
+                x_col, y_col, kind_col = st.columns(3)
+                x = x_col.selectbox("x", list(frame.columns), index=0)
+                numeric = [c for c in frame.columns if frame[c].dtype.kind in "iuf"] or list(frame.columns)
+                y = y_col.selectbox("y", numeric, index=len(numeric) - 1)
+                kind = kind_col.radio("Chart", ["bar", "line", "scatter"], horizontal=True)
+                draw = {"bar": px.bar, "line": px.line, "scatter": px.scatter}[kind]
+                st.plotly_chart(draw(frame, x=x, y=y, height=320), width="stretch")
+        st.download_button("Download CSV", frame.to_csv(index=False), file_name="crowdtune-query.csv",
+                           mime="text/csv", on_click="ignore")
+
+share_box("query", QueryView(sql=sql))

@@ -1,0 +1,285 @@
+"""Training: add faces, import their history, start and stop offline and online training, follow the jobs."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+from pydantic import BaseModel, create_model
+
+from crowdtune import actions
+from crowdtune.access import readonly_notice
+from crowdtune.controller import IDLE, OFFLINE, ONLINE, OnlineConfig, parse_online_config
+from crowdtune.errors import CrowdtuneError
+from crowdtune.forms import config_fields, field_help, validate_config
+from crowdtune.job_board import job_board, job_progress
+from crowdtune.links import TrainingView, from_query_params, share_box
+from crowdtune.queue import connect
+from crowdtune.settings import load_settings
+from crowdtune.store import views
+from crowdtune.store.reads import StoreReader
+from faces.registry import FACE_KINDS
+
+# The online form shows the schedule; every other OnlineConfig setting waits in an expander.
+ONLINE_SCHEDULE = ("interval_minutes", "jitter_minutes", "min_gap_minutes", "daily_cap", "quiet_hours",
+                   "maturity_windows_hours", "posts_per_update")
+
+
+def online_settings_form_part(names: list[str] | tuple[str, ...]) -> type[BaseModel]:
+    """The OnlineConfig fields `names` as a model of their own, so config_fields draws one part of the form
+    with OnlineConfig's types, defaults and docstring help (validation stays with parse_online_config)."""
+    fields = OnlineConfig.model_fields
+    return create_model("OnlineSettings", __doc__=OnlineConfig.__doc__,
+                        **{name: (fields[name].annotation, fields[name]) for name in names})
+
+
+def publishing_summary(face_id: str, kind: str, config: OnlineConfig) -> str:
+    """What starting online training will do, in a sentence or three, for the confirmation."""
+    audience = "the simulated audience of this sandbox" if kind == "sandbox" else f"**real people** on {kind}"
+    quiet = f", never from {config.quiet_hours[0]}:00 to {config.quiet_hours[1]}:00 UTC" if config.quiet_hours else ""
+    faster = (f" Audience time runs {config.time_acceleration:g}x faster than the clock."
+              if config.time_acceleration != 1 else "")
+    windows = ", ".join(f"{w:g}" for w in config.maturity_windows_hours)
+    return (f"**This publishes.** Online training on `{face_id}` with {config.algorithm} posts to {audience}: about "
+            f"every {config.interval_minutes:g} min (± {config.jitter_minutes:g}), at least {config.min_gap_minutes:g} "
+            f"min apart, at most {config.daily_cap} a day{quiet}. It reads reactions {windows} h after each post and "
+            f"updates the model after every {config.posts_per_update} scored posts, until you stop it.{faster}")
+
+
+st.title("Training")
+
+try:
+    settings = load_settings()
+    reader = StoreReader.from_settings(settings)
+    faces = views.faces_frame(reader)
+    versions = views.model_versions(reader)
+    online_states = dict(views.online_controllers(reader)[["face_id", "state"]].itertuples(index=False))
+except CrowdtuneError as exc:
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    st.stop()
+
+view = from_query_params(TrainingView, st.query_params)
+may_control = readonly_notice(settings)
+try:
+    conn = connect(settings)
+except CrowdtuneError as exc:
+    conn = None
+    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+controls_off = not may_control or conn is None
+face_ids = faces["face_id"].tolist()
+
+# ---- Faces and imports --------------------------------------------------------------------------
+st.subheader("Faces")
+if faces.empty:
+    st.info("No faces yet: add one below (a `dataset` face with source `trump_tweets` gives 20,761 real posts).")
+else:
+    st.dataframe(faces[["face_id", "kind", "config", "active_version_id"]], hide_index=True, width="stretch")
+
+add_col, import_col = st.columns(2)
+with add_col, st.form("add_face"):
+    st.markdown("**Add or update a face**")
+    new_face_id = st.text_input("Face name", placeholder="tweets")
+    kind = st.selectbox("Kind", list(FACE_KINDS))
+    config_text = st.text_area("Config (JSON, no secrets: set those on the Settings page)", '{"source": "trump_tweets"}')
+    if st.form_submit_button("Save face", disabled=controls_off) and not controls_off:
+        face_class = FACE_KINDS[kind]
+        try:
+            config = json.loads(config_text or "{}")
+            secrets_given = sorted(set(config) & set(face_class.secret_fields))
+            if not new_face_id.strip():
+                st.error("Give the face a name.")
+            elif secrets_given:
+                st.error(f"Remove {', '.join(secrets_given)} from the config: secrets go on the Settings page.")
+            else:
+                # Validate without secrets: the face reads those itself when it runs.
+                face_class.Config.model_validate({**config, **{f: "x" for f in face_class.secret_fields}})
+                actions.save_face(conn, new_face_id.strip(), kind, config)
+                st.success(f"Face `{new_face_id}` saved (it appears here once the store writer applied it).")
+        except ValueError as exc:
+            st.error(f"The config is not valid: {str(exc).splitlines()[0]}")
+
+with import_col, st.form("import"):
+    st.markdown("**Import a face's history**")
+    import_face = st.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
+    limit = st.number_input("At most this many posts (0 = all)", min_value=0, value=0, step=1000)
+    if st.form_submit_button("Import", disabled=controls_off or not face_ids) and not controls_off:
+        job = actions.start_import(conn, import_face, int(limit) or None)
+        st.success(f"Import queued as job `{job.id}`.")
+
+# ---- Offline training ---------------------------------------------------------------------------
+st.subheader("Start offline training")
+if not face_ids:
+    st.caption("Add a face and import its posts first.")
+else:
+    with st.spinner("Loading the training settings…"):
+        from crowdtune.training.models import DEFAULT_BASE_MODEL
+        from crowdtune.training.sft import SFTConfig
+    with st.form("offline_training"):
+        face_col, model_col, parent_col = st.columns(3)
+        train_face = face_col.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
+        base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL,
+                                          help="A packaged name (smollm2-135m), a hub id or a local folder.")
+        version_ids = versions["version_id"].tolist() if not versions.empty else []
+        parent = parent_col.selectbox("Continue from version", ["(none: start from the base model)", *version_ids])
+        with st.expander("LoRA, optimiser and evaluation settings", expanded=False):
+            values = config_fields(SFTConfig, "sft", disabled=controls_off)
+        if st.form_submit_button("Start training", type="primary", disabled=controls_off) and not controls_off:
+            config, problems = validate_config(SFTConfig, values)
+            if problems:
+                st.error("Not started; fix these settings:\n\n" + "\n".join(f"- {p}" for p in problems))
+            else:
+                parent_id = None if parent.startswith("(none") else parent
+                run_id, job = actions.start_offline_training(conn, train_face, config.model_dump(mode="json"),
+                                                             base_model=base_model.strip() or None,
+                                                             parent_version_id=parent_id)
+                st.session_state["training_last_run"] = run_id
+                st.success(f"Run `{run_id}` queued on the train queue.")
+
+# ---- Online training ----------------------------------------------------------------------------
+st.subheader("Start online training")
+publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"]) if kind in FACE_KINDS
+              and FACE_KINDS[kind].capabilities.publish and FACE_KINDS[kind].capabilities.reactions]
+online_face = ""
+if not publishing:
+    st.caption("To train online, add a face that can publish: a `sandbox` face (a simulated audience) above, "
+               "or a network face (mastodon, bluesky, discord, reddit).")
+else:
+    with st.spinner("Loading the online settings…"):
+        from crowdtune.training.models import DEFAULT_BASE_MODEL
+        from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM
+    online_face = st.selectbox("Face to train online", publishing, key="online_face",
+                               index=publishing.index(view.online_face) if view.online_face in publishing else 0,
+                               help="Sandbox and network faces can publish and read reactions.")
+    face_row = faces.set_index("face_id").loc[online_face]
+    active_version = face_row["active_version_id"] if isinstance(face_row["active_version_id"], str) else None
+    busy = online_states.get(online_face, IDLE) != IDLE
+    if busy:
+        st.caption(f"`{online_face}` is {online_states[online_face]}: stop it (below) before starting another online run.")
+    with st.form("online_training"):
+        algorithm_col, model_col = st.columns(2)
+        algorithms = list(ALGORITHMS)
+        algorithm = algorithm_col.selectbox("Algorithm", algorithms, index=algorithms.index(DEFAULT_ALGORITHM),
+                                            key="online_algorithm", help=field_help(OnlineConfig, "algorithm"))
+        base_model = ""
+        if active_version:
+            model_col.markdown(f"Starts from the face's active version `{active_version}` (chosen on the Models page).")
+        else:
+            base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL, key="online_base_model",
+                                              help=field_help(OnlineConfig, "base_model"))
+        st.markdown("**Schedule** (in audience time: minutes, hours of the day in UTC)")
+        values = config_fields(online_settings_form_part(ONLINE_SCHEDULE), "online", disabled=controls_off)
+        with st.expander("Algorithm, reward, generation, retry and offline-phase settings", expanded=False):
+            others = [n for n in OnlineConfig.model_fields if n not in (*ONLINE_SCHEDULE, "algorithm", "base_model")]
+            values |= config_fields(online_settings_form_part(others), "online", disabled=controls_off)
+        if st.form_submit_button("Review and start", type="primary", disabled=controls_off or busy) \
+                and not controls_off and not busy:
+            try:
+                online = parse_online_config({**values, "algorithm": algorithm, "base_model": base_model.strip() or None})
+                st.session_state["online_pending"] = {"face": online_face, "config": online.model_dump(mode="json")}
+            except CrowdtuneError as exc:
+                st.session_state.pop("online_pending", None)
+                st.error(f"Not started. {exc.problem}\n\n{exc.fix}")
+
+    # It publishes: nothing starts before the user has read what will happen and said yes.
+    pending = st.session_state.get("online_pending")
+    if pending:
+        kind = faces.set_index("face_id").loc[pending["face"], "kind"]
+        st.warning(publishing_summary(pending["face"], kind, OnlineConfig(**pending["config"])))
+        yes_col, no_col = st.columns(2)
+        if yes_col.button("Yes, start publishing", key="online_confirm", type="primary", disabled=controls_off) \
+                and not controls_off:
+            try:
+                run_id = actions.start_online(conn, pending["face"], pending["config"])
+                st.session_state["training_online_run"] = run_id
+                del st.session_state["online_pending"]
+                st.rerun()
+            except CrowdtuneError as exc:
+                st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        if no_col.button("Cancel", key="online_cancel"):
+            del st.session_state["online_pending"]
+            st.rerun()
+    if st.session_state.get("training_online_run"):
+        st.success(f"Online run `{st.session_state['training_online_run']}` started: its controller publishes on "
+                   "schedule (state below).")
+
+# ---- Runs: progress and stop --------------------------------------------------------------------
+st.subheader("Runs")
+
+
+@st.fragment(run_every=5)
+def live_runs():
+    try:
+        active = views.runs_with_status(reader, ("queued", "running"))
+        recent = views.latest_runs(reader, limit=20)
+        controllers = views.online_controllers(reader)
+        updates = views.online_updates(reader, limit=20)
+    except CrowdtuneError as exc:
+        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        return
+    active = active[active["kind"] != "online"]  # an online run stops through its face's controller
+    online = controllers[controllers["state"].isin([ONLINE, OFFLINE])]
+    if active.empty and online.empty:
+        st.caption("No run is queued or training.")
+    for run in active.itertuples():
+        progress = job_progress(conn, run.job_id) if conn is not None and run.job_id else None
+        info_col, stop_col = st.columns([4, 1])
+        with info_col:
+            if progress is None:
+                st.progress(0.0, text=f"`{run.run_id}` on {run.face_id}: {run.status}")
+            else:
+                eta = f", ETA {progress.eta_seconds / 60:.1f} min" if progress.eta_seconds is not None else ""
+                st.progress(progress.fraction, text=f"`{run.run_id}` on {run.face_id}: step "
+                                                    f"{progress.step}/{progress.total}{eta}")
+        with stop_col, st.popover("Stop", disabled=controls_off):
+            st.write("Stop this run? It saves a checkpoint and ends as `stopped`.")
+            if st.button("Yes, stop it", key=f"stop_{run.run_id}", type="primary", disabled=controls_off) \
+                    and not controls_off:
+                actions.stop_run(conn, run.run_id)
+                st.session_state["training_stop_requested"] = run.run_id
+    for face in online.itertuples():
+        info_col, stop_col = st.columns([4, 1])
+        paused = f" Paused: {face.paused_reason}" if isinstance(face.paused_reason, str) else ""
+        info_col.markdown(f"**{face.face_id}** is {face.state} (run `{face.run_id}`): {face.published} published, "
+                          f"{face.scored} scored, {face.updates} RL update{'' if face.updates == 1 else 's'}.{paused}")
+        with stop_col, st.popover("Stop", disabled=controls_off):
+            st.write(f"Stop online training on {face.face_id}? Nothing new is published; the post being published "
+                     "is resolved, a running update stops, and posts already out are still scored.")
+            if st.button("Yes, stop publishing", key=f"stop_online_{face.face_id}", type="primary",
+                         disabled=controls_off) and not controls_off:
+                try:
+                    actions.stop_online(conn, face.face_id)
+                    st.session_state["online_stop_requested"] = face.face_id
+                except CrowdtuneError as exc:
+                    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+    # Shown outside the popover, which closes when the fragment reruns.
+    if st.session_state.get("training_stop_requested"):
+        st.success(f"Stop requested for `{st.session_state['training_stop_requested']}`; "
+                   "it saves a checkpoint and stops at its next step.")
+    if st.session_state.get("online_stop_requested"):
+        st.success(f"Stop requested for `{st.session_state['online_stop_requested']}`: it publishes nothing new "
+                   "and goes IDLE once nothing is in flight.")
+    if not recent.empty:
+        st.dataframe(recent[["run_id", "kind", "face_id", "status", "base_model", "started_at", "ended_at", "error"]],
+                     hide_index=True, width="stretch")
+    if not controllers.empty:
+        st.caption("Online training per face: controller state, current run, its posts published and scored, "
+                   "completed RL updates:")
+        st.dataframe(controllers, hide_index=True, width="stretch")
+    if not updates.empty:
+        st.caption("RL updates (each completed one made a model version):")
+        st.dataframe(updates, hide_index=True, width="stretch")
+
+    st.subheader("Jobs")
+    if conn is not None:
+        board = job_board(conn)
+        if board:
+            st.dataframe(pd.DataFrame([vars(row) for row in board]), hide_index=True, width="stretch")
+        else:
+            st.caption("No queued, running or recent jobs in Redis.")
+    audit = views.training_jobs(reader)
+    if not audit.empty:
+        st.caption("Job audit in the store (every job a Crowdtune worker ran):")
+        st.dataframe(audit, hide_index=True, width="stretch")
+
+
+live_runs()
+share_box("training", TrainingView(face=train_face if face_ids else "", online_face=online_face))

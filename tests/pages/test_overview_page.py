@@ -1,0 +1,42 @@
+"""The Overview page (the default page): training state, progress, alerts, posts, metrics, health."""
+
+from crowdtune.queue import enqueue
+from tests.pages.conftest import open_page, page_text
+
+
+def test_the_overview_is_the_default_page_and_explains_an_empty_installation(settings):
+    text = page_text(open_page())
+    assert "Overview" in text
+    assert "The embedded Redis is not running" in text and "make run" in text
+    assert "No store yet" in text
+    assert "No training runs yet" in text
+    assert "No posts yet: import a dataset on the Training page" in text
+    assert "No face trains online. Start it on the Training page" in text
+
+
+def test_the_overview_shows_the_running_job_s_progress_alerts_posts_and_charts(populated_store, redis_conn):
+    enqueue(redis_conn, "train", "jobs.offline.train_offline", "run-b", "tweets", {}, job_id="run-b",
+            meta={"progress": {"step": 50, "total": 200, "loss": 2.25, "eta_seconds": 600}})
+    at = open_page()
+    text = page_text(at)
+    assert "Reactions are 3 hours late" in text
+    assert "No worker is alive" in text
+    progress = at.get("progress")
+    assert progress and "step 50/200, loss 2.250, ETA 10 min" in progress[0].proto.text
+    assert progress[0].proto.value == 25
+    assert "Imported post number 59" in text
+    assert len(at.get("plotly_chart")) == 3  # score per day, val_loss, reward_mean
+
+
+def test_the_overview_shows_each_online_face_s_state_next_post_next_reaction_read_and_metrics(online_store):
+    at = open_page()
+    table = next(df.value for df in at.dataframe if "next post" in df.value.columns)
+    row = table.set_index("face").loc["sandbox"]
+    assert (row["state"], row["run"]) == ("ONLINE", "online-1")
+    assert row["next post"].startswith(f"{online_store.next_post_at:%Y-%m-%d %H:%M} UTC (in 3 h ")
+    assert row["next reaction read"].startswith(
+        f"{online_store.next_reaction_post} at {online_store.next_reaction_at:%Y-%m-%d %H:%M} UTC (in ")
+    assert (row["published"], row["scored"], row["updates"]) == (3, 1, 1)
+    # The online run has no job progress: it is not drawn as a training run without progress.
+    assert not any("online-1" in p.proto.text for p in at.get("progress"))
+    assert len(at.get("plotly_chart")) == 4  # score per day, val_loss, reward_mean, score_mean

@@ -1,0 +1,51 @@
+"""The Posts page: a page of posts at a time, filters and sort in SQL, reactions over age, links."""
+
+from tests.pages.conftest import open_page, page_text
+
+PAGE = "pages/posts.py"
+
+
+def test_on_an_empty_store_the_page_says_how_to_import_posts(settings):
+    assert "No posts yet: import a dataset on the Training page" in page_text(open_page(PAGE))
+
+
+def test_posts_come_a_page_at_a_time_with_their_latest_reactions(populated_store):
+    at = open_page(PAGE)
+    table = at.dataframe[0].value
+    assert len(table) == 25
+    assert "61 posts match." in page_text(at)
+    newest_imported = table[table["post_id"] == "tweets:59"].iloc[0]
+    assert newest_imported["likes"] == 59 * 24  # the latest snapshot, not the first
+    assert "No reaction snapshots for this post yet." in page_text(at)  # gen-1, the newest, has none
+    at.selectbox(key="posts_post").set_value("tweets:59").run()
+    assert len(at.get("plotly_chart")) == 1  # reactions over the age of the chosen post
+    assert at.query_params["post"] == "tweets:59"
+
+
+def test_sort_filters_and_search_narrow_the_posts(populated_store):
+    at = open_page(PAGE)
+    at.selectbox(key="posts_sort").set_value("best").run()
+    assert at.dataframe[0].value.iloc[0]["post_id"] == "gen-1"
+    at.selectbox(key="posts_origin").set_value("imported").run()
+    assert at.dataframe[0].value.iloc[0]["post_id"] == "tweets:59"
+    at.text_input(key="posts_q").set_value("cats").run()
+    assert "30 posts match." in page_text(at)
+    at.number_input(key="posts_page").set_value(2).run()
+    second = at.dataframe[0].value
+    assert len(second) == 5 and second["text"].str.contains("cats").all()
+    assert dict(at.query_params) == {"origin": "imported", "q": "cats", "sort": "best", "page": "2",
+                                     "post": second.iloc[0]["post_id"]}
+
+
+def test_a_link_opens_the_same_filtered_page(populated_store):
+    at = open_page(PAGE, query={"face": "sandbox", "sort": "worst", "version": "v2"})
+    assert at.selectbox(key="posts_face").value == "sandbox"
+    assert at.selectbox(key="posts_version").value == "v2"
+    assert at.dataframe[0].value["post_id"].tolist() == ["gen-1"]
+    assert at.query_params["face"] == "sandbox" and at.query_params["sort"] == "worst"
+
+
+def test_a_page_number_beyond_the_last_page_shows_the_last_page(populated_store):
+    at = open_page(PAGE, query={"page": "99"})
+    assert at.number_input(key="posts_page").value == 3
+    assert len(at.dataframe[0].value) == 11

@@ -1,0 +1,65 @@
+"""The Query page: read-only sandboxed SQL with a row cap and a time limit; each refusal says why."""
+
+import pytest
+
+from crowdtune.store.sandbox import QueryRefused, run_query
+from tests.pages.conftest import open_page, page_text
+
+PAGE = "pages/query.py"
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("INSERT INTO faces (face_id, kind) VALUES ('x', 'dataset')", "INSERT statements are not allowed"),
+    ("UPDATE posts SET score = 0", "UPDATE statements are not allowed"),
+    ("DELETE FROM posts", "DELETE statements are not allowed"),
+    ("DROP TABLE posts", "DROP statements are not allowed"),
+    ("CREATE TABLE x AS SELECT 1", "CREATE statements are not allowed"),
+    ("ATTACH '/tmp/other.duckdb' AS other", "ATTACH/DETACH is not allowed"),
+    ("COPY posts TO '/tmp/posts.csv'", "COPY is not allowed"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "Refused: Permission Error"),
+    ("SELECT * FROM read_text('/etc/passwd')", "Refused: Permission Error"),
+    ("SELECT * FROM 'https://example.org/data.csv'", "Refused: Permission Error"),
+    ("INSTALL httpfs", "INSTALL/LOAD of extensions is not allowed"),
+    ("LOAD httpfs", "INSTALL/LOAD of extensions is not allowed"),
+    ("SET enable_external_access = true", "SET statements are not allowed"),
+    ("SELECT 1; DROP TABLE posts", "2 statements"),
+])
+def test_writes_files_network_and_extensions_are_refused_with_a_reason(populated_store, sql, message):
+    with pytest.raises(QueryRefused, match=message.replace("(", r"\(")):
+        run_query(populated_store.store_path, sql)
+
+
+def test_a_query_that_runs_too_long_is_interrupted_with_a_clear_message(populated_store):
+    with pytest.raises(QueryRefused, match="ran longer than 1 s and was stopped"):
+        run_query(populated_store.store_path, "SELECT count(*) FROM range(100000000000) a, range(1000) b",
+                  time_limit=1)
+
+
+def test_reads_return_at_most_the_row_cap_and_say_when_they_were_cut(populated_store):
+    result = run_query(populated_store.store_path, "SELECT * FROM posts", row_cap=10)
+    assert len(result.frame) == 10 and result.truncated
+    shown = run_query(populated_store.store_path, "SHOW TABLES")
+    assert "posts" in shown.frame["name"].tolist() and not shown.truncated
+    assert not run_query(populated_store.store_path, "DESCRIBE posts").frame.empty
+
+
+def test_the_page_shows_results_with_a_chart_and_the_sql_lands_in_the_link(populated_store):
+    sql = "SELECT face_id, count(*) AS posts FROM posts GROUP BY face_id ORDER BY face_id"
+    at = open_page(PAGE, query={"sql": sql})
+    assert at.text_area(key="query_sql").value == sql
+    assert at.dataframe[0].value.to_dict("records") == [{"face_id": "sandbox", "posts": 1},
+                                                        {"face_id": "tweets", "posts": 60}]
+    assert len(at.get("plotly_chart")) == 1
+    assert at.query_params["sql"] == sql
+
+
+def test_the_page_explains_a_refusal_and_never_modifies_the_store(populated_store):
+    at = open_page(PAGE, query={"sql": "DELETE FROM posts"})
+    assert "DELETE statements are not allowed: the Query page is read-only." in page_text(at)
+    at.text_area(key="query_sql").set_value("SELECT count(*) AS n FROM posts")
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert at.dataframe[0].value["n"].tolist() == [61]
+
+
+def test_on_an_empty_installation_the_page_says_there_is_no_store_yet(settings):
+    assert "There is no store yet" in page_text(open_page(PAGE))
