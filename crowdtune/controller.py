@@ -394,7 +394,7 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
 # The decision
 
 
-def _collection_due(post: PostView, cfg: OnlineConfig, clock: AudienceClock, now: datetime) -> datetime | None:
+def collection_due(post: PostView, cfg: OnlineConfig, clock: AudienceClock, now: datetime) -> datetime | None:
     """When to read this post's reactions next (wall clock), or None when it needs no more reading."""
     if post.status != "published" or post.published_at is None or post.score is not None:
         return None
@@ -430,7 +430,7 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
 
     # Reactions are read in every state, so posts already out are scored even after a stop.
     for post in snap.posts:
-        due = _collection_due(post, cfg, clock, now)
+        due = collection_due(post, cfg, clock, now)
         if due is None:
             continue
         if due <= now:

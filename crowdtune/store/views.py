@@ -292,7 +292,7 @@ def online_schedule(reader: StoreReader, face_ids: list[str], now=None) -> pd.Da
     post still being published: `note` says which); next_reaction_at when no post waits for a score.
     Out: SCHEDULE_COLUMNS, one row per face that has a controller.
     """
-    from crowdtune.controller import AudienceClock, ControllerSnapshot, _collection_due, decide
+    from crowdtune.controller import AudienceClock, ControllerSnapshot, collection_due, decide
     from crowdtune.store.reads import online_snapshot
     from crowdtune.store.writes import utc_now
 
@@ -306,7 +306,7 @@ def online_schedule(reader: StoreReader, face_ids: list[str], now=None) -> pd.Da
         decision = decide(snap, now)
         clock = AudienceClock(snap.started_at or now, snap.config.time_acceleration)
         reads = sorted((due, post.post_id) for post in snap.posts
-                       if (due := _collection_due(post, snap.config, clock, now)) is not None)
+                       if (due := collection_due(post, snap.config, clock, now)) is not None)
         notes = list(decision.notes)
         if decision.resume_slot is not None:
             notes.append(f"post {decision.resume_slot} is being published")

@@ -21,10 +21,18 @@ HOUR = timedelta(hours=1)
 REPO = Path(__file__).resolve().parents[2]
 
 
+def audience_cache(request):
+    """pytest's cache folder keeps audience fits between sessions; a temp folder when it is off."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return request.getfixturevalue("tmp_path_factory").mktemp("crowdtune-audiences")
+    return cache.mkdir("crowdtune-audiences")
+
+
 @pytest.fixture(scope="session")
 def likes_config(request) -> AudienceConfig:
     # Fitting embeds 1,500 tweets (~20 s); pytest's cache folder keeps the fit between sessions.
-    cache_dir = request.config.cache.mkdir("crowdtune-audiences")
+    cache_dir = audience_cache(request)
     config = AudienceConfig(kind="likes", cache_dir=cache_dir, fit_max_posts=1500)
     load_audience(config)
     return config
@@ -120,7 +128,7 @@ def test_sentiment_audience_likes_cheerful_posts_more(tmp_path):
 
 
 def test_human_audience_learns_the_hutto_ratings(request):
-    config = AudienceConfig(kind="human", cache_dir=request.config.cache.mkdir("crowdtune-audiences"), fit_max_posts=800)
+    config = AudienceConfig(kind="human", cache_dir=audience_cache(request), fit_max_posts=800)
     ridge = fitted_ridge(config)
     assert ridge.holdout_spearman > 0.5, ridge.holdout_spearman
     appeal = load_audience(config).log_appeal(["I am so happy and grateful today!", "Worst day ever, everything is broken."])

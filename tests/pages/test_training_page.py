@@ -14,6 +14,14 @@ def button(at, label):
     return next(b for b in at.button if b.label == label)
 
 
+def save_face(at, name: str, kind: str, config_json: str):
+    """Fill in the add-face form and submit it."""
+    at.text_input[0].input(name)
+    at.selectbox[0].set_value(kind)
+    at.text_area[0].input(config_json)
+    return button(at, "Save face").click().run()
+
+
 def test_on_an_empty_store_the_page_says_to_add_a_face_first(settings):
     text = page_text(open_page(PAGE))
     assert "No faces yet: add one below" in text
@@ -22,11 +30,7 @@ def test_on_an_empty_store_the_page_says_to_add_a_face_first(settings):
 
 
 def test_adding_a_face_and_importing_it_enqueue_a_store_write_and_an_import_job(populated_store, redis_conn):
-    at = open_page(PAGE)
-    at.text_input[0].input("tweets2")
-    at.selectbox[0].set_value("dataset")
-    at.text_area[0].input('{"source": "hutto_tweets"}')
-    button(at, "Save face").click().run()
+    at = save_face(open_page(PAGE), "tweets2", "dataset", '{"source": "hutto_tweets"}')
     assert "Face `tweets2` saved" in page_text(at)
     [write] = queue("store", redis_conn).jobs
     assert write.func_name == "jobs.store.apply_write"
@@ -42,11 +46,7 @@ def test_adding_a_face_and_importing_it_enqueue_a_store_write_and_an_import_job(
 
 
 def test_a_face_config_holding_a_secret_is_refused(populated_store, redis_conn):
-    at = open_page(PAGE)
-    at.text_input[0].input("masto")
-    at.selectbox[0].set_value("mastodon")
-    at.text_area[0].input('{"token": "abc"}')
-    button(at, "Save face").click().run()
+    at = save_face(open_page(PAGE), "masto", "mastodon", '{"token": "abc"}')
     assert "Remove token from the config" in page_text(at)
     assert queue("store", redis_conn).count == 0
 
