@@ -53,6 +53,17 @@ def fetch_job(conn: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
+def progress_reporter(job: Job | None):
+    """The on_progress callback a training job hands to its trainer: it writes what job_progress reads."""
+
+    def report(step: int, total: int, loss: float, eta: float) -> None:
+        if job is not None:
+            job.meta["progress"] = {"step": step, "total": total, "loss": loss, "eta_seconds": eta}
+            job.save_meta()
+
+    return report
+
+
 def job_progress(conn: redis.Redis, job_id: str) -> Progress | None:
     """The progress a running job last reported, or None if it reported none (or is gone)."""
     job = fetch_job(conn, job_id)

@@ -14,6 +14,7 @@ from rq import get_current_job
 
 from crowdtune import artifacts, control
 from crowdtune.errors import CrowdtuneError
+from crowdtune.job_board import progress_reporter
 from crowdtune.queue import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
@@ -57,10 +58,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
             if mirrored:
                 artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
 
-        def on_progress(step: int, total: int, loss: float, eta: float) -> None:
-            if job is not None:
-                job.meta["progress"] = {"step": step, "total": total, "loss": loss, "eta_seconds": eta}
-                job.save_meta()
+        on_progress = progress_reporter(job)
 
         result = train_sft(
             sft_config, posts, base_model,

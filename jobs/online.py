@@ -30,6 +30,7 @@ from crowdtune import control
 from crowdtune.controller import (
     IDLE, OFFLINE, ONLINE, STOPPING, ControllerSnapshot, Decision, OnlineConfig, decide,
 )
+from crowdtune.job_board import progress_reporter
 from crowdtune.queue import connect, queue
 from crowdtune.settings import QUEUE_DEFAULT, QUEUE_STORE, QUEUE_TRAIN, load_settings
 from crowdtune.store.remote import read_via_store_worker
@@ -506,10 +507,7 @@ def rl_update(update_id: str) -> dict:
         if mirrored:
             artifacts.mirror_down(remote, base_dir)
 
-        def on_progress(s: int, total: int, loss: float, eta: float) -> None:
-            if job is not None:
-                job.meta["progress"] = {"step": s, "total": total, "loss": loss, "eta_seconds": eta}
-                job.save_meta()
+        on_progress = progress_reporter(job)
 
         result = run_update(
             cfg.algorithm, cfg.algorithm_settings, base_model=base_model,

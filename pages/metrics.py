@@ -5,19 +5,17 @@ import streamlit as st
 from crowdtune.charts import metric_figure
 from crowdtune.errors import CrowdtuneError
 from crowdtune.links import TIME_RANGES, MetricsView, from_query_params, seed_widgets, share_box
+from crowdtune.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 
 st.title("Metrics")
 
-try:
+with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
     catalog = views.metric_catalog(reader)
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 if catalog.empty:
     st.info("No metrics yet: start offline training on the Training page; its runs log val_loss and more here.")
@@ -48,7 +46,7 @@ def live_charts():
     try:
         series = views.metric_series(reader, view.runs, view.metrics, x=view.x, time_range=view.range)
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
         return
     if series.empty:
         st.info("Nothing to draw: choose at least one run and one metric (or widen the time range).")

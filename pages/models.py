@@ -3,10 +3,8 @@
 import streamlit as st
 
 from crowdtune import actions
-from crowdtune.access import readonly_notice
-from crowdtune.errors import CrowdtuneError
 from crowdtune.links import ModelsView, from_query_params, share_box
-from crowdtune.queue import connect
+from crowdtune.page_setup import control_connection, or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -15,14 +13,11 @@ BASE_MODEL_CHOICE = "(base model, no adapter)"
 
 st.title("Models")
 
-try:
+with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
     versions = views.model_versions(reader)
     faces = views.faces_frame(reader)
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 if versions.empty:
     st.info("No model versions yet: start offline training on the Training page; each run saves its best adapter here.")
@@ -44,13 +39,7 @@ if not face_ids:
     share_box("models", None)
     st.stop()
 
-may_control = readonly_notice(settings)
-try:
-    conn = connect(settings)
-except CrowdtuneError as exc:
-    conn = None
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-controls_off = not may_control or conn is None
+conn, controls_off = control_connection(settings)
 
 face = st.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
 active = faces.set_index("face_id").loc[face, "active_version_id"]

@@ -9,6 +9,7 @@ import streamlit as st
 from crowdtune.errors import CrowdtuneError
 from crowdtune.job_board import job_progress
 from crowdtune.links import share_box
+from crowdtune.page_setup import or_stop, show_error
 from crowdtune.queue import connect
 from crowdtune.settings import load_settings
 from crowdtune.status import system_status
@@ -18,11 +19,8 @@ from crowdtune.store.writes import utc_now
 
 st.title("Overview")
 
-try:
+with or_stop():
     settings = load_settings()
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 reader = StoreReader.from_settings(settings)
 KEY_METRICS = ("val_loss", "reward_mean", "score_mean")  # score_mean, reward_mean: per online update
 
@@ -70,7 +68,7 @@ def live_overview():
         now = utc_now()
         schedule = views.online_schedule(reader, controllers["face_id"].tolist(), now)
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
         return
 
     redis_col, workers_col, runs_col, alerts_col = st.columns(4)

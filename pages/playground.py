@@ -4,12 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune import actions
-from crowdtune.access import readonly_notice
-from crowdtune.errors import CrowdtuneError
 from crowdtune.forms import config_fields, validate_config
 from crowdtune.job_board import fetch_job
 from crowdtune.links import PlaygroundView, from_query_params, seed_widgets, share_box
-from crowdtune.queue import connect
+from crowdtune.page_setup import control_connection, or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -19,21 +17,12 @@ BASE_MODEL_CHOICE = "(base model)"
 st.title("Playground")
 st.caption("Samples appear here only: nothing is published.")
 
-try:
+with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
     versions = views.model_versions(reader)
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
-may_control = readonly_notice(settings)
-try:
-    conn = connect(settings)
-except CrowdtuneError as exc:
-    conn = None
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-controls_off = not may_control or conn is None
+conn, controls_off = control_connection(settings)
 
 choices = [BASE_MODEL_CHOICE, *(versions["version_id"].tolist() if not versions.empty else [])]
 if len(choices) == 1:

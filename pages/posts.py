@@ -5,8 +5,8 @@ import math
 import streamlit as st
 
 from crowdtune.charts import reactions_figure
-from crowdtune.errors import CrowdtuneError
 from crowdtune.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
+from crowdtune.page_setup import or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -15,13 +15,10 @@ PAGE_SIZE = 25
 
 st.title("Posts")
 
-try:
+with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
     choices = views.post_filter_choices(reader)
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 view = from_query_params(PostsView, st.query_params)
 view.face = view.face if view.face in choices["faces"] else ""
@@ -38,7 +35,7 @@ version = version_col.selectbox("Model version", ["", *choices["versions"]], key
 origin = origin_col.selectbox("Origin", POST_ORIGINS, key="posts_origin")
 filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip())
 
-try:
+with or_stop():
     # Count first so a page number from an old link is clamped to the pages that exist.
     total = views.count_posts(reader, filters)
     pages = max(1, math.ceil(total / PAGE_SIZE))
@@ -47,9 +44,6 @@ try:
     page_col, count_col = st.columns([1, 3])
     page = page_col.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="posts_page")
     posts = views.post_page(reader, filters, sort, page=int(page), page_size=PAGE_SIZE)
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 count_col.caption(f"{total:,} posts match.")
 if total == 0 and not (face or version or text) and origin == "any":

@@ -5,6 +5,7 @@ import streamlit as st
 
 from crowdtune.errors import CrowdtuneError
 from crowdtune.links import QueryView, from_query_params, seed_widgets, share_box
+from crowdtune.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.store.sandbox import DEFAULT_ROW_CAP, DEFAULT_TIME_LIMIT, run_query
 
@@ -12,11 +13,8 @@ st.title("Query")
 st.caption(f"Read-only SQL over the store (tables in docs/SCHEMA.md). At most {DEFAULT_ROW_CAP:,} rows, "
            f"{DEFAULT_TIME_LIMIT:g} s; no files, URLs, extensions or writes.")
 
-try:
+with or_stop():
     settings = load_settings()
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 view = from_query_params(QueryView, st.query_params)
 if not view.sql:
@@ -32,7 +30,7 @@ if sql.strip():
     try:
         result = run_query(settings.store_path, sql, wait_seconds=settings.read_retry_seconds)
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
     else:
         note = f" (first {DEFAULT_ROW_CAP:,} shown; more rows exist)" if result.truncated else ""
         st.caption(f"{len(result.frame):,} rows in {result.seconds:.2f} s{note}")

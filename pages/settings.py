@@ -11,6 +11,7 @@ import streamlit as st
 from crowdtune.access import readonly_notice
 from crowdtune.errors import CrowdtuneError
 from crowdtune.links import share_box
+from crowdtune.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -19,12 +20,9 @@ from faces.secrets import SECRETS_FILE_ENV, load_face_secrets, secret_env_var
 
 st.title("Settings")
 
-try:
+with or_stop():
     settings = load_settings()
     faces = views.faces_frame(StoreReader.from_settings(settings))
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 
 def write_secret(path: Path, kind: str, field: str, value: str) -> None:
@@ -75,7 +73,7 @@ for kind in kinds_with_secrets:
     try:
         found = load_face_secrets(kind, fields)
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
         found = {}
     with st.form(f"secrets_{kind}"):
         st.markdown(f"**{kind}**{' (in use)' if kind in kinds_in_use else ''}: " + ", ".join(

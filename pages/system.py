@@ -4,16 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.status import system_status
 
 st.title("System")
 
-try:
+with or_stop():
     settings = load_settings()
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 
 @st.fragment(run_every=3)
@@ -78,7 +76,7 @@ if st.button("Run a probe job", help="Enqueues a job that reports the host, devi
         job = enqueue(connect(settings), QUEUE_DEFAULT, "jobs.system.probe_worker", description="probe a worker")
         st.session_state["probe_job"] = job.id
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
 if "probe_job" in st.session_state:
     from crowdtune.queue import connect
 

@@ -7,13 +7,12 @@ import streamlit as st
 from pydantic import BaseModel, create_model
 
 from crowdtune import actions
-from crowdtune.access import readonly_notice
 from crowdtune.controller import IDLE, OFFLINE, ONLINE, OnlineConfig, parse_online_config
 from crowdtune.errors import CrowdtuneError
 from crowdtune.forms import config_fields, field_help, validate_config
 from crowdtune.job_board import job_board, job_progress
 from crowdtune.links import TrainingView, from_query_params, share_box
-from crowdtune.queue import connect
+from crowdtune.page_setup import control_connection, or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -47,24 +46,15 @@ def publishing_summary(face_id: str, kind: str, config: OnlineConfig) -> str:
 
 st.title("Training")
 
-try:
+with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
     faces = views.faces_frame(reader)
     versions = views.model_versions(reader)
     online_states = dict(views.online_controllers(reader)[["face_id", "state"]].itertuples(index=False))
-except CrowdtuneError as exc:
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-    st.stop()
 
 view = from_query_params(TrainingView, st.query_params)
-may_control = readonly_notice(settings)
-try:
-    conn = connect(settings)
-except CrowdtuneError as exc:
-    conn = None
-    st.error(f"**{exc.problem}**\n\n{exc.fix}")
-controls_off = not may_control or conn is None
+conn, controls_off = control_connection(settings)
 face_ids = faces["face_id"].tolist()
 
 # ---- Faces and imports --------------------------------------------------------------------------
@@ -193,7 +183,7 @@ else:
                 del st.session_state["online_pending"]
                 st.rerun()
             except CrowdtuneError as exc:
-                st.error(f"**{exc.problem}**\n\n{exc.fix}")
+                show_error(exc)
         if no_col.button("Cancel", key="online_cancel"):
             del st.session_state["online_pending"]
             st.rerun()
@@ -213,7 +203,7 @@ def live_runs():
         controllers = views.online_controllers(reader)
         updates = views.online_updates(reader, limit=20)
     except CrowdtuneError as exc:
-        st.error(f"**{exc.problem}**\n\n{exc.fix}")
+        show_error(exc)
         return
     active = active[active["kind"] != "online"]  # an online run stops through its face's controller
     online = controllers[controllers["state"].isin([ONLINE, OFFLINE])]
@@ -249,7 +239,7 @@ def live_runs():
                     actions.stop_online(conn, face.face_id)
                     st.session_state["online_stop_requested"] = face.face_id
                 except CrowdtuneError as exc:
-                    st.error(f"**{exc.problem}**\n\n{exc.fix}")
+                    show_error(exc)
     # Shown outside the popover, which closes when the fragment reruns.
     if st.session_state.get("training_stop_requested"):
         st.success(f"Stop requested for `{st.session_state['training_stop_requested']}`; "
