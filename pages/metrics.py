@@ -15,39 +15,55 @@ st.title("Metrics")
 with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
-    catalog = views.metric_catalog(reader)
 
-if catalog.empty:
-    st.info("No metrics yet: start offline training on the Training page; its runs log val_loss and more here.")
-    share_box("metrics", None)
-    st.stop()
 
-all_runs = list(dict.fromkeys(catalog["run_id"]))
-all_metrics = sorted(set(catalog["name"]))
-view = from_query_params(MetricsView, st.query_params)
-# Links may name runs that no longer exist; keep what does, default to the newest run and every metric.
-view.runs = [r for r in view.runs if r in all_runs] or all_runs[:1]
-view.metrics = [m for m in view.metrics if m in all_metrics] or all_metrics
-seed_widgets("metrics", view)
+def read_series(session, view: MetricsView, catalog):
+    """The chosen series, bucketed in DuckDB within the ranges of `catalog` (read on the same open)."""
+    return views.metric_series(session, view.runs, view.metrics, x=view.x, time_range=view.range, catalog=catalog)
 
-pick_runs, pick_metrics = st.columns(2)
-runs = pick_runs.multiselect("Runs", all_runs, key="metrics_runs")
-metrics = pick_metrics.multiselect("Metrics", all_metrics, key="metrics_metrics")
-smooth_col, x_col, range_col = st.columns(3)
-smoothing = smooth_col.slider("Smoothing (EMA)", 0.0, 0.99, step=0.01, key="metrics_smoothing")
-x_axis = x_col.radio("X axis", ["step", "time"], horizontal=True, key="metrics_x")
-time_range = range_col.selectbox("Time range", TIME_RANGES, key="metrics_range",
-                                 format_func=lambda r: "all time" if r == "all" else f"last {r}")
-view = MetricsView(runs=runs, metrics=metrics, smoothing=smoothing, x=x_axis, range=time_range)
+
+# One read-only open for the catalog and the charts' first draw: the catalog's ranges bound the
+# series' buckets, which saves the series a scan of their own.
+with or_stop(), reader.session() as session:
+    catalog = views.metric_catalog(session)
+    if catalog.empty:
+        st.info("No metrics yet: start offline training on the Training page; its runs log val_loss and more here.")
+        share_box("metrics", None)
+        st.stop()
+
+    all_runs = list(dict.fromkeys(catalog["run_id"]))
+    all_metrics = sorted(set(catalog["name"]))
+    view = from_query_params(MetricsView, st.query_params)
+    # Links may name runs that no longer exist; keep what does, default to the newest run and every metric.
+    view.runs = [r for r in view.runs if r in all_runs] or all_runs[:1]
+    view.metrics = [m for m in view.metrics if m in all_metrics] or all_metrics
+    seed_widgets("metrics", view)
+
+    pick_runs, pick_metrics = st.columns(2)
+    runs = pick_runs.multiselect("Runs", all_runs, key="metrics_runs")
+    metrics = pick_metrics.multiselect("Metrics", all_metrics, key="metrics_metrics")
+    smooth_col, x_col, range_col = st.columns(3)
+    smoothing = smooth_col.slider("Smoothing (EMA)", 0.0, 0.99, step=0.01, key="metrics_smoothing")
+    x_axis = x_col.radio("X axis", ["step", "time"], horizontal=True, key="metrics_x")
+    time_range = range_col.selectbox("Time range", TIME_RANGES, key="metrics_range",
+                                     format_func=lambda r: "all time" if r == "all" else f"last {r}")
+    view = MetricsView(runs=runs, metrics=metrics, smoothing=smoothing, x=x_axis, range=time_range)
+    # Handed to live_charts' first run below; its live refreshes read again.
+    st.session_state["metrics_first_draw"] = (view, read_series(session, view, catalog))
 
 
 @st.fragment(run_every=10)
 def live_charts():
-    try:
-        series = views.metric_series(reader, view.runs, view.metrics, x=view.x, time_range=view.range)
-    except CrowdtuneError as exc:
-        show_error(exc)
-        return
+    first_draw = st.session_state.pop("metrics_first_draw", None)
+    if first_draw is not None and first_draw[0] == view:
+        series = first_draw[1]
+    else:  # a live refresh (this fragment alone reruns): catalog and series afresh, on one open
+        try:
+            with reader.session() as live:
+                series = read_series(live, view, views.metric_catalog(live))
+        except CrowdtuneError as exc:
+            show_error(exc)
+            return
     if series.empty:
         st.info("Nothing to draw: choose at least one run and one metric (or widen the time range).")
         return
@@ -56,7 +72,8 @@ def live_charts():
     for index, name in enumerate(view.metrics):
         if (series["name"] == name).any():
             with columns[index % 2]:
-                st.plotly_chart(metric_figure(series, name, view.x, show_raw=view.smoothing > 0), width="stretch", key=f"chart_{name}")
+                st.plotly_chart(metric_figure(series, name, view.x, show_raw=view.smoothing > 0), width="stretch",
+                                key=f"chart_{name}")
     downsampled = (series["points"] > 1).any()
     st.caption(("Long series are bucketed in the store to at most "
                 f"{views.MAX_POINTS_PER_SERIES} points (mean line, min..max band). " if downsampled else "")

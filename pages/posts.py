@@ -18,55 +18,59 @@ st.title("Posts")
 with or_stop():
     settings = load_settings()
     reader = StoreReader.from_settings(settings)
-    choices = views.post_filter_choices(reader)
 
-view = from_query_params(PostsView, st.query_params)
-view.face = view.face if view.face in choices["faces"] else ""
-view.version = view.version if view.version in choices["versions"] else ""
-seed_widgets("posts", view)
+# The page's reads (filter choices; the count, one page and its posts' reactions) share one
+# read-only open; the block only draws widgets and tables besides, so the file is let go quickly.
+with or_stop(), reader.session() as session:
+    choices = views.post_filter_choices(session)
 
-search_col, sort_col = st.columns([3, 1])
-text = search_col.text_input("Search text", key="posts_q", placeholder="words in the post")
-sort = sort_col.selectbox("Sort", POST_SORTS, key="posts_sort")
-face_col, version_col, origin_col = st.columns(3)
-face = face_col.selectbox("Face", ["", *choices["faces"]], key="posts_face", format_func=lambda f: f or "all faces")
-version = version_col.selectbox("Model version", ["", *choices["versions"]], key="posts_version",
-                                format_func=lambda v: v or "all versions")
-origin = origin_col.selectbox("Origin", POST_ORIGINS, key="posts_origin")
-filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip())
+    view = from_query_params(PostsView, st.query_params)
+    view.face = view.face if view.face in choices["faces"] else ""
+    view.version = view.version if view.version in choices["versions"] else ""
+    seed_widgets("posts", view)
 
-with or_stop():
-    # Count first so a page number from an old link is clamped to the pages that exist.
-    total = views.count_posts(reader, filters)
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    if st.session_state["posts_page"] > pages:
-        st.session_state["posts_page"] = pages
+    search_col, sort_col = st.columns([3, 1])
+    text = search_col.text_input("Search text", key="posts_q", placeholder="words in the post")
+    sort = sort_col.selectbox("Sort", POST_SORTS, key="posts_sort")
+    face_col, version_col, origin_col = st.columns(3)
+    face = face_col.selectbox("Face", ["", *choices["faces"]], key="posts_face",
+                              format_func=lambda f: f or "all faces")
+    version = version_col.selectbox("Model version", ["", *choices["versions"]], key="posts_version",
+                                    format_func=lambda v: v or "all versions")
+    origin = origin_col.selectbox("Origin", POST_ORIGINS, key="posts_origin")
+    filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip())
+
+    # A page number from an old link beyond the last page shows the last page.
+    shown = views.posts_page(session, filters, sort, page=int(st.session_state["posts_page"]), page_size=PAGE_SIZE)
+    total, posts = shown.total, shown.posts
+    if shown.page != st.session_state["posts_page"]:
+        st.session_state["posts_page"] = shown.page
     page_col, count_col = st.columns([1, 3])
+    pages = max(1, math.ceil(total / PAGE_SIZE))
     page = page_col.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="posts_page")
-    posts = views.post_page(reader, filters, sort, page=int(page), page_size=PAGE_SIZE)
 
-count_col.caption(f"{total:,} posts match.")
-if total == 0 and not (face or version or text) and origin == "any":
-    st.info("No posts yet: import a dataset on the Training page or with `crowdtune import --face ...`.")
-elif posts.empty:
-    st.info("No post matches these filters: clear the search or choose another face, version or origin.")
-else:
-    st.dataframe(posts, hide_index=True, width="stretch",
-                 column_config={"url": st.column_config.LinkColumn("url", display_text="open"),
-                                "text": st.column_config.TextColumn("text", width="large"),
-                                "score": st.column_config.NumberColumn("score", format="%.3f")})
-
-    st.subheader("Reactions over the post's age")
-    post_ids = posts["post_id"].tolist()
-    if st.session_state.get("posts_post") not in post_ids:
-        st.session_state["posts_post"] = post_ids[0]
-    texts = dict(zip(posts["post_id"], posts["text"]))
-    chosen = st.selectbox("Post", post_ids, key="posts_post", format_func=lambda p: f"{p}: {texts[p][:80]}")
-    snapshots = views.reactions_over_age(reader, chosen)
-    if snapshots.empty:
-        st.caption("No reaction snapshots for this post yet.")
+    count_col.caption(f"{total:,} posts match.")
+    if total == 0 and not (face or version or text) and origin == "any":
+        st.info("No posts yet: import a dataset on the Training page or with `crowdtune import --face ...`.")
+    elif posts.empty:
+        st.info("No post matches these filters: clear the search or choose another face, version or origin.")
     else:
-        st.plotly_chart(reactions_figure(snapshots), width="stretch")
+        st.dataframe(posts, hide_index=True, width="stretch",
+                     column_config={"url": st.column_config.LinkColumn("url", display_text="open"),
+                                    "text": st.column_config.TextColumn("text", width="large"),
+                                    "score": st.column_config.NumberColumn("score", format="%.3f")})
+
+        st.subheader("Reactions over the post's age")
+        post_ids = posts["post_id"].tolist()
+        if st.session_state.get("posts_post") not in post_ids:
+            st.session_state["posts_post"] = post_ids[0]
+        texts = dict(zip(posts["post_id"], posts["text"]))
+        chosen = st.selectbox("Post", post_ids, key="posts_post", format_func=lambda p: f"{p}: {texts[p][:80]}")
+        snapshots = shown.reactions(chosen)
+        if snapshots.empty:
+            st.caption("No reaction snapshots for this post yet.")
+        else:
+            st.plotly_chart(reactions_figure(snapshots), width="stretch")
 
 view = PostsView(face=face, version=version, origin=origin, q=text, sort=sort, page=int(page),
                  post=st.session_state.get("posts_post") or "")

@@ -1,0 +1,51 @@
+"""The dashboard's figures: built without plotly's validation, so checked against it here."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from crowdtune.charts import metric_figure, reactions_figure
+
+
+def series(points: int) -> pd.DataFrame:
+    steps = np.arange(10)
+    frame = pd.DataFrame({
+        "run_id": np.repeat(["run-a", "run-b"], 10), "name": "loss", "step": np.tile(steps, 2),
+        "time": [dt.datetime(2026, 1, 1) + dt.timedelta(minutes=int(s)) for s in np.tile(steps, 2)],
+        "value": np.linspace(1, 0, 20), "points": points})
+    frame["low"], frame["high"] = frame["value"] - 0.1, frame["value"] + 0.1
+    frame["smoothed"] = frame["value"]
+    return frame
+
+
+def validated(figure: go.Figure) -> go.Figure:
+    """Check what st.plotly_chart sends (to_dict) with plotly's validating constructor, which raises
+    on any invalid property; return the figure itself (its arrays unencoded, for assertions)."""
+    go.Figure(figure.to_dict())
+    return figure
+
+
+@pytest.mark.parametrize("points, show_raw, x", [(1, False, "step"), (5, True, "step"), (5, True, "time")])
+def test_metric_figures_are_valid_plotly_with_a_band_raw_line_and_line_per_run(points, show_raw, x):
+    figure = validated(metric_figure(series(points), "loss", x, show_raw=show_raw))
+    per_run = 1 + (points > 1) + show_raw
+    assert len(figure.data) == 2 * per_run
+    lines = [t for t in figure.data if t.showlegend is not False]
+    assert [t.name for t in lines] == ["run-a", "run-b"]
+    assert lines[0].line.color != lines[1].line.color
+    if points > 1:
+        band = figure.data[0]
+        assert band.fill == "toself" and len(band.x) == 20  # along the highs, back along the lows
+    assert figure.layout.title.text == "loss" and figure.layout.xaxis.title.text == x
+
+
+def test_reactions_figure_is_valid_plotly_with_a_line_per_kind():
+    snapshots = pd.DataFrame({"kind": ["likes", "likes", "reposts"], "age_hours": [1.0, 6.0, 1.0],
+                              "count": [3, 9, 1]})
+    figure = validated(reactions_figure(snapshots))
+    assert [t.name for t in figure.data] == ["likes", "reposts"]
+    assert list(figure.data[0].y) == [3, 9]
+    assert figure.layout.xaxis.title.text == "hours since posted"
