@@ -164,10 +164,11 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, f
     reference = model(**batch).loss
     reference.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    chunked = causal_lm_loss(model, batch, chunk_tokens=7)
-    chunked.backward()
-    assert chunked.item() == pytest.approx(reference.item(), abs=1e-5)
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            assert torch.allclose(param.grad, expected[name], atol=1e-6), name
+    for chunk_tokens in (7, 10_000):  # many checkpointed chunks; one chunk, computed directly
+        model.zero_grad()
+        chunked = causal_lm_loss(model, batch, chunk_tokens=chunk_tokens)
+        chunked.backward()
+        assert chunked.item() == pytest.approx(reference.item(), abs=1e-5)
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                assert torch.allclose(param.grad, expected[name], atol=1e-6), (chunk_tokens, name)
