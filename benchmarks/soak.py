@@ -15,11 +15,13 @@ run sees every kind):
     hold_store         an outside read-only DuckDB session holds the store file (`--hold-seconds`)
     read_only_artifacts  the artifact folder becomes read-only (`--read-only-seconds`); as root the
                        workers run without CAP_DAC_OVERRIDE so that permission bits bind them
-A fault is survived when the loop publishes again (or completes an update) after it ended. If
-it left the online run paused (an update failed on the read-only disk), the soak applies the
-documented recovery, stop and start the run, and counts that as survived with one command.
+A fault is survived when the loop publishes again (or completes an update) after it ended, before
+the soak ends (no fault starts in the last minute, or quarter of a short soak); one that is not, stalled the loop (`stalled_s`).
+If a fault left the online run paused (an update failed on the read-only disk), the soak applies
+the documented recovery, stop and start the run, and counts that as survived with one command.
 
-Every `--sample-every` seconds it samples the RSS of every process (psutil) and prints figures.
+Every `--sample-every` seconds it samples the memory of every process (psutil: RSS, and PSS of a
+worker with its job and scheduler children, which share pages) and prints figures.
 At the end it stops the loop, waits for the state to settle (controller IDLE, posts scored, the
 store queue drained) and runs the exact accounting of tests/reliability/test_faults.py:
 generated = published + rejected + failed, every published post has reaction snapshots, every
@@ -52,6 +54,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+
+def _use_the_repos_tests() -> None:
+    """`tests` is this repository's folder (its fixtures and accounting are reused here); a stray
+    `tests` package that some dependency installs into site-packages must not shadow it."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.machinery.PathFinder.find_spec("tests", [str(ROOT)])
+    sys.modules["tests"] = importlib.util.module_from_spec(spec)
+
+
+_use_the_repos_tests()
+
 for _name, _value in {"OMP_NUM_THREADS": "1", "CROWDTUNE_TORCH_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                       "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}.items():
     os.environ.setdefault(_name, _value)
@@ -79,7 +94,7 @@ class Role:
     restarts: int = 0
     refused: int = 0          # starts that exited within seconds (e.g. the store lease still held)
     down_since: float | None = None
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, pid, rss main, rss tree)
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, pid, RSS, PSS of the tree)
 
 
 class Supervisor:
@@ -129,6 +144,8 @@ class Supervisor:
         return restarted
 
     def sample(self, extra: dict[str, int]) -> None:
+        """RSS of each process, and the PSS of it with its children (a job being run, the RQ scheduler):
+        forked children share most pages with their parent, which PSS counts once."""
         import psutil
 
         t = time.monotonic()
@@ -139,7 +156,8 @@ class Supervisor:
             try:
                 proc = psutil.Process(pid)
                 main = proc.memory_info().rss
-                tree = main + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                children = [] if name in extra else proc.children(recursive=True)
+                tree = sum(p.memory_full_info().pss for p in [proc, *children])
             except psutil.Error:
                 continue
             role = self.roles.setdefault(name, Role(name, []))
@@ -173,8 +191,9 @@ class Supervisor:
 
 
 def memory_figures(role: Role) -> dict:
-    """Peak RSS (process and its job/scheduler children), and growth of the longest-lived incarnation:
-    median RSS of the main process over the last third of its life minus over the first third."""
+    """Peak memory (PSS of the process with its job/scheduler children), and the growth of its
+    longest-lived incarnation: median RSS of the main process over the last third of its life minus
+    over the first third (None when it lived less than a minute)."""
     if not role.samples:
         return {}
     peak = max(s[3] for s in role.samples) / MB
@@ -188,6 +207,7 @@ def memory_figures(role: Role) -> dict:
         third = len(longest) // 3
         growth = (statistics.median(m for _, m in longest[-third:]) - statistics.median(m for _, m in longest[:third])) / MB
     return {"peak_mb": round(peak, 1), "last_mb": round(role.samples[-1][3] / MB, 1),
+            "peak_rss_mb": round(max(s[2] for s in role.samples) / MB, 1),
             "growth_mb": None if growth is None else round(growth, 1), "growth_span_s": round(span),
             "incarnations": len(by_pid), "restarts": role.restarts, "refused_starts": role.refused}
 
@@ -251,6 +271,8 @@ class Fault:
     ended: float | None = None
     progress_mark: tuple[int, int] = (0, 0)   # (published, updates) when it ended
     survived: str | None = None               # "by itself" | "with one command"
+    needed_command: bool = False              # the run had to be stopped and started again
+    stalled_s: float | None = None            # no progress from its end until the soak ended
     recovery_s: float | None = None
     holder: subprocess.Popen | None = None
 
@@ -276,16 +298,12 @@ class Soak:
     # set-up ---------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for name in ("REDIS_URL", "CROWDTUNE_REDIS_URL", "CROWDTUNE_DB_PATH", "CROWDTUNE_ARTIFACTS_URL"):
-            env.pop(name, None)
-        env.update({"CROWDTUNE_DATA_DIR": str(self.data), "CROWDTUNE_CONFIG": str(self.work / "crowdtune.toml"),
-                    "CROWDTUNE_WORKER_MAINTENANCE_SECONDS": "5"})
-        os.environ.update({k: env[k] for k in ("CROWDTUNE_DATA_DIR", "CROWDTUNE_CONFIG",
-                                               "CROWDTUNE_WORKER_MAINTENANCE_SECONDS")})
+        """Point this process and every child at the soak's own data folder and embedded Redis."""
         for name in ("REDIS_URL", "CROWDTUNE_REDIS_URL", "CROWDTUNE_DB_PATH", "CROWDTUNE_ARTIFACTS_URL"):
             os.environ.pop(name, None)
-        return env
+        os.environ.update({"CROWDTUNE_DATA_DIR": str(self.data), "CROWDTUNE_CONFIG": str(self.work / "crowdtune.toml"),
+                           "CROWDTUNE_WORKER_MAINTENANCE_SECONDS": "5"})
+        return dict(os.environ)
 
     def worker_command(self, *args: str) -> list[str]:
         script = Path(sys.executable).parent / "crowdtune"
@@ -438,19 +456,19 @@ class Soak:
         self.next_fault_at = now + self.args.fault_every * self.rng.uniform(0.8, 1.2)
         log(f"fault {len(self.faults)} ({fault.kind}) over")
 
-    def check_recoveries(self, now: float, figures: dict) -> None:
+    def check_recoveries(self, now: float, figures: dict, act: bool = True) -> None:
         progress = (figures.get("published", 0), figures.get("updates", 0))
         for fault in self.faults:
             if fault.ended is None or fault.survived is not None:
                 continue
             if progress[0] > fault.progress_mark[0] or progress[1] > fault.progress_mark[1]:
-                fault.survived = "with one command" if getattr(fault, "needed_command", False) else "by itself"
+                fault.survived = "with one command" if fault.needed_command else "by itself"
                 fault.recovery_s = round(now - fault.ended, 1)
                 log(f"fault {self.faults.index(fault) + 1} ({fault.kind}) survived {fault.survived} "
                     f"after {fault.recovery_s} s")
         paused = figures.get("paused")
         recent = self.faults[-1] if self.faults else None
-        if paused and self.active is None and recent is not None and recent.survived is None:
+        if act and paused and self.active is None and recent is not None and recent.survived is None:
             # The documented recovery of a paused run (the alert says so): stop it and start it again.
             from crowdtune import actions
             from tests.jobs.test_online_job import FACE
@@ -488,10 +506,12 @@ class Soak:
         self.set_up()
         run_id = self.start_online()
         log(f"online run {run_id} started")
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         setup_s = t0 - started
         until = t0 + self.args.minutes * 60
         self.next_fault_at = t0 + min(self.args.fault_every, 30)
+        # No new fault in the last stretch, so that the last ones can show whether the loop recovers.
+        last_fault_at = until - min(60.0, self.args.minutes * 60 / 4)
         next_sample = next_print = t0
         first_batches = None
         while time.monotonic() < until:
@@ -499,23 +519,22 @@ class Soak:
             for name in self.sup.watch():
                 log(f"restarted {name}")
             if now >= next_sample:
-                self.sup.sample({"redis": self.redis.process.pid} if self.redis.process else {})
-                self.sup.sample({"soak": os.getpid()})
+                self.sup.sample({"soak": os.getpid(), **({"redis": self.redis.process.pid} if self.redis.process else {})})
                 figures = self.figures()
                 if first_batches is None and "batches" in figures:
-                    first_batches = (now, figures["rows_written"])
+                    first_batches = (figures["rows_written"], figures["batches"])
                 self.check_recoveries(now, figures)
                 next_sample = now + self.args.sample_every
             if self.active is not None and now >= self.active.ends:
                 self.end_active(now, self.figures())
-            elif self.active is None and now >= self.next_fault_at:
+            elif self.active is None and self.next_fault_at <= now <= last_fault_at:
                 self.inject(now)
             if now >= next_print:
                 f = self.last_figures
-                rss = sum(r.samples[-1][3] for r in self.sup.roles.values() if r.samples) / MB
+                pss = sum(r.samples[-1][3] for r in self.sup.roles.values() if r.samples and r.samples[-1][0] >= now - 10) / MB
                 log(f"{(now - t0) / 60:5.1f} min: posts {f.get('published', 0)}/{f.get('generated', 0)} published, "
                     f"{f.get('reactions', 0)} reactions, {f.get('updates', 0)} updates, {f.get('versions', 0)} versions, "
-                    f"{f.get('batches', 0)} batches; queues {self.queues()}; faults {len(self.faults)}; RSS {rss:.0f} MB")
+                    f"{f.get('batches', 0)} batches; queues {self.queues()}; faults {len(self.faults)}; memory {pss:.0f} MB")
                 next_print = now + self.args.print_every
             time.sleep(0.2)
         if self.active is not None:
@@ -529,6 +548,8 @@ class Soak:
         from tests.reliability.test_faults import account, store_settled
 
         end_figures = self.figures()
+        t_end = time.monotonic()
+        self.check_recoveries(t_end, end_figures, act=False)
         log("stopping the online loop and waiting for the state to settle ...")
         settled, notes = True, []
         try:
@@ -552,9 +573,9 @@ class Soak:
         else:
             settled = False
             notes.append("posts still unscored or store writes pending")
-        for fault in self.faults:  # faults at the very end: recovered if everything settled
-            if fault.survived is None and settled:
-                fault.survived = "with one command" if getattr(fault, "needed_command", False) else "by itself"
+        for fault in self.faults:  # no progress seen after it, until the loop was stopped: it stalled the loop
+            if fault.survived is None and fault.ended is not None:
+                fault.stalled_s = round(t_end - fault.ended, 1)
         figures = account(self.settings, load_versions=True)
         failed = {}
         try:
@@ -567,9 +588,9 @@ class Soak:
             pass
         reader = self.reader()
         alerts = [r[0] for r in reader.rows("SELECT alert_id FROM alerts ORDER BY created_at")]
-        window = reader.rows("SELECT coalesce(sum(row_count), 0), count(*), min(applied_at), max(applied_at) "
-                             "FROM applied_writes")[0]
-        rows_written = window[0] - (first_batches[1] if first_batches else 0)
+        total_rows, total_batches = reader.rows("SELECT coalesce(sum(row_count), 0), count(*) FROM applied_writes")[0]
+        rows_written = total_rows - (first_batches[0] if first_batches else 0)
+        batches_written = total_batches - (first_batches[1] if first_batches else 0)
         self.sup.stop_all()
         self.redis.stop()
 
@@ -589,8 +610,10 @@ class Soak:
             "faults_survived_by_itself": sum(1 for f in self.faults if f.survived == "by itself"),
             "faults_survived_with_one_command": sum(1 for f in self.faults if f.survived == "with one command"),
             "recovery_seconds": {k: {"median": statistics.median(v), "max": max(v)} for k, v in recovery.items()},
-            "fault_log": [{"kind": f.kind, "target": f.target, "at_s": round(f.started - (self.faults[0].started if self.faults else 0)),
-                           "survived": f.survived, "recovery_s": f.recovery_s} for f in self.faults],
+            "fault_log": [{"kind": f.kind, "target": f.target, "at_s": round(f.started - self.t0),
+                           "survived": f.survived, "recovery_s": f.recovery_s, "stalled_s": f.stalled_s}
+                          for f in self.faults],
+            "faults_not_survived": {k: sum(1 for f in self.faults if f.kind == k and not f.survived) for k in by_kind},
             "operator_actions": self.operator_actions, "online_runs": len(self.run_ids),
             "posts": figures["posts"], "sandbox_posts": figures["sandbox_posts"], "reactions": figures["reactions"],
             "observed_posts": figures["observed_posts"], "versions": figures["versions"], "updates": figures["updates"],
@@ -598,8 +621,7 @@ class Soak:
             "lost": figures["lost"], "duplicates": figures["duplicates"], "problems": figures["problems"],
             "settled": settled, "settle_notes": notes,
             "store_rows_per_s": round(rows_written / max(soak_s, 1), 1),
-            "store_batches_per_s": round((window[1] - (end_figures.get("batches") or 0) + (end_figures.get("batches") or 0))
-                                         / max(soak_s, 1), 2),
+            "store_batches_per_s": round(batches_written / max(soak_s, 1), 2),
             "posts_per_min": round(end_figures.get("published", 0) / max(soak_s / 60, 1e-9), 1),
             "failed_jobs": failed, "alerts": len(alerts), "alert_kinds": sorted({a.split(":")[0] for a in alerts}),
             "dashboard": dashboard_figures(self.work / "dashboard.jsonl"),

@@ -36,8 +36,30 @@ def _worker_is_alive(name: str | None, registered: set[str]) -> bool:
     return "crowdtune" in cmdline or "rq" in cmdline
 
 
+def release_dead_scheduler_locks(conn: redis.Redis) -> None:
+    """Free the RQ scheduler lock of a queue whose holder was a process on this machine that is gone.
+
+    Otherwise a SIGKILLed worker's lock blocks every other scheduler until it expires (~61 s), and
+    scheduled jobs (controller ticks, publish retries) wait that long.
+    """
+    from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+
+    for name in ALL_QUEUES:
+        key = RQScheduler.get_locking_key(name)
+        holder = conn.get(key)
+        if not holder:
+            continue
+        info = {k.decode(): v.decode() for k, v in conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode()).items()}
+        pid = info.get("pid", "")
+        if info.get("hostname") == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            if conn.get(key) == holder:
+                conn.delete(key)
+                log.warning("released the scheduler lock of %s for %s: its process is gone", holder.decode(), name)
+
+
 def requeue_orphans(conn: redis.Redis) -> list[str]:
-    """Requeue started jobs whose worker is gone; return their ids."""
+    """Requeue started jobs whose worker is gone (and free its scheduler locks); return their ids."""
+    release_dead_scheduler_locks(conn)
     registered = {w.name for w in Worker.all(connection=conn)}
     requeued = []
     for name in ALL_QUEUES:

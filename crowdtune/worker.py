@@ -170,6 +170,18 @@ def _request_reconcile(conn) -> None:
         log.exception("could not ask for the online controllers to be reconciled")
 
 
+_DELETE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _gone_from_this_machine(name: str) -> bool:
+    """Whether a worker name (kind.host.pid) is that of a process on this machine that no longer runs."""
+    import psutil
+
+    parts = name.split(".")
+    host, pid = ".".join(parts[1:-1]), parts[-1]
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
 class StoreWorker(SimpleWorker):
     """The single writer: serves the `store` queue in-process and holds a lease in Redis."""
 
@@ -193,6 +205,11 @@ class StoreWorker(SimpleWorker):
         deadline = time.monotonic() + wait_seconds
         while not self.connection.set(STORE_LEASE_KEY, self.name, nx=True, ex=STORE_LEASE_SECONDS):
             holder = self.connection.get(STORE_LEASE_KEY)
+            if holder and _gone_from_this_machine(holder.decode()):
+                # The writer on this machine was killed (SIGKILL, OOM): its lease is void. Delete it
+                # only if it still names that writer, then try again.
+                self.connection.eval(_DELETE_IF_HOLDER, 1, STORE_LEASE_KEY, holder)
+                continue
             live = {w.name for w in Worker.all(connection=self.connection)}
             # A registered holder is alive: refuse now. An unregistered one died: wait out its lease.
             if time.monotonic() > deadline or (holder and holder.decode() in live):

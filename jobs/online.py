@@ -145,7 +145,8 @@ def tick(face_id: str) -> dict:
     job = get_current_job()
     lock = _TICK_LOCK.format(face_id=face_id)
     token = job.id if job is not None else uuid.uuid4().hex
-    if not conn.set(lock, token, nx=True, ex=300):
+    # a requeued run of a killed tick has the same job id: it may take over its own lock
+    if not conn.set(lock, token, nx=True, ex=300) and conn.get(lock) != token.encode():
         schedule_tick(conn, face_id, utc_now() + timedelta(seconds=1))
         return {"face_id": face_id, "skipped": "another tick is running"}
     try:
@@ -287,7 +288,8 @@ def publish_post(face_id: str, run_id: str, slot: int) -> dict:
     cfg = OnlineConfig(**controller["config"])
     intent_id, post_id = f"{run_id}:{slot}", f"{run_id}:p{slot}"
     lock, token = _INTENT_LOCK.format(intent_id=intent_id), (job.id if job else uuid.uuid4().hex)
-    if not conn.set(lock, token, nx=True, ex=900):
+    # a requeued run of a killed publish job has the same job id: it may take over its own lock
+    if not conn.set(lock, token, nx=True, ex=900) and conn.get(lock) != token.encode():
         raise RuntimeError(f"another job is publishing {intent_id} right now; trying again later")
     row = next((p for p in inputs["slot_posts"] if p["post_id"] == post_id), None)
     outcome = "published"

@@ -19,6 +19,7 @@ Running again with the same folder resumes from last.ckpt; step numbers continue
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -397,6 +398,8 @@ def save_checkpoint(trainer: pl.Trainer, folder: Path) -> None:
     tmp = folder / "last.ckpt.tmp"
     trainer.save_checkpoint(tmp)
     if trainer.is_global_zero:
+        if not tmp.exists():  # Lightning's atomic save swallows the PermissionError of a read-only folder
+            raise PermissionError(errno.EACCES, "could not write the checkpoint; is the folder writable?", str(tmp))
         os.replace(tmp, folder / "last.ckpt")
 
 

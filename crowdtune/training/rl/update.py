@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import add_lora, load_base_model, load_version
+from crowdtune.training.sft import save_checkpoint
 
 COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
@@ -380,13 +381,6 @@ class _Progress(pl.Callback):
         step = trainer.global_step
         per_step = (time.monotonic() - self.started) / max(1, step - self.start_step)
         self.on_progress(step, self.total, pl_module.last_loss, per_step * max(0, self.total - step))
-
-
-def save_checkpoint(trainer: pl.Trainer, folder: Path) -> None:
-    tmp = folder / "last.ckpt.tmp"
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        os.replace(tmp, folder / "last.ckpt")
 
 
 def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:

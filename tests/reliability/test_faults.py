@@ -1,0 +1,524 @@
+"""Faults on real parts, each followed by the exact accounting: nothing lost, nothing doubled.
+
+Real Redis, real workers, the real DuckDB store, the tiny model and the sandbox face in accelerated
+time (the online setup of tests/jobs/test_online_job.py). Faults covered here, beyond those the
+job tests already prove (offline SIGKILL resume, killed RL update + Redis restart, reader holding
+the file, 429/5xx at the HTTP boundary):
+
+- SIGKILL of the store worker in the middle of a batch, then a restart: every batch applied once.
+- SIGKILL of the publishing worker at three moments of publishing a post: no double post, the
+  sandbox's posts are exactly the store's published rows.
+- What a SIGKILLed worker leaves in Redis (the store writer's lease, RQ's scheduler lock, the
+  controller's tick lock) must not keep its successor from working at once.
+- The artifact folder made read-only during offline training and during an RL update: a clear
+  error (an alert online), nothing lost, and training works again once the folder is writable.
+
+`account(settings)` is the exact accounting every test calls after its fault (benchmarks/soak.py
+calls it too): generated = published + rejected + failed, nothing stuck in `publishing`, every
+published post has reaction snapshots, every model version loads, every sandbox post is a
+published row and the other way round, and no table has two rows with one primary key.
+
+As root, permission bits do not stop writes (CAP_DAC_OVERRIDE); workers of the read-only tests
+start without that capability, so a read-only folder is read-only for them as on a real disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import fsspec
+import psutil
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from rq import Worker
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from crowdtune import actions
+from crowdtune.queue import queue
+from crowdtune.store.reads import StoreReader
+from crowdtune.store.schema import TABLE_KEYS
+from crowdtune.store.writer import initialise
+from crowdtune.store.writes import StoreWriter, _job_id
+from jobs.online import _job_status
+from tests.conftest import kill_tree, wait_for
+from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
+from tests.jobs.test_online_job import FACE, add_face, online_config
+from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
+
+CAP_DAC_OVERRIDE = 1
+PR_CAPBSET_DROP = 24
+
+
+# --------------------------------------------------------------------------------------------
+# The exact accounting
+
+
+def _count(reader: StoreReader, sql: str, *params) -> int:
+    return int(reader.scalar(sql, list(params), default=0) or 0)
+
+
+def sandbox_folders(reader: StoreReader) -> dict[str, Path]:
+    """The local folders of the store's sandbox faces (their "servers"), by face id."""
+    folders = {}
+    for face_id, config in reader.rows("SELECT face_id, config FROM faces WHERE kind = 'sandbox'"):
+        url = json.loads(config or "{}").get("state_url", "data/sandbox")
+        fs, root = fsspec.core.url_to_fs(url)
+        if isinstance(fs, LocalFileSystem):
+            folders[face_id] = Path(root)
+    return folders
+
+
+def sandbox_records(folder: Path) -> list[dict]:
+    """Every post the sandbox holds (one JSON file each)."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("sbx-*.json"))] if folder.is_dir() else []
+
+
+def account(settings, *, load_versions: bool = True, scored: bool = False) -> dict:
+    """Count everything and check it adds up exactly. Call it once the system has settled.
+
+    Returns figures (posts by status, reactions, versions, rows, lost, duplicates) and `problems`,
+    a list of sentences, empty when everything adds up.
+      lost:       a sandbox post the store does not record as published, a published post without
+                  reaction snapshots (or score, with `scored`), a version that does not load, a
+                  completed update or version folder without its model_versions row
+      duplicates: two rows with one primary key, one platform post or intent recorded twice,
+                  two published posts for one slot
+    """
+    reader = StoreReader(settings.store_path, wait_seconds=120)
+    problems: list[str] = []
+    lost = duplicates = 0
+
+    rows = {}
+    for table, key in {**TABLE_KEYS, "applied_writes": ("write_id",)}.items():
+        rows[table] = _count(reader, f'SELECT count(*) FROM "{table}"')
+        columns = ", ".join(f'"{c}"' for c in key)
+        doubled = _count(reader, f'SELECT count(*) FROM (SELECT {columns} FROM "{table}" GROUP BY ALL HAVING count(*) > 1)')
+        if doubled:
+            duplicates += doubled
+            problems.append(f"{doubled} duplicate key(s) in {table}")
+
+    by_status = dict(reader.rows("SELECT status, count(*) FROM posts WHERE origin = 'generated' GROUP BY status"))
+    generated = sum(by_status.values())
+    published, rejected = by_status.get("published", 0), by_status.get("rejected", 0)
+    failed, publishing = by_status.get("failed", 0), by_status.get("publishing", 0)
+    if generated != published + rejected + failed:
+        problems.append(f"generated {generated} != published {published} + rejected {rejected} + failed {failed} "
+                        f"(statuses {by_status})")
+    for what, sql in {
+        "platform post": "SELECT face_id, platform_id FROM posts WHERE origin = 'generated' AND platform_id IS NOT NULL",
+        "publishing intent": "SELECT intent_id FROM posts WHERE intent_id IS NOT NULL",
+        "published slot": "SELECT run_id, publish_slot FROM posts WHERE status = 'published' AND publish_slot IS NOT NULL",
+    }.items():
+        doubled = _count(reader, f"SELECT count(*) FROM ({sql} GROUP BY ALL HAVING count(*) > 1)")
+        if doubled:
+            duplicates += doubled
+            problems.append(f"{doubled} {what}(s) recorded twice")
+
+    unobserved = [r[0] for r in reader.rows(
+        "SELECT post_id FROM posts p WHERE status = 'published' AND (NOT EXISTS "
+        "(SELECT 1 FROM reaction_snapshots s WHERE s.post_id = p.post_id)" + (" OR score IS NULL)" if scored else ")"))]
+    if unobserved:
+        lost += len(unobserved)
+        problems.append(f"published post(s) without {'a score' if scored else 'reaction snapshots'}: {unobserved[:5]}")
+
+    sandbox_posts = 0
+    for face_id, folder in sandbox_folders(reader).items():
+        out = {r["platform_id"]: r for r in sandbox_records(folder)}
+        sandbox_posts += len(out)
+        recorded = {r[0] for r in reader.rows("SELECT platform_id FROM posts WHERE face_id = ? AND status = 'published' "
+                                              "AND origin = 'generated'", [face_id])}
+        missing, phantom = sorted(set(out) - recorded), sorted(recorded - set(out))
+        if missing:
+            lost += len(missing)
+            problems.append(f"{face_id}: {len(missing)} sandbox post(s) not recorded as published "
+                            f"(intents {[out[m]['intent_id'] for m in missing[:5]]})")
+        if phantom:
+            lost += len(phantom)
+            problems.append(f"{face_id}: {len(phantom)} published row(s) the sandbox does not have: {phantom[:5]}")
+
+    versions = reader.rows("SELECT version_id, artifact_url, base_model FROM model_versions ORDER BY version_id")
+    for version_id, url, base_model in versions:
+        try:
+            if load_versions:
+                from crowdtune.training.models import load_version
+
+                load_version(url, base_model=base_model, cache_dir=settings.data_dir / "models")
+            else:
+                fs, root = fsspec.core.url_to_fs(url)
+                if not fs.exists(f"{root.rstrip('/')}/adapter_config.json"):
+                    raise FileNotFoundError(f"{url} has no adapter_config.json")
+        except Exception as exc:  # noqa: BLE001 - every failure is one lost version
+            lost += 1
+            problems.append(f"version {version_id} does not load: {type(exc).__name__}: {exc}")
+    known = {v[0] for v in versions}
+    unregistered = [r[0] for r in reader.rows(
+        "SELECT update_id FROM online_updates WHERE status = 'completed' AND (version_id IS NULL OR version_id NOT IN "
+        "(SELECT version_id FROM model_versions))")]
+    folder = Path(settings.artifacts) / "versions"
+    orphans = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in known) if folder.is_dir() else []
+    for what, ids in (("completed update(s) without a model version", unregistered),
+                      ("version folder(s) without a model_versions row", orphans)):
+        if ids:
+            lost += len(ids)
+            problems.append(f"{len(ids)} {what}: {ids[:5]}")
+
+    return {"posts": {"generated": generated, "published": published, "rejected": rejected, "failed": failed,
+                      "publishing": publishing, "imported": _count(reader, "SELECT count(*) FROM posts WHERE origin = 'imported'")},
+            "sandbox_posts": sandbox_posts, "reactions": rows["reaction_snapshots"],
+            "observed_posts": _count(reader, "SELECT count(DISTINCT post_id) FROM reaction_snapshots"),
+            "versions": len(versions), "updates": _count(reader, "SELECT count(*) FROM online_updates WHERE status = 'completed'"),
+            "rows": sum(rows.values()), "rows_by_table": rows, "lost": lost, "duplicates": duplicates,
+            "stuck_publishing": publishing, "problems": problems + ([f"{publishing} post(s) stuck in publishing"]
+                                                                   if publishing else [])}
+
+
+def assert_accounts(settings, **options) -> dict:
+    figures = account(settings, **options)
+    assert figures["problems"] == [], figures
+    return figures
+
+
+def store_settled(conn) -> bool:
+    """Nothing waits for the store writer: no queued, running or scheduled batch."""
+    q = queue("store", conn)
+    return q.count == 0 and StartedJobRegistry(queue=q).count == 0 and ScheduledJobRegistry(queue=q).count == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def registered(conn, proc: subprocess.Popen) -> bool:
+    return any(w.name.endswith(f".{proc.pid}") for w in Worker.all(connection=conn))
+
+
+def restart(workers, conn, *args: str, timeout: float = 120) -> tuple[subprocess.Popen, int]:
+    """Start a worker again as `crowdtune up` does: if it exits at start, start it once more after a pause.
+
+    Returns the running process and how many starts it took.
+    """
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        proc = workers.start(*args, wait=False)
+        wait_for(lambda: registered(conn, proc) or proc.poll() is not None, timeout=90, message=f"worker {args}")
+        if proc.poll() is None:
+            return proc, attempts
+        assert time.monotonic() < deadline, f"worker {args} kept exiting at start:\n{workers.logs()[-3000:]}"
+        time.sleep(2)
+
+
+def started_jobs(conn, queue_name: str, prefix: str) -> list[str]:
+    return [j for j in StartedJobRegistry(queue=queue(queue_name, conn)).get_job_ids(cleanup=False) if j.startswith(prefix)]
+
+
+def _drop_dac_override() -> None:
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot drop CAP_DAC_OVERRIDE")
+
+
+def permissions_bind(tmp_path: Path) -> bool:
+    """Whether a process started without CAP_DAC_OVERRIDE is refused writing to a read-only folder."""
+    probe = tmp_path / "read-only-probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        done = subprocess.run(["sh", "-c", f"touch {probe}/x"], preexec_fn=_drop_dac_override, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        probe.chmod(0o755)
+    return done.returncode != 0
+
+
+def set_read_only(folder: Path, read_only: bool) -> None:
+    """chmod the folder tree a-w (as a read-only disk looks to a process), or back to u+w."""
+    paths = [folder, *folder.rglob("*")]
+    for path in (reversed(paths) if read_only else paths):
+        try:
+            mode = path.stat().st_mode
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) if read_only else mode | stat.S_IWUSR)
+        except FileNotFoundError:  # renamed or removed by a writer meanwhile
+            continue
+
+
+@pytest.fixture
+def workers_without_dac_override(workers, monkeypatch, tmp_path):
+    """The `workers` pool, but every process it starts is bound by permission bits, even as root."""
+    if not permissions_bind(tmp_path):
+        pytest.skip("cannot start processes that respect permission bits here (root without CAP_SETPCAP)")
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        kwargs.setdefault("preexec_fn", _drop_dac_override)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return workers
+
+
+# --------------------------------------------------------------------------------------------
+# The store worker killed mid-write
+
+
+@pytest.mark.slow
+def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_a_restart(settings, redis_conn, workers):
+    initialise(settings.store_path)
+    store = workers.start("--store", conn=redis_conn)
+    writer = StoreWriter(redis_conn)
+    # Each batch inserts rows, then updates half of them one statement at a time: a long
+    # transaction (~1 s), so that the kill lands inside it.
+    batches, rows, updates = 8, 2000, 1000
+    write_ids = [writer.submit(
+        [{"op": "insert", "table": "metrics", "rows": [{"run_id": "load", "name": "x", "step": b * rows + i, "value": -1.0}
+                                                       for i in range(rows)]}]
+        + [{"op": "update", "table": "metrics", "where": {"run_id": "load", "name": "x", "step": b * rows + i},
+            "set": {"value": float(b * rows + i)}} for i in range(updates)], write_id=f"load-{b}") for b in range(batches)]
+    reader = StoreReader(settings.store_path, wait_seconds=60)
+    for _ in range(3):
+        running = wait_for(lambda: started_jobs(redis_conn, "store", "store-load-"), timeout=60, interval=0.005,
+                           message="a batch being applied")[0]
+        time.sleep(0.3)
+        kill_tree(store.pid)
+        killed = next(w for w in write_ids if _job_id(w) == running)
+        committed = _count(reader, "SELECT count(*) FROM applied_writes WHERE write_id = ?", killed)
+        # Started again as `crowdtune up` restarts it (a start refused while the dead writer's lease lasts is retried).
+        store, _ = restart(workers, redis_conn, "--store")
+        if not committed:
+            break  # the kill landed inside the batch (else: try again on a later one)
+    assert not committed, "three kills all landed between batches"
+
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM applied_writes WHERE write_id LIKE 'load-%'") == batches,
+             timeout=180, message="every batch to be applied")
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
+    assert reader.rows("SELECT count(*), count(DISTINCT step), min(step), max(step), count(*) FILTER (value = step), "
+                       "count(*) FILTER (value = -1) FROM metrics WHERE run_id = 'load'") == [
+        (batches * rows, batches * rows, 0, batches * rows - 1, batches * updates, batches * (rows - updates))]
+    assert sorted(r[0] for r in reader.rows("SELECT write_id FROM applied_writes WHERE write_id LIKE 'load-%'")) == sorted(write_ids)
+    assert reader.rows("SELECT write_id FROM applied_writes WHERE row_count <> ? AND write_id LIKE 'load-%'",
+                       [rows + updates]) == []
+    assert FailedJobRegistry(queue=queue("store", redis_conn)).count == 0
+    assert_accounts(settings)
+
+
+def test_a_store_worker_started_right_after_its_predecessor_was_killed_starts_at_once(settings, redis_conn, workers):
+    initialise(settings.store_path)
+    kill_tree(workers.start("--store", conn=redis_conn).pid)
+    proc = workers.start("--store", wait=False)
+    wait_for(lambda: registered(redis_conn, proc) or proc.poll() is not None, timeout=90, message="the new store worker")
+    assert proc.poll() is None, f"the new store worker was refused: {workers.logs()[-300:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# What a SIGKILLed worker leaves in Redis: locks that must not stall the loop
+
+
+def _live_scheduler_holds(conn, queue_name: str) -> bool:
+    from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
+
+    name = conn.get(RQScheduler.get_locking_key(queue_name))
+    pid = conn.hget(SCHEDULER_KEY_TEMPLATE % name.decode(), "pid") if name else None
+    return bool(pid) and psutil.pid_exists(int(pid))
+
+
+def test_a_worker_started_after_a_killed_one_schedules_jobs_at_once(settings, redis_conn, workers):
+    first = workers.start("--queues", "default", conn=redis_conn)
+    wait_for(lambda: _live_scheduler_holds(redis_conn, "default"), timeout=30, message="the first scheduler")
+    kill_tree(first.pid)
+    workers.start("--queues", "default", conn=redis_conn)
+    wait_for(lambda: _live_scheduler_holds(redis_conn, "default"), timeout=10,
+             message="a live scheduler for the default queue after the restart")
+
+
+def test_a_tick_killed_mid_way_does_not_stall_the_controller(settings, redis_conn, workers):
+    from jobs.online import _TICK_LOCK, schedule_tick
+
+    initialise(settings.store_path)
+    store = workers.start("--store", conn=redis_conn)
+    ticker = workers.start("--queues", "default", conn=redis_conn)
+    os.kill(store.pid, signal.SIGSTOP)  # the tick takes its lock, then waits for the store's answer
+    try:
+        tick_id = schedule_tick(redis_conn, FACE)
+        wait_for(lambda: redis_conn.get(_TICK_LOCK.format(face_id=FACE)) == tick_id.encode(), timeout=30,
+                 message="the tick to take its lock")
+        kill_tree(ticker.pid)
+    finally:
+        os.kill(store.pid, signal.SIGCONT)
+    workers.start("--queues", "default", conn=redis_conn)  # requeues the killed tick
+    wait_for(lambda: _job_status(redis_conn, tick_id) == "finished", timeout=60, message="the requeued tick")
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    result = Job.fetch(tick_id, connection=redis_conn, serializer=JSONSerializer).latest_result().return_value
+    assert result.get("skipped") != "another tick is running", result
+
+
+# --------------------------------------------------------------------------------------------
+# The publishing worker killed while publishing
+
+
+def _publish_slot(job_id: str) -> int:
+    return int(job_id.rsplit("-", 1)[1])
+
+
+def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
+    """The re-run of a killed publish job has failed (and waits to retry) while the intent lock its
+    killed predecessor took is still there: the re-run is refused by that stale lock."""
+    from jobs.online import _INTENT_LOCK
+
+    stale = conn.get(_INTENT_LOCK.format(intent_id=f"{run_id}:{slot}")) == job_id.encode()
+    return stale and _job_status(conn, job_id) in ("scheduled", "failed")
+
+
+@pytest.mark.slow
+def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no_post(
+        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
+    from faces.sandbox import post_id_for_intent
+    from jobs.online import _safe
+
+    sandbox_dir = tmp_path / "sandbox"
+    reader = add_face(settings, str(sandbox_dir), fresh_posts[:50])
+    workers.start("--store", conn=redis_conn)
+    publisher = workers.start("--queues", "default", conn=redis_conn)
+    # No RL update in this test (posts_per_update is out of reach): only publishing and collecting.
+    run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1000))
+    prefix = f"publish-{_safe(run_id)}-"
+
+    def intent_queued(slot: int) -> bool:
+        return bool(redis_conn.exists(f"rq:job:{_job_id(f'intent:{run_id}:{slot}')}"))
+
+    def on_sandbox(slot: int) -> bool:
+        return (sandbox_dir / f"{post_id_for_intent(f'{run_id}:{slot}')}.json").exists()
+
+    def resolved(slot: int) -> bool:
+        return _count(reader, "SELECT resolved_slot FROM controllers WHERE face_id = ?", FACE) >= slot
+
+    # Three moments: right after the intent is recorded (around the face call), once the post is out
+    # on the sandbox (before or after the store has heard of it), and while generating.
+    moments = {"intent recorded": intent_queued, "on the sandbox": on_sandbox, "generating": lambda slot: True}
+    hits = {}
+    for moment, ready in moments.items():
+        job = wait_for(lambda: started_jobs(redis_conn, "default", prefix), timeout=180, interval=0.002,
+                       message="a publish job to start")[0]
+        slot = _publish_slot(job)
+        wait_for(lambda: ready(slot) or not started_jobs(redis_conn, "default", job), timeout=60, interval=0.001,
+                 message=f"the moment '{moment}'")
+        kill_tree(publisher.pid)
+        hits[moment] = {"slot": slot, "on_sandbox": on_sandbox(slot), "published_record_queued": bool(
+            redis_conn.exists(f"rq:job:{_job_id(f'published:{run_id}:{slot}')}"))}
+        publisher, _ = restart(workers, redis_conn, "--queues", "default")
+        wait_for(lambda: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job), timeout=120,
+                 message=f"slot {slot} to be resolved after the kill '{moment}'")
+        assert resolved(slot), f"killed '{moment}': the re-run of {job} is refused by the intent lock its killed run left"
+
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'", run_id) >= 4,
+             timeout=180, message="four published posts")
+    assert actions.stop_online(redis_conn, FACE) == run_id
+    wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
+             message="the controller to go IDLE")
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published' "
+                                    "AND score IS NULL", run_id) == 0, timeout=120, message="every post to be scored")
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
+    figures = assert_accounts(settings, scored=True)
+    # Every killed slot ended published exactly once, or not published and not out on the sandbox.
+    for moment, hit in hits.items():
+        status = reader.scalar("SELECT status FROM posts WHERE run_id = ? AND publish_slot = ? AND status <> 'rejected'",
+                               [run_id, hit["slot"]])
+        assert status in ("published", "failed", None), (moment, hit, status)
+        assert (status == "published") == on_sandbox(hit["slot"]), (moment, hit, status)
+    assert figures["sandbox_posts"] == figures["posts"]["published"] >= 4
+
+
+# --------------------------------------------------------------------------------------------
+# The artifact folder made read-only
+
+
+@pytest.mark.slow
+def test_a_read_only_artifact_folder_fails_offline_training_clearly_and_training_works_once_writable(
+        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir):  # noqa: F811
+    workers = workers_without_dac_override
+    reader = store_with_posts
+    artifacts = Path(settings.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    workers.start("--store", conn=redis_conn)
+    workers.start("--queues", "train", conn=redis_conn)
+    config = {**SMALL, "max_steps": 32, "eval_every": 8}
+    run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND step = 8", run_id),
+             timeout=300, message="the first evaluation")
+    set_read_only(artifacts, True)  # the disk goes read-only mid-run: the next checkpoint cannot be written
+    try:
+        wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the job")
+        wait_for(lambda: reader.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id]) in ("failed", "completed"),
+                 timeout=60, message="the run's end")
+        status, error = reader.rows("SELECT status, error FROM runs WHERE run_id = ?", [run_id])[0]
+        assert status == "failed" and job.get_status().value == "failed"
+        assert "Permission denied" in error and str(artifacts) in error, error  # names the problem and the place
+        # What was recorded before the fault is still there, once; the failed run registered no version.
+        assert _count(reader, "SELECT count(DISTINCT step) FROM metrics WHERE run_id = ?", run_id) >= 1
+        assert _count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
+    finally:
+        set_read_only(artifacts, False)
+
+    # Writable again: one command (the Training page or `crowdtune train offline`) trains again.
+    run_id2, job2 = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
+    wait_for(lambda: job2.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the new run")
+    assert job2.get_status().value == "finished", job2.latest_result().exc_string
+    wait_for(lambda: reader.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id2]) == "completed", timeout=60,
+             message="the new run to complete")
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
+    assert assert_accounts(settings)["versions"] == 1
+
+
+@pytest.mark.slow
+def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_restart_resumes_it(
+        settings, redis_conn, workers_without_dac_override, tmp_path, fresh_posts, tiny_model_dir):
+    workers = workers_without_dac_override
+    artifacts = Path(settings.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    reader = add_face(settings, str(tmp_path / "sandbox"), fresh_posts[:50])
+    workers.start("--store", conn=redis_conn)
+    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "train", conn=redis_conn)
+    set_read_only(artifacts, True)  # publishing only reads; the first RL update is the first to write there
+    try:
+        run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1))
+        update_id = f"{run_id}-u1"
+        wait_for(lambda: reader.scalar("SELECT status FROM online_updates WHERE update_id = ?", [update_id]) == "failed",
+                 timeout=240, message="the update to fail (after its retry)")
+        alert = wait_for(lambda: reader.rows("SELECT level, message FROM alerts WHERE alert_id = ?",
+                                             [f"update-failed:{update_id}"]), timeout=60, message="the alert")
+        level, message = alert[0]
+        assert level == "error" and "Permission denied" in message and str(artifacts) in message, message
+        assert "stop and restart" in message
+        paused = reader.scalar("SELECT paused_reason FROM controllers WHERE face_id = ?", [FACE])
+        assert paused and "Permission denied" in paused
+        assert _count(reader, "SELECT count(*) FROM model_versions") == 0
+    finally:
+        set_read_only(artifacts, False)
+
+    # Writable again: the documented recovery is to stop the paused run and start it again.
+    assert actions.stop_online(redis_conn, FACE) == run_id
+    wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
+             message="the paused run to stop")
+    run_id2 = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1))
+    wait_for(lambda: (reader.scalar("SELECT active_version_id FROM faces WHERE face_id = ?", [FACE]) or "").startswith(
+        f"{run_id2}-u"), timeout=240, message="an update of the new run to make the active version")
+    actions.stop_online(redis_conn, FACE)
+    wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
+             message="the new run to stop")
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE status = 'published' AND score IS NULL") == 0,
+             timeout=120, message="every post to be scored")
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
+    figures = assert_accounts(settings, scored=True)
+    assert figures["versions"] >= 1 and figures["sandbox_posts"] == figures["posts"]["published"] >= 2
