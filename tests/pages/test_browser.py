@@ -116,14 +116,15 @@ def test_import_train_watch_progress_follow_a_metrics_link_and_stop(crowdtune_up
 
     # Offline training on a tiny GPT-2: long enough to watch, cheap enough for two shared cores.
     page.reload()
-    page.get_by_role("textbox", name="Base model", exact=True).fill(str(tiny))
-    page.get_by_text("LoRA, optimiser and evaluation settings").click()
+    # The offline form comes first; the online form below has fields of the same names.
+    page.get_by_role("textbox", name="Base model", exact=True).first.fill(str(tiny))
+    page.get_by_text("LoRA, optimiser and evaluation settings").first.click()
     for role, label, value in (("spinbutton", "max steps", "100000"), ("spinbutton", "eval every", "10"),
                                ("spinbutton", "eval samples", "0"),  # no samples: no embedding model ("spinbutton", "progress every", "1"),
                                ("spinbutton", "batch size", "4"), ("spinbutton", "block size", "32"),
                                ("textbox", "copy embedding threshold", ""),
                                ("textbox", "early stopping patience", "")):  # blank = never stop early
-        page.get_by_role(role, name=label, exact=True).fill(value)
+        page.get_by_role(role, name=label, exact=True).first.fill(value)
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile(r"Run offline-\S+ queued")).wait_for()
     page.get_by_text(re.compile(r"step \d+/100000")).first.wait_for(timeout=180_000)
