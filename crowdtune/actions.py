@@ -81,7 +81,13 @@ def start_offline_training(
     base_model: str | None = None,
     parent_version_id: str | None = None,
 ) -> tuple[str, Job]:
-    """Queue supervised LoRA training on a face's posts. Returns (run_id, job)."""
+    """Queue supervised LoRA training on a face's posts. Returns (run_id, job).
+
+    A run that fails on a transient error runs again after `training_retry_seconds` and resumes
+    from its checkpoint; a bad setting or missing data fails at once (jobs.offline decides)."""
+    from crowdtune.settings import load_settings
+
+    retry_seconds = load_settings().training_retry_seconds
     run_id = new_id("offline")
     StoreWriter(conn).upsert("runs", [{
         "run_id": run_id, "kind": "offline", "face_id": face_id, "status": "queued", "config": config,
@@ -90,6 +96,7 @@ def start_offline_training(
     job = enqueue(conn, QUEUE_TRAIN, "jobs.offline.train_offline", run_id, face_id, config,
                   base_model=base_model, parent_version_id=parent_version_id, job_id=run_id,
                   timeout=TRAINING_TIMEOUT, description=f"offline training on {face_id}",
+                  retries=len(retry_seconds), retry_intervals=retry_seconds,
                   meta={"run_id": run_id, "face_id": face_id, "kind": "offline"})
     return run_id, job
 

@@ -13,6 +13,8 @@ import re
 from functools import cached_property
 from pathlib import Path
 
+from typing import Annotated
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
         store_lock_wait_seconds = 3600         how long a store write waits for a held file
         read_retry_seconds = 5.0               how long a page read waits for the file
         worker_maintenance_seconds = 30        how often workers requeue jobs of dead workers
+        training_retry_seconds = [60, 300, 900]  waits before an offline run that failed on a
+                                               transient error (disk, network, memory) runs again
         login_password = None                  set to require a password for control pages
         allow_readonly_links = True            without login, shared links open read-only
     """
@@ -56,6 +60,8 @@ class Settings(BaseSettings):
     store_lock_wait_seconds: float = Field(default=3600.0, gt=0)
     read_retry_seconds: float = Field(default=5.0, gt=0)
     worker_maintenance_seconds: int = Field(default=30, ge=1)
+    training_retry_seconds: list[Annotated[int, Field(ge=0, le=7 * 24 * 3600)]] = Field(
+        default_factory=lambda: [60, 300, 900], max_length=20)
     login_password: str | None = None
     allow_readonly_links: bool = True
 

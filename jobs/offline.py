@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import shutil
 
+from pydantic import ValidationError
 from rq import get_current_job
 
 from crowdtune import artifacts, control
-from crowdtune.errors import CrowdtuneError
+from crowdtune.errors import CrowdtuneError, RedisUnavailable, StoreUnavailable
 from crowdtune.job_board import progress_reporter
 from crowdtune.queue import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
-from crowdtune.store.writes import StoreWriter, utc_now
+from crowdtune.store.writes import StoreWriter, alert_op, utc_now
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
 from crowdtune.training.sft import SFTConfig, train_sft
 
@@ -81,7 +82,8 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                 "note": f"offline {result.stopped_reason}",
             }]},
             {"op": "update", "table": "runs", "where": {"run_id": run_id},
-             "set": {"status": result.stopped_reason, "ended_at": utc_now()}},
+             "set": {"status": result.stopped_reason, "ended_at": utc_now(), "error": None}},
+            _resolve_retry_alert(run_id),
         ], write_id=f"finish:{run_id}")
         control.clear_stop(conn, run_id)
         if mirrored:
@@ -90,6 +92,37 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                 "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
                 "tokens_per_second": result.tokens_per_second, "data": result.data}
     except Exception as exc:
-        message = str(exc) if isinstance(exc, CrowdtuneError) else f"{type(exc).__name__}: {exc}"
-        writer.update("runs", {"run_id": run_id}, {"status": "failed", "ended_at": utc_now(), "error": message[:2000]})
+        _record_failure(writer, job, run_id, face_id, exc)
         raise
+
+
+def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Exception) -> None:
+    """A bad setting or missing data fails the run at once; anything else (a full or read-only
+    disk, a lost connection, memory) is worth another try: RQ runs the job again after the next
+    retry wait and it resumes from its checkpoint. Either way the run row and an alert say why."""
+    message = str(exc) if isinstance(exc, CrowdtuneError) else f"{type(exc).__name__}: {exc}"
+    source, alert_id = f"offline {face_id}", f"run-failed:{run_id}"
+    permanent = isinstance(exc, (CrowdtuneError, ValidationError)) and not isinstance(exc, (RedisUnavailable, StoreUnavailable))
+    if permanent and job is not None:
+        job.retries_left = 0  # the worker reads this very object: no retry can fix a bad setting
+    if job is not None and job.should_retry:
+        wait = job.get_retry_interval()
+        note = (f"{message} - retrying in {wait} s from the last checkpoint "
+                f"({job.retries_left} attempt(s) left)")
+        writer.submit([
+            {"op": "update", "table": "runs", "where": {"run_id": run_id}, "set": {"status": "queued", "error": note[:2000]}},
+            alert_op(f"offline-retry:{run_id}", "warning", source, f"Offline run {run_id}: {note}"),
+        ])
+        return
+    writer.submit([
+        {"op": "update", "table": "runs", "where": {"run_id": run_id},
+         "set": {"status": "failed", "ended_at": utc_now(), "error": message[:2000]}},
+        alert_op(alert_id, "error", source, f"Offline run {run_id} failed: {message}"),
+        _resolve_retry_alert(run_id),
+    ])
+
+
+def _resolve_retry_alert(run_id: str) -> dict:
+    """An earlier attempt's retry warning is over once a later attempt ended, either way."""
+    return {"op": "update", "table": "alerts", "where": {"alert_id": f"offline-retry:{run_id}"},
+            "set": {"resolved_at": utc_now()}}

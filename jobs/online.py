@@ -34,7 +34,7 @@ from crowdtune.job_board import progress_reporter
 from crowdtune.queue import connect, queue
 from crowdtune.settings import QUEUE_DEFAULT, QUEUE_STORE, QUEUE_TRAIN, load_settings
 from crowdtune.store.remote import read_via_store_worker
-from crowdtune.store.writes import StoreWriter, utc_now
+from crowdtune.store.writes import StoreWriter, alert_op, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,6 @@ def reconcile() -> list[str]:
     return faces
 
 
-def _alert(alert_id: str, level: str, source: str, message: str) -> dict:
-    return {"op": "upsert", "table": "alerts", "rows": [{
-        "alert_id": alert_id, "level": level, "source": source, "message": message[:2000], "created_at": utc_now()}]}
-
-
 # --------------------------------------------------------------------------------------------
 # The tick
 
@@ -214,7 +209,7 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
         writer.submit([
             {"op": "update", "table": "controllers", "where": {"face_id": face_id},
              "set": {"state": OFFLINE, "offline_run_id": offline_run_id, "updates_at_offline": completed}},
-            _alert(f"offline-phase:{offline_run_id}", "info", f"online {face_id}",
+            alert_op(f"offline-phase:{offline_run_id}", "info", f"online {face_id}",
                    f"{face_id} switched to offline training ({offline_run_id}): {decision.go_offline}."),
         ], write_id=f"go-offline:{run_id}:{completed}")
         done["offline_run_id"] = offline_run_id
@@ -226,7 +221,7 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
             ops.append({"op": "update", "table": "faces", "where": {"face_id": face_id},
                         "set": {"active_version_id": snap.offline_version_id}})
         else:
-            ops.append(_alert(f"offline-failed:{snap.offline_run_id}", "warning", f"online {face_id}",
+            ops.append(alert_op(f"offline-failed:{snap.offline_run_id}", "warning", f"online {face_id}",
                               f"The offline phase {snap.offline_run_id} of {face_id} failed; "
                               "online training goes on with the previous version."))
         writer.submit(ops, write_id=f"end-offline:{snap.offline_run_id}")
@@ -329,7 +324,7 @@ def publish_post(face_id: str, run_id: str, slot: int) -> dict:
         message = str(getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}")
         attempt = (cfg.publish_retries - (job.retries_left or 0) + 1) if job is not None else 1
         if final:
-            ops = [_resolve(face_id, slot), _alert(
+            ops = [_resolve(face_id, slot), alert_op(
                 f"publish-failed:{intent_id}", "error", f"online {face_id}",
                 f"Publishing post {slot} of {run_id} on {face_id} failed after {attempt} attempt(s): {message}")]
             if row is not None:
@@ -337,7 +332,7 @@ def publish_post(face_id: str, run_id: str, slot: int) -> dict:
                                "set": {"status": "failed", "reject_reason": message[:500]}})
             writer.submit(ops, write_id=f"publish-failed:{intent_id}")
         else:
-            writer.submit([_alert(f"publish-retry:{intent_id}", "warning", f"online {face_id}",
+            writer.submit([alert_op(f"publish-retry:{intent_id}", "warning", f"online {face_id}",
                                   f"Publishing post {slot} of {run_id} on {face_id} failed (attempt {attempt}), "
                                   f"retrying with backoff: {message}")], write_id=f"publish-retry:{intent_id}:{attempt}")
         raise
@@ -431,7 +426,7 @@ def collect_reactions(face_id: str, post_id: str, platform_id: str, maturity_sec
     except Exception as exc:
         if job is None or not job.retries_left:
             message = str(getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}")
-            writer.submit([_alert(f"collect-failed:{post_id}", "warning", f"online {face_id}",
+            writer.submit([alert_op(f"collect-failed:{post_id}", "warning", f"online {face_id}",
                                   f"Could not read the reactions of {post_id} on {face_id}: {message}")],
                           write_id=f"collect-failed:{job.id if job else uuid.uuid4().hex}")
         raise
@@ -566,7 +561,7 @@ def rl_update(update_id: str) -> dict:
             reason = result.pause_reason or "the update asked to pause"
             ops += [{"op": "update", "table": "controllers", "where": {"face_id": face_id},
                      "set": {"paused_reason": f"update {step}: {reason}"[:1000]}},
-                    _alert(f"online-paused:{update_id}", "warning", f"online {face_id}",
+                    alert_op(f"online-paused:{update_id}", "warning", f"online {face_id}",
                            f"Online training of {face_id} paused after update {step}: {reason}. Version {version_id} "
                            "was saved but not activated; review it, then stop and restart the online run.")]
         else:
@@ -582,7 +577,7 @@ def rl_update(update_id: str) -> dict:
                  "set": {"status": "failed", "error": message[:2000], "ended_at": utc_now()}},
                 {"op": "update", "table": "controllers", "where": {"face_id": face_id},
                  "set": {"paused_reason": f"update {step} failed: {message}"[:1000]}},
-                _alert(f"update-failed:{update_id}", "error", f"online {face_id}",
+                alert_op(f"update-failed:{update_id}", "error", f"online {face_id}",
                        f"RL update {step} of {face_id} failed: {message}. Online training is paused; "
                        "stop and restart it once fixed."),
             ], write_id=f"update-failed:{update_id}")

@@ -28,6 +28,12 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+def alert_op(alert_id: str, level: str, source: str, message: str) -> dict:
+    """A write op raising (or refreshing) the dashboard alert `alert_id`."""
+    return {"op": "upsert", "table": "alerts", "rows": [{
+        "alert_id": alert_id, "level": level, "source": source, "message": message[:2000], "created_at": utc_now()}]}
+
+
 def plain(value: Any) -> Any:
     """Make a value JSON-safe for the queue: timestamps become naive-UTC ISO strings."""
     if isinstance(value, dt.datetime):

@@ -106,3 +106,8 @@ def test_training_a_face_without_posts_fails_with_a_clear_error(settings, redis_
     reader = StoreReader(settings.store_path)
     wait_for(lambda: run_status(reader, run_id) == "failed", timeout=60, message="state failed")
     assert "crowdtune import --face nobody" in reader.scalar("SELECT error FROM runs WHERE run_id = ?", [run_id])
+    # Missing data is no transient fault: no retry waits for it, and the dashboard alerts at once.
+    job.refresh()
+    assert job.get_status().value == "failed" and job.retries_left == 0
+    alerts = dict(reader.rows("SELECT alert_id, message FROM alerts"))
+    assert "has no imported posts" in alerts[f"run-failed:{run_id}"] and f"offline-retry:{run_id}" not in alerts

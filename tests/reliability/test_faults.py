@@ -443,29 +443,78 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
 # The artifact folder made read-only
 
 
+def _run_row(reader, run_id):
+    return reader.rows("SELECT status, error FROM runs WHERE run_id = ?", [run_id])[0]
+
+
+def _alert(reader, alert_id):
+    rows = reader.rows("SELECT level, message, resolved_at FROM alerts WHERE alert_id = ?", [alert_id])
+    return rows[0] if rows else None
+
+
 @pytest.mark.slow
-def test_a_read_only_artifact_folder_fails_offline_training_clearly_and_training_works_once_writable(
-        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir):  # noqa: F811
+def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes_by_itself_once_writable(
+        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir, monkeypatch):  # noqa: F811
     workers = workers_without_dac_override
     reader = store_with_posts
     artifacts = Path(settings.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
+    monkeypatch.setenv("CROWDTUNE_TRAINING_RETRY_SECONDS", "[8, 8]")
     config = {**SMALL, "max_steps": 32, "eval_every": 8}
     run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
     wait_for(lambda: _count(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND step = 8", run_id),
              timeout=300, message="the first evaluation")
     set_read_only(artifacts, True)  # the disk goes read-only mid-run: the next checkpoint cannot be written
     try:
+        wait_for(lambda: _run_row(reader, run_id)[0] == "queued", timeout=300, message="the run to wait for a retry")
+        status, error = _run_row(reader, run_id)
+        # The run and an alert name the problem, the place and what happens next.
+        assert "Permission denied" in error and str(artifacts) in error and "retrying in 8 s" in error, error
+        level, message, _ = _alert(reader, f"offline-retry:{run_id}")
+        assert level == "warning" and "Permission denied" in message
+        assert _count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
+    finally:
+        set_read_only(artifacts, False)
+
+    # Writable again within the retry wait: the same run resumes from its checkpoint and completes.
+    wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the retried job")
+    assert job.get_status().value == "finished", job.latest_result().exc_string
+    assert job.latest_result().return_value["resumed"] is True
+    wait_for(lambda: _run_row(reader, run_id)[0] == "completed", timeout=60, message="the run to complete")
+    wait_for(lambda: _alert(reader, f"offline-retry:{run_id}")[2] is not None, timeout=60, message="the alert to resolve")
+    assert _run_row(reader, run_id)[1] is None
+    assert reader.rows("SELECT name, step FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1", [run_id]) == []
+    assert [r[0] for r in reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])] == [8, 16, 24, 32]
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
+    assert assert_accounts(settings)["versions"] == 1
+
+
+@pytest.mark.slow
+def test_offline_training_that_keeps_failing_fails_after_its_retries_with_an_alert_and_one_command_trains_again(
+        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir, monkeypatch):  # noqa: F811
+    workers = workers_without_dac_override
+    reader = store_with_posts
+    artifacts = Path(settings.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    workers.start("--store", conn=redis_conn)
+    workers.start("--queues", "train", conn=redis_conn)
+    monkeypatch.setenv("CROWDTUNE_TRAINING_RETRY_SECONDS", "[1]")
+    config = {**SMALL, "max_steps": 16, "eval_every": 8}
+    set_read_only(artifacts, True)
+    try:
+        run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
         wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the job")
-        wait_for(lambda: reader.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id]) in ("failed", "completed"),
-                 timeout=60, message="the run's end")
-        status, error = reader.rows("SELECT status, error FROM runs WHERE run_id = ?", [run_id])[0]
-        assert status == "failed" and job.get_status().value == "failed"
-        assert "Permission denied" in error and str(artifacts) in error, error  # names the problem and the place
-        # What was recorded before the fault is still there, once; the failed run registered no version.
-        assert _count(reader, "SELECT count(DISTINCT step) FROM metrics WHERE run_id = ?", run_id) >= 1
+        job.refresh()
+        assert job.get_status().value == "failed" and job.retries_left == 0
+        wait_for(lambda: _run_row(reader, run_id)[0] == "failed", timeout=60, message="the run's end")
+        status, error = _run_row(reader, run_id)
+        assert "Permission denied" in error and str(artifacts) in error and "retrying" not in error, error
+        level, message, _ = _alert(reader, f"run-failed:{run_id}")
+        assert level == "error" and "Permission denied" in message
+        # It was retried once before; that warning is superseded by the failure.
+        assert _alert(reader, f"offline-retry:{run_id}")[2] is not None
         assert _count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
     finally:
         set_read_only(artifacts, False)
@@ -474,8 +523,7 @@ def test_a_read_only_artifact_folder_fails_offline_training_clearly_and_training
     run_id2, job2 = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
     wait_for(lambda: job2.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the new run")
     assert job2.get_status().value == "finished", job2.latest_result().exc_string
-    wait_for(lambda: reader.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id2]) == "completed", timeout=60,
-             message="the new run to complete")
+    wait_for(lambda: _run_row(reader, run_id2)[0] == "completed", timeout=60, message="the new run to complete")
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
     assert assert_accounts(settings)["versions"] == 1
 
