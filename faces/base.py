@@ -118,6 +118,10 @@ class FaceUnavailableError(FaceError):
     """The network kept failing (5xx, connection errors) past the retry budget."""
 
 
+class FaceMalformedAnswerError(FaceError):
+    """The network answered with something that is not its API: not JSON, an HTML page, JSON of the wrong shape."""
+
+
 class PostNotFoundError(FaceError):
     """The post asked for does not exist (deleted, or never published here)."""
 

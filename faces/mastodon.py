@@ -6,7 +6,9 @@
 - Reactions: favourites -> likes, reblogs -> reposts, replies -> replies; audience = followers_count.
 - Rate limits and 5xx follow faces.retry (Mastodon.py's own waiting is switched off with
   ratelimit_method="throw" so there is one retry policy, and a 429's Retry-After is read from
-  the response).
+  the response). A timeout (no answer within request_timeout) is retried like a 5xx.
+- Answers that are not the Mastodon API (an HTML page, a cut-off body, JSON of the wrong shape)
+  raise FaceMalformedAnswerError naming what came back, never a KeyError (see _classify).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from faces.base import (
     FaceConfigError,
     FaceError,
     FaceHealth,
+    FaceMalformedAnswerError,
     HistoryPost,
     PostNotFoundError,
     Published,
@@ -38,6 +41,13 @@ from faces.base import (
 from faces.retry import RetryPolicy, Retryable, call_with_retries, retry_after_seconds
 
 TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
+MALFORMED_FIX = (
+    "Check that api_base_url in the face config is the Mastodon instance itself (https://your.instance, not a "
+    "proxy, login or maintenance page); if it is, the instance may be mid-upgrade: try again later."
+)
+# Fields the Mastodon API documents as always present, and the ones Crowdtune reads.
+STATUS_FIELDS = ("id", "created_at", "content", "account", "favourites_count", "reblogs_count", "replies_count")
+ACCOUNT_FIELDS = ("id", "acct", "followers_count")
 
 
 class MastodonConfig(FaceConfig):
@@ -105,6 +115,7 @@ class MastodonFace(Face):
         self._client = None
         self._account_id: str | None = self.config.account_id
         self._last_retry_after: float | None = None
+        self._last_answer = "no answer yet"
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -116,7 +127,7 @@ class MastodonFace(Face):
             if self.config.token is None:
                 raise FaceConfigError("The Mastodon face has no access token.", TOKEN_FIX)
             session = requests.Session()
-            session.hooks["response"].append(self._remember_rate_limit)
+            session.hooks["response"].append(self._remember_answer)
             self._client = Mastodon(
                 access_token=self.config.token.get_secret_value(),
                 api_base_url=self.config.api_base_url,
@@ -127,8 +138,12 @@ class MastodonFace(Face):
             )
         return self._client
 
-    def _remember_rate_limit(self, response, *args, **kwargs):
-        # Mastodon.py's MastodonRatelimitError does not carry the response; keep the wait it asked for.
+    def _remember_answer(self, response, *args, **kwargs):
+        # Mastodon.py's errors do not carry the response: keep what a message needs from it, the
+        # start of the body (an unparseable answer is named by it) and the wait a 429 asked for.
+        excerpt = re.sub(r"\s+", " ", response.content[:200].decode("utf-8", "replace")).strip()[:80]
+        content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
+        self._last_answer = f"HTTP {response.status_code}, {content_type}: {excerpt!r}"
         if response.status_code == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             reset = response.headers.get("X-RateLimit-Reset")
@@ -141,6 +156,7 @@ class MastodonFace(Face):
         return response
 
     def _classify(self, error: Exception) -> Retryable | FaceError | None:
+        import requests
         from mastodon import errors
 
         if isinstance(error, errors.MastodonRatelimitError):
@@ -148,9 +164,22 @@ class MastodonFace(Face):
         if isinstance(error, errors.MastodonServerError):
             return Retryable(f"HTTP {error.args[1]}")
         if isinstance(error, errors.MastodonNetworkError):
+            if isinstance(error.__context__, requests.Timeout):  # Mastodon.py raises it inside `except`
+                return Retryable(
+                    f"no answer within {self.config.request_timeout:g} s",
+                    fix="Check the instance is up (its status page); if it is just slow, raise request_timeout "
+                    "in the Mastodon face config.",
+                )
             return Retryable("network error")
         if isinstance(error, errors.MastodonUnauthorizedError):
             return FaceAuthError(f"Mastodon ({self.config.api_base_url}) rejected the access token (401).", TOKEN_FIX)
+        if isinstance(error, errors.MastodonAPIError) and not (len(error.args) > 1 and isinstance(error.args[1], int)):
+            # Mastodon.py raises an error without an HTTP status only when a 2xx body is not JSON.
+            # Retried: such a body is most often a proxy's or CDN's error page served with 200, or
+            # a body cut off in transit, both gone a moment later; a publish retry asks
+            # find_published first, so it cannot post twice. JSON of the wrong shape is not
+            # retried (see _expect): a server that speaks another API keeps doing so.
+            return Retryable(f"an answer that is not JSON ({self._last_answer})", fix=MALFORMED_FIX)
         if isinstance(error, errors.MastodonNotFoundError):
             return PostNotFoundError(
                 f"Mastodon ({self.config.api_base_url}) has no such status or account (404).",
@@ -178,10 +207,32 @@ class MastodonFace(Face):
             before_retry=before_retry,
         )
 
+    def _expect(self, answer, action: str, fields: tuple[str, ...]) -> dict:
+        """`answer` if it is an object with every field in `fields`; otherwise FaceMalformedAnswerError
+        naming what was wrong with it. (Mastodon.py turns a date it cannot read into None.)"""
+        if not isinstance(answer, dict):
+            problem = f"a value of type {type(answer).__name__} where an object belongs"
+        else:
+            missing = [name for name in fields if answer.get(name) is None]
+            if not missing:
+                return answer
+            problem = f"an object without {', '.join(missing)}"
+        raise self._malformed(action, problem)
+
+    def _malformed(self, action: str, problem: str) -> FaceMalformedAnswerError:
+        return FaceMalformedAnswerError(
+            f"Mastodon ({self.config.api_base_url}) answered {action} with {problem} ({self._last_answer}): "
+            "that is not the Mastodon API.",
+            MALFORMED_FIX,
+        )
+
+    def _verify_credentials(self, action: str) -> dict:
+        me = self._call(action, lambda: self._api().account_verify_credentials())
+        return self._expect(me, action, ACCOUNT_FIELDS)
+
     def _own_account_id(self) -> str:
         if self._account_id is None:
-            me = self._call("reading the token's account", lambda: self._api().account_verify_credentials())
-            self._account_id = str(me["id"])
+            self._account_id = str(self._verify_credentials("reading the token's account")["id"])
         return self._account_id
 
     # -- the face -----------------------------------------------------------------------------
@@ -197,10 +248,14 @@ class MastodonFace(Face):
                     account_id, max_id=max_id, limit=self.config.page_size, exclude_reblogs=True
                 ),
             )
+            if not isinstance(page, list):
+                problem = f"a value of type {type(page).__name__} where a list of statuses belongs"
+                raise self._malformed("reading statuses", problem)
             if not page:
                 return
-            yield from page
-            max_id = page[-1]["id"]
+            statuses = [self._expect(status, "reading statuses", STATUS_FIELDS) for status in page]
+            yield from statuses
+            max_id = statuses[-1]["id"]
 
     def fetch_history(
         self, limit: int | None = None, before: datetime | None = None, after: datetime | None = None
@@ -218,7 +273,7 @@ class MastodonFace(Face):
                 text=status_text(status["content"]),
                 created_at=created_at,
                 url=status.get("url"),
-                author=status["account"]["acct"],
+                author=status["account"].get("acct"),
                 reactions=self._counts(status),
                 audience_size=status["account"].get("followers_count"),
             )
@@ -244,6 +299,7 @@ class MastodonFace(Face):
         )
         if isinstance(status, Published):
             return status
+        status = self._expect(status, "publishing a status", STATUS_FIELDS)
         return Published(str(status["id"]), status.get("url"), as_naive_utc(status["created_at"]))
 
     def find_published(self, intent_id: str, text: str, since: datetime) -> Published | None:
@@ -257,7 +313,8 @@ class MastodonFace(Face):
         return None
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
-        status = self._call("reading a status's reactions", lambda: self._api().status(platform_id))
+        action = "reading a status's reactions"
+        status = self._expect(self._call(action, lambda: self._api().status(platform_id)), action, STATUS_FIELDS)
         now = utc_now()
         created_at = as_naive_utc(status["created_at"])
         return ReactionSnapshot(
@@ -269,12 +326,11 @@ class MastodonFace(Face):
         )
 
     def audience_size(self) -> int | None:
-        me = self._call("reading the follower count", lambda: self._api().account_verify_credentials())
-        return int(me["followers_count"])
+        return int(self._verify_credentials("reading the follower count")["followers_count"])
 
     def health(self) -> FaceHealth:
         try:
-            me = self._call("checking the token", lambda: self._api().account_verify_credentials())
+            me = self._verify_credentials("checking the token")
         except FaceError as error:
             return FaceHealth(False, str(error))
         return FaceHealth(True, f"Signed in to {self.config.api_base_url} as @{me['acct']}.")

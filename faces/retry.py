@@ -5,6 +5,8 @@ Rules (one place for all network faces):
 - 5xx and connection errors: exponential backoff with jitter.
 - Attempts are bounded; when they run out the caller gets a FaceRateLimitError or
   FaceUnavailableError saying what failed and what to do.
+- Timeouts count as connection errors; an answer that is not the network's API is the face's call
+  (see its _classify).
 - Anything else (401, 400, ...) is not retried: the face turns it into a clear FaceError.
 - Before a publish is retried, `before_retry` (the face's find_published) is asked whether the
   failed attempt did create the post after all; if so that post is returned and nothing is resent.
@@ -55,11 +57,16 @@ class RetryPolicy(BaseModel):
 
 @dataclass(frozen=True)
 class Retryable:
-    """A failure worth another attempt. `reason` is safe to log (a status, never a token)."""
+    """A failure worth another attempt. `reason` is safe to log (a status, never a token).
+
+    `fix` replaces the generic advice of the error raised when attempts run out (e.g. for a timeout:
+    raise the face's request_timeout).
+    """
 
     reason: str
     rate_limited: bool = False
     retry_after: float | None = None
+    fix: str | None = None
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -125,8 +132,8 @@ def call_with_retries(
                     ) from error
                 raise FaceUnavailableError(
                     f"{network} kept failing while {action} ({verdict.reason}) for {attempt} attempts.",
-                    "Check that the server is up and reachable (its status page, the base URL in the "
-                    "face config) and try again later.",
+                    verdict.fix or "Check that the server is up and reachable (its status page, the base URL "
+                    "in the face config) and try again later.",
                 ) from error
             log.warning(
                 "%s: %s while %s; retrying in %.2f s (attempt %d of %d)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,9 +44,15 @@ class SeenRequest:
 
 @dataclass
 class Reply:
+    """An answer: `body` is sent as JSON, or as is when it is bytes (an HTML page, a cut-off body).
+
+    `delay_seconds` holds the answer back first, so a client with a shorter timeout gives up on it.
+    """
+
     status: int = 200
     body: object = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay_seconds: float = 0.0
 
 
 Handler = Callable[[SeenRequest, re.Match], Reply]
@@ -105,7 +112,18 @@ class FakeApi:
                         break
                 else:
                     reply = Reply(404, {"error": f"no fake route for {self.command} {parts.path}"})
-                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                if reply.delay_seconds:
+                    time.sleep(reply.delay_seconds)
+                if isinstance(reply.body, bytes):
+                    payload = reply.body
+                else:
+                    payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+                try:
+                    self._send(reply, payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up: what a slow real server sees too
+
+            def _send(self, reply: Reply, payload: bytes) -> None:
                 self.send_response(reply.status)
                 headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
                 for name, value in headers.items():

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from faces.base import FaceAuthError, FaceRateLimitError
+from faces.base import FaceAuthError, FaceMalformedAnswerError, FaceRateLimitError, FaceUnavailableError
 from faces.mastodon import MastodonConfig, MastodonFace, status_text
 from faces.retry import RetryPolicy
 
@@ -185,3 +185,101 @@ def test_the_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
     leak_check.exercise(wrong)
     assert server.created == 1 and len(leak_check.errors) >= 3
     assert TOKEN not in leak_check.everything_shown(good, wrong)
+
+
+# -- timeouts and answers that are not the Mastodon API ------------------------------------------
+
+HTML_ERROR_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def make_impatient_face(api, timeout=0.3) -> MastodonFace:
+    return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(TOKEN), request_timeout=timeout, retry=FAST_RETRY))
+
+
+def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
+    server = FakeMastodon(fake_api)
+    stalled = fake_api.reply(200, server.statuses[2], delay_seconds=1.0)
+    fake_api.route("GET", r"/api/v1/statuses/1002", [stalled, fake_api.reply(200, server.statuses[2])])
+    assert make_impatient_face(fake_api).reactions("1002").counts["likes"] == 7
+    assert len(fake_api.seen("GET", r"/api/v1/statuses/1002")) == 2
+
+    fake_api.route("GET", r"/api/v1/statuses/1002", stalled)
+    with pytest.raises(FaceUnavailableError) as raised:
+        make_impatient_face(fake_api).reactions("1002")
+    assert "kept failing while reading a status's reactions (no answer within 0.3 s)" in raised.value.problem
+    assert "request_timeout" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/api/v1/statuses/1002")) == 2 + FAST_RETRY.max_attempts
+
+
+def test_a_publish_that_times_out_after_the_status_was_created_is_not_sent_again(fake_api):
+    server = FakeMastodon(fake_api)
+
+    def created_then_stalled(request, match):
+        return fake_api.reply(200, server.create(request), delay_seconds=1.0)
+
+    fake_api.route("POST", r"/api/v1/statuses", created_then_stalled)
+    published = make_impatient_face(fake_api).publish("slow but there", intent_id="intent-9")
+    assert server.created == 1 and len(fake_api.seen("POST", r"/api/v1/statuses")) == 1
+    assert published.platform_id == server.statuses[0]["id"] == "2001"
+
+
+def test_an_html_page_served_with_200_is_retried_and_a_lasting_one_is_named(fake_api):
+    server = FakeMastodon(fake_api)
+    page = fake_api.reply(200, HTML_ERROR_PAGE, {"Content-Type": "text/html"})
+    fake_api.route("GET", r"/api/v1/statuses/1002", [page, fake_api.reply(200, server.statuses[2])])
+    assert make_face(fake_api).reactions("1002").counts["likes"] == 7
+
+    fake_api.route("GET", r"/api/v1/statuses/1002", page)
+    with pytest.raises(FaceUnavailableError) as raised:
+        make_face(fake_api).reactions("1002")
+    assert "not JSON (HTTP 200, text/html: '<html><head><title>502 Bad Gateway" in raised.value.problem
+    assert "api_base_url" in raised.value.fix
+
+
+def test_a_publish_answered_with_a_cut_off_body_after_the_status_was_created_posts_once(fake_api):
+    server = FakeMastodon(fake_api)
+
+    def created_then_cut_off(request, match):
+        server.create(request)
+        return fake_api.reply(200, b'{"id": "20')
+
+    fake_api.route("POST", r"/api/v1/statuses", created_then_cut_off)
+    published = make_face(fake_api).publish("cut short", intent_id="intent-10")
+    assert server.created == 1 and len(fake_api.seen("POST", r"/api/v1/statuses")) == 1
+    assert published.platform_id == "2001"
+
+
+@pytest.mark.parametrize("answer, named", [
+    (lambda status: {"error": "upstream said no"}, "an object without id, created_at, content, account"),
+    (lambda status: {**status, "created_at": "yesterday"}, "an object without created_at ("),
+    (lambda status: {**status, "favourites_count": None}, "an object without favourites_count"),
+    (lambda status: [status], "a value of type list where an object belongs"),
+    (lambda status: "ok", "a value of type str where an object belongs"),
+])
+def test_json_of_the_wrong_shape_names_what_is_wrong_and_is_not_retried(fake_api, answer, named):
+    server = FakeMastodon(fake_api)
+    fake_api.route("GET", r"/api/v1/statuses/1002", fake_api.reply(200, answer(server.statuses[2])))
+    with pytest.raises(FaceMalformedAnswerError) as raised:
+        make_face(fake_api).reactions("1002")
+    assert named in raised.value.problem and "that is not the Mastodon API" in raised.value.problem
+    assert "api_base_url" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/api/v1/statuses/1002")) == 1
+
+
+def test_a_wrong_shaped_page_of_statuses_or_publish_answer_is_named_not_a_key_error(fake_api):
+    server = FakeMastodon(fake_api)
+    fake_api.route("GET", r"/api/v1/accounts/109/statuses", fake_api.reply(200, 5))
+    with pytest.raises(FaceMalformedAnswerError, match="reading statuses with a value of type int where a list of statuses belongs"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", r"/api/v1/accounts/109/statuses", fake_api.reply(200, {"statuses": []}))
+    with pytest.raises(FaceMalformedAnswerError, match="reading statuses with a value of type str where an object belongs"):
+        list(make_face(fake_api).fetch_history())  # Mastodon.py made a list of the object's keys
+
+    def created_but_answered_oddly(request, match):
+        server.create(request)
+        return fake_api.reply(200, {"id": None})
+
+    fake_api.route("POST", r"/api/v1/statuses", created_but_answered_oddly)
+    with pytest.raises(FaceMalformedAnswerError, match="publishing a status with an object without id"):
+        make_face(fake_api).publish("odd answer", intent_id="intent-11")
+    assert server.created == 1  # not retried: the job's own retry asks find_published first
