@@ -30,7 +30,6 @@ from faces.base import (
     FaceConfigError,
     FaceError,
     FaceHealth,
-    FaceMalformedAnswerError,
     HistoryPost,
     PostNotFoundError,
     Published,
@@ -38,7 +37,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import RetryPolicy, Retryable, call_with_retries, retry_after_seconds
+from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, retry_after_seconds, timed_out
 
 TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
 MALFORMED_FIX = (
@@ -115,7 +114,7 @@ class MastodonFace(Face):
         self._client = None
         self._account_id: str | None = self.config.account_id
         self._last_retry_after: float | None = None
-        self._last_answer = "no answer yet"
+        self._answers = AnswerCheck("Mastodon", self.config.api_base_url, MALFORMED_FIX)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -141,9 +140,7 @@ class MastodonFace(Face):
     def _remember_answer(self, response, *args, **kwargs):
         # Mastodon.py's errors do not carry the response: keep what a message needs from it, the
         # start of the body (an unparseable answer is named by it) and the wait a 429 asked for.
-        excerpt = re.sub(r"\s+", " ", response.content[:200].decode("utf-8", "replace")).strip()[:80]
-        content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
-        self._last_answer = f"HTTP {response.status_code}, {content_type}: {excerpt!r}"
+        self._answers.note(response.status_code, response.headers.get("Content-Type"), response.content)
         if response.status_code == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             reset = response.headers.get("X-RateLimit-Reset")
@@ -165,21 +162,13 @@ class MastodonFace(Face):
             return Retryable(f"HTTP {error.args[1]}")
         if isinstance(error, errors.MastodonNetworkError):
             if isinstance(error.__context__, requests.Timeout):  # Mastodon.py raises it inside `except`
-                return Retryable(
-                    f"no answer within {self.config.request_timeout:g} s",
-                    fix="Check the instance is up (its status page); if it is just slow, raise request_timeout "
-                    "in the Mastodon face config.",
-                )
+                return timed_out("Mastodon", self.config.request_timeout, "Check the instance is up (its status page)")
             return Retryable("network error")
         if isinstance(error, errors.MastodonUnauthorizedError):
             return FaceAuthError(f"Mastodon ({self.config.api_base_url}) rejected the access token (401).", TOKEN_FIX)
         if isinstance(error, errors.MastodonAPIError) and not (len(error.args) > 1 and isinstance(error.args[1], int)):
             # Mastodon.py raises an error without an HTTP status only when a 2xx body is not JSON.
-            # Retried: such a body is most often a proxy's or CDN's error page served with 200, or
-            # a body cut off in transit, both gone a moment later; a publish retry asks
-            # find_published first, so it cannot post twice. JSON of the wrong shape is not
-            # retried (see _expect): a server that speaks another API keeps doing so.
-            return Retryable(f"an answer that is not JSON ({self._last_answer})", fix=MALFORMED_FIX)
+            return self._answers.not_json()
         if isinstance(error, errors.MastodonNotFoundError):
             return PostNotFoundError(
                 f"Mastodon ({self.config.api_base_url}) has no such status or account (404).",
@@ -207,28 +196,9 @@ class MastodonFace(Face):
             before_retry=before_retry,
         )
 
-    def _expect(self, answer, action: str, fields: tuple[str, ...]) -> dict:
-        """`answer` if it is an object with every field in `fields`; otherwise FaceMalformedAnswerError
-        naming what was wrong with it. (Mastodon.py turns a date it cannot read into None.)"""
-        if not isinstance(answer, dict):
-            problem = f"a value of type {type(answer).__name__} where an object belongs"
-        else:
-            missing = [name for name in fields if answer.get(name) is None]
-            if not missing:
-                return answer
-            problem = f"an object without {', '.join(missing)}"
-        raise self._malformed(action, problem)
-
-    def _malformed(self, action: str, problem: str) -> FaceMalformedAnswerError:
-        return FaceMalformedAnswerError(
-            f"Mastodon ({self.config.api_base_url}) answered {action} with {problem} ({self._last_answer}): "
-            "that is not the Mastodon API.",
-            MALFORMED_FIX,
-        )
-
     def _verify_credentials(self, action: str) -> dict:
         me = self._call(action, lambda: self._api().account_verify_credentials())
-        return self._expect(me, action, ACCOUNT_FIELDS)
+        return self._answers.expect(me, action, ACCOUNT_FIELDS)
 
     def _own_account_id(self) -> str:
         if self._account_id is None:
@@ -248,12 +218,10 @@ class MastodonFace(Face):
                     account_id, max_id=max_id, limit=self.config.page_size, exclude_reblogs=True
                 ),
             )
-            if not isinstance(page, list):
-                problem = f"a value of type {type(page).__name__} where a list of statuses belongs"
-                raise self._malformed("reading statuses", problem)
-            if not page:
+            if not self._answers.expect_list(page, "reading statuses", "statuses"):
                 return
-            statuses = [self._expect(status, "reading statuses", STATUS_FIELDS) for status in page]
+            # Mastodon.py turns a date it cannot read into None, so expect() names it as missing.
+            statuses = [self._answers.expect(status, "reading statuses", STATUS_FIELDS) for status in page]
             yield from statuses
             max_id = statuses[-1]["id"]
 
@@ -299,7 +267,7 @@ class MastodonFace(Face):
         )
         if isinstance(status, Published):
             return status
-        status = self._expect(status, "publishing a status", STATUS_FIELDS)
+        status = self._answers.expect(status, "publishing a status", STATUS_FIELDS)
         return Published(str(status["id"]), status.get("url"), as_naive_utc(status["created_at"]))
 
     def find_published(self, intent_id: str, text: str, since: datetime) -> Published | None:
@@ -314,7 +282,7 @@ class MastodonFace(Face):
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
         action = "reading a status's reactions"
-        status = self._expect(self._call(action, lambda: self._api().status(platform_id)), action, STATUS_FIELDS)
+        status = self._answers.expect(self._call(action, lambda: self._api().status(platform_id)), action, STATUS_FIELDS)
         now = utc_now()
         created_at = as_naive_utc(status["created_at"])
         return ReactionSnapshot(

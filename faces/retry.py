@@ -1,12 +1,15 @@
-"""Retrying calls to networks: rate limits, server errors, and publishing without duplicates.
+"""Retrying calls to networks: rate limits, server errors, timeouts, answers that are not the API,
+and publishing without duplicates.
 
 Rules (one place for all network faces):
 - 429: wait what the server said (Retry-After); without it, back off like a server error.
 - 5xx and connection errors: exponential backoff with jitter.
 - Attempts are bounded; when they run out the caller gets a FaceRateLimitError or
   FaceUnavailableError saying what failed and what to do.
-- Timeouts count as connection errors; an answer that is not the network's API is the face's call
-  (see its _classify).
+- Timeouts count as connection errors, named with the setting to raise (`timed_out`).
+- An answer that is not JSON (an HTML page from a proxy, a cut-off body) is retried too; JSON of
+  the wrong shape is not (a server that speaks another API keeps doing so). `AnswerCheck` names
+  both with what came back; each face decides from its library's errors which is which.
 - Anything else (401, 400, ...) is not retried: the face turns it into a clear FaceError.
 - Before a publish is retried, `before_retry` (the face's find_published) is asked whether the
   failed attempt did create the post after all; if so that post is returned and nothing is resent.
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -25,7 +29,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faces.base import FaceError, FaceRateLimitError, FaceUnavailableError
+from faces.base import FaceError, FaceMalformedAnswerError, FaceRateLimitError, FaceUnavailableError
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -67,6 +71,70 @@ class Retryable:
     rate_limited: bool = False
     retry_after: float | None = None
     fix: str | None = None
+
+
+def timed_out(network: str, seconds: float, check: str) -> Retryable:
+    """A request that got no answer within `seconds`: retried; when attempts run out the fix names
+    `check` (where to see the server is up) and the face's request_timeout."""
+    return Retryable(
+        f"no answer within {seconds:g} s",
+        fix=f"{check}; if it is just slow, raise request_timeout in the {network} face config.",
+    )
+
+
+class AnswerCheck:
+    """Names answers that are not a network's API, with what came back.
+
+    A face keeps one, tells it about every answer it sees (`note`, from its HTTP library's response
+    hook), and checks the values it reads with `expect` / `expect_list`, so a wrong-shaped answer
+    raises FaceMalformedAnswerError ("Bluesky (https://...) answered reading a post's reactions with
+    an object without uri (HTTP 200, application/json: '{...'): that is not the Bluesky API.")
+    instead of a KeyError deep in a library, and never turns into a stored "None".
+    """
+
+    def __init__(self, network: str, where: str, fix: str):
+        self.network, self.where, self.fix = network, where, fix
+        self.last = "no answer yet"
+
+    def note(self, status: int | None, content_type: str | None, body: bytes) -> None:
+        """Remember an answer: its status (None if unknown), content type and the start of its body."""
+        excerpt = re.sub(r"\s+", " ", body[:200].decode("utf-8", "replace")).strip()[:80]
+        kind = (content_type or "no content type").split(";")[0]
+        self.last = f"{kind}: {excerpt!r}" if status is None else f"HTTP {status}, {kind}: {excerpt!r}"
+
+    def not_json(self) -> Retryable:
+        """The verdict for an answer that is not JSON: retried, since a proxy's error page or a body
+        cut off in transit is most often gone a moment later (a publish retry asks find_published
+        first, so it cannot post twice)."""
+        return Retryable(f"an answer that is not JSON ({self.last})", fix=self.fix)
+
+    def malformed(self, action: str, problem: str) -> FaceMalformedAnswerError:
+        return FaceMalformedAnswerError(
+            f"{self.network} ({self.where}) answered {action} with {problem} ({self.last}): "
+            f"that is not the {self.network} API.",
+            self.fix,
+        )
+
+    def expect(self, answer: object, action: str, fields: tuple[str, ...] | Mapping[str, type | tuple[type, ...]]) -> dict:
+        """`answer` if it is an object with every field in `fields` present and not null (and, where
+        `fields` maps names to types, of that type); otherwise FaceMalformedAnswerError naming what
+        was wrong with it."""
+        if not isinstance(answer, dict):
+            raise self.malformed(action, f"a value of type {type(answer).__name__} where an object belongs")
+        kinds = fields if isinstance(fields, Mapping) else dict.fromkeys(fields, object)
+        missing = [name for name in kinds if answer.get(name) is None]
+        if missing:
+            raise self.malformed(action, f"an object without {', '.join(missing)}")
+        wrong = [f"{name} is a {type(answer[name]).__name__}" for name, kind in kinds.items() if not isinstance(answer[name], kind)]
+        if wrong:
+            raise self.malformed(action, f"an object whose {', '.join(wrong)}")
+        return answer
+
+    def expect_list(self, answer: object, action: str, what: str) -> list:
+        """`answer` if it is a list; otherwise FaceMalformedAnswerError ("... where a list of `what` belongs")."""
+        if not isinstance(answer, list):
+            raise self.malformed(action, f"a value of type {type(answer).__name__} where a list of {what} belongs")
+        return answer
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -62,6 +62,12 @@ class FakeApi:
     """Routes requests to handlers and records every request it saw. `api.reply(...)` builds a Reply."""
 
     reply = staticmethod(Reply)
+    # What a proxy or CDN in front of the API serves when the API behind it is down.
+    HTML_ERROR_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+    def html_page(self) -> Reply:
+        """A 200 answer that is an HTML page, not the API."""
+        return Reply(200, self.HTML_ERROR_PAGE, {"Content-Type": "text/html"})
 
     def __init__(self):
         self.routes: list[tuple[str, re.Pattern, Handler]] = []

@@ -189,9 +189,6 @@ def test_the_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
 
 # -- timeouts and answers that are not the Mastodon API ------------------------------------------
 
-HTML_ERROR_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
-
-
 def make_impatient_face(api, timeout=0.3) -> MastodonFace:
     return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(TOKEN), request_timeout=timeout, retry=FAST_RETRY))
 
@@ -225,7 +222,7 @@ def test_a_publish_that_times_out_after_the_status_was_created_is_not_sent_again
 
 def test_an_html_page_served_with_200_is_retried_and_a_lasting_one_is_named(fake_api):
     server = FakeMastodon(fake_api)
-    page = fake_api.reply(200, HTML_ERROR_PAGE, {"Content-Type": "text/html"})
+    page = fake_api.html_page()
     fake_api.route("GET", r"/api/v1/statuses/1002", [page, fake_api.reply(200, server.statuses[2])])
     assert make_face(fake_api).reactions("1002").counts["likes"] == 7
 
