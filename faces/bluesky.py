@@ -7,6 +7,10 @@
 - Reactions: likeCount, repostCount, replyCount, quoteCount of app.bsky.feed.getPosts;
   audience = followersCount of app.bsky.actor.getProfile.
 - Rate limits and 5xx follow faces.retry; a 429's Retry-After (or ratelimit-reset) is honoured.
+  A timeout (no answer within request_timeout) is retried like a 5xx.
+- Answers that are not the XRPC API (an HTML page, a cut-off body, JSON the SDK's models refuse, a
+  date that is not a date) raise FaceMalformedAnswerError naming what came back, never the SDK's
+  ModelError (see _classify).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import RetryPolicy, Retryable, call_with_retries, retry_after_seconds
+from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, retry_after_seconds, timed_out
 
 POST_COLLECTION = "app.bsky.feed.post"
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
@@ -42,6 +46,10 @@ TID_SPREAD_US = 365 * 24 * 3600 * 1_000_000
 PASSWORD_FIX = (
     "Create an app password (Settings > Privacy and security > App passwords) and set "
     "CROWDTUNE_BLUESKY_APP_PASSWORD; check `handle` in the Bluesky face config."
+)
+MALFORMED_FIX = (
+    "Check that service_url in the face config is your PDS or https://bsky.social itself (not a proxy, login or "
+    "maintenance page); if it is, the service may be mid-upgrade: try again later."
 )
 
 
@@ -79,6 +87,9 @@ def record_key_for_intent(intent_id: str) -> str:
 
 
 def parse_time(value: str) -> datetime:
+    """An AT Protocol datetime (ISO 8601, `Z` or an offset) as naive UTC; ValueError if it is none."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date")
     return as_naive_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
 
 
@@ -92,6 +103,7 @@ class BlueskyFace(Face):
         super().__init__(config)
         self._client = None
         self._did: str | None = None
+        self._answers = AnswerCheck("Bluesky", self.config.service_url, MALFORMED_FIX)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -102,18 +114,27 @@ class BlueskyFace(Face):
 
             if not self.config.handle or self.config.app_password is None:
                 raise FaceConfigError("The Bluesky face needs a handle and an app password.", PASSWORD_FIX)
-            client = Client(base_url=self.config.service_url, request=Request(timeout=self.config.request_timeout))
+            request = Request(timeout=self.config.request_timeout, event_hooks={"response": [self._remember_answer]})
+            client = Client(base_url=self.config.service_url, request=request)
             self._call(
                 "signing in",
                 lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(), fetch_bsky_profile=False),
                 signed_in=False,
             )
             self._did = client._session.did  # the repo we write to; the SDK keeps it on the session
+            if not self._did:
+                raise self._answers.malformed("signing in", "a session without a did")
             self._client = client
         return self._client
 
-    def _classify(self, error: Exception) -> Retryable | FaceError | None:
+    def _remember_answer(self, response) -> None:
+        # The SDK's ModelError does not carry the response: keep what a message needs from it.
+        response.read()
+        self._answers.note(response.status_code, response.headers.get("content-type"), response.content)
+
+    def _classify(self, error: Exception, action: str) -> Retryable | FaceError | None:
         from atproto_client import exceptions
+        from pydantic import ValidationError
 
         response = getattr(error, "response", None)
         status = getattr(response, "status_code", None)
@@ -131,8 +152,21 @@ class BlueskyFace(Face):
             )
         if status is not None and status >= 500:
             return Retryable(f"HTTP {status}")
+        if isinstance(error, exceptions.InvokeTimeoutError):
+            return timed_out("Bluesky", self.config.request_timeout, "Check the service is up (status.bsky.app)")
         if isinstance(error, exceptions.NetworkError):
             return Retryable(f"HTTP {status}" if status else "network error")
+        if isinstance(error, exceptions.ModelError) and isinstance(error.__cause__, ValidationError):
+            # JSON the SDK's models refuse: not retried, a server that speaks another API keeps doing so.
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in problem['loc']) or 'the answer'}: {problem['msg']}"
+                for problem in error.__cause__.errors()[:3]
+            )
+            return self._answers.malformed(action, f"JSON of another shape ({problems})")
+        if isinstance(error, (exceptions.ModelError, ValueError)):
+            # A 2xx body that is not JSON: the SDK says so with a ModelError, or pydantic's JSON
+            # parser raises ValueError on a body cut off in transit.
+            return self._answers.not_json()
         if code == "RecordNotFound" or status == 404:
             return PostNotFoundError(
                 f"Bluesky ({self.config.service_url}) has no such post.",
@@ -150,7 +184,7 @@ class BlueskyFace(Face):
             self._api()
         return call_with_retries(
             operation,
-            classify=self._classify,
+            classify=lambda error: self._classify(error, action),
             policy=self.config.retry,
             network="Bluesky",
             action=action,
@@ -174,14 +208,14 @@ class BlueskyFace(Face):
                 if item.reason is not None:  # a repost of someone else's post
                     continue
                 post = item.post
-                created_at = parse_time(post.record.created_at)
+                text, created_at = self._post_record(post.record, "reading the author feed")
                 if after is not None and created_at <= after:
                     return
                 if before is not None and created_at >= before:
                     continue
                 yield HistoryPost(
                     platform_id=post.uri,
-                    text=post.record.text,
+                    text=text,
                     created_at=created_at,
                     url=self._web_url(post.uri, post.author.handle),
                     author=post.author.handle,
@@ -193,6 +227,18 @@ class BlueskyFace(Face):
             cursor = page.cursor
             if not cursor or not page.feed:
                 return
+
+    def _post_record(self, record, action: str) -> tuple[str, datetime]:
+        """The text and creation time of a post record. The SDK keeps a record it cannot read as a
+        loose dict (or whatever value came), so this is where a wrong-shaped post is named."""
+        text = getattr(record, "text", None)
+        try:
+            created_at = parse_time(getattr(record, "created_at", None))
+        except ValueError:
+            created_at = None
+        if not isinstance(text, str) or created_at is None:
+            raise self._answers.malformed(action, "a post record without text and a readable createdAt")
+        return text, created_at
 
     @staticmethod
     def _web_url(uri: str, handle: str) -> str:
@@ -232,7 +278,7 @@ class BlueskyFace(Face):
             found = self._call("looking up a published post", lambda: client.com.atproto.repo.get_record(params=params))
         except PostNotFoundError:
             return None
-        created_at = parse_time(found.value.created_at)
+        _, created_at = self._post_record(found.value, "looking up a published post")
         if created_at < since:
             return None
         return Published(found.uri, self._web_url(found.uri, self.config.handle), created_at)
@@ -243,13 +289,14 @@ class BlueskyFace(Face):
         if not page.posts:
             raise PostNotFoundError(f"Bluesky has no post {platform_id}.", "Check the at:// URI; it may have been deleted.")
         post = page.posts[0]
+        _, created_at = self._post_record(post.record, "reading a post's reactions")
         now = utc_now()
         return ReactionSnapshot(
             platform_id=platform_id,
             observed_at=now,
             counts=self._counts(post),
             audience_size=self.audience_size(),
-            post_age_seconds=(now - parse_time(post.record.created_at)).total_seconds(),
+            post_age_seconds=(now - created_at).total_seconds(),
         )
 
     def audience_size(self) -> int | None:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from faces.base import FaceAuthError
+from faces.base import FaceAuthError, FaceMalformedAnswerError, FaceUnavailableError
 from faces.bluesky import BlueskyConfig, BlueskyFace, record_key_for_intent
 from faces.retry import RetryPolicy
 
@@ -195,3 +195,104 @@ def test_the_app_password_never_shows_in_reprs_errors_or_logs(fake_api, leak_che
     leak_check.exercise(wrong)
     assert server.created == 1 and leak_check.errors
     assert PASSWORD not in leak_check.everything_shown(good, wrong)
+
+
+# -- timeouts and answers that are not the XRPC API ----------------------------------------------
+
+
+def make_impatient_face(api, timeout=0.3) -> BlueskyFace:
+    return BlueskyFace(BlueskyConfig(
+        service_url=api.url, handle=HANDLE, app_password=SecretStr(PASSWORD), request_timeout=timeout, retry=FAST_RETRY,
+    ))
+
+
+def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
+    server = FakeBluesky(fake_api)
+    uri = server.uri(list(server.records)[0])
+    stalled = fake_api.reply(200, {"posts": [server.post_view(list(server.records)[0])]}, delay_seconds=1.0)
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getPosts", [stalled, fake_api.reply(200, stalled.body)])
+    assert make_impatient_face(fake_api).reactions(uri).counts["likes"] == 11
+    assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getPosts")) == 2
+
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getPosts", stalled)
+    with pytest.raises(FaceUnavailableError) as raised:
+        make_impatient_face(fake_api).reactions(uri)
+    assert "kept failing while reading a post's reactions (no answer within 0.3 s)" in raised.value.problem
+    assert "request_timeout in the Bluesky face config" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getPosts")) == 2 + FAST_RETRY.max_attempts
+
+
+def test_a_publish_that_times_out_after_the_record_was_created_is_not_sent_again(fake_api):
+    server = FakeBluesky(fake_api)
+
+    def created_then_stalled(request, match):
+        return fake_api.reply(200, server.store(request), delay_seconds=1.0)
+
+    fake_api.route("POST", r"/xrpc/com.atproto.repo.createRecord", created_then_stalled)
+    published = make_impatient_face(fake_api).publish("slow but there", intent_id="intent-11")
+    assert server.created == 1 and len(fake_api.seen("POST", r"/xrpc/com.atproto.repo.createRecord")) == 1
+    assert published.platform_id == server.uri(record_key_for_intent("intent-11"))
+
+
+def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fake_api):
+    server = FakeBluesky(fake_api)
+    garbage = [fake_api.html_page(), fake_api.reply(200, b'{"feed": [{"po')]
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed",
+                   lambda r, m: garbage.pop(0) if garbage else server.author_feed(r, m))
+    assert len(list(make_face(fake_api).fetch_history())) == 5
+    assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getAuthorFeed")) == 3
+
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", fake_api.html_page())
+    with pytest.raises(FaceUnavailableError) as raised:
+        list(make_face(fake_api).fetch_history())
+    assert "reading the author feed (an answer that is not JSON (HTTP 200, text/html: '<html><head><title>502 Bad" in raised.value.problem
+    assert "service_url" in raised.value.fix
+
+
+def wrong_post(server, rkey, **changes):
+    return {"posts": [{**server.post_view(rkey), **changes}]}
+
+
+@pytest.mark.parametrize("answer, named", [
+    (lambda server, rkey: {"error": "upstream said no"}, "JSON of another shape (posts: Field required)"),
+    (lambda server, rkey: {"posts": "none"}, "JSON of another shape (posts: Input should be a valid list)"),
+    (lambda server, rkey: wrong_post(server, rkey, uri=None), "JSON of another shape (posts.0.uri:"),
+    (lambda server, rkey: wrong_post(server, rkey, record={"text": "no date"}), "a post record without text and a readable createdAt"),
+    (lambda server, rkey: wrong_post(server, rkey, record={**server.records[rkey], "createdAt": "yesterday"}), "readable createdAt"),
+    (lambda server, rkey: wrong_post(server, rkey, record=7), "JSON of another shape (posts.0.record"),
+])
+def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api, answer, named):
+    server = FakeBluesky(fake_api)
+    rkey = list(server.records)[0]
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getPosts", fake_api.reply(200, answer(server, rkey)))
+    with pytest.raises(FaceMalformedAnswerError) as raised:
+        make_face(fake_api).reactions(server.uri(rkey))
+    assert "answered reading a post's reactions with" in raised.value.problem and named in raised.value.problem
+    assert "that is not the Bluesky API" in raised.value.problem and "(HTTP 200, application/json: '{" in raised.value.problem
+    assert "service_url" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getPosts")) == 1
+
+
+def test_a_wrong_shaped_feed_sign_in_or_publish_answer_is_named_not_a_model_error(fake_api):
+    server = FakeBluesky(fake_api)
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", fake_api.reply(200, {"feed": 5}))
+    with pytest.raises(FaceMalformedAnswerError, match=r"reading the author feed with JSON of another shape \(feed: Input should be a valid list"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", fake_api.reply(200, {"feed": [{"post": {"uri": "at://x"}}]}))
+    with pytest.raises(FaceMalformedAnswerError, match=r"reading the author feed with JSON of another shape \(feed.0.post.author: Field required"):
+        list(make_face(fake_api).fetch_history())
+
+    def created_but_answered_oddly(request, match):
+        server.store(request)
+        return fake_api.reply(200, {"validationStatus": "valid"})
+
+    fake_api.route("POST", r"/xrpc/com.atproto.repo.createRecord", created_but_answered_oddly)
+    with pytest.raises(FaceMalformedAnswerError, match=r"publishing a post with JSON of another shape \(cid: Field required; uri: Field required\)"):
+        make_face(fake_api).publish("odd answer", intent_id="intent-12")
+    assert server.created == 1  # not retried: the job's own retry asks find_published first
+    assert make_face(fake_api).find_published("intent-12", "odd answer", datetime(2020, 1, 1)).platform_id == server.uri(
+        record_key_for_intent("intent-12"))
+
+    fake_api.route("POST", r"/xrpc/com.atproto.server.createSession", fake_api.reply(200, {"ok": True}))
+    with pytest.raises(FaceMalformedAnswerError, match=r"Bluesky \(http://127.0.0.1:\d+\) answered signing in with JSON of another shape"):
+        list(make_face(fake_api).fetch_history())
