@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from faces.base import FaceAuthError
+from faces.base import FaceAuthError, FaceError, FaceMalformedAnswerError, FaceUnavailableError
 from faces.reddit import RedditConfig, RedditFace
 from faces.retry import RetryPolicy
 
@@ -170,3 +170,112 @@ def test_the_secret_and_password_never_show_in_reprs_errors_or_logs(fake_api, le
     assert server.created == 1 and leak_check.errors
     shown = leak_check.everything_shown(good, wrong)
     assert PASSWORD not in shown and CLIENT_SECRET not in shown
+
+
+# -- timeouts and answers that are not Reddit's API ----------------------------------------------
+
+
+def make_impatient_face(api, timeout=0.3) -> RedditFace:
+    return RedditFace(RedditConfig(
+        client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET), username=USER, password=SecretStr(PASSWORD),
+        subreddit=SUBREDDIT, oauth_url=api.url, reddit_url=api.url, request_timeout=timeout, retry=FAST_RETRY,
+    ))
+
+
+def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
+    server = FakeReddit(fake_api)
+    stalled = fake_api.reply(200, server.listing([server.submissions[1]], None), delay_seconds=1.0)
+    fake_api.route("GET", r"/api/info/?", [stalled, fake_api.reply(200, stalled.body)])
+    assert make_impatient_face(fake_api).reactions("r1").counts["likes"] == 17
+    assert len(fake_api.seen("GET", r"/api/info/?")) == 2
+
+    fake_api.route("GET", r"/api/info/?", stalled)
+    with pytest.raises(FaceUnavailableError) as raised:
+        make_impatient_face(fake_api).reactions("r1")
+    assert "kept failing while reading a submission's reactions (no answer within 0.3 s)" in raised.value.problem
+    assert "request_timeout in the Reddit face config" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/api/info/?")) == 2 + FAST_RETRY.max_attempts
+
+
+def test_a_submit_that_times_out_after_the_post_was_created_is_not_sent_again(fake_api):
+    server = FakeReddit(fake_api)
+
+    def created_then_stalled(request, match):
+        server.create(request)
+        return fake_api.reply(200, {"json": {"errors": [], "data": {"id": "new1", "name": "t3_new1"}}}, delay_seconds=1.0)
+
+    fake_api.route("POST", r"/api/submit/?", created_then_stalled)
+    published = make_impatient_face(fake_api).publish("slow but there", intent_id="intent-4")
+    assert server.created == 1 and len(fake_api.seen("POST", r"/api/submit/?")) == 1
+    assert published.platform_id == "new1"
+
+
+def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fake_api):
+    server = FakeReddit(fake_api)
+    garbage = [fake_api.html_page(), fake_api.reply(200, b'{"kind": "Listing", "da')]
+    fake_api.route("GET", rf"/user/{USER}/submitted/?", lambda r, m: garbage.pop(0) if garbage else server.submitted(r, m))
+    assert len(list(make_face(fake_api).fetch_history())) == 5
+    assert len(fake_api.seen("GET", rf"/user/{USER}/submitted/?")) == 3
+
+    fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.html_page())
+    with pytest.raises(FaceUnavailableError) as raised:
+        list(make_face(fake_api).fetch_history())
+    assert "reading submissions (an answer that is not JSON (HTTP 200, text/html: '<html><head><title>502 Bad" in raised.value.problem
+    assert "oauth_url" in raised.value.fix
+
+    fake_api.route("POST", r"/api/v1/access_token/?", fake_api.html_page())
+    with pytest.raises(FaceUnavailableError, match="not JSON \\(HTTP 200, text/html"):
+        list(make_face(fake_api).fetch_history())
+
+
+@pytest.mark.parametrize("answer, named", [
+    (lambda listing: {"error": "upstream said no"}, "an object without data"),
+    (lambda listing: {"kind": "Listing", "data": {"children": {}}}, "an object whose children is a dict"),
+    (lambda listing: [listing], "a value of type list where an object belongs"),
+    (lambda listing: {"data": {"children": [{"kind": "t3", "data": {"id": "r1"}}]}}, "an object without title, selftext, created_utc"),
+    (lambda listing: {"data": {"children": [{"kind": "t3", "data": {**listing["data"]["children"][0]["data"], "created_utc": "yesterday"}}]}},
+     "an object whose created_utc is a str"),
+    (lambda listing: {"data": {"children": ["t3_r1"]}}, "a value of type str where an object belongs"),
+])
+def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api, answer, named):
+    server = FakeReddit(fake_api)
+    fake_api.route("GET", r"/api/info/?", fake_api.reply(200, answer(server.listing([server.submissions[1]], None))))
+    with pytest.raises(FaceMalformedAnswerError) as raised:
+        make_face(fake_api).reactions("r1")
+    assert "answered reading a submission's reactions with" in raised.value.problem and named in raised.value.problem
+    assert "that is not the Reddit API" in raised.value.problem and "(HTTP 200, application/json: '" in raised.value.problem
+    assert "oauth_url" in raised.value.fix
+    assert len(fake_api.seen("GET", r"/api/info/?")) == 1
+
+
+def test_a_wrong_shaped_listing_or_submit_answer_is_named_not_an_attribute_error(fake_api):
+    server = FakeReddit(fake_api)
+    fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.reply(200, {"kind": "Listing", "data": {"children": [], "after": 5}}))
+    with pytest.raises(FaceMalformedAnswerError, match="reading submissions with a listing whose after is a int"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.reply(200, {"children": []}))
+    with pytest.raises(FaceMalformedAnswerError, match="reading submissions with an object without data"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", rf"/r/{SUBREDDIT}/about/?", fake_api.reply(200, {"kind": "t5", "data": {"subscribers": None}}))
+    with pytest.raises(FaceMalformedAnswerError, match="reading the subscriber count with an object without subscribers"):
+        make_face(fake_api).audience_size()
+
+    def created_but_answered_oddly(request, match):
+        server.create(request)
+        return fake_api.reply(200, {"json": {"errors": [], "data": {"url": "https://www.reddit.com/r/crowdtune/"}}})
+
+    fake_api.route("POST", r"/api/submit/?", created_but_answered_oddly)
+    with pytest.raises(FaceMalformedAnswerError, match="submitting a post with an object without id"):
+        make_face(fake_api).publish("odd answer", intent_id="intent-5")
+    assert server.created == 1  # not retried, and no "None" id: the job's own retry asks find_published first
+    fake_api.route("GET", rf"/user/{USER}/submitted/?", server.submitted)
+    assert make_face(fake_api).find_published("intent-5", "odd answer", datetime(2020, 1, 1)).platform_id == "new1"
+
+
+def test_a_post_reddit_refuses_in_its_answer_is_named(fake_api):
+    FakeReddit(fake_api)
+    refused = {"json": {"errors": [["SUBREDDIT_NOEXIST", "that subreddit doesn't exist", "sr"]]}}
+    fake_api.route("POST", r"/api/submit/?", fake_api.reply(200, refused))
+    with pytest.raises(FaceError, match="Reddit refused the post: SUBREDDIT_NOEXIST"):
+        make_face(fake_api).publish("nowhere", intent_id="intent-6")
+    assert len(fake_api.seen("POST", r"/api/submit/?")) == 1
