@@ -9,12 +9,18 @@
 - Rate limits: hikari itself waits what a 429's retry_after asks (and gives up past
   retry.max_retry_after_seconds); 5xx and connection errors are retried by faces.retry (hikari's
   own 5xx retries are switched off so one policy decides, and find_published runs in between).
+  A timeout (no answer within request_timeout) is retried like a 5xx.
+- Answers that are not the Discord API (an HTML page, a cut-off body, JSON that hikari cannot read
+  into its entities) raise FaceMalformedAnswerError naming what came back, never a KeyError or a
+  bare AssertionError from inside hikari (see _classify).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -36,9 +42,20 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import RetryPolicy, Retryable, call_with_retries
+from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, timed_out
 
 TOKEN_FIX = "Reset the bot token (Developer Portal > your app > Bot > Reset Token) and set CROWDTUNE_DISCORD_TOKEN."
+MALFORMED_FIX = (
+    "Check that api_url in the face config is Discord's API (https://discord.com/api/v10, not a proxy, login or "
+    "maintenance page); if it is, Discord may be having trouble (discordstatus.com): try again later."
+)
+# What hikari raises when JSON it got is not what the API sends: it indexes, converts and asserts
+# its way through the payload while building its entities.
+UNREADABLE_JSON = (KeyError, TypeError, ValueError, AttributeError, AssertionError)
+
+
+class CutOffJSON(Exception):
+    """A 2xx answer labelled JSON that does not parse (a body cut off in transit)."""
 
 
 class DiscordConfig(FaceConfig):
@@ -50,6 +67,7 @@ class DiscordConfig(FaceConfig):
         channel_id = 0                  the text channel to read and post in
         guild_id = None                 its server, for the member count; None = audience unknown
         page_size = 100                 messages per history page (Discord's maximum)
+        request_timeout = 30.0          seconds per HTTP request
         retry = RetryPolicy()           see faces.retry
     """
 
@@ -58,6 +76,7 @@ class DiscordConfig(FaceConfig):
     channel_id: int = 0
     guild_id: int | None = None
     page_size: int = Field(default=100, ge=1, le=100)
+    request_timeout: float = Field(default=30.0, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -72,16 +91,34 @@ class DiscordFace(Face):
     capabilities = Capabilities(fetch_history=True, publish=True, reactions=True)
     secret_fields = ("token",)
 
+    def __init__(self, config: DiscordConfig | None = None):
+        super().__init__(config)
+        self._answers = AnswerCheck("Discord", self.config.api_url, MALFORMED_FIX)
+        self._read_an_answer = False
+
     # -- client and errors ----------------------------------------------------------------
+
+    def _loads(self, body: bytes):
+        # hikari parses 2xx JSON answers with this and keeps nothing of them to name in an error.
+        self._answers.note(None, "application/json", body)
+        self._read_an_answer = True
+        try:
+            return json.loads(body)
+        except ValueError as error:
+            raise CutOffJSON() from error
 
     async def _with_rest(self, operation: Callable[[object], Awaitable]):
         import hikari
+        from hikari.impl.config import HTTPSettings, HTTPTimeoutSettings
 
         app = hikari.RESTApp(
             url=self.config.api_url,
+            http_settings=HTTPSettings(timeouts=HTTPTimeoutSettings(total=self.config.request_timeout)),
+            loads=self._loads,
             max_retries=0,
             max_rate_limit=self.config.retry.max_retry_after_seconds,
         )
+        self._read_an_answer = False
         await app.start()
         try:
             async with app.acquire(self.config.token.get_secret_value(), hikari.TokenType.BOT) as rest:
@@ -89,7 +126,7 @@ class DiscordFace(Face):
         finally:
             await app.close()
 
-    def _classify(self, error: Exception) -> Retryable | FaceError | None:
+    def _classify(self, error: Exception, action: str) -> Retryable | FaceError | None:
         import hikari
 
         if isinstance(error, hikari.RateLimitTooLongError):
@@ -114,8 +151,22 @@ class DiscordFace(Face):
             return Retryable(f"HTTP {int(error.status)}")
         if isinstance(error, hikari.HTTPResponseError) and int(error.status) == 429:
             return Retryable("HTTP 429", rate_limited=True)
+        if isinstance(error, hikari.HTTPError) and isinstance(error.__cause__, TimeoutError):
+            return timed_out("Discord", self.config.request_timeout, "Check Discord is up (discordstatus.com)")
+        if isinstance(error, hikari.HTTPError) and error.message.startswith("Expected JSON"):
+            # hikari names the content type of a 2xx answer that is not JSON, and keeps no body.
+            content_type = re.search(r"content_type='([^']*)'", error.message)
+            self._answers.note(None, content_type.group(1) if content_type else None, None)
+            return self._answers.not_json()
+        if isinstance(error, CutOffJSON):
+            return self._answers.not_json()
         if isinstance(error, hikari.HTTPError):
             return Retryable("network error")
+        if isinstance(error, UNREADABLE_JSON) and self._read_an_answer:
+            detail = f"no field {error.args[0]!r}" if isinstance(error, KeyError) else type(error).__name__
+            if str(error) and not isinstance(error, KeyError):
+                detail += f": {error}"
+            return self._answers.malformed(action, f"JSON hikari could not read ({detail})")
         if isinstance(error, hikari.ClientHTTPResponseError):
             return FaceError(f"Discord refused the request ({error.status}: {error.message}).", "Check the post and the face config.")
         return None
@@ -127,7 +178,7 @@ class DiscordFace(Face):
             raise FaceConfigError("The Discord face has no channel_id.", "Set channel_id (Developer Mode > right-click the channel > Copy ID).")
         return call_with_retries(
             lambda: asyncio.run(self._with_rest(operation)),
-            classify=self._classify,
+            classify=lambda error: self._classify(error, action),
             policy=self.config.retry,
             network="Discord",
             action=action,
@@ -207,9 +258,8 @@ class DiscordFace(Face):
         return None
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
-        message = self._call(
-            "reading a message's reactions", lambda rest: rest.fetch_message(self.config.channel_id, int(platform_id))
-        )
+        message_id = int(platform_id)
+        message = self._call("reading a message's reactions", lambda rest: rest.fetch_message(self.config.channel_id, message_id))
         now = utc_now()
         return ReactionSnapshot(
             platform_id=platform_id,

@@ -96,11 +96,15 @@ class AnswerCheck:
         self.network, self.where, self.fix = network, where, fix
         self.last = "no answer yet"
 
-    def note(self, status: int | None, content_type: str | None, body: bytes) -> None:
-        """Remember an answer: its status (None if unknown), content type and the start of its body."""
-        excerpt = re.sub(r"\s+", " ", body[:200].decode("utf-8", "replace")).strip()[:80]
-        kind = (content_type or "no content type").split(";")[0]
-        self.last = f"{kind}: {excerpt!r}" if status is None else f"HTTP {status}, {kind}: {excerpt!r}"
+    def note(self, status: int | None, content_type: str | None, body: bytes | None) -> None:
+        """Remember an answer: its status, content type and the start of its body (None: unknown)."""
+        shown = (content_type or "no content type").split(";")[0]
+        if status is not None:
+            shown = f"HTTP {status}, {shown}"
+        if body is not None:
+            excerpt = re.sub(r"\s+", " ", body[:200].decode("utf-8", "replace")).strip()[:80]
+            shown += f": {excerpt!r}"
+        self.last = shown
 
     def not_json(self) -> Retryable:
         """The verdict for an answer that is not JSON: retried, since a proxy's error page or a body

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from faces.base import FaceAuthError
+from faces.base import FaceAuthError, FaceMalformedAnswerError, FaceUnavailableError
 from faces.discord import DiscordConfig, DiscordFace, nonce_for_intent
 from faces.retry import RetryPolicy
 
@@ -185,3 +185,101 @@ def test_the_bot_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check)
     leak_check.exercise(wrong)
     assert server.created == 1 and leak_check.errors
     assert TOKEN not in leak_check.everything_shown(good, wrong)
+
+
+# -- timeouts and answers that are not the Discord API -------------------------------------------
+
+
+def make_impatient_face(api, timeout=0.3) -> DiscordFace:
+    return DiscordFace(DiscordConfig(api_url=f"{api.url}/api/v10", token=SecretStr(TOKEN), channel_id=CHANNEL,
+                                     request_timeout=timeout, retry=FAST_RETRY))
+
+
+def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
+    server = FakeDiscord(fake_api)
+    message_id = server.messages[0]["id"]
+    stalled = fake_api.reply(200, server.messages[0], delay_seconds=1.0)
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", [stalled, fake_api.reply(200, server.messages[0])])
+    assert make_impatient_face(fake_api).reactions(message_id).counts["emoji:👍"] == 4
+    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 2
+
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", stalled)
+    with pytest.raises(FaceUnavailableError) as raised:
+        make_impatient_face(fake_api).reactions(message_id)
+    assert "kept failing while reading a message's reactions (no answer within 0.3 s)" in raised.value.problem
+    assert "request_timeout in the Discord face config" in raised.value.fix
+    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 2 + FAST_RETRY.max_attempts
+
+
+def test_a_send_that_times_out_after_the_message_was_created_is_not_sent_again(fake_api):
+    server = FakeDiscord(fake_api)
+
+    def created_then_stalled(request, match):
+        return fake_api.reply(200, server.create(request), delay_seconds=1.0)
+
+    fake_api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", created_then_stalled)
+    published = make_impatient_face(fake_api).publish("slow but there", intent_id="intent-6")
+    assert server.created == 1 and len(fake_api.seen("POST", rf"/api/v10/channels/{CHANNEL}/messages")) == 1
+    assert published.platform_id == server.messages[-1]["id"]
+
+
+def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fake_api):
+    server = FakeDiscord(fake_api)
+    garbage = [fake_api.html_page(), fake_api.reply(200, b'[{"id": "12')]
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages",
+                   lambda r, m: garbage.pop(0) if garbage else server.list_messages(r, m))
+    assert len(list(make_face(fake_api).fetch_history())) == 5 and not garbage
+
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.html_page())
+    with pytest.raises(FaceUnavailableError) as raised:
+        list(make_face(fake_api).fetch_history())
+    assert "kept failing while reading channel messages (an answer that is not JSON (text/html))" in raised.value.problem
+    assert "api_url" in raised.value.fix
+
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, b'[{"id": "12'))
+    with pytest.raises(FaceUnavailableError, match="""not JSON \\(application/json: '\\[\\{"id": "12'\\)"""):
+        list(make_face(fake_api).fetch_history())
+
+
+def without(message: dict, *names: str) -> dict:
+    return {key: value for key, value in message.items() if key not in names}
+
+
+@pytest.mark.parametrize("answer, named", [
+    (lambda message: without(message, "author"), "JSON hikari could not read (no field 'author')"),
+    (lambda message: {**message, "timestamp": "yesterday"}, "JSON hikari could not read (ValueError"),
+    (lambda message: {**message, "reactions": 3}, "JSON hikari could not read (TypeError"),
+    (lambda message: [message], "JSON hikari could not read (AssertionError)"),
+    (lambda message: {"message": "upstream said no"}, "JSON hikari could not read (no field"),
+])
+def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api, answer, named):
+    server = FakeDiscord(fake_api)
+    message_id = server.messages[0]["id"]
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", fake_api.reply(200, answer(server.messages[0])))
+    with pytest.raises(FaceMalformedAnswerError) as raised:
+        make_face(fake_api).reactions(message_id)
+    assert "answered reading a message's reactions with" in raised.value.problem and named in raised.value.problem
+    assert "that is not the Discord API" in raised.value.problem and "(application/json: '" in raised.value.problem
+    assert "api_url" in raised.value.fix
+    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 1
+
+
+def test_a_wrong_shaped_page_or_send_answer_is_named_not_a_key_error(fake_api):
+    server = FakeDiscord(fake_api)
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, {"messages": []}))
+    with pytest.raises(FaceMalformedAnswerError, match="reading channel messages with JSON hikari could not read"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, [without(server.messages[0], "id")]))
+    with pytest.raises(FaceMalformedAnswerError, match="reading channel messages with JSON hikari could not read \\(no field 'id'\\)"):
+        list(make_face(fake_api).fetch_history())
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", server.list_messages)
+
+    def created_but_answered_oddly(request, match):
+        return fake_api.reply(200, without(server.create(request), "id"))
+
+    fake_api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", created_but_answered_oddly)
+    with pytest.raises(FaceMalformedAnswerError, match="sending a message with JSON hikari could not read \\(no field 'id'\\)"):
+        make_face(fake_api).publish("odd answer", intent_id="intent-7")
+    assert server.created == 1  # not retried, and no "None" id: the job's own retry asks find_published first
+    found = make_face(fake_api).find_published("intent-7", "odd answer", datetime(2020, 1, 1))
+    assert found.platform_id == server.messages[-1]["id"]
