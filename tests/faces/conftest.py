@@ -96,6 +96,38 @@ class FakeApi:
     def seen(self, method: str, pattern: str) -> list[SeenRequest]:
         return [r for r in self.requests if r.method == method and re.fullmatch(pattern, r.path)]
 
+    def check_html_page_is_named(self, method: str, pattern: str, call: Callable, *, action: str, shown: str, fix: str):
+        """Prove that `call` fails, once its retries are spent on HTML pages served with 200, naming the
+        action, what came back (`shown`, e.g. "HTTP 200, text/html: '<html>") and a fix mentioning `fix`."""
+        from faces.base import FaceUnavailableError
+
+        self.route(method, pattern, self.html_page())
+        with pytest.raises(FaceUnavailableError) as raised:
+            call()
+        assert f"kept failing while {action} (an answer that is not JSON ({shown}" in raised.value.problem
+        assert fix in raised.value.fix
+
+    def check_timeouts(self, method: str, pattern: str, answer: Reply, call: Callable, *, action: str, network: str,
+                       max_attempts: int, timeout: float = 0.3):
+        """Prove that `call` (a face with request_timeout=`timeout`) retries an answer held back past the
+        timeout, and that one held back every time fails naming the action, the timeout and the setting.
+
+        Out: what `call` returned the first time, when the second answer came in time.
+        """
+        from faces.base import FaceUnavailableError
+
+        stalled = Reply(answer.status, answer.body, answer.headers, delay_seconds=timeout + 0.7)
+        self.route(method, pattern, [stalled, answer])
+        result = call()
+        assert len(self.seen(method, pattern)) == 2
+        self.route(method, pattern, stalled)
+        with pytest.raises(FaceUnavailableError) as raised:
+            call()
+        assert f"kept failing while {action} (no answer within {timeout:g} s)" in raised.value.problem
+        assert f"request_timeout in the {network} face config" in raised.value.fix
+        assert len(self.seen(method, pattern)) == 2 + max_attempts
+        return result
+
     def _handler_class(self):
         api = self
 

@@ -197,18 +197,12 @@ def make_impatient_face(api, timeout=0.3) -> DiscordFace:
 
 def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
     server = FakeDiscord(fake_api)
-    message_id = server.messages[0]["id"]
-    stalled = fake_api.reply(200, server.messages[0], delay_seconds=1.0)
-    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", [stalled, fake_api.reply(200, server.messages[0])])
-    assert make_impatient_face(fake_api).reactions(message_id).counts["emoji:👍"] == 4
-    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 2
-
-    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", stalled)
-    with pytest.raises(FaceUnavailableError) as raised:
-        make_impatient_face(fake_api).reactions(message_id)
-    assert "kept failing while reading a message's reactions (no answer within 0.3 s)" in raised.value.problem
-    assert "request_timeout in the Discord face config" in raised.value.fix
-    assert len(fake_api.seen("GET", rf"/api/v10/channels/{CHANNEL}/messages/\d+")) == 2 + FAST_RETRY.max_attempts
+    snapshot = fake_api.check_timeouts(
+        "GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", fake_api.reply(200, server.messages[0]),
+        lambda: make_impatient_face(fake_api).reactions(server.messages[0]["id"]),
+        action="reading a message's reactions", network="Discord", max_attempts=FAST_RETRY.max_attempts,
+    )
+    assert snapshot.counts["emoji:👍"] == 4
 
 
 def test_a_send_that_times_out_after_the_message_was_created_is_not_sent_again(fake_api):
@@ -230,11 +224,10 @@ def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fa
                    lambda r, m: garbage.pop(0) if garbage else server.list_messages(r, m))
     assert len(list(make_face(fake_api).fetch_history())) == 5 and not garbage
 
-    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.html_page())
-    with pytest.raises(FaceUnavailableError) as raised:
-        list(make_face(fake_api).fetch_history())
-    assert "kept failing while reading channel messages (an answer that is not JSON (text/html))" in raised.value.problem
-    assert "api_url" in raised.value.fix
+    fake_api.check_html_page_is_named(
+        "GET", rf"/api/v10/channels/{CHANNEL}/messages", lambda: list(make_face(fake_api).fetch_history()),
+        action="reading channel messages", shown="text/html))", fix="api_url",  # hikari keeps no status or body
+    )
 
     fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, b'[{"id": "12'))
     with pytest.raises(FaceUnavailableError, match="""not JSON \\(application/json: '\\[\\{"id": "12'\\)"""):

@@ -184,17 +184,12 @@ def make_impatient_face(api, timeout=0.3) -> RedditFace:
 
 def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
     server = FakeReddit(fake_api)
-    stalled = fake_api.reply(200, server.listing([server.submissions[1]], None), delay_seconds=1.0)
-    fake_api.route("GET", r"/api/info/?", [stalled, fake_api.reply(200, stalled.body)])
-    assert make_impatient_face(fake_api).reactions("r1").counts["likes"] == 17
-    assert len(fake_api.seen("GET", r"/api/info/?")) == 2
-
-    fake_api.route("GET", r"/api/info/?", stalled)
-    with pytest.raises(FaceUnavailableError) as raised:
-        make_impatient_face(fake_api).reactions("r1")
-    assert "kept failing while reading a submission's reactions (no answer within 0.3 s)" in raised.value.problem
-    assert "request_timeout in the Reddit face config" in raised.value.fix
-    assert len(fake_api.seen("GET", r"/api/info/?")) == 2 + FAST_RETRY.max_attempts
+    snapshot = fake_api.check_timeouts(
+        "GET", r"/api/info/?", fake_api.reply(200, server.listing([server.submissions[1]], None)),
+        lambda: make_impatient_face(fake_api).reactions("r1"),
+        action="reading a submission's reactions", network="Reddit", max_attempts=FAST_RETRY.max_attempts,
+    )
+    assert snapshot.counts["likes"] == 17
 
 
 def test_a_submit_that_times_out_after_the_post_was_created_is_not_sent_again(fake_api):
@@ -217,11 +212,10 @@ def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fa
     assert len(list(make_face(fake_api).fetch_history())) == 5
     assert len(fake_api.seen("GET", rf"/user/{USER}/submitted/?")) == 3
 
-    fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.html_page())
-    with pytest.raises(FaceUnavailableError) as raised:
-        list(make_face(fake_api).fetch_history())
-    assert "reading submissions (an answer that is not JSON (HTTP 200, text/html: '<html><head><title>502 Bad" in raised.value.problem
-    assert "oauth_url" in raised.value.fix
+    fake_api.check_html_page_is_named(
+        "GET", rf"/user/{USER}/submitted/?", lambda: list(make_face(fake_api).fetch_history()),
+        action="reading submissions", shown="HTTP 200, text/html: '<html><head><title>502 Bad", fix="oauth_url",
+    )
 
     fake_api.route("POST", r"/api/v1/access_token/?", fake_api.html_page())
     with pytest.raises(FaceUnavailableError, match="not JSON \\(HTTP 200, text/html"):
