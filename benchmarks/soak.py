@@ -72,6 +72,25 @@ for _name, _value in {"OMP_NUM_THREADS": "1", "CROWDTUNE_TORCH_THREADS": "1", "T
     os.environ.setdefault(_name, _value)
 
 FAULT_KINDS = ("kill_worker", "kill_redis", "hold_store", "read_only_artifacts")
+
+# An outside read-only session, like a user's `duckdb -readonly`, who retries until the store
+# writer lets go of the file for a moment (the writer opens it per batch).
+PERSISTENT_HOLDER = """
+import sys, time, duckdb
+deadline = time.monotonic() + 30
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1], read_only=True)
+        break
+    except duckdb.IOException:
+        if time.monotonic() > deadline:
+            print("gave up", flush=True)
+            sys.exit(0)
+        time.sleep(0.05)
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
 MB = 1024 * 1024
 
 
@@ -423,14 +442,17 @@ class Soak:
             self.redis.start()
             fault.ends = time.monotonic()
         elif kind == "hold_store":
-            from tests.store.test_concurrency import HOLDER
-
             seconds = min(self.args.hold_seconds, 0.8 * self.args.fault_every)
             fault.target = f"{seconds:.0f} s"
-            fault.holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(self.settings.store_path), str(seconds)],
-                                            stdout=subprocess.PIPE, env=self.sup.env)
-            fault.holder.stdout.readline()
-            fault.ends = now + seconds
+            fault.holder = subprocess.Popen([sys.executable, "-c", PERSISTENT_HOLDER, str(self.settings.store_path),
+                                             str(seconds)], stdout=subprocess.PIPE, env=self.sup.env)
+            if fault.holder.stdout.readline().strip() != b"holding":
+                # the writer had the file for all of the holder's tries: nothing was held, so no fault
+                log("hold_store: the outside session never got the file; not counted as a fault")
+                fault.holder.wait()
+                self.active = None
+                return
+            fault.ends = time.monotonic() + seconds
         elif kind == "read_only_artifacts":
             from tests.reliability.test_faults import set_read_only
 

@@ -37,7 +37,8 @@ from pydantic import BaseModel, Field
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
-from crowdtune.training.models import DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model
+from crowdtune.training.models import (DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model,
+                                       store_frozen_layers_in)
 
 MetricsSink = Callable[[int, dict[str, float]], None]
 ProgressSink = Callable[[int, int, float, float], None]
@@ -123,6 +124,10 @@ class SFTConfig(BaseModel):
         # measured on a 2-core Zen 4: a LoRA step of SmolLM2-135M took ~1.9x less CPU time under
         # bf16 autocast; CPUs that only emulate bf16 gain nothing, so they stay in fp32
         return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+# Lightning precision -> the dtype its autocast computes matmuls in
+MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -357,7 +362,8 @@ class Evaluation(pl.Callback):
             generation = GenerationConfig(num_samples=cfg.eval_samples, batch_size=cfg.eval_samples,
                                           max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature,
                                           top_p=cfg.eval_top_p, seed=cfg.seed + step)
-            texts = [s.text for s in sample(pl_module.model, self.tokenizer, generation)]
+            with trainer.precision_plugin.forward_context():  # the frozen layers may be bf16
+                texts = [s.text for s in sample(pl_module.model, self.tokenizer, generation)]
             metrics.update(guard_metrics(texts, self.copy_index, self.style))
 
         improved = self.best_val_loss is None or val_loss < self.best_val_loss - cfg.early_stopping_min_delta
@@ -443,6 +449,9 @@ def train_sft(
                            val_fraction=config.val_fraction, lowercase=config.lowercase, num_workers=config.num_workers)
     model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                      target_modules=config.lora_targets)
+    low_precision = MIXED_PRECISION_DTYPES.get(config.resolved_precision())
+    if low_precision is not None:
+        store_frozen_layers_in(model, low_precision)
 
     steps_per_epoch = math.ceil(len(data.train_blocks.input_ids) / config.batch_size / config.accumulate_grad_batches)
     total = config.max_steps if config.max_epochs is None else min(config.max_steps, config.max_epochs * steps_per_epoch)
