@@ -5,6 +5,8 @@ with a version above `SCHEMA_VERSION` was written by a newer Crowdtune and is re
 All timestamps are UTC without a time zone.
 """
 
+from crowdtune.store import rollup
+
 MIGRATIONS: list[str] = [
     # 1: the foundation
     """
@@ -159,6 +161,11 @@ MIGRATIONS: list[str] = [
         ended_at TIMESTAMP,
         updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
     );
+    """,
+    # 4: the dashboard's fast paths: the metrics rollup (kept by the writer, backfilled here; see
+    # crowdtune.store.rollup) and a lookup of a post's reaction snapshots by post alone
+    rollup.TABLE_SQL + rollup.BACKFILL_SQL + """
+    CREATE INDEX reaction_snapshots_post ON reaction_snapshots (post_id);
     """,
 ]
 

@@ -9,10 +9,12 @@ can draw empty states.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from crowdtune.store import rollup
 from crowdtune.store.reads import StoreReader
 
 # At most this many points per (run, metric) series reach the browser. A Metrics chart is ~600-700 px
@@ -25,6 +27,7 @@ POST_COLUMNS = ["post_id", "face_id", "origin", "status", "text", "url", "create
                 "model_version_id"]
 SNAPSHOT_COLUMNS = ["kind", "age_hours", "count", "observed_at"]
 SERIES_COLUMNS = ["run_id", "name", "step", "time", "value", "low", "high", "points"]
+CATALOG_COLUMNS = ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded"]
 VERSION_COLUMNS = ["version_id", "run_id", "parent_version_id", "base_model", "artifact_url", "step", "metrics",
                    "note", "created_at", "active_for"]
 
@@ -67,25 +70,38 @@ def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
 def metric_catalog(reader: StoreReader) -> pd.DataFrame:
     """One row per (run, metric): how many points, step range and when first and last recorded.
 
-    Read in the same session as metric_series, it also gives the series' bounds (one scan saved).
+    Read from the rollup's coarsest level (one or two rows a series, kept by the store writer, see
+    crowdtune.store.rollup), not from the points. Read in the same session as metric_series, it
+    also gives the series' bounds.
     """
-    return _frame(reader, "SELECT run_id, name, count(*) AS points, min(step) AS first_step, max(step) AS last_step, "
-                          "min(recorded_at) AS first_recorded, max(recorded_at) AS last_recorded "
-                          "FROM metrics GROUP BY run_id, name ORDER BY last_recorded DESC, run_id, name", [],
-                  ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded"])
+    return _frame(reader, "SELECT run_id, name, sum(points)::BIGINT AS points, min(first_step) AS first_step, "
+                          "max(last_step) AS last_step, min(first_recorded) AS first_recorded, "
+                          "max(last_recorded) AS last_recorded FROM metric_rollup WHERE axis = 'step' AND width = ? "
+                          "GROUP BY run_id, name ORDER BY last_recorded DESC, run_id, name", [rollup.CATALOG_WIDTH],
+                  CATALOG_COLUMNS)
 
 
-def _catalog_bounds(catalog: pd.DataFrame, run_ids: list[str], names: list[str], x: str) -> dict:
-    """Per chosen (run, metric): the x range and point count, as lists for the series query."""
-    chosen = catalog[catalog["run_id"].isin(run_ids) & catalog["name"].isin(names)]
-    if x == "time":
-        lo = (chosen["first_recorded"] - pd.Timestamp(0)).dt.total_seconds()
-        hi = (chosen["last_recorded"] - pd.Timestamp(0)).dt.total_seconds()
-    else:
-        lo, hi = chosen["first_step"], chosen["last_step"]
-    return {"b_run": chosen["run_id"].tolist(), "b_name": chosen["name"].tolist(),
-            "b_lo": lo.astype(float).tolist(), "b_hi": hi.astype(float).tolist(),
-            "b_n": chosen["points"].astype(int).tolist()}
+def bucket_widths(span: float, max_points: int) -> tuple[int, float]:
+    """How to cut a series spanning `span` (steps or seconds) into at most `max_points` buckets
+    [k*W, (k+1)*W): (w, W). W is span / (max_points - 1) rounded up to a whole multiple of w, the
+    coarsest rollup level no wider than that, so each bucket is 1 to 4 rows of that level (at most
+    ~4 x max_points rows a series, whatever its length) and there are more than max_points / 2
+    buckets. w = 0: no level is that fine; the points themselves are read, W is not rounded."""
+    target = span / max(max_points - 1, 1)
+    fitting = [width for width in rollup.LEVEL_WIDTHS if width <= target]
+    if not fitting:
+        return 0, max(target, 1e-9)
+    return fitting[-1], math.ceil(target / fitting[-1]) * fitting[-1]
+
+
+_BUCKET_SELECT = {  # one output row per bucket: from metric points, or from rollup rows
+    "points": "round(avg(m.step))::BIGINT AS step, to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time, "
+              "avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points",
+    "rollup": "round(sum(r.step_sum) / sum(r.points))::BIGINT AS step, "
+              "to_timestamp(sum(r.time_sum) / sum(r.points))::TIMESTAMP AS time, "
+              "sum(r.value_sum) / nullif(sum(r.valued), 0) AS value, min(r.value_min) AS low, "
+              "max(r.value_max) AS high, sum(r.points)::BIGINT AS points",
+}
 
 
 def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: str = "step",
@@ -93,52 +109,70 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
                   catalog: pd.DataFrame | None = None) -> pd.DataFrame:
     """Metric values of the given runs and metrics, at most `max_points` per (run, metric).
 
-    Downsampling happens in DuckDB: a series longer than `max_points` is cut into `max_points`
-    equal buckets of its x range (step, or recorded_at when x == "time") and each bucket becomes
-    one point with the mean value, its min and max (`low`, `high`) and the bucket's mean step and
-    time. Shorter series come back point for point. Out: SERIES_COLUMNS, ordered by run, metric
-    and step.
+    Downsampling happens in DuckDB: a series longer than `max_points` is cut into equal buckets
+    [k*W, (k+1)*W) of its x (step, or recorded_at's epoch seconds when x == "time"), W from
+    bucket_widths, and each bucket becomes one point with the mean value, its min and max (`low`,
+    `high`), the number of points and their mean step and time. Shorter series come back point
+    for point. Out: SERIES_COLUMNS, ordered by run, metric and step.
 
-    `catalog`: metric_catalog read in the same session (`reader` a StoreSession), whose ranges
-    then bound the buckets instead of a scan of their own (used for time_range "all" only).
+    Over all time, buckets come from the metrics rollup (a few thousand rows a series, whatever its
+    length) where a level is fine enough, else from the points; within a time range (last 24 h ...)
+    from the points of the range, so a narrow range shows every point of it.
+    `catalog`: metric_catalog read in the same session (`reader` a StoreSession), saving a query.
     """
     if not run_ids or not names:
         return pd.DataFrame(columns=SERIES_COLUMNS)
-    x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
-    params: dict = {"max_points": max_points}
-    # IN filters cost a pass over the strings: only add them when they leave something out.
-    where = []
-    if catalog is None or not set(catalog["run_id"]) <= set(run_ids):
-        where.append("m.run_id IN (SELECT unnest($runs::VARCHAR[]))")
-        params["runs"] = list(run_ids)
-    if catalog is None or not set(catalog["name"]) <= set(names):
-        where.append("m.name IN (SELECT unnest($names::VARCHAR[]))")
-        params["names"] = list(names)
-    if time_range in _RANGE_INTERVALS:
-        where.append(f"m.recorded_at >= now()::TIMESTAMP - INTERVAL '{_RANGE_INTERVALS[time_range]}'")
-    where_sql = ("WHERE " + " AND ".join(where)) if where else ""
-    if catalog is not None and time_range not in _RANGE_INTERVALS:
-        params.update(_catalog_bounds(catalog, run_ids, names, x))
-        if not params["b_run"]:
+    with reader.session() as session:
+        if time_range in _RANGE_INTERVALS:
+            return _series_in_range(session, run_ids, names, x, _RANGE_INTERVALS[time_range], max_points)
+        catalog = metric_catalog(session) if catalog is None else catalog
+        chosen = catalog[catalog["run_id"].isin(run_ids) & catalog["name"].isin(names)]
+        if chosen.empty:
             return pd.DataFrame(columns=SERIES_COLUMNS)
-        bounds = ("SELECT unnest($b_run::VARCHAR[]) AS run_id, unnest($b_name::VARCHAR[]) AS name, "
-                  "unnest($b_lo::DOUBLE[]) AS lo, unnest($b_hi::DOUBLE[]) AS hi, unnest($b_n::BIGINT[]) AS n")
-    else:
-        bounds = (f"SELECT m.run_id, m.name, min({x_expr}) AS lo, max({x_expr}) AS hi, count(*) AS n "
-                  f"FROM metrics m {where_sql} GROUP BY m.run_id, m.name")
+        if x == "time":
+            spans = (chosen["last_recorded"] - chosen["first_recorded"]).dt.total_seconds()
+        else:
+            spans = chosen["last_step"] - chosen["first_step"]
+        widths = [bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
+                  for span, n in zip(spans, chosen["points"])]
+        params = {"p_run": chosen["run_id"].tolist(), "p_name": chosen["name"].tolist(),
+                  "p_level": [w for w, _ in widths], "p_width": [float(width) for _, width in widths]}
+        plan = ("SELECT unnest($p_run::VARCHAR[]) AS run_id, unnest($p_name::VARCHAR[]) AS name, "
+                "unnest($p_level::BIGINT[]) AS level, unnest($p_width::DOUBLE[]) AS width")
+        parts = []
+        if any(w for w, _ in widths):
+            params["axis"] = "time" if x == "time" else "step"
+            parts.append(f"SELECT r.run_id, r.name, {_BUCKET_SELECT['rollup']} FROM metric_rollup r JOIN plan p "
+                         "ON r.run_id = p.run_id AND r.name = p.name AND r.width = p.level "
+                         "WHERE r.axis = $axis AND p.level > 0 "
+                         "GROUP BY r.run_id, r.name, floor(r.bucket / (p.width / p.level))")
+        if not all(w for w, _ in widths):
+            x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
+            parts.append(f"SELECT m.run_id, m.name, {_BUCKET_SELECT['points']} FROM metrics m JOIN plan p "
+                         "ON m.run_id = p.run_id AND m.name = p.name WHERE p.level = 0 GROUP BY m.run_id, m.name, "
+                         f"CASE WHEN p.width = 0 THEN m.step ELSE floor({x_expr} / p.width) END")
+        sql = f"WITH plan AS ({plan}) {' UNION ALL '.join(parts)} ORDER BY run_id, name, step"
+        return _frame(session, sql, params, SERIES_COLUMNS)
+
+
+def _series_in_range(reader: StoreReader, run_ids: list[str], names: list[str], x: str, interval: str,
+                     max_points: int) -> pd.DataFrame:
+    """metric_series within the last `interval`, from the points recorded in it (no rollup level
+    is cut at the range's start): buckets floor(x / W), W = the range's span / (max_points - 1)."""
+    x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
+    where = ("WHERE m.run_id IN (SELECT unnest($runs::VARCHAR[])) AND m.name IN (SELECT unnest($names::VARCHAR[])) "
+             f"AND m.recorded_at >= now()::TIMESTAMP - INTERVAL '{interval}'")
     sql = f"""
-        WITH bounds AS ({bounds})
-        SELECT m.run_id, m.name, round(avg(m.step))::BIGINT AS step,
-               to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time,
-               avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points
+        WITH bounds AS (
+            SELECT m.run_id, m.name, count(*) AS n, greatest((max({x_expr}) - min({x_expr})) / $gaps, 1e-9) AS width
+            FROM metrics m {where} GROUP BY m.run_id, m.name)
+        SELECT m.run_id, m.name, {_BUCKET_SELECT['points']}
         FROM metrics m JOIN bounds b ON m.run_id = b.run_id AND m.name = b.name
-        {where_sql}
-        GROUP BY m.run_id, m.name,
-                 CASE WHEN b.n <= $max_points THEN m.step
-                      ELSE least(floor(({x_expr} - b.lo) * $max_points / greatest(b.hi - b.lo, 1e-9)),
-                                 $max_points - 1) END
+        {where}
+        GROUP BY m.run_id, m.name, CASE WHEN b.n <= $max_points THEN m.step ELSE floor({x_expr} / b.width) END
         ORDER BY m.run_id, m.name, step
     """
+    params = {"runs": list(run_ids), "names": list(names), "max_points": max_points, "gaps": max(max_points - 1, 1)}
     return _frame(reader, sql, params, SERIES_COLUMNS)
 
 

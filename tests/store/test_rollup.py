@@ -1,0 +1,108 @@
+"""The metrics rollup stays what aggregating the metric points gives, whatever the writes."""
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from crowdtune.store import rollup
+from crowdtune.store.reads import StoreReader
+from crowdtune.store.schema import MIGRATIONS, SCHEMA_VERSION
+from crowdtune.store.writer import apply_write, initialise
+
+START = dt.datetime(2026, 1, 1)
+KEY = ["run_id", "name", "axis", "width", "bucket"]
+
+
+def points(run_id, name, steps, value=lambda s: float(s % 7), at=lambda s: START + dt.timedelta(seconds=3 * s)):
+    return [{"run_id": run_id, "name": name, "step": s, "value": value(s), "recorded_at": at(s)} for s in steps]
+
+
+def aggregated_from_points(reader: StoreReader) -> pd.DataFrame:
+    """Every level's buckets computed in pandas from the metric points, as the rollup should hold them."""
+    raw = reader.frame("SELECT run_id, name, step, value, epoch(recorded_at) AS t, recorded_at FROM metrics")
+    frames = []
+    for axis, x in (("step", raw["step"].astype(float)), ("time", raw["t"])):
+        for width in rollup.LEVEL_WIDTHS:
+            grouped = raw.assign(bucket=np.floor(x / width).astype("int64")).groupby(["run_id", "name", "bucket"])
+            frame = grouped.agg(points=("step", "size"), valued=("value", "count"), value_sum=("value", "sum"),
+                                value_min=("value", "min"), value_max=("value", "max"), step_sum=("step", "sum"),
+                                time_sum=("t", "sum"), first_step=("step", "min"), last_step=("step", "max"),
+                                first_recorded=("recorded_at", "min"), last_recorded=("recorded_at", "max"))
+            frame.loc[frame["valued"] == 0, "value_sum"] = np.nan  # SQL: the sum of no values is NULL
+            frames.append(frame.reset_index().assign(axis=axis, width=width))
+    return tidy(pd.concat(frames))
+
+
+def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame[KEY + [c for c in frame.columns if c not in KEY]]
+    return frame.sort_values(KEY).reset_index(drop=True).astype({"step_sum": float, "points": "int64",
+                                                                  "valued": "int64", "bucket": "int64",
+                                                                  "width": "int64"})
+
+
+def assert_rollup_is_exact(reader: StoreReader) -> None:
+    held = tidy(reader.frame("SELECT * FROM metric_rollup"))
+    expected = aggregated_from_points(reader)
+    # Counts, min, max, first/last are exact; sums may differ in the last bits (added in another order).
+    pd.testing.assert_frame_equal(held, expected, check_dtype=False, check_exact=False, rtol=1e-12)
+    assert len(held) == len(expected)
+
+
+def test_the_rollup_equals_the_points_aggregated_after_every_kind_of_write(tmp_path):
+    path = tmp_path / "s.duckdb"
+    reader = StoreReader(path)
+    batches = [
+        # two runs, one in two batches whose buckets meet at step 1000
+        ("a", [{"op": "insert", "table": "metrics", "rows": points("r1", "loss", range(0, 1000))
+                + points("r2", "acc", range(0, 3000, 50))}]),
+        ("b", [{"op": "insert", "table": "metrics", "rows": points("r1", "loss", range(1000, 2500))}]),
+        # a resumed run re-writes steps: new values, recorded later (points move to other time buckets)
+        ("c", [{"op": "upsert", "table": "metrics", "rows": points(
+            "r1", "loss", range(2000, 2300), value=lambda s: -1.0 * s,
+            at=lambda s: START + dt.timedelta(days=2, seconds=s))}]),
+        # inserting existing keys changes nothing; a value becomes NULL; a key repeats within the batch
+        ("d", [{"op": "insert", "table": "metrics", "rows": points("r1", "loss", range(0, 100), value=lambda s: 99.0)},
+               {"op": "upsert", "table": "metrics", "rows": [
+                   {"run_id": "r2", "name": "acc", "step": 100, "value": None},
+                   {"run_id": "r2", "name": "acc", "step": 150, "value": 5.0},
+                   {"run_id": "r2", "name": "acc", "step": 150, "value": 6.0}]}]),
+        # an update that moves points to another run
+        ("e", [{"op": "update", "table": "metrics", "where": {"run_id": "r2", "name": "acc", "step": 200},
+                "set": {"run_id": "r3", "value": 0.5}}]),
+    ]
+    for write_id, ops in batches:
+        assert apply_write(path, write_id, ops, 5) > 0
+        assert_rollup_is_exact(reader)
+    assert reader.scalar("SELECT value FROM metrics WHERE run_id = 'r2' AND step = 150") == 6.0
+    before = reader.frame("SELECT * FROM metric_rollup ORDER BY ALL")
+
+    # A batch re-applied under its write id is skipped whole; the same rows under a new id change nothing.
+    assert apply_write(path, "c", batches[2][1], 5) == 0
+    apply_write(path, "c-again", batches[2][1], 5)
+    pd.testing.assert_frame_equal(reader.frame("SELECT * FROM metric_rollup ORDER BY ALL"), before)
+    catalog = reader.frame("SELECT run_id, sum(points) AS n FROM metric_rollup WHERE axis = 'time' AND width = ? "
+                           "GROUP BY run_id ORDER BY run_id", [rollup.CATALOG_WIDTH])
+    assert catalog["n"].tolist() == [2500, 59, 1]
+
+
+def test_a_v3_store_is_migrated_with_its_rollup_backfilled(tmp_path):
+    path = tmp_path / "v3.duckdb"
+    con = duckdb.connect(str(path))
+    for number, sql in enumerate(MIGRATIONS[:3], start=1):
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
+    rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))
+    con.execute("INSERT INTO metrics SELECT run_id, name, step, value, recorded_at FROM rows")
+    con.close()
+
+    initialise(path)
+    reader = StoreReader(path)
+    assert reader.scalar("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
+    assert_rollup_is_exact(reader)
+    assert reader.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'reaction_snapshots_post'") == 1
+    # and the writer keeps it from there
+    apply_write(path, "more", [{"op": "insert", "table": "metrics", "rows": points("old", "val_loss", range(20_001, 20_100))}],
+                5)
+    assert_rollup_is_exact(reader)
