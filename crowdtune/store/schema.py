@@ -162,9 +162,9 @@ MIGRATIONS: list[str] = [
         updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
     );
     """,
-    # 4: the dashboard's fast paths: the metrics rollup (kept by the writer, backfilled here; see
-    # crowdtune.store.rollup) and a lookup of a post's reaction snapshots by post alone
-    rollup.TABLE_SQL + rollup.BACKFILL_SQL + """
+    # 4: the dashboard's fast paths: metric series' summaries and rollup (kept by the writer,
+    # backfilled here; see crowdtune.store.rollup) and a lookup of a post's reaction snapshots by post
+    rollup.TABLES_SQL + rollup.BACKFILL_SQL + """
     CREATE INDEX reaction_snapshots_post ON reaction_snapshots (post_id);
     """,
 ]

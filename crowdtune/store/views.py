@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from crowdtune.store import rollup
@@ -27,7 +28,7 @@ POST_COLUMNS = ["post_id", "face_id", "origin", "status", "text", "url", "create
                 "model_version_id"]
 SNAPSHOT_COLUMNS = ["kind", "age_hours", "count", "observed_at"]
 SERIES_COLUMNS = ["run_id", "name", "step", "time", "value", "low", "high", "points"]
-CATALOG_COLUMNS = ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded"]
+CATALOG_COLUMNS = ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded", "series"]
 VERSION_COLUMNS = ["version_id", "run_id", "parent_version_id", "base_model", "artifact_url", "step", "metrics",
                    "note", "created_at", "active_for"]
 
@@ -68,17 +69,14 @@ def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
 
 
 def metric_catalog(reader: StoreReader) -> pd.DataFrame:
-    """One row per (run, metric): how many points, step range and when first and last recorded.
+    """One row per (run, metric): how many points, step range and when first and last recorded,
+    and the series' number in the rollup (`series`).
 
-    Read from the rollup's coarsest level (one or two rows a series, kept by the store writer, see
-    crowdtune.store.rollup), not from the points. Read in the same session as metric_series, it
-    also gives the series' bounds.
+    Read from the series' summary rows (kept by the store writer, see crowdtune.store.rollup), not
+    from the points. Read in the same session as metric_series, it also gives the series' bounds.
     """
-    return _frame(reader, "SELECT run_id, name, sum(points)::BIGINT AS points, min(first_step) AS first_step, "
-                          "max(last_step) AS last_step, min(first_recorded) AS first_recorded, "
-                          "max(last_recorded) AS last_recorded FROM metric_rollup WHERE axis = 'step' AND width = ? "
-                          "GROUP BY run_id, name ORDER BY last_recorded DESC, run_id, name", [rollup.CATALOG_WIDTH],
-                  CATALOG_COLUMNS)
+    return _frame(reader, f"SELECT {', '.join(CATALOG_COLUMNS)} FROM metric_series "
+                          "ORDER BY last_recorded DESC, run_id, name", [], CATALOG_COLUMNS)
 
 
 def bucket_widths(span: float, max_points: int) -> tuple[int, float]:
@@ -94,14 +92,8 @@ def bucket_widths(span: float, max_points: int) -> tuple[int, float]:
     return fitting[-1], math.ceil(target / fitting[-1]) * fitting[-1]
 
 
-_BUCKET_SELECT = {  # one output row per bucket: from metric points, or from rollup rows
-    "points": "round(avg(m.step))::BIGINT AS step, to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time, "
-              "avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points",
-    "rollup": "round(sum(r.step_sum) / sum(r.points))::BIGINT AS step, "
-              "to_timestamp(sum(r.time_sum) / sum(r.points))::TIMESTAMP AS time, "
-              "sum(r.value_sum) / nullif(sum(r.valued), 0) AS value, min(r.value_min) AS low, "
-              "max(r.value_max) AS high, sum(r.points)::BIGINT AS points",
-}
+_POINT_BUCKETS = ("round(avg(m.step))::BIGINT AS step, to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time, "
+                  "avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points")
 
 
 def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: str = "step",
@@ -109,15 +101,16 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
                   catalog: pd.DataFrame | None = None) -> pd.DataFrame:
     """Metric values of the given runs and metrics, at most `max_points` per (run, metric).
 
-    Downsampling happens in DuckDB: a series longer than `max_points` is cut into equal buckets
-    [k*W, (k+1)*W) of its x (step, or recorded_at's epoch seconds when x == "time"), W from
-    bucket_widths, and each bucket becomes one point with the mean value, its min and max (`low`,
-    `high`), the number of points and their mean step and time. Shorter series come back point
-    for point. Out: SERIES_COLUMNS, ordered by run, metric and step.
+    A series longer than `max_points` is cut into equal buckets [k*W, (k+1)*W) of its x (step, or
+    recorded_at's epoch seconds when x == "time"), W from bucket_widths, and each bucket becomes
+    one point with the mean value, its min and max (`low`, `high`), the number of points and their
+    mean step and time. Shorter series come back point for point. Out: SERIES_COLUMNS, ordered by
+    run, metric and step.
 
-    Over all time, buckets come from the metrics rollup (a few thousand rows a series, whatever its
-    length) where a level is fine enough, else from the points; within a time range (last 24 h ...)
-    from the points of the range, so a narrow range shows every point of it.
+    Over all time, buckets are merged from 1 to 4 rows of a level of the metrics rollup (at most
+    ~4 x max_points rows a series, whatever its length) where a level is fine enough, else
+    aggregated from the points in DuckDB; within a time range (last 24 h ...) from the points of the
+    range, so a narrow range shows every point of it.
     `catalog`: metric_catalog read in the same session (`reader` a StoreSession), saving a query.
     """
     if not run_ids or not names:
@@ -133,26 +126,69 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
             spans = (chosen["last_recorded"] - chosen["first_recorded"]).dt.total_seconds()
         else:
             spans = chosen["last_step"] - chosen["first_step"]
-        widths = [bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
-                  for span, n in zip(spans, chosen["points"])]
-        params = {"p_run": chosen["run_id"].tolist(), "p_name": chosen["name"].tolist(),
-                  "p_level": [w for w, _ in widths], "p_width": [float(width) for _, width in widths]}
-        plan = ("SELECT unnest($p_run::VARCHAR[]) AS run_id, unnest($p_name::VARCHAR[]) AS name, "
-                "unnest($p_level::BIGINT[]) AS level, unnest($p_width::DOUBLE[]) AS width")
+        plan = pd.DataFrame([bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
+                             for span, n in zip(spans, chosen["points"])], columns=["level", "width"])
+        plan.index = chosen.index
+        from_rollup = plan["level"] > 0
         parts = []
-        if any(w for w, _ in widths):
-            params["axis"] = "time" if x == "time" else "step"
-            parts.append(f"SELECT r.run_id, r.name, {_BUCKET_SELECT['rollup']} FROM metric_rollup r JOIN plan p "
-                         "ON r.run_id = p.run_id AND r.name = p.name AND r.width = p.level "
-                         "WHERE r.axis = $axis AND p.level > 0 "
-                         "GROUP BY r.run_id, r.name, floor(r.bucket / (p.width / p.level))")
-        if not all(w for w, _ in widths):
+        if from_rollup.any():
+            parts.append(_series_from_rollup(session, chosen[from_rollup], plan[from_rollup],
+                                             "time" if x == "time" else "step"))
+        if not from_rollup.all():
             x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
-            parts.append(f"SELECT m.run_id, m.name, {_BUCKET_SELECT['points']} FROM metrics m JOIN plan p "
-                         "ON m.run_id = p.run_id AND m.name = p.name WHERE p.level = 0 GROUP BY m.run_id, m.name, "
-                         f"CASE WHEN p.width = 0 THEN m.step ELSE floor({x_expr} / p.width) END")
-        sql = f"WITH plan AS ({plan}) {' UNION ALL '.join(parts)} ORDER BY run_id, name, step"
-        return _frame(session, sql, params, SERIES_COLUMNS)
+            points = plan[~from_rollup]
+            parts.append(_frame(session, f"""
+                WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($width::DOUBLE[]) AS width)
+                SELECT m.run_id, m.name, {_POINT_BUCKETS}
+                FROM metrics m JOIN metric_series s ON m.run_id = s.run_id AND m.name = s.name JOIN plan p USING (series)
+                GROUP BY m.run_id, m.name, CASE WHEN p.width = 0 THEN m.step ELSE floor({x_expr} / p.width) END""",
+                {"series": chosen.loc[points.index, "series"].tolist(), "width": points["width"].tolist()},
+                SERIES_COLUMNS))
+        parts = [part for part in parts if not part.empty]
+        if not parts:
+            return pd.DataFrame(columns=SERIES_COLUMNS)
+        series = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return series.sort_values(["run_id", "name", "step"], ignore_index=True)[SERIES_COLUMNS]
+
+
+def _series_from_rollup(reader: StoreReader, chosen: pd.DataFrame, plan: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The buckets of the `chosen` catalogue rows from their `plan` level: each bucket k of width W
+    merges the level's rows whose bucket // (W / level) is k (exact: W is a whole multiple of the
+    level's width, whose buckets nest in it). The few thousand rows are merged in numpy, which on a
+    fresh read-only open costs less than DuckDB's hash aggregate."""
+    rows = _frame(reader, """
+        WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($level::BIGINT[]) AS level,
+                             unnest($per::BIGINT[]) AS per)
+        SELECT r.series, r.bucket // p.per AS bucket, r.points, r.valued, r.value_sum, r.value_min, r.value_max,
+               r.step_sum, r.time_sum
+        FROM metric_rollup r JOIN plan p ON r.series = p.series AND r.width = p.level WHERE r.axis = $axis
+        ORDER BY r.series, r.bucket""",
+        {"series": chosen["series"].tolist(), "level": plan["level"].tolist(),
+         "per": (plan["width"] // plan["level"]).astype(int).tolist(), "axis": axis},
+        ["series", "bucket", "points", "valued", "value_sum", "value_min", "value_max", "step_sum", "time_sum"])
+    if rows.empty:
+        return pd.DataFrame(columns=SERIES_COLUMNS)
+    series_ids, buckets = rows["series"].to_numpy(), rows["bucket"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, (series_ids[1:] != series_ids[:-1]) | (buckets[1:] != buckets[:-1])])
+
+    def summed(column: str) -> np.ndarray:
+        return np.add.reduceat(np.nan_to_num(rows[column].to_numpy(dtype=float)), starts)
+
+    points, valued = summed("points"), summed("valued")
+    step = summed("step_sum") / points
+    seconds = summed("time_sum") / points
+    names = chosen.set_index("series")[["run_id", "name"]].loc[series_ids[starts]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(valued > 0, summed("value_sum") / valued, np.nan)
+    return pd.DataFrame({
+        "run_id": names["run_id"].to_numpy(), "name": names["name"].to_numpy(),
+        # as DuckDB's round() and to_timestamp() do for the points: half away from zero, microseconds
+        "step": (np.sign(step) * np.floor(np.abs(step) + 0.5)).astype("int64"),
+        "time": pd.to_datetime(np.round(seconds * 1e6).astype("int64"), unit="us"),
+        "value": value,
+        "low": np.fmin.reduceat(rows["value_min"].to_numpy(dtype=float), starts),
+        "high": np.fmax.reduceat(rows["value_max"].to_numpy(dtype=float), starts),
+        "points": points.astype("int64")})
 
 
 def _series_in_range(reader: StoreReader, run_ids: list[str], names: list[str], x: str, interval: str,
@@ -166,7 +202,7 @@ def _series_in_range(reader: StoreReader, run_ids: list[str], names: list[str], 
         WITH bounds AS (
             SELECT m.run_id, m.name, count(*) AS n, greatest((max({x_expr}) - min({x_expr})) / $gaps, 1e-9) AS width
             FROM metrics m {where} GROUP BY m.run_id, m.name)
-        SELECT m.run_id, m.name, {_BUCKET_SELECT['points']}
+        SELECT m.run_id, m.name, {_POINT_BUCKETS}
         FROM metrics m JOIN bounds b ON m.run_id = b.run_id AND m.name = b.name
         {where}
         GROUP BY m.run_id, m.name, CASE WHEN b.n <= $max_points THEN m.step ELSE floor({x_expr} / b.width) END

@@ -43,11 +43,18 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def assert_rollup_is_exact(reader: StoreReader) -> None:
-    held = tidy(reader.frame("SELECT * FROM metric_rollup"))
+    held = tidy(reader.frame("SELECT s.run_id, s.name, r.* EXCLUDE (series) FROM metric_rollup r "
+                             "JOIN metric_series s USING (series)"))
     expected = aggregated_from_points(reader)
     # Counts, min, max, first/last are exact; sums may differ in the last bits (added in another order).
     pd.testing.assert_frame_equal(held, expected, check_dtype=False, check_exact=False, rtol=1e-12)
-    assert len(held) == len(expected)
+    summaries = reader.frame("SELECT run_id, name, points, first_step, last_step, first_recorded, last_recorded "
+                             "FROM metric_series ORDER BY run_id, name")
+    of_points = reader.frame("SELECT run_id, name, count(*) AS points, min(step) AS first_step, max(step) AS last_step, "
+                             "min(recorded_at) AS first_recorded, max(recorded_at) AS last_recorded FROM metrics "
+                             "GROUP BY ALL ORDER BY run_id, name")
+    pd.testing.assert_frame_equal(summaries, of_points, check_dtype=False)
+    assert reader.scalar("SELECT count(DISTINCT series) = count(*) FROM metric_series")
 
 
 def test_the_rollup_equals_the_points_aggregated_after_every_kind_of_write(tmp_path):
@@ -82,9 +89,21 @@ def test_the_rollup_equals_the_points_aggregated_after_every_kind_of_write(tmp_p
     assert apply_write(path, "c", batches[2][1], 5) == 0
     apply_write(path, "c-again", batches[2][1], 5)
     pd.testing.assert_frame_equal(reader.frame("SELECT * FROM metric_rollup ORDER BY ALL"), before)
-    catalog = reader.frame("SELECT run_id, sum(points) AS n FROM metric_rollup WHERE axis = 'time' AND width = ? "
-                           "GROUP BY run_id ORDER BY run_id", [rollup.CATALOG_WIDTH])
-    assert catalog["n"].tolist() == [2500, 59, 1]
+    catalog = reader.frame("SELECT run_id, points FROM metric_series ORDER BY run_id")
+    assert catalog["points"].tolist() == [2500, 59, 1]
+
+
+def test_once_many_rows_were_appended_the_rollup_is_rewritten_in_level_order(tmp_path):
+    path = tmp_path / "s.duckdb"
+    reader = StoreReader(path)
+    apply_write(path, "small", [{"op": "insert", "table": "metrics", "rows": points("r1", "loss", range(500))}], 5)
+    apply_write(path, "big", [{"op": "insert", "table": "metrics", "rows": points("r0", "loss", range(60_000))}], 5)
+    assert reader.scalar("SELECT value::BIGINT FROM state WHERE key = 'metric_rollup.unsorted_rows'") == 0
+    stored = reader.frame("SELECT axis, width, series, bucket FROM metric_rollup ORDER BY rowid")
+    pd.testing.assert_frame_equal(stored, stored.sort_values(["axis", "width", "series", "bucket"], ignore_index=True))
+    assert_rollup_is_exact(reader)
+    apply_write(path, "more", [{"op": "insert", "table": "metrics", "rows": points("r1", "loss", range(500, 600))}], 5)
+    assert 0 < reader.scalar("SELECT value::BIGINT FROM state WHERE key = 'metric_rollup.unsorted_rows'") < 100
 
 
 def test_a_v3_store_is_migrated_with_its_rollup_backfilled(tmp_path):
