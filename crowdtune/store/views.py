@@ -272,68 +272,52 @@ def count_posts(reader: StoreReader, filters: PostFilters) -> int:
 
 
 def _page_rows(reader: StoreReader, filters: PostFilters, sort: str, page: int, page_size: int) -> pd.DataFrame:
-    """One page of matching posts (POST_COLUMNS) and `matching`: how many match in all (a window
-    count, so the page and the count share one pass over posts)."""
+    """One page of matching posts (POST_COLUMNS, then their latest count per reaction kind as
+    columns) and `matching`: how many match in all (a window count, so the page and the count share
+    one pass over posts)."""
     where, params = _post_where(filters)
     order = _POST_ORDER.get(sort, _POST_ORDER["newest"])
     offset = (max(page, 1) - 1) * page_size
-    return _frame(reader, f"SELECT {', '.join('p.' + c for c in POST_COLUMNS)}, count(*) OVER () AS matching "
-                          f"FROM posts p {where} ORDER BY {order} LIMIT ? OFFSET ?", params + [page_size, offset],
-                  [*POST_COLUMNS, "matching"])
+    rows = _frame(reader, f"SELECT {', '.join('p.' + c for c in POST_COLUMNS)}, p.latest_reactions, "
+                          f"count(*) OVER () AS matching FROM posts p {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                  params + [page_size, offset], [*POST_COLUMNS, "latest_reactions", "matching"])
+    return _with_latest_reactions(rows)
 
 
-def _page_snapshots(reader: StoreReader, posts: pd.DataFrame) -> pd.DataFrame:
-    """Every reaction snapshot of the given posts: post_id + SNAPSHOT_COLUMNS, by post, kind and time."""
-    created = [None if pd.isna(at) else at for at in posts["created_at"]]
-    return _frame(reader, "SELECT r.post_id, r.kind, coalesce(r.age_seconds, epoch(r.observed_at - p.created_at)) "
-                          "/ 3600.0 AS age_hours, r.count, r.observed_at FROM reaction_snapshots r JOIN (SELECT "
-                          "unnest($ids::VARCHAR[]) AS post_id, unnest($created::TIMESTAMP[]) AS created_at) p "
-                          "ON r.post_id = p.post_id ORDER BY r.post_id, r.kind, r.observed_at",
-                  {"ids": posts["post_id"].tolist(), "created": created}, ["post_id", *SNAPSHOT_COLUMNS])
-
-
-def _with_latest_reactions(posts: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
-    """The posts with their latest count per reaction kind as extra columns (`likes`, `reposts`, ...)."""
-    if snapshots.empty:
-        return posts
-    latest = snapshots.groupby(["post_id", "kind"], sort=False)["count"].last()  # snapshots come oldest first
-    return posts.merge(latest.unstack("kind"), left_on="post_id", right_index=True, how="left")
+def _with_latest_reactions(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with `latest_reactions` (JSON kept by the store writer, see
+    crowdtune.store.latest_reactions) spread into a column per kind (`likes`, `reposts`, ...)."""
+    counts = pd.DataFrame([json.loads(c) if isinstance(c, str) else {} for c in rows.pop("latest_reactions")],
+                          index=rows.index)
+    return rows.join(counts[sorted(counts.columns)]) if len(counts.columns) else rows
 
 
 def post_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
               page_size: int = 25) -> pd.DataFrame:
     """One page of posts (LIMIT/OFFSET in SQL); count_posts gives how many match in all.
 
-    Each post carries its latest count per reaction kind as extra columns (`likes`, `reposts`, ...),
-    read only for the posts of this page.
+    Each post carries its latest count per reaction kind as extra columns (`likes`, `reposts`, ...).
     """
-    with reader.session() as session:
-        posts = _page_rows(session, filters, sort, page, page_size).drop(columns="matching")
-        if posts.empty:
-            return posts
-        return _with_latest_reactions(posts, _page_snapshots(session, posts))
-
+    return _page_rows(reader, filters, sort, page, page_size).drop(columns="matching")
 
 
 @dataclass
 class PostsPage:
     """What the Posts page shows: `total` matching posts, page number `page` (clamped to the last
-    page) of them with their latest reactions (post_page's columns), and every reaction snapshot
-    of those posts (`snapshots`: post_id + SNAPSHOT_COLUMNS)."""
+    page) of them with their latest reactions (post_page's columns), and `reactions`, the reaction
+    snapshots of one of them, `post` (reactions_over_age's columns; None and empty on an empty page)."""
 
     total: int
     page: int
     posts: pd.DataFrame
-    snapshots: pd.DataFrame
-
-    def reactions(self, post_id: str) -> pd.DataFrame:
-        """One post's snapshots, as reactions_over_age gives them."""
-        return self.snapshots.loc[self.snapshots["post_id"] == post_id, SNAPSHOT_COLUMNS].reset_index(drop=True)
+    post: str | None
+    reactions: pd.DataFrame
 
 
 def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
-               page_size: int = 25) -> PostsPage:
-    """count_posts + post_page + reactions_over_age of each post on the page, in two passes on one open.
+               page_size: int = 25, post: str | None = None) -> PostsPage:
+    """count_posts + post_page + reactions_over_age of `post` if it is on the page, else of the
+    page's first post, on one open.
 
     A page beyond the last one (an old link) shows the last page.
     """
@@ -345,9 +329,10 @@ def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", 
             page = last
             rows = _page_rows(session, filters, sort, page, page_size)
         posts = rows.drop(columns="matching")
-        snapshots = _page_snapshots(session, posts) if not posts.empty else \
-            pd.DataFrame(columns=["post_id", *SNAPSHOT_COLUMNS])
-    return PostsPage(total, page, _with_latest_reactions(posts, snapshots), snapshots)
+        if posts.empty:
+            return PostsPage(total, page, posts, None, pd.DataFrame(columns=SNAPSHOT_COLUMNS))
+        post = post if post in set(posts["post_id"]) else posts["post_id"].iloc[0]
+        return PostsPage(total, page, posts, post, reactions_over_age(session, post))
 
 
 def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:

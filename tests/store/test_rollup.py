@@ -1,6 +1,7 @@
 """The metrics rollup stays what aggregating the metric points gives, whatever the writes."""
 
 import datetime as dt
+import json
 
 import duckdb
 import numpy as np
@@ -106,7 +107,7 @@ def test_once_many_rows_were_appended_the_rollup_is_rewritten_in_level_order(tmp
     assert 0 < reader.scalar("SELECT value::BIGINT FROM state WHERE key = 'metric_rollup.unsorted_rows'") < 100
 
 
-def test_a_v3_store_is_migrated_with_its_rollup_backfilled(tmp_path):
+def test_a_v3_store_is_migrated_with_its_rollup_and_latest_reactions_backfilled(tmp_path):
     path = tmp_path / "v3.duckdb"
     con = duckdb.connect(str(path))
     for number, sql in enumerate(MIGRATIONS[:3], start=1):
@@ -114,6 +115,11 @@ def test_a_v3_store_is_migrated_with_its_rollup_backfilled(tmp_path):
         con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
     rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))
     con.execute("INSERT INTO metrics SELECT run_id, name, step, value, recorded_at FROM rows")
+    con.execute("INSERT INTO posts (post_id, face_id, origin, status, text) VALUES ('p', 'f', 'imported', "
+                "'imported', 'hello'), ('q', 'f', 'imported', 'imported', 'no reactions')")
+    con.execute("INSERT INTO reaction_snapshots (post_id, observed_at, kind, count) VALUES "
+                "('p', '2026-01-01 01:00', 'likes', 2), ('p', '2026-01-01 06:00', 'likes', 7), "
+                "('p', '2026-01-01 01:00', 'replies', 1)")
     con.close()
 
     initialise(path)
@@ -121,6 +127,8 @@ def test_a_v3_store_is_migrated_with_its_rollup_backfilled(tmp_path):
     assert reader.scalar("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 4
     assert_rollup_is_exact(reader)
     assert reader.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'reaction_snapshots_post'") == 1
+    latest = reader.rows("SELECT post_id, latest_reactions FROM posts ORDER BY post_id")
+    assert [(p, json.loads(c) if c else None) for p, c in latest] == [("p", {"likes": 7, "replies": 1}), ("q", None)]
     # and the writer keeps it from there
     apply_write(path, "more", [{"op": "insert", "table": "metrics", "rows": points("old", "val_loss", range(20_001, 20_100))}],
                 5)

@@ -156,19 +156,20 @@ def test_a_page_of_posts_carries_the_latest_reactions_and_the_count_matches(post
 
 def test_the_posts_view_reads_count_page_and_reactions_in_one_open(posts_store, count_opens):
     filters = views.PostFilters(text="cats")
-    shown = views.posts_page(posts_store, filters, "best", page=2, page_size=10)
+    shown = views.posts_page(posts_store, filters, "best", page=2, page_size=10, post="f:7")
     assert len(count_opens) == 1
     assert shown.total == 15 and shown.page == 2
     pd.testing.assert_frame_equal(shown.posts, views.post_page(posts_store, filters, "best", 2, 10))
-    for post_id in shown.posts["post_id"]:
-        pd.testing.assert_frame_equal(shown.reactions(post_id), views.reactions_over_age(posts_store, post_id),
-                                      check_dtype=False)
-    assert shown.reactions("f:9")["kind"].tolist() == ["likes", "likes", "reposts"]
+    assert shown.post == "f:7"
+    pd.testing.assert_frame_equal(shown.reactions, views.reactions_over_age(posts_store, "f:7"))
+    first = views.posts_page(posts_store, filters, "best", page=2, page_size=10, post="f:29")  # not on this page
+    assert first.post == "f:9" and first.reactions["kind"].tolist() == ["likes", "likes", "reposts"]
 
 
 def test_the_posts_view_shows_the_last_page_for_a_page_beyond_it(posts_store):
-    shown = views.posts_page(posts_store, views.PostFilters(), "newest", page=99, page_size=7)
+    shown = views.posts_page(posts_store, views.PostFilters(), "newest", page=99, page_size=7, post="f:0")
     assert shown.total == 30 and shown.page == 5 and shown.posts["post_id"].tolist() == ["f:1", "f:0"]
-    assert shown.reactions("f:0")["age_hours"].tolist() == [1.0, 6.0]  # from created_at
+    assert shown.reactions["age_hours"].tolist() == [1.0, 6.0]  # from created_at
     nothing = views.posts_page(posts_store, views.PostFilters(text="horses"), page=3)
-    assert nothing.total == 0 and nothing.page == 1 and nothing.posts.empty and nothing.reactions("f:1").empty
+    assert nothing.total == 0 and nothing.page == 1 and nothing.posts.empty and nothing.reactions.empty
+    assert nothing.post is None
