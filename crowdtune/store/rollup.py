@@ -15,8 +15,8 @@ decompresses what it scans afresh each time, filters one integer column.
 
 Exactness: nothing is incremented. After every batch that touches `metrics`, the writer marks the
 positions each touched row had before and has after the batch, deletes the buckets covering them
-at every level, and recomputes those buckets, the finest level from the metric rows and each
-coarser one from its four children, then the touched series' summary rows from the coarsest
+at every level, and recomputes those buckets: the finest level from the metric rows and every
+coarser one from the finest, then the touched series' summary rows from the coarsest
 level. So a re-written step (an upsert moving a point to another time, a new value) cannot count
 twice, and the rollup is always what aggregating `metrics` gives (sums up to floating-point
 reassociation). It runs in the batch's transaction: a batch applied twice is skipped whole by the
@@ -75,28 +75,12 @@ _NUMBER = """
     FROM (SELECT DISTINCT run_id, name FROM {series}) s
     WHERE NOT EXISTS (SELECT 1 FROM metric_series m WHERE m.run_id = s.run_id AND m.name = s.name)
 """
-_DELETE = """
-    DELETE FROM metric_rollup r USING {dirty} d
-    WHERE r.series = d.series AND r.axis = d.axis
-      AND r.bucket BETWEEN floor(d.lo / r.width) AND floor(d.hi / r.width)
-"""
-_FINEST = """
-    INSERT INTO metric_rollup
-    SELECT s.series, a.axis, {width}, floor({x} / {width})::BIGINT AS bucket,
-           count(*), count(m.value), sum(m.value), min(m.value), max(m.value), sum(m.step), sum(epoch(m.recorded_at)),
-           min(m.step), max(m.step), min(m.recorded_at), max(m.recorded_at)
-    FROM metrics m JOIN {series} s ON m.run_id = s.run_id AND m.name = s.name CROSS JOIN {axes} {only}
-    GROUP BY ALL
-"""
-_COARSER = """
-    INSERT INTO metric_rollup
-    SELECT r.series, r.axis, {width}, floor(r.bucket / {factor})::BIGINT AS bucket,
-           sum(r.points), sum(r.valued), sum(r.value_sum), min(r.value_min), max(r.value_max), sum(r.step_sum),
-           sum(r.time_sum), min(r.first_step), max(r.last_step), min(r.first_recorded), max(r.last_recorded)
-    FROM metric_rollup r {join}
-    WHERE r.width = {child}
-    GROUP BY ALL
-"""
+_AGGREGATES = {  # of metric rows m, and of finer rollup rows r
+    "points": ("count(*), count(m.value), sum(m.value), min(m.value), max(m.value), sum(m.step), "
+               "sum(epoch(m.recorded_at)), min(m.step), max(m.step), min(m.recorded_at), max(m.recorded_at)"),
+    "rollup": ("sum(r.points), sum(r.valued), sum(r.value_sum), min(r.value_min), max(r.value_max), sum(r.step_sum), "
+               "sum(r.time_sum), min(r.first_step), max(r.last_step), min(r.first_recorded), max(r.last_recorded)"),
+}
 _SUMMARISE = f"""
     UPDATE metric_series SET points = t.points, first_step = t.first_step, last_step = t.last_step,
                              first_recorded = t.first_recorded, last_recorded = t.last_recorded
@@ -110,29 +94,49 @@ _SUMMARISE = f"""
 """
 
 
-def _statements(dirty: str | None) -> list[str]:
-    """The SQL that (re)computes rollup and summaries: of the `dirty` ranges, or of all when None."""
-    def in_range(x: str, width: int) -> str:
-        return f"floor({x} / {width}) BETWEEN floor(d.lo / {width}) AND floor(d.hi / {width})"
+def _in_range(x: str, width: str) -> str:
+    """x's bucket at `width` lies in the dirty range d at that width."""
+    return f"floor({x} / {width}) BETWEEN floor(d.lo / {width}) AND floor(d.hi / {width})"
 
+
+def _coarser(join: str = "") -> str:
+    """Every coarser level from the finest, in one statement (each costs a few ms however small, so
+    one a level would cost more): a bucket at width w is floor(finest bucket * 16 / w), widths being
+    powers of two. `join` restricts the finest rows (to the dirty series) and their parents (to the
+    dirty ranges)."""
     first = LEVEL_WIDTHS[0]
-    out = [_NUMBER.format(series=dirty or "metrics")]
-    if dirty is None:
-        out.append(_FINEST.format(width=first, x=_X, axes=_AXES, series="metric_series", only=""))
-    else:
-        out += [f"UPDATE {dirty} SET series = s.series FROM metric_series s "
-                f"WHERE {dirty}.run_id = s.run_id AND {dirty}.name = s.name",
-                _DELETE.format(dirty=dirty),
-                _FINEST.format(width=first, x=_X, axes=_AXES, series=dirty,
-                               only="WHERE s.axis = a.axis AND " + in_range(_X, first).replace("d.", "s."))]
-    for child, width in zip(LEVEL_WIDTHS, LEVEL_WIDTHS[1:]):
-        # A parent's bucket is its children's bucket // factor: the children's x range lies inside it.
-        join_sql = "" if dirty is None else (f"JOIN {dirty} d ON r.series = d.series AND d.axis = r.axis AND "
-                                             + in_range(f"(r.bucket * {child}::DOUBLE)", width))
-        out.append(_COARSER.format(width=width, factor=LEVEL_FACTOR, child=child, join=join_sql))
-    only = "" if dirty is None else f"AND metric_series.series IN (SELECT series FROM {dirty})"
-    out += _SUMMARISE.format(only=only).split(";")
-    return out
+    parent = f"floor(r.bucket * {first} / l.width)::BIGINT"
+    return (f"INSERT INTO metric_rollup SELECT r.series, r.axis, l.width, {parent} AS b, {_AGGREGATES['rollup']} "
+            f"FROM (SELECT * FROM metric_rollup WHERE width = {first}) r "
+            f"CROSS JOIN (SELECT unnest({list(LEVEL_WIDTHS[1:])}::BIGINT[]) AS width) l {join} GROUP BY ALL")
+
+
+def _backfill() -> list[str]:
+    """Number every series, aggregate all its points at every level, summarise."""
+    first = LEVEL_WIDTHS[0]
+    return ([_NUMBER.format(series="metrics"),
+             f"INSERT INTO metric_rollup SELECT s.series, a.axis, {first}, floor({_X} / {first})::BIGINT AS b, "
+             f"{_AGGREGATES['points']} FROM metrics m JOIN metric_series s ON m.run_id = s.run_id AND m.name = s.name "
+             f"CROSS JOIN {_AXES} GROUP BY ALL", _coarser()]
+            + _SUMMARISE.format(only="").split(";"))
+
+
+def _incremental(dirty: str) -> list[str]:
+    """Recompute the buckets of the `dirty` ranges at every level, then summarise the dirty series."""
+    first = LEVEL_WIDTHS[0]
+    return [
+        _NUMBER.format(series=dirty),
+        f"UPDATE {dirty} SET series = s.series FROM metric_series s "
+        f"WHERE {dirty}.run_id = s.run_id AND {dirty}.name = s.name",
+        f"DELETE FROM metric_rollup r USING {dirty} d WHERE r.series = d.series AND r.axis = d.axis "
+        f"AND {_in_range('(r.bucket * r.width::DOUBLE)', 'r.width')}",
+        f"INSERT INTO metric_rollup SELECT d.series, a.axis, {first}, floor({_X} / {first})::BIGINT AS b, "
+        f"{_AGGREGATES['points']} FROM metrics m JOIN {dirty} d ON m.run_id = d.run_id AND m.name = d.name "
+        f"CROSS JOIN {_AXES} WHERE d.axis = a.axis AND {_in_range(_X, str(first))} GROUP BY ALL",
+        _coarser(f"JOIN {dirty} d ON r.series = d.series AND r.axis = d.axis "
+                 f"WHERE {_in_range(f'(r.bucket * {first}::DOUBLE)', 'l.width')}"),
+        *_SUMMARISE.format(only=f"AND metric_series.series IN (SELECT series FROM {dirty})").split(";"),
+    ]
 
 
 # Rewrite the rollup sorted (see _compact_when_scattered).
@@ -140,7 +144,7 @@ _COMPACT = ["CREATE TEMP TABLE _rollup_sorted AS SELECT * FROM metric_rollup ORD
             "DELETE FROM metric_rollup", "INSERT INTO metric_rollup SELECT * FROM _rollup_sorted",
             "DROP TABLE _rollup_sorted"]
 
-BACKFILL_SQL = ";\n".join(_statements(None) + _COMPACT) + ";"
+BACKFILL_SQL = ";\n".join(_backfill() + _COMPACT) + ";"
 
 
 def mark(con: duckdb.DuckDBPyConnection, rows_sql: str, params=None) -> None:
@@ -164,9 +168,9 @@ def refresh(con: duckdb.DuckDBPyConnection) -> None:
         SELECT NULL, run_id, name, 'time', min(time), max(time) FROM _rollup_marks GROUP BY ALL
     """)
     added = 0
-    for sql in _statements("_rollup_dirty"):
+    for sql in _incremental("_rollup_dirty"):
         result = con.execute(sql).fetchall()
-        added += result[0][0] if sql.lstrip().startswith("INSERT INTO metric_rollup") else 0
+        added += result[0][0] if sql.startswith("INSERT INTO metric_rollup") else 0
     con.execute("DROP TABLE _rollup_dirty")
     con.execute("DROP TABLE _rollup_marks")
     _compact_when_scattered(con, added)
