@@ -19,7 +19,8 @@ new browser session would on a store that may have changed.
 
 Both sides include serialising what the page hands to Streamlit, the way Streamlit does it
 (st.plotly_chart: plotly.tools.return_figure_from_figure_or_data + plotly.io.to_json; st.dataframe:
-Arrow IPC), since that is part of the cost. What the browser then receives and must draw is
+Arrow IPC), since that is part of the cost, with plotly's default template what it is in the app
+(Streamlit's, set when streamlit.elements.plotly_chart is imported). What the browser then receives and must draw is
 reported too (`*_bytes`, `*_points`): the naive metrics figures carry every point.
 
     .venv/bin/python benchmarks/dashboard_latency.py [--repeat 15] [--keep DIR]
@@ -46,6 +47,8 @@ import plotly.io
 import plotly.tools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit.elements.plotly_chart  # noqa: E402,F401  (as in the app: plotly's default template is Streamlit's)
 
 from crowdtune.charts import metric_figure, reactions_figure  # noqa: E402
 from crowdtune.store import views  # noqa: E402

@@ -145,6 +145,8 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
                 {"series": chosen.loc[points.index, "series"].tolist(), "width": points["width"].tolist()},
                 SERIES_COLUMNS))
         parts = [part for part in parts if not part.empty]
+        if len(parts) == 1 and from_rollup.all():
+            return parts[0]  # already in order
         if not parts:
             return pd.DataFrame(columns=SERIES_COLUMNS)
         series = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
@@ -154,41 +156,44 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
 def _series_from_rollup(reader: StoreReader, chosen: pd.DataFrame, plan: pd.DataFrame, axis: str) -> pd.DataFrame:
     """The buckets of the `chosen` catalogue rows from their `plan` level: each bucket k of width W
     merges the level's rows whose bucket // (W / level) is k (exact: W is a whole multiple of the
-    level's width, whose buckets nest in it). The few thousand rows are merged in numpy, which on a
-    fresh read-only open costs less than DuckDB's hash aggregate."""
-    rows = _frame(reader, """
+    level's width, whose buckets nest in it). The few thousand rows come ordered by run, metric and
+    bucket and are merged in numpy, which on a fresh read-only open costs less than DuckDB's hash
+    aggregate (and than building DataFrames of them)."""
+    chosen = chosen.assign(level=plan["level"], per=plan["width"] // plan["level"]).sort_values(["run_id", "name"])
+    rows = reader.arrays("""
         WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($level::BIGINT[]) AS level,
-                             unnest($per::BIGINT[]) AS per)
-        SELECT r.series, r.bucket // p.per AS bucket, r.points, r.valued, r.value_sum, r.value_min, r.value_max,
+                             unnest($per::BIGINT[]) AS per, unnest(range(len($series::INTEGER[]))) AS rank)
+        SELECT p.rank, r.bucket // p.per AS bucket, r.points, r.valued, r.value_sum, r.value_min, r.value_max,
                r.step_sum, r.time_sum
         FROM metric_rollup r JOIN plan p ON r.series = p.series AND r.width = p.level WHERE r.axis = $axis
-        ORDER BY r.series, r.bucket""",
-        {"series": chosen["series"].tolist(), "level": plan["level"].tolist(),
-         "per": (plan["width"] // plan["level"]).astype(int).tolist(), "axis": axis},
-        ["series", "bucket", "points", "valued", "value_sum", "value_min", "value_max", "step_sum", "time_sum"])
-    if rows.empty:
+        ORDER BY p.rank, r.bucket""",
+        {"series": chosen["series"].tolist(), "level": chosen["level"].tolist(),
+         "per": chosen["per"].astype(int).tolist(), "axis": axis})
+    if not rows or not len(rows["rank"]):
         return pd.DataFrame(columns=SERIES_COLUMNS)
-    series_ids, buckets = rows["series"].to_numpy(), rows["bucket"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, (series_ids[1:] != series_ids[:-1]) | (buckets[1:] != buckets[:-1])])
+    ranks, buckets = rows["rank"], rows["bucket"]
+    starts = np.flatnonzero(np.r_[True, (ranks[1:] != ranks[:-1]) | (buckets[1:] != buckets[:-1])])
 
     def summed(column: str) -> np.ndarray:
-        return np.add.reduceat(np.nan_to_num(rows[column].to_numpy(dtype=float)), starts)
+        return np.add.reduceat(np.nan_to_num(np.asarray(rows[column], dtype=float)), starts)
 
     points, valued = summed("points"), summed("valued")
-    step = summed("step_sum") / points
-    seconds = summed("time_sum") / points
-    names = chosen.set_index("series")[["run_id", "name"]].loc[series_ids[starts]]
+    step, seconds = summed("step_sum") / points, summed("time_sum") / points
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(valued > 0, summed("value_sum") / valued, np.nan)
-    return pd.DataFrame({
-        "run_id": names["run_id"].to_numpy(), "name": names["name"].to_numpy(),
+    of = ranks[starts]
+    out = pd.DataFrame({
+        "run_id": chosen["run_id"].to_numpy()[of], "name": chosen["name"].to_numpy()[of],
         # as DuckDB's round() and to_timestamp() do for the points: half away from zero, microseconds
         "step": (np.sign(step) * np.floor(np.abs(step) + 0.5)).astype("int64"),
         "time": pd.to_datetime(np.round(seconds * 1e6).astype("int64"), unit="us"),
         "value": value,
-        "low": np.fmin.reduceat(rows["value_min"].to_numpy(dtype=float), starts),
-        "high": np.fmax.reduceat(rows["value_max"].to_numpy(dtype=float), starts),
+        "low": np.fmin.reduceat(np.asarray(rows["value_min"], dtype=float), starts),
+        "high": np.fmax.reduceat(np.asarray(rows["value_max"], dtype=float), starts),
         "points": points.astype("int64")})
+    if axis == "time":  # buckets follow time; a re-run step can make their mean steps go back
+        out = out.iloc[np.lexsort((out["step"].to_numpy(), of))].reset_index(drop=True)
+    return out
 
 
 def _series_in_range(reader: StoreReader, run_ids: list[str], names: list[str], x: str, interval: str,
