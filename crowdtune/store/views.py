@@ -337,7 +337,8 @@ def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", 
         if posts.empty:
             return PostsPage(total, page, posts, None, pd.DataFrame(columns=SNAPSHOT_COLUMNS))
         post = post if post in set(posts["post_id"]) else posts["post_id"].iloc[0]
-        return PostsPage(total, page, posts, post, reactions_over_age(session, post))
+        created_at = posts.loc[posts["post_id"] == post, "created_at"].iloc[0]
+        return PostsPage(total, page, posts, post, reactions_over_age(session, post, created_at))
 
 
 def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:
@@ -345,11 +346,19 @@ def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:
     return post_page(reader, PostFilters(), "newest", 1, limit)
 
 
-def reactions_over_age(reader: StoreReader, post_id: str) -> pd.DataFrame:
-    """Every reaction snapshot of one post: kind, hours since the post was written, count."""
-    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 AS age_hours, "
-                          "count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
-                          "WHERE post_id = ? ORDER BY kind, observed_at", [post_id], SNAPSHOT_COLUMNS)
+_UNKNOWN = object()
+
+
+def reactions_over_age(reader: StoreReader, post_id: str, created_at=_UNKNOWN) -> pd.DataFrame:
+    """Every reaction snapshot of one post: kind, hours since the post was written, count.
+    `created_at`: the post's, when the caller has it (saves looking the post up)."""
+    if created_at is _UNKNOWN:
+        return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 "
+                              "AS age_hours, count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
+                              "WHERE post_id = ? ORDER BY kind, observed_at", [post_id], SNAPSHOT_COLUMNS)
+    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - ?::TIMESTAMP)) / 3600.0 AS age_hours, "
+                          "count, observed_at FROM reaction_snapshots WHERE post_id = ? ORDER BY kind, observed_at",
+                  [None if pd.isna(created_at) else created_at, post_id], SNAPSHOT_COLUMNS)
 
 
 def post_filter_choices(reader: StoreReader) -> dict[str, list[str]]:
