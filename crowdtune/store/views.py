@@ -1,6 +1,7 @@
 """Named read queries behind the dashboard's pages. Every function reads through a StoreReader
 and returns small, display-ready DataFrames: big tables are cut down in DuckDB (LIMIT/OFFSET for
-posts, bucketing for metric series), never in pandas. A plain StoreReader opens the file per call;
+posts; for metric series, the buckets the store writer keeps in its rollup, or a bucketing of the
+points), never loaded whole into pandas. A plain StoreReader opens the file per call;
 a page passes a StoreSession (`with reader.session() as session:`) to run its view's queries on one
 open (~15 ms each saved). An absent store reads as empty frames with the right columns, so pages
 can draw empty states.
