@@ -26,15 +26,22 @@ _UPDATE = """
 BACKFILL_SQL = "ALTER TABLE posts ADD COLUMN latest_reactions JSON;" + _UPDATE.format(where="") + ";"
 
 
+_MARKS = "CREATE TEMP TABLE IF NOT EXISTS _reaction_marks (post_id VARCHAR)"
+
+
 def mark(con: duckdb.DuckDBPyConnection, post_ids_sql: str, params=None) -> None:
     """Record the posts whose ids `post_ids_sql` selects (one column) for refresh."""
-    con.execute("CREATE TEMP TABLE IF NOT EXISTS _reaction_marks (post_id VARCHAR)")
+    con.execute(_MARKS)
     con.execute(f"INSERT INTO _reaction_marks {post_ids_sql}", params or [])
 
 
 def refresh(con: duckdb.DuckDBPyConnection) -> None:
-    """Recompute latest_reactions of the posts marked since the last refresh, then forget the marks.
-    Call inside the batch's transaction, after its operations, if it marked."""
+    """Recompute latest_reactions of the posts marked since the last refresh (if any), then forget
+    the marks. Call inside the batch's transaction, after its operations."""
+    con.execute(_MARKS)  # a batch may touch posts without marking any (an update of their status)
+    if not con.execute("SELECT count(*) FROM _reaction_marks").fetchone()[0]:
+        con.execute("DROP TABLE _reaction_marks")
+        return
     con.execute(_UPDATE.format(where="WHERE post_id IN (SELECT post_id FROM _reaction_marks)"))
     con.execute("UPDATE posts SET latest_reactions = NULL WHERE post_id IN (SELECT post_id FROM _reaction_marks) "
                 "AND latest_reactions IS NOT NULL AND post_id NOT IN (SELECT post_id FROM reaction_snapshots)")

@@ -147,19 +147,25 @@ _COMPACT = ["CREATE TEMP TABLE _rollup_sorted AS SELECT * FROM metric_rollup ORD
 BACKFILL_SQL = ";\n".join(_backfill() + _COMPACT) + ";"
 
 
+_MARKS = "CREATE TEMP TABLE IF NOT EXISTS _rollup_marks (run_id VARCHAR, name VARCHAR, step DOUBLE, time DOUBLE)"
+
+
 def mark(con: duckdb.DuckDBPyConnection, rows_sql: str, params=None) -> None:
     """Record the positions of the metric rows `rows_sql` selects (run_id, name, step, recorded_at)
     as needing their buckets recomputed at the end of the batch (see refresh)."""
-    con.execute("CREATE TEMP TABLE IF NOT EXISTS _rollup_marks "
-                "(run_id VARCHAR, name VARCHAR, step DOUBLE, time DOUBLE)")
+    con.execute(_MARKS)
     con.execute(f"INSERT INTO _rollup_marks SELECT run_id, name, step, epoch(recorded_at) FROM ({rows_sql})",
                 params or [])
 
 
 def refresh(con: duckdb.DuckDBPyConnection) -> None:
-    """Recompute every bucket covering a position marked since the last refresh, at every level,
-    and the summaries of the series marked, then forget the marks. Call inside the batch's
-    transaction, after its operations, if it marked."""
+    """Recompute every bucket covering a position marked since the last refresh (if any), at every
+    level, and the summaries of the series marked, then forget the marks. Call inside the batch's
+    transaction, after its operations."""
+    con.execute(_MARKS)  # a batch may name metrics without marking any row (an empty list of rows)
+    if not con.execute("SELECT count(*) FROM _rollup_marks").fetchone()[0]:
+        con.execute("DROP TABLE _rollup_marks")
+        return
     con.execute("""
         CREATE TEMP TABLE _rollup_dirty AS
         SELECT NULL::INTEGER AS series, run_id, name, 'step' AS axis, min(step) AS lo, max(step) AS hi

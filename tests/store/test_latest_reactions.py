@@ -51,6 +51,9 @@ def test_latest_reactions_follow_every_kind_of_write(tmp_path):
         ("e", [{"op": "upsert", "table": "reaction_snapshots", "rows": [snapshot("p1", 6, "likes", 11)]},
                {"op": "update", "table": "reaction_snapshots", "where": {"post_id": "p3", "kind": "likes"},
                 "set": {"post_id": "p2"}}]),
+        # what publishing does: a post's status changes, nothing else (no snapshot, no post id)
+        ("f", [{"op": "update", "table": "posts", "where": {"post_id": "p1"}, "set": {"status": "published"}},
+               {"op": "insert", "table": "reaction_snapshots", "rows": []}]),
     ]
     for write_id, ops in batches:
         apply_write(path, write_id, ops, 5)

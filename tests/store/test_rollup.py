@@ -79,6 +79,9 @@ def test_the_rollup_equals_the_points_aggregated_after_every_kind_of_write(tmp_p
         # an update that moves points to another run
         ("e", [{"op": "update", "table": "metrics", "where": {"run_id": "r2", "name": "acc", "step": 200},
                 "set": {"run_id": "r3", "value": 0.5}}]),
+        # a batch naming metrics without rows, beside another write
+        ("f", [{"op": "upsert", "table": "metrics", "rows": []},
+               {"op": "upsert", "table": "runs", "rows": [{"run_id": "r1", "kind": "offline", "status": "running"}]}]),
     ]
     for write_id, ops in batches:
         assert apply_write(path, write_id, ops, 5) > 0
