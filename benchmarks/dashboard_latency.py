@@ -4,17 +4,23 @@ Fills a store (through the real writer) with 1,000,000 metric points (5 runs x 4
 steps) and 100,000 posts with 3 reaction snapshots each, then times, over several repetitions:
 
 - metrics view: what pages/metrics.py runs on a full run, for every run and metric: one read-only
-  open for views.metric_catalog + views.metric_series (bucketed in DuckDB within the catalog's
-  ranges), then views.smooth + charts.metric_figure per metric; against loading every point into
-  pandas and plotting them all;
+  open (a fresh one each repetition, as every page load) for views.metric_catalog (the series'
+  summary rows) + views.metric_series (buckets merged from a level of the metrics rollup that the
+  writer kept while filling), then views.smooth + charts.metric_figure per metric; against loading
+  every point into pandas (one query) and plotting them all, each run's line smoothed;
 - posts view: what pages/posts.py runs: one open for views.post_filter_choices + views.posts_page
-  (count, one sorted and searched page in SQL, and the reaction snapshots of its posts), then
-  charts.reactions_figure for one post; against loading every post and snapshot into pandas,
-  filtering, sorting and paging there.
+  (count, one sorted and searched page in SQL with each post's latest reactions, which the writer
+  keeps on the post, and the reaction snapshots of the page's first post), then
+  charts.reactions_figure for that post; against loading every post and snapshot into pandas,
+  filtering, sorting and paging there, and handing every matching post to st.dataframe.
+
+Nothing is cached between repetitions: each one opens the file, reads and builds from scratch, as a
+new browser session would on a store that may have changed.
 
 Both sides include serialising what the page hands to Streamlit, the way Streamlit does it
 (st.plotly_chart: plotly.tools.return_figure_from_figure_or_data + plotly.io.to_json; st.dataframe:
-Arrow IPC), since that is part of the cost. What the browser then receives and must draw is
+Arrow IPC), since that is part of the cost, with plotly's default template what it is in the app
+(Streamlit's, set when streamlit.elements.plotly_chart is imported). What the browser then receives and must draw is
 reported too (`*_bytes`, `*_points`): the naive metrics figures carry every point.
 
     .venv/bin/python benchmarks/dashboard_latency.py [--repeat 15] [--keep DIR]
@@ -41,6 +47,8 @@ import plotly.io
 import plotly.tools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit.elements.plotly_chart  # noqa: E402,F401  (as in the app: plotly's default template is Streamlit's)
 
 from crowdtune.charts import metric_figure, reactions_figure  # noqa: E402
 from crowdtune.store import views  # noqa: E402
@@ -142,7 +150,7 @@ def posts_read(reader: StoreReader) -> tuple[int, pd.DataFrame, pd.DataFrame]:
     with reader.session() as session:
         views.post_filter_choices(session)
         shown = views.posts_page(session, FILTERS, "best", page=3, page_size=25)
-    return shown.total, shown.posts, shown.reactions(shown.posts["post_id"].iloc[0])
+    return shown.total, shown.posts, shown.reactions
 
 
 def posts_view(reader: StoreReader) -> int:
@@ -151,7 +159,8 @@ def posts_view(reader: StoreReader) -> int:
 
 
 def posts_naive(reader: StoreReader) -> int:
-    posts = reader.frame("SELECT * FROM posts")
+    # Every column a user would get from SELECT * before schema 4 (not the view's derived latest_reactions).
+    posts = reader.frame("SELECT * EXCLUDE (latest_reactions) FROM posts")
     snapshots = reader.frame("SELECT * FROM reaction_snapshots")
     chosen = posts[(posts["face_id"] == "face-1") & posts["text"].str.contains("cats", case=False)]
     page = chosen.sort_values("score", ascending=False).iloc[50:75]

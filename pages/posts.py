@@ -41,7 +41,8 @@ with or_stop(), reader.session() as session:
     filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip())
 
     # A page number from an old link beyond the last page shows the last page.
-    shown = views.posts_page(session, filters, sort, page=int(st.session_state["posts_page"]), page_size=PAGE_SIZE)
+    shown = views.posts_page(session, filters, sort, page=int(st.session_state["posts_page"]), page_size=PAGE_SIZE,
+                             post=st.session_state.get("posts_post"))
     total, posts = shown.total, shown.posts
     if shown.page != st.session_state["posts_page"]:
         st.session_state["posts_page"] = shown.page
@@ -61,12 +62,11 @@ with or_stop(), reader.session() as session:
                                     "score": st.column_config.NumberColumn("score", format="%.3f")})
 
         st.subheader("Reactions over the post's age")
-        post_ids = posts["post_id"].tolist()
-        if st.session_state.get("posts_post") not in post_ids:
-            st.session_state["posts_post"] = post_ids[0]
+        # posts_page read the reactions of the post chosen last, or of the first one if it left the page.
+        st.session_state["posts_post"] = shown.post
         texts = dict(zip(posts["post_id"], posts["text"]))
-        chosen = st.selectbox("Post", post_ids, key="posts_post", format_func=lambda p: f"{p}: {texts[p][:80]}")
-        snapshots = shown.reactions(chosen)
+        st.selectbox("Post", posts["post_id"].tolist(), key="posts_post", format_func=lambda p: f"{p}: {texts[p][:80]}")
+        snapshots = shown.reactions
         if snapshots.empty:
             st.caption("No reaction snapshots for this post yet.")
         else:

@@ -87,12 +87,12 @@ def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wai
 
 
 def schema_version_of(con: duckdb.DuckDBPyConnection) -> int:
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-    ).fetchone()[0]
-    if not exists:
+    """The store's schema version, 0 for a new file. Asked directly, not through
+    information_schema, whose query costs ~5 ms on every read-only open."""
+    try:
+        return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    except duckdb.CatalogException:
         return 0
-    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
 
 
 def check_schema(path: Path, version: int) -> None:

@@ -5,6 +5,8 @@ with a version above `SCHEMA_VERSION` was written by a newer Crowdtune and is re
 All timestamps are UTC without a time zone.
 """
 
+from crowdtune.store import latest_reactions, rollup
+
 MIGRATIONS: list[str] = [
     # 1: the foundation
     """
@@ -159,6 +161,12 @@ MIGRATIONS: list[str] = [
         ended_at TIMESTAMP,
         updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
     );
+    """,
+    # 4: the dashboard's fast paths, kept by the writer and backfilled here: metric series' summaries
+    # and rollup (crowdtune.store.rollup), each post's latest reactions (crowdtune.store.latest_reactions);
+    # and a lookup of a post's reaction snapshots by post
+    rollup.TABLES_SQL + rollup.BACKFILL_SQL + latest_reactions.BACKFILL_SQL + """
+    CREATE INDEX reaction_snapshots_post ON reaction_snapshots (post_id);
     """,
 ]
 

@@ -1,6 +1,7 @@
 """Named read queries behind the dashboard's pages. Every function reads through a StoreReader
 and returns small, display-ready DataFrames: big tables are cut down in DuckDB (LIMIT/OFFSET for
-posts, bucketing for metric series), never in pandas. A plain StoreReader opens the file per call;
+posts; for metric series, the buckets the store writer keeps in its rollup, or a bucketing of the
+points), never loaded whole into pandas. A plain StoreReader opens the file per call;
 a page passes a StoreSession (`with reader.session() as session:`) to run its view's queries on one
 open (~15 ms each saved). An absent store reads as empty frames with the right columns, so pages
 can draw empty states.
@@ -9,10 +10,13 @@ can draw empty states.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from crowdtune.store import rollup
 from crowdtune.store.reads import StoreReader
 
 # At most this many points per (run, metric) series reach the browser. A Metrics chart is ~600-700 px
@@ -25,6 +29,7 @@ POST_COLUMNS = ["post_id", "face_id", "origin", "status", "text", "url", "create
                 "model_version_id"]
 SNAPSHOT_COLUMNS = ["kind", "age_hours", "count", "observed_at"]
 SERIES_COLUMNS = ["run_id", "name", "step", "time", "value", "low", "high", "points"]
+CATALOG_COLUMNS = ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded", "series"]
 VERSION_COLUMNS = ["version_id", "run_id", "parent_version_id", "base_model", "artifact_url", "step", "metrics",
                    "note", "created_at", "active_for"]
 
@@ -65,27 +70,31 @@ def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
 
 
 def metric_catalog(reader: StoreReader) -> pd.DataFrame:
-    """One row per (run, metric): how many points, step range and when first and last recorded.
+    """One row per (run, metric): how many points, step range and when first and last recorded,
+    and the series' number in the rollup (`series`).
 
-    Read in the same session as metric_series, it also gives the series' bounds (one scan saved).
+    Read from the series' summary rows (kept by the store writer, see crowdtune.store.rollup), not
+    from the points. Read in the same session as metric_series, it also gives the series' bounds.
     """
-    return _frame(reader, "SELECT run_id, name, count(*) AS points, min(step) AS first_step, max(step) AS last_step, "
-                          "min(recorded_at) AS first_recorded, max(recorded_at) AS last_recorded "
-                          "FROM metrics GROUP BY run_id, name ORDER BY last_recorded DESC, run_id, name", [],
-                  ["run_id", "name", "points", "first_step", "last_step", "first_recorded", "last_recorded"])
+    return _frame(reader, f"SELECT {', '.join(CATALOG_COLUMNS)} FROM metric_series "
+                          "ORDER BY last_recorded DESC, run_id, name", [], CATALOG_COLUMNS)
 
 
-def _catalog_bounds(catalog: pd.DataFrame, run_ids: list[str], names: list[str], x: str) -> dict:
-    """Per chosen (run, metric): the x range and point count, as lists for the series query."""
-    chosen = catalog[catalog["run_id"].isin(run_ids) & catalog["name"].isin(names)]
-    if x == "time":
-        lo = (chosen["first_recorded"] - pd.Timestamp(0)).dt.total_seconds()
-        hi = (chosen["last_recorded"] - pd.Timestamp(0)).dt.total_seconds()
-    else:
-        lo, hi = chosen["first_step"], chosen["last_step"]
-    return {"b_run": chosen["run_id"].tolist(), "b_name": chosen["name"].tolist(),
-            "b_lo": lo.astype(float).tolist(), "b_hi": hi.astype(float).tolist(),
-            "b_n": chosen["points"].astype(int).tolist()}
+def bucket_widths(span: float, max_points: int) -> tuple[int, float]:
+    """How to cut a series spanning `span` (steps or seconds) into at most `max_points` buckets
+    [k*W, (k+1)*W): (w, W). W is span / (max_points - 1) rounded up to a whole multiple of w, the
+    coarsest rollup level no wider than that, so each bucket is 1 to 4 rows of that level (at most
+    ~4 x max_points rows a series, whatever its length) and there are more than max_points / 2
+    buckets. w = 0: no level is that fine; the points themselves are read, W is not rounded."""
+    target = span / max(max_points - 1, 1)
+    fitting = [width for width in rollup.LEVEL_WIDTHS if width <= target]
+    if not fitting:
+        return 0, max(target, 1e-9)
+    return fitting[-1], math.ceil(target / fitting[-1]) * fitting[-1]
+
+
+_POINT_BUCKETS = ("round(avg(m.step))::BIGINT AS step, to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time, "
+                  "avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points")
 
 
 def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: str = "step",
@@ -93,52 +102,119 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
                   catalog: pd.DataFrame | None = None) -> pd.DataFrame:
     """Metric values of the given runs and metrics, at most `max_points` per (run, metric).
 
-    Downsampling happens in DuckDB: a series longer than `max_points` is cut into `max_points`
-    equal buckets of its x range (step, or recorded_at when x == "time") and each bucket becomes
-    one point with the mean value, its min and max (`low`, `high`) and the bucket's mean step and
-    time. Shorter series come back point for point. Out: SERIES_COLUMNS, ordered by run, metric
-    and step.
+    A series longer than `max_points` is cut into equal buckets [k*W, (k+1)*W) of its x (step, or
+    recorded_at's epoch seconds when x == "time"), W from bucket_widths, and each bucket becomes
+    one point with the mean value, its min and max (`low`, `high`), the number of points and their
+    mean step and time. Shorter series come back point for point. Out: SERIES_COLUMNS, ordered by
+    run, metric and step.
 
-    `catalog`: metric_catalog read in the same session (`reader` a StoreSession), whose ranges
-    then bound the buckets instead of a scan of their own (used for time_range "all" only).
+    Over all time, buckets are merged from 1 to 4 rows of a level of the metrics rollup (at most
+    ~4 x max_points rows a series, whatever its length) where a level is fine enough, else
+    aggregated from the points in DuckDB; within a time range (last 24 h ...) from the points of the
+    range, so a narrow range shows every point of it.
+    `catalog`: metric_catalog read in the same session (`reader` a StoreSession), saving a query.
     """
     if not run_ids or not names:
         return pd.DataFrame(columns=SERIES_COLUMNS)
-    x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
-    params: dict = {"max_points": max_points}
-    # IN filters cost a pass over the strings: only add them when they leave something out.
-    where = []
-    if catalog is None or not set(catalog["run_id"]) <= set(run_ids):
-        where.append("m.run_id IN (SELECT unnest($runs::VARCHAR[]))")
-        params["runs"] = list(run_ids)
-    if catalog is None or not set(catalog["name"]) <= set(names):
-        where.append("m.name IN (SELECT unnest($names::VARCHAR[]))")
-        params["names"] = list(names)
-    if time_range in _RANGE_INTERVALS:
-        where.append(f"m.recorded_at >= now()::TIMESTAMP - INTERVAL '{_RANGE_INTERVALS[time_range]}'")
-    where_sql = ("WHERE " + " AND ".join(where)) if where else ""
-    if catalog is not None and time_range not in _RANGE_INTERVALS:
-        params.update(_catalog_bounds(catalog, run_ids, names, x))
-        if not params["b_run"]:
+    with reader.session() as session:
+        if time_range in _RANGE_INTERVALS:
+            return _series_in_range(session, run_ids, names, x, _RANGE_INTERVALS[time_range], max_points)
+        catalog = metric_catalog(session) if catalog is None else catalog
+        chosen = catalog[catalog["run_id"].isin(run_ids) & catalog["name"].isin(names)]
+        if chosen.empty:
             return pd.DataFrame(columns=SERIES_COLUMNS)
-        bounds = ("SELECT unnest($b_run::VARCHAR[]) AS run_id, unnest($b_name::VARCHAR[]) AS name, "
-                  "unnest($b_lo::DOUBLE[]) AS lo, unnest($b_hi::DOUBLE[]) AS hi, unnest($b_n::BIGINT[]) AS n")
-    else:
-        bounds = (f"SELECT m.run_id, m.name, min({x_expr}) AS lo, max({x_expr}) AS hi, count(*) AS n "
-                  f"FROM metrics m {where_sql} GROUP BY m.run_id, m.name")
+        if x == "time":
+            spans = (chosen["last_recorded"] - chosen["first_recorded"]).dt.total_seconds()
+        else:
+            spans = chosen["last_step"] - chosen["first_step"]
+        plan = pd.DataFrame([bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
+                             for span, n in zip(spans, chosen["points"])], columns=["level", "width"])
+        plan.index = chosen.index
+        from_rollup = plan["level"] > 0
+        parts = []
+        if from_rollup.any():
+            parts.append(_series_from_rollup(session, chosen[from_rollup], plan[from_rollup],
+                                             "time" if x == "time" else "step"))
+        if not from_rollup.all():
+            x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
+            points = plan[~from_rollup]
+            parts.append(_frame(session, f"""
+                WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($width::DOUBLE[]) AS width)
+                SELECT m.run_id, m.name, {_POINT_BUCKETS}
+                FROM metrics m JOIN metric_series s ON m.run_id = s.run_id AND m.name = s.name JOIN plan p USING (series)
+                GROUP BY m.run_id, m.name, CASE WHEN p.width = 0 THEN m.step ELSE floor({x_expr} / p.width) END""",
+                {"series": chosen.loc[points.index, "series"].tolist(), "width": points["width"].tolist()},
+                SERIES_COLUMNS))
+        parts = [part for part in parts if not part.empty]
+        if len(parts) == 1 and from_rollup.all():
+            return parts[0]  # already in order
+        if not parts:
+            return pd.DataFrame(columns=SERIES_COLUMNS)
+        series = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return series.sort_values(["run_id", "name", "step"], ignore_index=True)[SERIES_COLUMNS]
+
+
+def _series_from_rollup(reader: StoreReader, chosen: pd.DataFrame, plan: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The buckets of the `chosen` catalogue rows from their `plan` level: each bucket k of width W
+    merges the level's rows whose bucket // (W / level) is k (exact: W is a whole multiple of the
+    level's width, whose buckets nest in it). The few thousand rows come ordered by run, metric and
+    bucket and are merged in numpy, which on a fresh read-only open costs less than DuckDB's hash
+    aggregate (and than building DataFrames of them)."""
+    chosen = chosen.assign(level=plan["level"], per=plan["width"] // plan["level"]).sort_values(["run_id", "name"])
+    rows = reader.arrays("""
+        WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($level::BIGINT[]) AS level,
+                             unnest($per::BIGINT[]) AS per, unnest(range(len($series::INTEGER[]))) AS rank)
+        SELECT p.rank, r.bucket // p.per AS bucket, r.points, r.valued, r.value_sum, r.value_min, r.value_max,
+               r.step_sum, r.time_sum
+        FROM metric_rollup r JOIN plan p ON r.series = p.series AND r.width = p.level WHERE r.axis = $axis
+        ORDER BY p.rank, r.bucket""",
+        {"series": chosen["series"].tolist(), "level": chosen["level"].tolist(),
+         "per": chosen["per"].astype(int).tolist(), "axis": axis})
+    if not rows or not len(rows["rank"]):
+        return pd.DataFrame(columns=SERIES_COLUMNS)
+    ranks, buckets = rows["rank"], rows["bucket"]
+    starts = np.flatnonzero(np.r_[True, (ranks[1:] != ranks[:-1]) | (buckets[1:] != buckets[:-1])])
+
+    def summed(column: str) -> np.ndarray:
+        return np.add.reduceat(np.nan_to_num(np.asarray(rows[column], dtype=float)), starts)
+
+    points, valued = summed("points"), summed("valued")
+    step, seconds = summed("step_sum") / points, summed("time_sum") / points
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(valued > 0, summed("value_sum") / valued, np.nan)
+    of = ranks[starts]
+    out = pd.DataFrame({
+        "run_id": chosen["run_id"].to_numpy()[of], "name": chosen["name"].to_numpy()[of],
+        # as DuckDB's round() and to_timestamp() do for the points: half away from zero, microseconds
+        "step": (np.sign(step) * np.floor(np.abs(step) + 0.5)).astype("int64"),
+        "time": pd.to_datetime(np.round(seconds * 1e6).astype("int64"), unit="us"),
+        "value": value,
+        "low": np.fmin.reduceat(np.asarray(rows["value_min"], dtype=float), starts),
+        "high": np.fmax.reduceat(np.asarray(rows["value_max"], dtype=float), starts),
+        "points": points.astype("int64")})
+    if axis == "time":  # buckets follow time; a re-run step can make their mean steps go back
+        out = out.iloc[np.lexsort((out["step"].to_numpy(), of))].reset_index(drop=True)
+    return out
+
+
+def _series_in_range(reader: StoreReader, run_ids: list[str], names: list[str], x: str, interval: str,
+                     max_points: int) -> pd.DataFrame:
+    """metric_series within the last `interval`, from the points recorded in it (no rollup level
+    is cut at the range's start): buckets floor(x / W), W = the range's span / (max_points - 1)."""
+    x_expr = "epoch(m.recorded_at)" if x == "time" else "m.step"
+    where = ("WHERE m.run_id IN (SELECT unnest($runs::VARCHAR[])) AND m.name IN (SELECT unnest($names::VARCHAR[])) "
+             f"AND m.recorded_at >= now()::TIMESTAMP - INTERVAL '{interval}'")
     sql = f"""
-        WITH bounds AS ({bounds})
-        SELECT m.run_id, m.name, round(avg(m.step))::BIGINT AS step,
-               to_timestamp(avg(epoch(m.recorded_at)))::TIMESTAMP AS time,
-               avg(m.value) AS value, min(m.value) AS low, max(m.value) AS high, count(*) AS points
+        WITH bounds AS (
+            SELECT m.run_id, m.name, count(*) AS n, greatest((max({x_expr}) - min({x_expr})) / $gaps, 1e-9) AS width
+            FROM metrics m {where} GROUP BY m.run_id, m.name)
+        SELECT m.run_id, m.name, {_POINT_BUCKETS}
         FROM metrics m JOIN bounds b ON m.run_id = b.run_id AND m.name = b.name
-        {where_sql}
-        GROUP BY m.run_id, m.name,
-                 CASE WHEN b.n <= $max_points THEN m.step
-                      ELSE least(floor(({x_expr} - b.lo) * $max_points / greatest(b.hi - b.lo, 1e-9)),
-                                 $max_points - 1) END
+        {where}
+        GROUP BY m.run_id, m.name, CASE WHEN b.n <= $max_points THEN m.step ELSE floor({x_expr} / b.width) END
         ORDER BY m.run_id, m.name, step
     """
+    params = {"runs": list(run_ids), "names": list(names), "max_points": max_points, "gaps": max(max_points - 1, 1)}
     return _frame(reader, sql, params, SERIES_COLUMNS)
 
 
@@ -202,68 +278,52 @@ def count_posts(reader: StoreReader, filters: PostFilters) -> int:
 
 
 def _page_rows(reader: StoreReader, filters: PostFilters, sort: str, page: int, page_size: int) -> pd.DataFrame:
-    """One page of matching posts (POST_COLUMNS) and `matching`: how many match in all (a window
-    count, so the page and the count share one pass over posts)."""
+    """One page of matching posts (POST_COLUMNS, then their latest count per reaction kind as
+    columns) and `matching`: how many match in all (a window count, so the page and the count share
+    one pass over posts)."""
     where, params = _post_where(filters)
     order = _POST_ORDER.get(sort, _POST_ORDER["newest"])
     offset = (max(page, 1) - 1) * page_size
-    return _frame(reader, f"SELECT {', '.join('p.' + c for c in POST_COLUMNS)}, count(*) OVER () AS matching "
-                          f"FROM posts p {where} ORDER BY {order} LIMIT ? OFFSET ?", params + [page_size, offset],
-                  [*POST_COLUMNS, "matching"])
+    rows = _frame(reader, f"SELECT {', '.join('p.' + c for c in POST_COLUMNS)}, p.latest_reactions, "
+                          f"count(*) OVER () AS matching FROM posts p {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                  params + [page_size, offset], [*POST_COLUMNS, "latest_reactions", "matching"])
+    return _with_latest_reactions(rows)
 
 
-def _page_snapshots(reader: StoreReader, posts: pd.DataFrame) -> pd.DataFrame:
-    """Every reaction snapshot of the given posts: post_id + SNAPSHOT_COLUMNS, by post, kind and time."""
-    created = [None if pd.isna(at) else at for at in posts["created_at"]]
-    return _frame(reader, "SELECT r.post_id, r.kind, coalesce(r.age_seconds, epoch(r.observed_at - p.created_at)) "
-                          "/ 3600.0 AS age_hours, r.count, r.observed_at FROM reaction_snapshots r JOIN (SELECT "
-                          "unnest($ids::VARCHAR[]) AS post_id, unnest($created::TIMESTAMP[]) AS created_at) p "
-                          "ON r.post_id = p.post_id ORDER BY r.post_id, r.kind, r.observed_at",
-                  {"ids": posts["post_id"].tolist(), "created": created}, ["post_id", *SNAPSHOT_COLUMNS])
-
-
-def _with_latest_reactions(posts: pd.DataFrame, snapshots: pd.DataFrame) -> pd.DataFrame:
-    """The posts with their latest count per reaction kind as extra columns (`likes`, `reposts`, ...)."""
-    if snapshots.empty:
-        return posts
-    latest = snapshots.groupby(["post_id", "kind"], sort=False)["count"].last()  # snapshots come oldest first
-    return posts.merge(latest.unstack("kind"), left_on="post_id", right_index=True, how="left")
+def _with_latest_reactions(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with `latest_reactions` (JSON kept by the store writer, see
+    crowdtune.store.latest_reactions) spread into a column per kind (`likes`, `reposts`, ...)."""
+    counts = pd.DataFrame([json.loads(c) if isinstance(c, str) else {} for c in rows.pop("latest_reactions")],
+                          index=rows.index)
+    return rows.join(counts[sorted(counts.columns)]) if len(counts.columns) else rows
 
 
 def post_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
               page_size: int = 25) -> pd.DataFrame:
     """One page of posts (LIMIT/OFFSET in SQL); count_posts gives how many match in all.
 
-    Each post carries its latest count per reaction kind as extra columns (`likes`, `reposts`, ...),
-    read only for the posts of this page.
+    Each post carries its latest count per reaction kind as extra columns (`likes`, `reposts`, ...).
     """
-    with reader.session() as session:
-        posts = _page_rows(session, filters, sort, page, page_size).drop(columns="matching")
-        if posts.empty:
-            return posts
-        return _with_latest_reactions(posts, _page_snapshots(session, posts))
-
+    return _page_rows(reader, filters, sort, page, page_size).drop(columns="matching")
 
 
 @dataclass
 class PostsPage:
     """What the Posts page shows: `total` matching posts, page number `page` (clamped to the last
-    page) of them with their latest reactions (post_page's columns), and every reaction snapshot
-    of those posts (`snapshots`: post_id + SNAPSHOT_COLUMNS)."""
+    page) of them with their latest reactions (post_page's columns), and `reactions`, the reaction
+    snapshots of one of them, `post` (reactions_over_age's columns; None and empty on an empty page)."""
 
     total: int
     page: int
     posts: pd.DataFrame
-    snapshots: pd.DataFrame
-
-    def reactions(self, post_id: str) -> pd.DataFrame:
-        """One post's snapshots, as reactions_over_age gives them."""
-        return self.snapshots.loc[self.snapshots["post_id"] == post_id, SNAPSHOT_COLUMNS].reset_index(drop=True)
+    post: str | None
+    reactions: pd.DataFrame
 
 
 def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
-               page_size: int = 25) -> PostsPage:
-    """count_posts + post_page + reactions_over_age of each post on the page, in two passes on one open.
+               page_size: int = 25, post: str | None = None) -> PostsPage:
+    """count_posts + post_page + reactions_over_age of `post` if it is on the page, else of the
+    page's first post, on one open.
 
     A page beyond the last one (an old link) shows the last page.
     """
@@ -275,9 +335,11 @@ def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", 
             page = last
             rows = _page_rows(session, filters, sort, page, page_size)
         posts = rows.drop(columns="matching")
-        snapshots = _page_snapshots(session, posts) if not posts.empty else \
-            pd.DataFrame(columns=["post_id", *SNAPSHOT_COLUMNS])
-    return PostsPage(total, page, _with_latest_reactions(posts, snapshots), snapshots)
+        if posts.empty:
+            return PostsPage(total, page, posts, None, pd.DataFrame(columns=SNAPSHOT_COLUMNS))
+        post = post if post in set(posts["post_id"]) else posts["post_id"].iloc[0]
+        created_at = posts.loc[posts["post_id"] == post, "created_at"].iloc[0]
+        return PostsPage(total, page, posts, post, reactions_over_age(session, post, created_at))
 
 
 def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:
@@ -285,11 +347,19 @@ def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:
     return post_page(reader, PostFilters(), "newest", 1, limit)
 
 
-def reactions_over_age(reader: StoreReader, post_id: str) -> pd.DataFrame:
-    """Every reaction snapshot of one post: kind, hours since the post was written, count."""
-    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 AS age_hours, "
-                          "count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
-                          "WHERE post_id = ? ORDER BY kind, observed_at", [post_id], SNAPSHOT_COLUMNS)
+_UNKNOWN = object()
+
+
+def reactions_over_age(reader: StoreReader, post_id: str, created_at=_UNKNOWN) -> pd.DataFrame:
+    """Every reaction snapshot of one post: kind, hours since the post was written, count.
+    `created_at`: the post's, when the caller has it (saves looking the post up)."""
+    if created_at is _UNKNOWN:
+        return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 "
+                              "AS age_hours, count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
+                              "WHERE post_id = ? ORDER BY kind, observed_at", [post_id], SNAPSHOT_COLUMNS)
+    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - ?::TIMESTAMP)) / 3600.0 AS age_hours, "
+                          "count, observed_at FROM reaction_snapshots WHERE post_id = ? ORDER BY kind, observed_at",
+                  [None if pd.isna(created_at) else created_at, post_id], SNAPSHOT_COLUMNS)
 
 
 def post_filter_choices(reader: StoreReader) -> dict[str, list[str]]:

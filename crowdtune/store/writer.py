@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from crowdtune.store import latest_reactions, rollup
 from crowdtune.store.connection import open_for_write
 from crowdtune.store.schema import TABLE_KEYS
 
@@ -78,7 +79,12 @@ def _apply_rows(con, op: str, table: str, rows: list[dict]) -> int:
     rows = _dedupe_by_key(rows, key)
     batch = _as_arrow(rows, names, columns)
     con.register("_batch", batch)
+    # The rollup's buckets of these rows, where they were and where they will be (see crowdtune.store.rollup).
+    in_batch = ("SELECT m.* FROM metrics m JOIN _batch b ON m.run_id = b.run_id AND m.name = b.name "
+                "AND m.step = CAST(b.step AS BIGINT)")
     try:
+        if table == "metrics" and op == "upsert":
+            rollup.mark(con, in_batch)
         col_list = ", ".join(f'"{n}"' for n in names)
         select = ", ".join(f'CAST("{n}" AS {columns[n]}) AS "{n}"' for n in names)
         conflict = ", ".join(f'"{c}"' for c in key)
@@ -94,6 +100,10 @@ def _apply_rows(con, op: str, table: str, rows: list[dict]) -> int:
         con.execute(
             f'INSERT INTO "{table}" ({col_list}) SELECT {select} FROM _batch ON CONFLICT ({conflict}) {action}'
         )
+        if table == "metrics":
+            rollup.mark(con, in_batch)
+        elif table in ("posts", "reaction_snapshots"):
+            latest_reactions.mark(con, "SELECT DISTINCT post_id FROM _batch")
     finally:
         con.unregister("_batch")
     return len(rows)
@@ -109,8 +119,32 @@ def _apply_update(con, table: str, where: dict, values: dict) -> int:
         sets.append('"updated_at" = now()::TIMESTAMP')
     conds = [f'"{n}" = ?' for n in where]
     params = [_cell(v, columns[n]) for n, v in values.items()] + list(where.values())
+    if table == "metrics":
+        # An update may move rows to other series: recompute every series it touches, whole.
+        _mark_series(con, where)
+    elif table == "reaction_snapshots":
+        _mark_posts(con, where)
     con.execute(f'UPDATE "{table}" SET {", ".join(sets)} WHERE {" AND ".join(conds)}', params)
+    # The rows it changed now match `where` with the values it set.
+    after = {**where, **{n: v for n, v in values.items() if n in where}}
+    if table == "metrics":
+        _mark_series(con, after)
+    elif table == "reaction_snapshots":
+        _mark_posts(con, after)
+    elif table == "posts" and "post_id" in values:
+        latest_reactions.mark(con, "SELECT ?", [values["post_id"]])
     return 1
+
+
+def _mark_posts(con, where: dict) -> None:
+    conds = " AND ".join(f'"{n}" = ?' for n in where)
+    latest_reactions.mark(con, f"SELECT DISTINCT post_id FROM reaction_snapshots WHERE {conds}", list(where.values()))
+
+
+def _mark_series(con, where: dict) -> None:
+    conds = " AND ".join(f'"{n}" = ?' for n in where)
+    rollup.mark(con, "SELECT * FROM metrics WHERE (run_id, name) IN "
+                     f"(SELECT DISTINCT run_id, name FROM metrics WHERE {conds})", list(where.values()))
 
 
 def apply_ops(con: duckdb.DuckDBPyConnection, write_id: str, ops: list[dict]) -> int:
@@ -121,7 +155,7 @@ def apply_ops(con: duckdb.DuckDBPyConnection, write_id: str, ops: list[dict]) ->
         if done:
             con.execute("ROLLBACK")
             return 0
-        touched = 0
+        touched, tables = 0, set()
         for op in ops:
             kind, table = op.get("op"), op.get("table")
             if kind in ("upsert", "insert"):
@@ -130,6 +164,11 @@ def apply_ops(con: duckdb.DuckDBPyConnection, write_id: str, ops: list[dict]) ->
                 touched += _apply_update(con, table, op.get("where") or {}, op.get("set") or {})
             else:
                 raise InvalidWrite(f"unknown operation {kind!r}; use upsert, insert or update")
+            tables.add(table)
+        if "metrics" in tables:
+            rollup.refresh(con)
+        if tables & {"posts", "reaction_snapshots"}:
+            latest_reactions.refresh(con)
         con.execute("INSERT INTO applied_writes (write_id, row_count) VALUES (?, ?)", [write_id, touched])
         con.execute("COMMIT")
         return touched

@@ -43,23 +43,44 @@ def count_opens(monkeypatch):
     return opened
 
 
-def test_a_long_series_is_cut_into_at_most_max_points_buckets_in_duckdb(metrics_store):
-    series = views.metric_series(metrics_store, ["run-long", "run-short"], ["loss"], max_points=50)
-    long = series[series["run_id"] == "run-long"]
-    assert len(long) == 50 and long["points"].sum() == 5000
-    assert (long["points"] == 100).all()  # equal buckets of the step range
-    assert (long["low"] == 0).all() and (long["high"] == 9).all() and np.allclose(long["value"], 4.5)
-    assert long["step"].is_monotonic_increasing and long["step"].iloc[0] == 50  # mean step of 0..99
-    short = series[series["run_id"] == "run-short"]
-    assert len(short) == 40 and (short["points"] == 1).all()  # short series: point for point
-    assert short["step"].tolist() == list(range(0, 400, 10))
+def buckets_of_points(reader: StoreReader, run_id: str, name: str, x: str, width: float) -> pd.DataFrame:
+    """What a series' buckets [k*width, (k+1)*width) hold, aggregated in pandas from its points."""
+    points = reader.frame("SELECT step, epoch(recorded_at) AS t, value FROM metrics WHERE run_id = ? AND name = ?",
+                          [run_id, name])
+    key = np.floor((points["t"] if x == "time" else points["step"]) / width)
+    grouped = points.groupby(key)
+    return pd.DataFrame({"step": np.floor(grouped["step"].mean() + 0.5).astype("int64"), "value": grouped["value"].mean(),
+                         "low": grouped["value"].min(), "high": grouped["value"].max(),
+                         "points": grouped.size()}).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("x, max_points", [("step", 50), ("step", 600), ("time", 25), ("time", 2000)])
+def test_a_long_series_is_cut_into_equal_buckets_in_duckdb_that_hold_exactly_its_points(metrics_store, x,
+                                                                                        max_points):
+    series = views.metric_series(metrics_store, ["run-long", "run-short"], ["loss"], x=x, max_points=max_points)
     assert list(series.columns) == views.SERIES_COLUMNS
+    long = series[series["run_id"] == "run-long"].reset_index(drop=True)
+    level, width = views.bucket_widths(4999, max_points)  # steps 0..4999, one a second
+    assert len(long) <= max_points and long["points"].sum() == 5000 and long["step"].is_monotonic_increasing
+    if max_points < 5000:
+        assert len(long) > max_points / 2  # rounding W up to a rollup level keeps most of the resolution
+    expected = buckets_of_points(metrics_store, "run-long", "loss", x, width)
+    pd.testing.assert_frame_equal(long[expected.columns], expected, check_dtype=False)
+    if x == "time":
+        assert long["time"].is_monotonic_increasing
+    short = series[series["run_id"] == "run-short"]
+    if max_points >= 40:
+        assert len(short) == 40 and (short["points"] == 1).all()  # short series: point for point
+        assert short["step"].tolist() == list(range(0, 400, 10))
 
 
-def test_the_time_axis_buckets_by_recorded_at(metrics_store):
-    series = views.metric_series(metrics_store, ["run-long"], ["loss"], x="time", max_points=25)
-    assert len(series) == 25 and series["points"].sum() == 5000
-    assert series["time"].is_monotonic_increasing
+def test_bucket_widths_read_the_coarsest_rollup_level_that_fits_in_one_bucket():
+    assert views.bucket_widths(49_999, 600) == (64, 128)  # 83.5 steps a bucket -> 2 x 64: 391 buckets
+    assert views.bucket_widths(4999, 50) == (64, 128)
+    assert views.bucket_widths(1000, 50) == (16, 32)  # 20.4 -> 2 x 16
+    assert views.bucket_widths(10_000_000, 600) == (16384, 32768)
+    level, width = views.bucket_widths(20, 600)  # too narrow for any level: the points, unrounded
+    assert level == 0 and width == pytest.approx(20 / 599)
 
 
 def test_buckets_within_the_catalogs_ranges_match_those_of_a_scan_of_their_own(metrics_store):
@@ -135,19 +156,20 @@ def test_a_page_of_posts_carries_the_latest_reactions_and_the_count_matches(post
 
 def test_the_posts_view_reads_count_page_and_reactions_in_one_open(posts_store, count_opens):
     filters = views.PostFilters(text="cats")
-    shown = views.posts_page(posts_store, filters, "best", page=2, page_size=10)
+    shown = views.posts_page(posts_store, filters, "best", page=2, page_size=10, post="f:7")
     assert len(count_opens) == 1
     assert shown.total == 15 and shown.page == 2
     pd.testing.assert_frame_equal(shown.posts, views.post_page(posts_store, filters, "best", 2, 10))
-    for post_id in shown.posts["post_id"]:
-        pd.testing.assert_frame_equal(shown.reactions(post_id), views.reactions_over_age(posts_store, post_id),
-                                      check_dtype=False)
-    assert shown.reactions("f:9")["kind"].tolist() == ["likes", "likes", "reposts"]
+    assert shown.post == "f:7"
+    pd.testing.assert_frame_equal(shown.reactions, views.reactions_over_age(posts_store, "f:7"))
+    first = views.posts_page(posts_store, filters, "best", page=2, page_size=10, post="f:29")  # not on this page
+    assert first.post == "f:9" and first.reactions["kind"].tolist() == ["likes", "likes", "reposts"]
 
 
 def test_the_posts_view_shows_the_last_page_for_a_page_beyond_it(posts_store):
-    shown = views.posts_page(posts_store, views.PostFilters(), "newest", page=99, page_size=7)
+    shown = views.posts_page(posts_store, views.PostFilters(), "newest", page=99, page_size=7, post="f:0")
     assert shown.total == 30 and shown.page == 5 and shown.posts["post_id"].tolist() == ["f:1", "f:0"]
-    assert shown.reactions("f:0")["age_hours"].tolist() == [1.0, 6.0]  # from created_at
+    assert shown.reactions["age_hours"].tolist() == [1.0, 6.0]  # from created_at
     nothing = views.posts_page(posts_store, views.PostFilters(text="horses"), page=3)
-    assert nothing.total == 0 and nothing.page == 1 and nothing.posts.empty and nothing.reactions("f:1").empty
+    assert nothing.total == 0 and nothing.page == 1 and nothing.posts.empty and nothing.reactions.empty
+    assert nothing.post is None
