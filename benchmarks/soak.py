@@ -29,6 +29,7 @@ model version loads, the sandbox's posts are exactly the published rows, no dupl
 
     .venv/bin/python benchmarks/soak.py --minutes 3 --fault-every 25     # a quick proof
     .venv/bin/python benchmarks/soak.py                                   # 30 minutes
+    .venv/bin/python benchmarks/soak.py --minutes 6 --kinds hold_store --fault-every 75   # minute-long holds
 
 Prints figures as it goes and a JSON last line. Exit status: 1 if anything was lost or doubled,
 2 if the accounting found another problem (e.g. a post stuck in `publishing`), else 0.
@@ -352,7 +353,7 @@ class Soak:
         drop = permissions_bind(probe)
         if not drop:
             log("note: cannot start processes bound by permission bits; read_only_artifacts faults are skipped")
-        self.kinds_allowed = [k for k in FAULT_KINDS if k != "read_only_artifacts" or drop]
+        self.kinds_allowed = [k for k in self.args.kinds.split(",") if k != "read_only_artifacts" or drop]
         self.redis = EmbeddedRedis(self.settings.redis_dir)
         self.redis.start()
         self.conn = connect(self.settings)
@@ -697,7 +698,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, store, memory.jsonl)")
-    parser.add_argument("--hold-seconds", type=float, default=60.0, help="how long hold_store holds the file")
+    parser.add_argument("--hold-seconds", type=float, default=60.0,
+                        help="how long hold_store holds the file (at most 0.8 x --fault-every)")
+    parser.add_argument("--kinds", default=",".join(FAULT_KINDS), help="fault kinds to inject, comma-separated")
     parser.add_argument("--read-only-seconds", type=float, default=30.0)
     parser.add_argument("--posts-per-update", type=int, default=3)
     parser.add_argument("--sample-every", type=float, default=5.0)
@@ -706,6 +709,9 @@ def main() -> int:
     parser.add_argument("--settle-seconds", type=float, default=300.0)
     parser.add_argument("--dashboard-loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.kinds.split(",")) - set(FAULT_KINDS)
+    if unknown:
+        parser.error(f"unknown fault kind(s) {sorted(unknown)}; choose among {', '.join(FAULT_KINDS)}")
     if args.dashboard_loop:
         dashboard_loop(args.dashboard_every, args.work / "dashboard.jsonl")
         return 0
