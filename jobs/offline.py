@@ -82,7 +82,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                 "note": f"offline {result.stopped_reason}",
             }]},
             {"op": "update", "table": "runs", "where": {"run_id": run_id},
-             "set": {"status": result.stopped_reason, "ended_at": utc_now(), "error": None}},
+             "set": {"status": result.stopped_reason, "ended_at": utc_now()}},
             _resolve_retry_alert(run_id),
         ], write_id=f"finish:{run_id}")
         control.clear_stop(conn, run_id)

@@ -282,9 +282,9 @@ def add_lora(
     return get_peft_model(model, config)
 
 
-def store_frozen_layers_in(model: PeftModel, dtype: torch.dtype) -> int:
+def store_frozen_layers_in(model: PeftModel, dtype: torch.dtype) -> None:
     """Keep the frozen weights of the LoRA-wrapped layers in `dtype` (bf16 or fp16) for mixed
-    precision; returns how many layers changed.
+    precision.
 
     Under autocast every matmul casts its fp32 weight to the low precision again at each call:
     for a frozen base that is the whole model re-cast every step (~5-10% of a CPU step at a few
@@ -293,14 +293,11 @@ def store_frozen_layers_in(model: PeftModel, dtype: torch.dtype) -> int:
     forward must then run under autocast (Lightning's precision context; the evaluation's
     sampling enters it too).
     """
-    changed = 0
     for name, module in model.named_modules():
         if name.endswith(".base_layer") and isinstance(module, (torch.nn.Linear, Conv1D)):
             for param in module.parameters(recurse=False):
                 if not param.requires_grad:
                     param.data = param.data.to(dtype)
-            changed += 1
-    return changed
 
 
 # --------------------------------------------------------------------------------------------

@@ -443,6 +443,16 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
 # The artifact folder made read-only
 
 
+@pytest.fixture
+def offline_trainer(settings, redis_conn, workers_without_dac_override, store_with_posts):  # noqa: F811
+    """A store writer and a train worker bound by permission bits; returns (reader, artifact folder)."""
+    artifacts = Path(settings.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    workers_without_dac_override.start("--store", conn=redis_conn)
+    workers_without_dac_override.start("--queues", "train", conn=redis_conn)
+    return store_with_posts, artifacts
+
+
 def _run_row(reader, run_id):
     return reader.rows("SELECT status, error FROM runs WHERE run_id = ?", [run_id])[0]
 
@@ -454,13 +464,8 @@ def _alert(reader, alert_id):
 
 @pytest.mark.slow
 def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes_by_itself_once_writable(
-        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir, monkeypatch):  # noqa: F811
-    workers = workers_without_dac_override
-    reader = store_with_posts
-    artifacts = Path(settings.artifacts)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+        settings, redis_conn, offline_trainer, tiny_model_dir, monkeypatch):  # noqa: F811
+    reader, artifacts = offline_trainer
     monkeypatch.setenv("CROWDTUNE_TRAINING_RETRY_SECONDS", "[8, 8]")
     config = {**SMALL, "max_steps": 32, "eval_every": 8}
     run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
@@ -493,13 +498,8 @@ def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes
 
 @pytest.mark.slow
 def test_offline_training_that_keeps_failing_fails_after_its_retries_with_an_alert_and_one_command_trains_again(
-        settings, redis_conn, workers_without_dac_override, store_with_posts, tiny_model_dir, monkeypatch):  # noqa: F811
-    workers = workers_without_dac_override
-    reader = store_with_posts
-    artifacts = Path(settings.artifacts)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+        settings, redis_conn, offline_trainer, tiny_model_dir, monkeypatch):  # noqa: F811
+    reader, artifacts = offline_trainer
     monkeypatch.setenv("CROWDTUNE_TRAINING_RETRY_SECONDS", "[1]")
     config = {**SMALL, "max_steps": 16, "eval_every": 8}
     set_read_only(artifacts, True)
