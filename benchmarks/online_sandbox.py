@@ -9,14 +9,16 @@ trains a new policy version, which writes the next posts. Per seed, the starting
 no adapter) is measured once on `--last` posts; each algorithm's figure is the mean score of its
 last `--last` published posts relative to that.
 
-Prints figures as it goes (and appends one JSON line per finished run to --results), then a
-JSON last line: per algorithm the relative score (mean and std over seeds), pooled p-value of
+Prints figures as it goes (and appends one JSON line per finished run to --results; with
+--resume, runs already in that file under the same settings are taken from it, not run again, so a
+benchmark of many hours can be done in parts), then a JSON last line: per algorithm the relative score (mean and std over seeds), pooled p-value of
 last-posts vs start scores, copy rate (samples before the copy filter), KL of the last update,
 gain per post, and the sample-efficiency ratio of the best algorithm's gain per post over
 reinforce's.
 
     python benchmarks/online_sandbox.py --quick          # tiny GPT-2, 64 posts, 2 seeds (~minutes)
     python benchmarks/online_sandbox.py                  # smollm2-135m, 256 posts, 3 seeds (hours on 2 cores)
+    python benchmarks/online_sandbox.py --results runs.jsonl --resume   # go on where a run stopped
 """
 
 from __future__ import annotations
@@ -203,6 +205,30 @@ def summarise(args, runs: list[dict], starts: dict[int, list[float]]) -> dict:
             "reinforce_gain_per_post": out.get("reinforce", {}).get("gain_per_post")}
 
 
+def settings_of(args) -> dict:
+    """What makes two runs of one algorithm and seed the same run."""
+    return {"model": args.model, "posts": args.posts, "update_every": args.update_every,
+            "max_new_tokens": args.max_new_tokens}
+
+
+def finished_runs(args) -> dict[tuple[str, int], dict]:
+    """Runs in --results made with this invocation's settings, by (algorithm, seed)."""
+    if not args.resume or not args.results.is_file():
+        return {}
+    wanted, done = settings_of(args), {}
+    for number, line in enumerate(args.results.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            run = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{args.results}: line {number} is not JSON ({error}); fix or remove that line, "
+                             "then resume again") from None
+        if run.get("settings") == wanted:
+            done[(run["algorithm"], run["seed"])] = run
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -217,8 +243,12 @@ def main() -> None:
     parser.add_argument("--audience-cache", type=Path, default=None, help="folder of fitted audiences")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder)")
     parser.add_argument("--results", type=Path, default=None, help="append one JSON line per finished run")
+    parser.add_argument("--resume", action="store_true",
+                        help="take runs already in --results (same model and budget) instead of running them again")
     parser.add_argument("--quick", action="store_true", help="tiny GPT-2, 64 posts, 2 seeds")
     args = parser.parse_args()
+    if args.resume and args.results is None:
+        parser.error("--resume reads the runs of an earlier invocation from --results FILE; give that file")
 
     import torch
 
@@ -243,11 +273,20 @@ def main() -> None:
     print(f"online sandbox: model {args.model}, {args.posts} posts, update every {args.update_every}, "
           f"last {args.last}, seeds {args.seeds}, work {work}", flush=True)
 
-    runs, starts = [], {}
+    runs, starts, done = [], {}, finished_runs(args)
     for seed in args.seeds:
-        starts[seed] = start_scores(args, seed, copy_index, work)
+        earlier = [done[(a, seed)] for a in args.algorithms if (a, seed) in done]
+        if earlier:  # the starting model's scores are a function of the seed: reuse them
+            starts[seed] = earlier[0]["start_scores"]
+        else:
+            starts[seed] = start_scores(args, seed, copy_index, work)
         print(f"seed {seed}: starting model mean score {sum(starts[seed]) / len(starts[seed]):.2f}", flush=True)
         for algorithm in args.algorithms:
+            if (algorithm, seed) in done:
+                run = done[(algorithm, seed)]
+                runs.append(run)
+                print(f"{algorithm} seed {seed}: taken from {args.results}", flush=True)
+                continue
             run = run_one(args, algorithm, seed, copy_index, train_texts, work)
             runs.append(run)
             rel = (sum(run["scores"][-args.last:]) / args.last) / (sum(starts[seed]) / len(starts[seed]))
@@ -256,7 +295,7 @@ def main() -> None:
                   flush=True)
             if args.results:
                 with open(args.results, "a") as f:
-                    f.write(json.dumps({**run, "start_scores": starts[seed]}) + "\n")
+                    f.write(json.dumps({**run, "start_scores": starts[seed], "settings": settings_of(args)}) + "\n")
     summary = summarise(args, runs, starts)
     for name, row in summary["algorithms"].items():
         print(f"{name:16s} x{row['relative_score_last']:.3f} ± {row['relative_score_std']:.3f} (p={row['p_value']:.3g}) "
