@@ -3,8 +3,8 @@
 Fills a store (through the real writer) with 1,000,000 metric points (5 runs x 4 metrics x 50,000
 steps) and 100,000 posts with 3 reaction snapshots each, then times, over several repetitions:
 
-- metrics view: what pages/metrics.py runs on a full run, for every run and metric: one read-only
-  open (a fresh one each repetition, as every page load) for views.metric_catalog (the series'
+- metrics view: what pages/metrics.py runs on a full run, for every run and metric: one read of
+  the file (attached afresh each repetition, as on every page load; see store/connection.py) for views.metric_catalog (the series'
   summary rows) + views.metric_series (buckets merged from a level of the metrics rollup that the
   writer kept while filling), then views.smooth + charts.metric_figure per metric; against loading
   every point into pandas (one query) and plotting them all, each run's line smoothed;

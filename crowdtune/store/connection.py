@@ -1,14 +1,17 @@
 """Opening the DuckDB file: briefly, with a bounded retry while another process holds it.
 
 DuckDB lets one process hold a file read-write, and any holder (read-only too) blocks the others'
-writes. So nobody keeps the file open: the single writer opens it per batch, readers per query.
+writes. So nobody keeps the file open: the single writer opens it per batch, readers attach it
+for the length of one read (to one in-memory instance per process, see _FileInProcess).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,13 +62,15 @@ def _unusable(path: Path, exc: Exception) -> StoreUnavailable:
     )
 
 
-def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wait=None) -> duckdb.DuckDBPyConnection:
+def _with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None):
+    """attempt() until it stops failing on another process's lock on the file, for at most
+    `wait_seconds`; any other failure is named at once (see _unusable)."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.001
     last_report = time.monotonic()
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return attempt()
         except duckdb.Error as exc:
             if not _is_lock_error(exc):
                 raise _unusable(path, exc) from None
@@ -84,6 +89,131 @@ def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wai
             delay = min(delay * 2, 0.25)
         except OSError as exc:
             raise _unusable(path, exc) from None
+
+
+def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wait=None) -> duckdb.DuckDBPyConnection:
+    return _with_lock_retry(path, wait_seconds, lambda: duckdb.connect(str(path), read_only=read_only), on_wait)
+
+
+# How long a read waits for this process's own exclusive user of the file (a write, or a Query
+# page query, which stops itself at its time limit) before giving up.
+IN_PROCESS_WAIT_SECONDS = 60.0
+
+
+class _FileInProcess:
+    """This process's use of one store file: shared by reads, or exclusive (a write, the Query page).
+
+    Reads attach the file READ_ONLY to one in-memory DuckDB instance per process while at least one
+    read is open, and detach it after the last. Why not `duckdb.connect(file, read_only=True)` per
+    read: a new instance rebuilds DuckDB's function catalogue, ~16 ms every time, while attaching to
+    a live instance takes under 1 ms. And why one handle: DuckDB locks the file with fcntl, whose
+    locks belong to the process, so a second handle on the file closing would silently drop the
+    first one's lock and let a writer in under a read still running. Exclusive users therefore wait
+    until no read holds the file, and reads wait for them.
+    """
+
+    def __init__(self, path: Path, alias: str):
+        self.path, self.alias = path, alias
+        self.changed = threading.Condition()
+        self.readers = 0
+        self.exclusive_owner: int | None = None  # thread id
+        self.exclusive_waiting = 0
+
+    def _wait(self, ready, what: str) -> None:
+        if not self.changed.wait_for(ready, timeout=IN_PROCESS_WAIT_SECONDS):
+            raise StoreBusy(f"The store {self.path} stayed in use by this process ({what}) for "
+                            f"{IN_PROCESS_WAIT_SECONDS:.0f} s.", "Try again in a moment.")
+
+    @contextmanager
+    def shared(self, instance: duckdb.DuckDBPyConnection, wait_seconds: float) -> Iterator[str]:
+        me = threading.get_ident()
+        with self.changed:
+            if self.exclusive_owner == me:
+                raise RuntimeError(f"a read of {self.path} inside this thread's own write or query")
+            # Exclusive users that wait go first: a stream of reads must not starve a write.
+            self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting, "a write or a query")
+            if self.readers == 0:
+                quoted = str(self.path).replace("'", "''")
+                _with_lock_retry(self.path, wait_seconds,
+                                 lambda: _run(instance, f"ATTACH '{quoted}' AS \"{self.alias}\" (READ_ONLY)"))
+            self.readers += 1
+        try:
+            yield self.alias
+        finally:
+            with self.changed:
+                self.readers -= 1
+                if self.readers == 0:
+                    _run(instance, f'DETACH "{self.alias}"')
+                self.changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self.changed:
+            if self.exclusive_owner == me:
+                raise RuntimeError(f"{self.path} is already held by this thread")
+            self.exclusive_waiting += 1
+            try:
+                self._wait(lambda: self.readers == 0 and self.exclusive_owner is None, "reads")
+            finally:
+                self.exclusive_waiting -= 1
+            self.exclusive_owner = me
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.exclusive_owner = None
+                self.changed.notify_all()
+
+
+def _run(instance: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """One statement on a cursor of its own: threads never share a DuckDB connection object."""
+    with instance.cursor() as cursor:
+        cursor.execute(sql)
+
+
+class _ProcessFiles:
+    """The in-memory instance that reads attach store files to, and each file's _FileInProcess.
+    Made again in a forked child (a worker's job): locks and DuckDB's threads do not survive fork."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.guard = threading.Lock()
+        self.files: dict[Path, _FileInProcess] = {}
+        self._instance: duckdb.DuckDBPyConnection | None = None
+
+    def instance(self) -> duckdb.DuckDBPyConnection:
+        with self.guard:
+            if self._instance is None:
+                self._instance = duckdb.connect(":memory:")
+            return self._instance
+
+    def file(self, path: Path) -> _FileInProcess:
+        key = path.resolve()
+        with self.guard:
+            if key not in self.files:
+                self.files[key] = _FileInProcess(key, f"store_{len(self.files)}")
+            return self.files[key]
+
+
+_process_files = _ProcessFiles()
+_forked_away: list[_ProcessFiles] = []  # the parent's, kept referenced: never torn down in a child
+
+
+def _here() -> _ProcessFiles:
+    global _process_files
+    if _process_files.pid != os.getpid():
+        _forked_away.append(_process_files)
+        _process_files = _ProcessFiles()
+    return _process_files
+
+
+@contextmanager
+def holding_alone(path: Path) -> Iterator[None]:
+    """Use the store file with no read of this process holding it (and none starting) meanwhile:
+    for a handle of its own, e.g. a write or the Query page's sandboxed instance."""
+    with _here().file(Path(path)).exclusive():
+        yield
 
 
 def schema_version_of(con: duckdb.DuckDBPyConnection) -> int:
@@ -128,24 +258,32 @@ def open_for_write(path: Path, wait_seconds: float, on_wait=None) -> Iterator[du
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _unusable(path, exc) from None
-    con = _connect_with_retry(path, read_only=False, wait_seconds=wait_seconds, on_wait=on_wait)
-    try:
-        migrate(con, path)
-        yield con
-    finally:
-        con.close()
+    with holding_alone(path):
+        con = _connect_with_retry(path, read_only=False, wait_seconds=wait_seconds, on_wait=on_wait)
+        try:
+            migrate(con, path)
+            yield con
+        finally:
+            con.close()
 
 
 @contextmanager
 def open_for_read(path: Path, wait_seconds: float) -> Iterator[duckdb.DuckDBPyConnection | None]:
-    """Open the store read-only for one short read; yields None when no store exists yet."""
+    """Open the store read-only for one short read; yields None when no store exists yet.
+
+    The connection is a cursor of this process's read instance with the file attached and in use
+    (see _FileInProcess), so unqualified table names are the store's."""
     path = Path(path)
     if not path.exists():
         yield None
         return
-    con = _connect_with_retry(path, read_only=True, wait_seconds=wait_seconds)
-    try:
-        check_schema(path, schema_version_of(con))
-        yield con
-    finally:
-        con.close()
+    files = _here()
+    instance = files.instance()
+    with files.file(path).shared(instance, wait_seconds) as alias:
+        con = instance.cursor()
+        try:
+            con.execute(f'USE "{alias}"')
+            check_schema(path, schema_version_of(con))
+            yield con
+        finally:
+            con.close()

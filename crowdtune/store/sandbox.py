@@ -6,8 +6,9 @@ Three fences, each enough on its own for the common cases and together for the r
    before it runs, with a message naming what was refused.
 2. The store is attached READ_ONLY to an in-memory database whose configuration then forbids
    external access (no file readers, COPY, ATTACH, extension INSTALL/LOAD) and is locked, so a
-   query cannot turn it back on. (Attaching, instead of opening the file with a different
-   configuration, lets it coexist with the app's other readers in the same process.)
+   query cannot turn it back on. While it is attached, the app's other reads in this process wait
+   (connection.holding_alone): DuckDB's file lock belongs to the process, so two handles must not
+   overlap.
 3. The query runs as `SELECT * FROM (query) LIMIT cap + 1` and a timer interrupts it at the limit.
 """
 
@@ -23,7 +24,7 @@ import duckdb
 import pandas as pd
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.store.connection import StoreBusy
+from crowdtune.store.connection import StoreBusy, holding_alone
 
 DEFAULT_ROW_CAP = 10_000
 DEFAULT_TIME_LIMIT = 10.0
@@ -121,29 +122,30 @@ def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: 
         raise QueryRefused(f"There is no store yet at {path}.", "Start Crowdtune (`make run`) and import a dataset.")
     body = sql.strip().rstrip(";")
     wrapped = body if kind == duckdb.StatementType.EXPLAIN else f"SELECT * FROM ({body}) LIMIT {int(row_cap) + 1}"
-    con = _attach_read_only(path, wait_seconds)
-    timed_out = threading.Event()
+    with holding_alone(path):  # its own handle on the file: no read of this process may hold it meanwhile
+        con = _attach_read_only(path, wait_seconds)
+        timed_out = threading.Event()
 
-    def interrupt():
-        timed_out.set()
-        con.interrupt()
+        def interrupt():
+            timed_out.set()
+            con.interrupt()
 
-    timer = threading.Timer(time_limit, interrupt)
-    started = time.monotonic()
-    timer.start()
-    try:
-        frame = con.execute(wrapped).df()
-    except duckdb.Error as exc:
-        if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
-            raise QueryRefused(f"The query ran longer than {time_limit:g} s and was stopped.",
-                               "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.") from None
-        text = str(exc).splitlines()[0]
-        if isinstance(exc, duckdb.PermissionException):
-            raise QueryRefused(f"Refused: {text}",
-                               "The Query page reads the store's tables only: no files, URLs or extensions.") from None
-        raise QueryRefused(f"The query failed: {text}", "Fix the SQL; docs/SCHEMA.md lists every table.") from None
-    finally:
-        timer.cancel()
-        con.close()
+        timer = threading.Timer(time_limit, interrupt)
+        started = time.monotonic()
+        timer.start()
+        try:
+            frame = con.execute(wrapped).df()
+        except duckdb.Error as exc:
+            if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
+                raise QueryRefused(f"The query ran longer than {time_limit:g} s and was stopped.",
+                                   "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.") from None
+            text = str(exc).splitlines()[0]
+            if isinstance(exc, duckdb.PermissionException):
+                raise QueryRefused(f"Refused: {text}",
+                                   "The Query page reads the store's tables only: no files, URLs or extensions.") from None
+            raise QueryRefused(f"The query failed: {text}", "Fix the SQL; docs/SCHEMA.md lists every table.") from None
+        finally:
+            timer.cancel()
+            con.close()
     truncated = len(frame) > row_cap
     return QueryResult(frame.head(row_cap), truncated, time.monotonic() - started)

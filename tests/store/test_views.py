@@ -2,12 +2,11 @@
 
 import datetime as dt
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from crowdtune.store import views
+from crowdtune.store import connection, views
 from crowdtune.store.reads import StoreReader, StoreSession
 from crowdtune.store.writer import apply_write
 
@@ -31,15 +30,15 @@ def metrics_store(tmp_path):
 
 @pytest.fixture
 def count_opens(monkeypatch):
-    """How many times the store file is opened (duckdb.connect on a path)."""
+    """How many times a read opens the store file (takes it for one read, see connection.open_for_read)."""
     opened = []
-    real = duckdb.connect
+    real = connection._FileInProcess.shared
 
-    def counting(database=":memory:", *args, **kwargs):
-        opened.append(str(database))
-        return real(database, *args, **kwargs)
+    def counting(self, *args, **kwargs):
+        opened.append(str(self.path))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(duckdb, "connect", counting)
+    monkeypatch.setattr(connection._FileInProcess, "shared", counting)
     return opened
 
 
