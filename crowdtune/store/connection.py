@@ -62,37 +62,73 @@ def _unusable(path: Path, exc: Exception) -> StoreUnavailable:
     )
 
 
-def _with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None):
+# A writer that meets a held file says so in a file beside it, and readers about to take the file
+# wait while that note is fresh (touched at every retry of the writer). Why: reads overlapping each
+# other (many dashboard sessions, busy workers) would otherwise keep the file held without a gap,
+# and a waiting writer would starve. A note left by a killed writer goes stale and is ignored.
+WRITE_WANTED_FRESH_SECONDS = 2.0
+STEP_ASIDE_SECONDS = 0.4
+
+
+def write_wanted_note(path: Path) -> Path:
+    return path.with_name(path.name + ".write-wanted")
+
+
+def write_is_waiting(path: Path) -> bool:
+    try:
+        return time.time() - write_wanted_note(path).stat().st_mtime < WRITE_WANTED_FRESH_SECONDS
+    except OSError:
+        return False
+
+
+def _announce_write_wanted(path: Path) -> bool:
+    try:
+        write_wanted_note(path).touch()
+        return True
+    except OSError:  # a read-only folder: readers just won't step aside
+        return False
+
+
+def _with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writing: bool = False):
     """attempt() until it stops failing on another process's lock on the file, for at most
-    `wait_seconds`; any other failure is named at once (see _unusable)."""
+    `wait_seconds`; any other failure is named at once (see _unusable). A `writing` attempt asks
+    readers to step aside meanwhile (write_wanted_note)."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.001
     last_report = time.monotonic()
-    while True:
-        try:
-            return attempt()
-        except duckdb.Error as exc:
-            if not _is_lock_error(exc):
+    announced = False
+    try:
+        while True:
+            try:
+                return attempt()
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise _unusable(path, exc) from None
+                now = time.monotonic()
+                if now >= deadline:
+                    raise StoreBusy(
+                        f"The store {path} is held by {_holder(exc)} and stayed busy for {wait_seconds:.0f} s.",
+                        "Close other programs that hold the file (e.g. a `duckdb` shell) and try again; "
+                        "queued writes are kept in Redis and catch up by themselves.",
+                    ) from None
+                if writing:
+                    announced = _announce_write_wanted(path) or announced
+                if on_wait is not None and now - last_report > 30:
+                    on_wait(_holder(exc), now - (deadline - wait_seconds))
+                    last_report = now
+                # Jittered exponential backoff: two writers in lockstep would collide forever.
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.25)
+            except OSError as exc:
                 raise _unusable(path, exc) from None
-            now = time.monotonic()
-            if now >= deadline:
-                raise StoreBusy(
-                    f"The store {path} is held by {_holder(exc)} and stayed busy for {wait_seconds:.0f} s.",
-                    "Close other programs that hold the file (e.g. a `duckdb` shell) and try again; "
-                    "queued writes are kept in Redis and catch up by themselves.",
-                ) from None
-            if on_wait is not None and now - last_report > 30:
-                on_wait(_holder(exc), now - (deadline - wait_seconds))
-                last_report = now
-            # Jittered exponential backoff: two writers in lockstep would collide forever.
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.25)
-        except OSError as exc:
-            raise _unusable(path, exc) from None
+    finally:
+        if announced:
+            write_wanted_note(path).unlink(missing_ok=True)
 
 
 def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wait=None) -> duckdb.DuckDBPyConnection:
-    return _with_lock_retry(path, wait_seconds, lambda: duckdb.connect(str(path), read_only=read_only), on_wait)
+    return _with_lock_retry(path, wait_seconds, lambda: duckdb.connect(str(path), read_only=read_only), on_wait,
+                            writing=not read_only)
 
 
 # How long a read waits for this process's own exclusive user of the file (a write, or a Query
@@ -125,17 +161,25 @@ class _FileInProcess:
                             f"{IN_PROCESS_WAIT_SECONDS:.0f} s.", "Try again in a moment.")
 
     @contextmanager
-    def shared(self, instance: duckdb.DuckDBPyConnection, wait_seconds: float) -> Iterator[str]:
+    def shared(self, files: "_ProcessFiles", wait_seconds: float) -> Iterator[str]:
         me = threading.get_ident()
         with self.changed:
             if self.exclusive_owner == me:
                 raise RuntimeError(f"a read of {self.path} inside this thread's own write or query")
             # Exclusive users that wait go first: a stream of reads must not starve a write.
             self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting, "a write or a query")
+            # So does a writer in another process (write_wanted_note): long enough for its next try
+            # (it retries at least every 0.375 s), not longer, for something else may be what holds
+            # the file (a `duckdb` shell), and then this read need not wait for the writer.
+            deadline = time.monotonic() + min(wait_seconds, STEP_ASIDE_SECONDS)
+            while write_is_waiting(self.path) and time.monotonic() < deadline:
+                self.changed.wait(0.005)
+                self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting, "a write or a query")
             if self.readers == 0:
                 quoted = str(self.path).replace("'", "''")
-                _with_lock_retry(self.path, wait_seconds,
-                                 lambda: _run(instance, f"ATTACH '{quoted}' AS \"{self.alias}\" (READ_ONLY)"))
+                # IF NOT EXISTS: should a DETACH ever have failed, the file is still attached, and in use.
+                _with_lock_retry(self.path, wait_seconds, lambda: files.run(
+                    f"ATTACH IF NOT EXISTS '{quoted}' AS \"{self.alias}\" (READ_ONLY)"))
             self.readers += 1
         try:
             yield self.alias
@@ -143,7 +187,7 @@ class _FileInProcess:
             with self.changed:
                 self.readers -= 1
                 if self.readers == 0:
-                    _run(instance, f'DETACH "{self.alias}"')
+                    files.run(f'DETACH "{self.alias}"')
                 self.changed.notify_all()
 
     @contextmanager
@@ -166,12 +210,6 @@ class _FileInProcess:
                 self.changed.notify_all()
 
 
-def _run(instance: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """One statement on a cursor of its own: threads never share a DuckDB connection object."""
-    with instance.cursor() as cursor:
-        cursor.execute(sql)
-
-
 class _ProcessFiles:
     """The in-memory instance that reads attach store files to, and each file's _FileInProcess.
     Made again in a forked child (a worker's job): locks and DuckDB's threads do not survive fork."""
@@ -182,11 +220,16 @@ class _ProcessFiles:
         self.files: dict[Path, _FileInProcess] = {}
         self._instance: duckdb.DuckDBPyConnection | None = None
 
-    def instance(self) -> duckdb.DuckDBPyConnection:
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the process's read instance: threads never share one."""
         with self.guard:
             if self._instance is None:
                 self._instance = duckdb.connect(":memory:")
-            return self._instance
+            return self._instance.cursor()
+
+    def run(self, sql: str) -> None:
+        with self.cursor() as cursor:
+            cursor.execute(sql)
 
     def file(self, path: Path) -> _FileInProcess:
         key = path.resolve()
@@ -278,9 +321,8 @@ def open_for_read(path: Path, wait_seconds: float) -> Iterator[duckdb.DuckDBPyCo
         yield None
         return
     files = _here()
-    instance = files.instance()
-    with files.file(path).shared(instance, wait_seconds) as alias:
-        con = instance.cursor()
+    with files.file(path).shared(files, wait_seconds) as alias:
+        con = files.cursor()
         try:
             con.execute(f'USE "{alias}"')
             check_schema(path, schema_version_of(con))

@@ -111,3 +111,67 @@ def test_a_forked_child_reads_with_its_own_handle(store):
     child.join(60)
     assert child.exitcode == 0 and answers.get(timeout=5) == "f1"
     assert reader.scalar("SELECT count(*) FROM faces") == 1
+
+
+WRITE_LOOP = textwrap.dedent("""
+    import sys
+    from crowdtune.store.writer import apply_write
+    for i in range(int(sys.argv[2])):
+        apply_write(sys.argv[1], f"loop-{i}", [{"op": "insert", "table": "faces", "rows": [
+            {"face_id": f"loop-{i}", "kind": "sandbox", "config": "{}"}]}], 60)
+""")
+
+
+def test_threads_reading_while_another_process_writes_see_every_write_in_order(store):
+    writes = 40
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_LOOP, str(store), str(writes)])
+    seen: dict[int, list[int]] = {}
+    failures = []
+
+    def read_many(index):
+        reader = StoreReader(store, wait_seconds=30)
+        counts = seen.setdefault(index, [])
+        while writer.poll() is None or len(counts) < 5:
+            try:
+                with reader.session() as session:  # two queries on one hold of the file agree
+                    count = session.scalar("SELECT count(*) FROM faces")
+                    assert session.scalar("SELECT count(*) FROM faces WHERE face_id LIKE 'loop-%'") == count - 1
+                counts.append(count)
+            except Exception as exc:  # noqa: BLE001 - collected and shown below
+                failures.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=read_many, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert writer.wait(120) == 0
+    assert not failures, failures[:3]
+    for counts in seen.values():
+        assert counts == sorted(counts) and counts[-1] == writes + 1
+    from crowdtune.store.connection import write_wanted_note
+
+    assert not write_wanted_note(store).exists()  # the writer took its note away
+
+
+def test_reads_step_aside_briefly_for_a_waiting_writer_and_ignore_a_stale_note(store):
+    import os
+    import time
+
+    from crowdtune.store.connection import STEP_ASIDE_SECONDS, write_wanted_note
+
+    reader = StoreReader(store)
+    note = write_wanted_note(store)
+    note.touch()  # a writer is waiting (for something else, which still holds the file)
+    started = time.monotonic()
+    assert reader.scalar("SELECT count(*) FROM faces") == 1
+    waited = time.monotonic() - started
+    assert STEP_ASIDE_SECONDS * 0.9 <= waited < STEP_ASIDE_SECONDS + 1.0
+    os.utime(note, (time.time() - 60, time.time() - 60))  # left by a killed writer
+    started = time.monotonic()
+    assert reader.scalar("SELECT count(*) FROM faces") == 1
+    assert time.monotonic() - started < STEP_ASIDE_SECONDS * 0.5
+    apply_write(store, "w2", [{"op": "insert", "table": "faces", "rows": [
+        {"face_id": "f2", "kind": "sandbox", "config": "{}"}]}], 10)
+    assert note.exists()  # the writer got the file at once: it never announced, and leaves others' notes
