@@ -68,6 +68,7 @@ def _unusable(path: Path, exc: Exception) -> StoreUnavailable:
 # and a waiting writer would starve. A note left by a killed writer goes stale and is ignored.
 WRITE_WANTED_FRESH_SECONDS = 2.0
 STEP_ASIDE_SECONDS = 0.4
+STEP_ASIDE_PAUSE_SECONDS = 5.0  # after stepping aside in vain: while someone else holds the file
 
 
 def write_wanted_note(path: Path) -> Path:
@@ -154,6 +155,7 @@ class _FileInProcess:
         self.readers = 0
         self.exclusive_owner: int | None = None  # thread id
         self.exclusive_waiting = 0
+        self.no_step_aside_until = 0.0
 
     def _wait(self, ready, what: str) -> None:
         if not self.changed.wait_for(ready, timeout=IN_PROCESS_WAIT_SECONDS):
@@ -171,10 +173,14 @@ class _FileInProcess:
             # So does a writer in another process (write_wanted_note): long enough for its next try
             # (it retries at least every 0.375 s), not longer, for something else may be what holds
             # the file (a `duckdb` shell), and then this read need not wait for the writer.
-            deadline = time.monotonic() + min(wait_seconds, STEP_ASIDE_SECONDS)
-            while write_is_waiting(self.path) and time.monotonic() < deadline:
-                self.changed.wait(0.005)
-                self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting, "a write or a query")
+            if write_is_waiting(self.path) and time.monotonic() >= self.no_step_aside_until:
+                deadline = time.monotonic() + min(wait_seconds, STEP_ASIDE_SECONDS)
+                while write_is_waiting(self.path) and time.monotonic() < deadline:
+                    self.changed.wait(0.005)
+                    self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting,
+                               "a write or a query")
+                if write_is_waiting(self.path):  # it had its chance: another process holds the file
+                    self.no_step_aside_until = time.monotonic() + STEP_ASIDE_PAUSE_SECONDS
             if self.readers == 0:
                 quoted = str(self.path).replace("'", "''")
                 # IF NOT EXISTS: should a DETACH ever have failed, the file is still attached, and in use.
