@@ -13,8 +13,9 @@ Prints figures as it goes (and appends one JSON line per finished run to --resul
 --resume, runs already in that file under the same settings are taken from it, not run again, so a
 benchmark of many hours can be done in parts), then a JSON last line: per algorithm the relative score (mean and std over seeds), pooled p-value of
 last-posts vs start scores, copy rate (samples before the copy filter), KL of the last update,
-gain per post, and the sample-efficiency ratio of the best algorithm's gain per post over
-reinforce's.
+gain per post, the sample-efficiency ratio of the best algorithm's gain per post over
+reinforce's (null when reinforce's gain is not positive), and `goal`: which parts of the issue's
+goal the best algorithm meets.
 
     python benchmarks/online_sandbox.py --quick          # tiny GPT-2, 64 posts, 2 seeds (~minutes)
     python benchmarks/online_sandbox.py                  # smollm2-135m, 256 posts, 3 seeds (hours on 2 cores)
@@ -199,10 +200,22 @@ def summarise(args, runs: list[dict], starts: dict[int, list[float]]) -> dict:
     if best and "reinforce" in out:
         base = out["reinforce"]["gain_per_post"]
         ratio = out[best]["gain_per_post"] / base if base > 0 else None
+    goal = None
+    if best:
+        row, base = out[best], out.get("reinforce", {}).get("gain_per_post")
+        goal = {
+            "significant_improvement": row["relative_score_last"] > 1 and row["p_value"] < 0.05,
+            "copy_rate_at_most_1pct": row["copy_rate"] <= 0.01,
+            # gain >= 3 x reinforce's; when reinforce's gain is not positive the ratio is undefined
+            # (null above) and this holds for any positive gain: say which case it is.
+            "gain_at_least_3x_reinforce": None if base is None else bool(row["gain_per_post"] > 0
+                                                                        and row["gain_per_post"] >= 3 * base),
+            "reinforce_gain_positive": None if base is None else base > 0,
+        }
     return {"benchmark": "online_sandbox", "model": args.model, "posts": args.posts, "last": args.last,
             "update_every": args.update_every, "max_new_tokens": args.max_new_tokens, "algorithms": out,
             "best": best, "efficiency_vs_reinforce": ratio,
-            "reinforce_gain_per_post": out.get("reinforce", {}).get("gain_per_post")}
+            "reinforce_gain_per_post": out.get("reinforce", {}).get("gain_per_post"), "goal": goal}
 
 
 def settings_of(args) -> dict:
