@@ -106,7 +106,9 @@ def summary(reader: StoreReader) -> StoreSummary:
         return StoreSummary(reader.path, False, 0, 0, {})
     with open_for_read(reader.path, reader.wait_seconds) as con:
         version = schema_version_of(con)
-        present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()").fetchall()}
+        # The read instance may have other stores attached: this one's tables only.
+        present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                             "WHERE table_catalog = current_database()").fetchall()}
         counts = {
             table: con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
             for table in list(TABLE_KEYS) + ["applied_writes"]
