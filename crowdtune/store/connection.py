@@ -90,7 +90,7 @@ def _announce_write_wanted(path: Path) -> bool:
         return False
 
 
-def _with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writing: bool = False):
+def with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writing: bool = False):
     """attempt() until it stops failing on another process's lock on the file, for at most
     `wait_seconds`; any other failure is named at once (see _unusable). A `writing` attempt asks
     readers to step aside meanwhile (write_wanted_note)."""
@@ -128,7 +128,7 @@ def _with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, wri
 
 
 def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wait=None) -> duckdb.DuckDBPyConnection:
-    return _with_lock_retry(path, wait_seconds, lambda: duckdb.connect(str(path), read_only=read_only), on_wait,
+    return with_lock_retry(path, wait_seconds, lambda: duckdb.connect(str(path), read_only=read_only), on_wait,
                             writing=not read_only)
 
 
@@ -162,6 +162,9 @@ class _FileInProcess:
             raise StoreBusy(f"The store {self.path} stayed in use by this process ({what}) for "
                             f"{IN_PROCESS_WAIT_SECONDS:.0f} s.", "Try again in a moment.")
 
+    def _no_exclusive(self) -> bool:
+        return self.exclusive_owner is None and not self.exclusive_waiting
+
     @contextmanager
     def shared(self, files: "_ProcessFiles", wait_seconds: float) -> Iterator[str]:
         me = threading.get_ident()
@@ -169,7 +172,7 @@ class _FileInProcess:
             if self.exclusive_owner == me:
                 raise RuntimeError(f"a read of {self.path} inside this thread's own write or query")
             # Exclusive users that wait go first: a stream of reads must not starve a write.
-            self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting, "a write or a query")
+            self._wait(self._no_exclusive, "a write or a query")
             # So does a writer in another process (write_wanted_note): long enough for its next try
             # (it retries at least every 0.375 s), not longer, for something else may be what holds
             # the file (a `duckdb` shell), and then this read need not wait for the writer.
@@ -177,14 +180,13 @@ class _FileInProcess:
                 deadline = time.monotonic() + min(wait_seconds, STEP_ASIDE_SECONDS)
                 while write_is_waiting(self.path) and time.monotonic() < deadline:
                     self.changed.wait(0.005)
-                    self._wait(lambda: self.exclusive_owner is None and not self.exclusive_waiting,
-                               "a write or a query")
+                    self._wait(self._no_exclusive, "a write or a query")
                 if write_is_waiting(self.path):  # it had its chance: another process holds the file
                     self.no_step_aside_until = time.monotonic() + STEP_ASIDE_PAUSE_SECONDS
             if self.readers == 0:
                 quoted = str(self.path).replace("'", "''")
                 # IF NOT EXISTS: should a DETACH ever have failed, the file is still attached, and in use.
-                _with_lock_retry(self.path, wait_seconds, lambda: files.run(
+                with_lock_retry(self.path, wait_seconds, lambda: files.run(
                     f"ATTACH IF NOT EXISTS '{quoted}' AS \"{self.alias}\" (READ_ONLY)"))
             self.readers += 1
         try:

@@ -14,7 +14,6 @@ Three fences, each enough on its own for the common cases and together for the r
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import duckdb
 import pandas as pd
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.store.connection import StoreBusy, holding_alone
+from crowdtune.store.connection import holding_alone, with_lock_retry
 
 DEFAULT_ROW_CAP = 10_000
 DEFAULT_TIME_LIMIT = 10.0
@@ -84,23 +83,12 @@ def _attach_read_only(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnect
         "autoload_known_extensions": False, "autoinstall_known_extensions": False,
         "allow_community_extensions": False,
     })
-    deadline = time.monotonic() + wait_seconds
-    delay = 0.005
-    while True:
-        try:
-            quoted = str(path).replace("'", "''")
-            con.execute(f"ATTACH '{quoted}' AS store (READ_ONLY)")
-            break
-        except duckdb.Error as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                con.close()
-                if "lock" in str(exc).lower():
-                    raise StoreBusy(f"The store {path} is busy (held by another process).",
-                                    "Try again in a moment; close any `duckdb` shell holding the file.") from None
-                raise QueryRefused(f"Cannot open the store {path}: {str(exc).splitlines()[0]}",
-                                   "Check the file on the System page.") from None
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.25)
+    quoted = str(path).replace("'", "''")
+    try:
+        with_lock_retry(path, wait_seconds, lambda: con.execute(f"ATTACH '{quoted}' AS store (READ_ONLY)"))
+    except Exception:
+        con.close()
+        raise
     con.execute("USE store")
     # Order matters: attach first, then forbid external access and lock the configuration.
     con.execute("SET enable_external_access = false")
@@ -114,7 +102,8 @@ def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: 
 
     In: the store path, the SQL, at most `row_cap` rows back, at most `time_limit` seconds.
     Out: QueryResult(frame, truncated, seconds). Raises QueryRefused with a problem and a fix
-    for anything refused or interrupted, StoreBusy if the file stays held.
+    for anything refused or interrupted, StoreBusy if the file stays held, StoreUnavailable if it
+    cannot be opened.
     """
     kind = check_statement(sql)
     path = Path(path)

@@ -63,3 +63,31 @@ def test_the_page_explains_a_refusal_and_never_modifies_the_store(populated_stor
 
 def test_on_an_empty_installation_the_page_says_there_is_no_store_yet(settings):
     assert "There is no store yet" in page_text(open_page(PAGE))
+
+
+def test_a_store_that_is_not_duckdb_or_stays_held_is_named_with_a_fix(tmp_path):
+    import subprocess
+    import sys
+
+    from crowdtune.errors import StoreUnavailable
+    from crowdtune.store.connection import StoreBusy
+    from crowdtune.store.writer import initialise
+
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreUnavailable, match="not a readable DuckDB database") as err:
+        run_query(garbage, "SELECT 1")
+    assert "Move" in err.value.fix and garbage.read_bytes().startswith(b"not a database")  # nothing touched
+
+    held = tmp_path / "held.duckdb"
+    initialise(held)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, duckdb, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreBusy, match="stayed busy for 1 s"):
+            run_query(held, "SELECT 1", wait_seconds=1.0)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_query(held, "SELECT count(*) AS n FROM faces").frame["n"][0] >= 0  # free again: it runs
