@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from crowdtune.access import gate
+from crowdtune.dashboard.access import gate
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 

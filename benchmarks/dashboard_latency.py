@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit.elements.plotly_chart  # noqa: E402,F401  (as in the app: plotly's default template is Streamlit's)
 
-from crowdtune.charts import metric_figure, reactions_figure  # noqa: E402
+from crowdtune.dashboard.charts import metric_figure, reactions_figure  # noqa: E402
 from crowdtune.store import views  # noqa: E402
 from crowdtune.store.reads import StoreReader  # noqa: E402
 from crowdtune.store.writer import apply_write, initialise  # noqa: E402

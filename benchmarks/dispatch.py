@@ -39,7 +39,7 @@ def wait(cond, timeout, what):
 def measure_dispatch(conn, worker_args: list[str], jobs: int, env: dict, log: Path) -> list[float]:
     from rq import Worker
 
-    from crowdtune.queue import enqueue
+    from crowdtune.runtime.queues import enqueue
 
     before = {w.name for w in Worker.all(connection=conn)}
     proc = subprocess.Popen(worker_args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -63,7 +63,7 @@ def measure_dispatch(conn, worker_args: list[str], jobs: int, env: dict, log: Pa
 
 PRODUCER = textwrap.dedent("""
     import sys
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
     from crowdtune.settings import load_settings
     from crowdtune.store.writes import StoreWriter
     name, batches, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -109,8 +109,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ct-dispatch-"))
     env = {**os.environ, "CROWDTUNE_DATA_DIR": str(tmp / "data"), "CROWDTUNE_CONFIG": str(tmp / "none.toml")}
     os.environ.update(env)
-    from crowdtune.queue import connect, redis_url
-    from crowdtune.redis_server import EmbeddedRedis
+    from crowdtune.runtime.queues import connect, redis_url
+    from crowdtune.runtime.redis_server import EmbeddedRedis
     from crowdtune.settings import load_settings
 
     settings = load_settings()

@@ -333,8 +333,8 @@ class Soak:
         import torch
 
         torch.set_num_threads(1)
-        from crowdtune.queue import connect
-        from crowdtune.redis_server import EmbeddedRedis
+        from crowdtune.runtime.queues import connect
+        from crowdtune.runtime.redis_server import EmbeddedRedis
         from crowdtune.settings import load_settings
         from crowdtune.training.models import build_tiny_model
         from tests.jobs.test_online_job import add_face
@@ -413,7 +413,7 @@ class Soak:
         return self.last_figures
 
     def queues(self) -> dict:
-        from crowdtune.queue import ALL_QUEUES, queue
+        from crowdtune.runtime.queues import ALL_QUEUES, queue
 
         try:
             return {name: queue(name, self.conn).count for name in ALL_QUEUES}
@@ -604,7 +604,7 @@ class Soak:
         try:
             from rq.registry import FailedJobRegistry
 
-            from crowdtune.queue import ALL_QUEUES, queue
+            from crowdtune.runtime.queues import ALL_QUEUES, queue
 
             failed = {name: FailedJobRegistry(queue=queue(name, self.conn)).count for name in ALL_QUEUES}
         except Exception:  # noqa: BLE001

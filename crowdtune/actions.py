@@ -1,7 +1,7 @@
 """What the app and the CLI can ask Crowdtune to do. Each action writes through the store queue
 and/or enqueues a job; none trains or calls a face itself, so both stay responsive.
 
-Every function takes a Redis connection (from crowdtune.queue.connect) and plain data. Job
+Every function takes a Redis connection (from crowdtune.runtime.queues.connect) and plain data. Job
 arguments never carry secrets: workers read tokens from their own environment or secrets file.
 """
 
@@ -13,13 +13,14 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from crowdtune import control
-from crowdtune.queue import enqueue
+from crowdtune.runtime import defaults, stop_flags
+from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_DEFAULT, QUEUE_TRAIN
-from crowdtune.store.writes import StoreWriter, utc_now
+from crowdtune.states import ControllerState, RunStatus
+from crowdtune.store.writes import StoreWriter, upsert_op, utc_now
 
 # Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
-TRAINING_TIMEOUT = 30 * 24 * 3600
+TRAINING_TIMEOUT = defaults.TRAINING_TIMEOUT
 
 
 def new_id(prefix: str) -> str:
@@ -71,7 +72,7 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
     """Import (or refresh) a face's history into the store, on the `default` queue."""
     return enqueue(conn, QUEUE_DEFAULT, "jobs.imports.import_history", face_id, limit=limit,
-                   description=f"import history of {face_id}", timeout=6 * 3600, meta={"face_id": face_id})
+                   description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT, meta={"face_id": face_id})
 
 
 def start_offline_training(
@@ -90,7 +91,7 @@ def start_offline_training(
     retry_seconds = load_settings().training_retry_seconds
     run_id = new_id("offline")
     StoreWriter(conn).upsert("runs", [{
-        "run_id": run_id, "kind": "offline", "face_id": face_id, "status": "queued", "config": config,
+        "run_id": run_id, "kind": "offline", "face_id": face_id, "status": RunStatus.QUEUED, "config": config,
         "base_model": base_model, "parent_version_id": parent_version_id, "job_id": run_id,
     }])
     job = enqueue(conn, QUEUE_TRAIN, "jobs.offline.train_offline", run_id, face_id, config,
@@ -103,7 +104,7 @@ def start_offline_training(
 
 def stop_run(conn: redis.Redis, run_id: str) -> None:
     """Ask a run to stop gracefully (checkpoint saved, state `stopped`)."""
-    control.request_stop(conn, run_id)
+    stop_flags.request_stop(conn, run_id)
 
 
 def set_active_version(conn: redis.Redis, face_id: str, version_id: str | None) -> str:
@@ -115,26 +116,26 @@ def generate_samples(conn: redis.Redis, version_id: str | None, base_model: str 
                      generation: dict[str, Any] | None = None, prompts: list[str] | None = None) -> Job:
     """Sample posts from a version (or a base model) without publishing; the job returns them."""
     return enqueue(conn, QUEUE_DEFAULT, "jobs.generate.sample_posts", version_id, base_model, count,
-                   generation or {}, prompts or [], timeout=3600,
+                   generation or {}, prompts or [], timeout=defaults.GENERATE_TIMEOUT,
                    description=f"samples from {version_id or base_model or 'the default model'}")
 
 
 # --------------------------------------------------------------------------------------------
-# Online training (crowdtune.controller decides, jobs.online acts)
+# Online training (crowdtune.online.controller decides, jobs.online acts)
 
 
 def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str:
     """Start the online loop on a face: publish on schedule, collect reactions, run RL updates.
 
-    `config` is validated as crowdtune.controller.OnlineConfig (a SettingsError names every bad
+    `config` is validated as crowdtune.online.controller.OnlineConfig (a SettingsError names every bad
     setting). The face must exist, be able to publish and observe reactions, and not be online
     already. Returns the new run id; the controller's first tick is queued at once.
     """
-    from crowdtune.controller import IDLE, ONLINE, parse_online_config
+    from crowdtune.online.controller import parse_online_config
     from crowdtune.errors import SettingsError
     from crowdtune.store.remote import read_via_store_worker
     from faces.registry import FACE_KINDS
-    from jobs.online import schedule_tick
+    from crowdtune.online.schedule import schedule_tick
 
     online = parse_online_config(config)
     face = read_via_store_worker(conn, "face_record", face_id=face_id, timeout=60)
@@ -146,23 +147,23 @@ def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str
         raise SettingsError(f"The face {face_id!r} ({face['kind']}) cannot publish and read reactions.",
                             "Train online on a sandbox or network face.")
     controller = read_via_store_worker(conn, "online_controller", face_id=face_id, timeout=60)
-    if controller is not None and controller["state"] != IDLE:
+    if controller is not None and controller["state"] != ControllerState.IDLE:
         raise SettingsError(f"The face {face_id!r} is already {controller['state']} (run {controller['run_id']}).",
                             f"Stop it first: `crowdtune stop --face {face_id}` or the Training page.")
     run_id = new_id("online")
     now = utc_now()
     values = online.model_dump(mode="json")
     StoreWriter(conn).submit([
-        {"op": "upsert", "table": "runs", "rows": [{
-            "run_id": run_id, "kind": "online", "face_id": face_id, "status": "running", "config": values,
+        upsert_op("runs", [{
+            "run_id": run_id, "kind": "online", "face_id": face_id, "status": RunStatus.RUNNING, "config": values,
             "base_model": online.base_model, "parent_version_id": face.get("active_version_id"),
-            "started_at": now, "ended_at": None, "error": None}]},
-        {"op": "upsert", "table": "controllers", "rows": [{
-            "face_id": face_id, "state": ONLINE, "run_id": run_id, "config": values, "started_at": now,
+            "started_at": now, "ended_at": None, "error": None}]),
+        upsert_op("controllers", [{
+            "face_id": face_id, "state": ControllerState.ONLINE, "run_id": run_id, "config": values, "started_at": now,
             "publish_slot": 0, "resolved_slot": -1, "last_resolved_at": None, "offline_run_id": None,
-            "updates_at_offline": 0, "paused_reason": None}]},
+            "updates_at_offline": 0, "paused_reason": None}]),
     ], write_id=f"start:{run_id}")
-    control.clear_stop(conn, run_id)
+    stop_flags.clear_stop(conn, run_id)
     schedule_tick(conn, face_id)
     return run_id
 
@@ -171,17 +172,16 @@ def stop_online(conn: redis.Redis, face_id: str) -> str | None:
     """Stop a face's online loop: nothing new is published, the post being published is resolved,
     a running update stops at its next step, then the run ends (`stopped`) and the controller is
     IDLE. Returns the run id being stopped, or None if the face was not online."""
-    from crowdtune.controller import IDLE, STOPPING
     from crowdtune.store.remote import read_via_store_worker
-    from jobs.online import schedule_tick
+    from crowdtune.online.schedule import schedule_tick
 
     controller = read_via_store_worker(conn, "online_controller", face_id=face_id, timeout=60)
-    if controller is None or controller["state"] == IDLE:
+    if controller is None or controller["state"] == ControllerState.IDLE:
         return None
     run_id = controller["run_id"]
-    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": STOPPING}, write_id=f"stop:{run_id}")
-    control.request_stop(conn, run_id)
+    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": ControllerState.STOPPING}, write_id=f"stop:{run_id}")
+    stop_flags.request_stop(conn, run_id)
     if controller.get("offline_run_id"):
-        control.request_stop(conn, controller["offline_run_id"])
+        stop_flags.request_stop(conn, controller["offline_run_id"])
     schedule_tick(conn, face_id)
     return run_id

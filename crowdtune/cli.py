@@ -44,7 +44,7 @@ def up(
     no_app: bool = typer.Option(False, "--no-app", help="Start Redis and workers only."),
 ):
     """Start Redis (embedded unless REDIS_URL), the store writer, the workers and the app."""
-    from crowdtune.supervisor import run_up
+    from crowdtune.runtime.supervisor import run_up
 
     run_up(settings_with(app_port=port, app_host=host), with_app=not no_app)
 
@@ -57,9 +57,9 @@ def worker(
     burst: bool = typer.Option(False, help="Quit when the queues are empty."),
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
-    from crowdtune.queue import connect, queue
+    from crowdtune.runtime.queues import connect, queue
     from crowdtune.settings import QUEUE_STORE
-    from crowdtune.worker import PreloadedWorker, StoreWorker
+    from crowdtune.runtime.workers import PreloadedWorker, StoreWorker
 
     settings = load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -86,7 +86,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     """Show Redis, workers, queues, failed and scheduled jobs, and the store."""
     from dataclasses import asdict
 
-    from crowdtune.status import system_status
+    from crowdtune.runtime.status import system_status
 
     s = system_status(load_settings())
     if as_json:
@@ -156,7 +156,7 @@ def face_add(
 ):
     """Create or update a face. Tokens are never given here: see README, Secrets."""
     from crowdtune.actions import save_face
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     save_face(connect(load_settings()), face_id, kind, parse_assignments(set_))
     typer.echo(f"Face {face_id} ({kind}) saved.")
@@ -208,7 +208,7 @@ def import_(
 ):
     """Import a face's history into the store (runs on a worker)."""
     from crowdtune.actions import start_import
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     job = start_import(connect(load_settings()), face, limit)
     typer.echo(f"Import job {job.id} queued.")
@@ -235,7 +235,7 @@ def train_offline(
     from pydantic import ValidationError
 
     from crowdtune.actions import start_offline_training
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
     from crowdtune.training.sft import SFTConfig
 
     overrides = parse_assignments(set_)
@@ -276,7 +276,7 @@ def train_online(
 ):
     """Start online training: publish on schedule, score reactions at maturity, update with RL (runs on workers)."""
     from crowdtune.actions import start_online
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     config = nested_assignments(set_)
     if base_model:
@@ -294,7 +294,7 @@ def stop(
     """Ask a run to stop gracefully: offline runs save a checkpoint and a loadable version; an online
     run publishes nothing new, lets work in flight end, and leaves its controller IDLE."""
     from crowdtune.actions import stop_online, stop_run
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     conn = connect(load_settings())
     if face is None and run_id and run_id.startswith("online-"):
@@ -318,8 +318,8 @@ def stop(
 @friendly
 def recover():
     """Requeue jobs whose worker on this machine died (workers also do this when they start)."""
-    from crowdtune.queue import connect
-    from crowdtune.recovery import requeue_orphans
+    from crowdtune.runtime.queues import connect
+    from crowdtune.runtime.recovery import requeue_orphans
 
     requeued = requeue_orphans(connect(load_settings()))
     typer.echo(f"Requeued {len(requeued)} job(s)" + (": " + ", ".join(requeued) if requeued else "."))
@@ -336,7 +336,7 @@ def generate(
 ):
     """Print sampled posts from a version (runs on a worker; nothing is published)."""
     from crowdtune.actions import generate_samples
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     job = generate_samples(connect(load_settings()), version, base_model, count, parse_assignments(set_), prompt)
     for i, post in enumerate(follow_job(job, "sampling") or [], start=1):

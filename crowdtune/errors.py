@@ -23,3 +23,11 @@ class StoreUnavailable(CrowdtuneError):
 
 class SettingsError(CrowdtuneError):
     """A setting has a value Crowdtune cannot work with."""
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a run, post or alert records about a failure: a CrowdtuneError's problem and fix,
+    anything else as `TypeName: message` (a bare message often does not say what failed)."""
+    if isinstance(exc, CrowdtuneError):
+        return f"{exc.problem} Fix: {exc.fix}"
+    return f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import connect
+from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
 from crowdtune.training.generation import GenerationConfig, generate_posts

@@ -13,7 +13,7 @@ import logging
 from rq import get_current_job
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import connect
+from crowdtune.runtime.queues import connect
 from crowdtune.scoring import ScorerConfig, score_at_maturity
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker

@@ -13,13 +13,15 @@ import shutil
 from pydantic import ValidationError
 from rq import get_current_job
 
-from crowdtune import artifacts, control
-from crowdtune.errors import CrowdtuneError, RedisUnavailable, StoreUnavailable
-from crowdtune.job_board import progress_reporter
-from crowdtune.queue import connect
+from crowdtune import artifacts
+from crowdtune.runtime import stop_flags
+from crowdtune.errors import CrowdtuneError, RedisUnavailable, StoreUnavailable, failure_message
+from crowdtune.runtime.progress import progress_reporter
+from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
-from crowdtune.store.writes import StoreWriter, alert_op, utc_now
+from crowdtune.states import RunStatus
+from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
 from crowdtune.training.sft import SFTConfig, train_sft
 
@@ -34,7 +36,8 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
     writer = StoreWriter(conn)
     job = get_current_job()
     base_model = base_model or DEFAULT_BASE_MODEL
-    writer.update("runs", {"run_id": run_id}, {"status": "running", "started_at": utc_now(), "error": None})
+    writer.submit([update_op("runs", {"run_id": run_id}, {"status": RunStatus.RUNNING, "started_at": utc_now(),
+                                                          "error": None})])
     try:
         sft_config = SFTConfig(**config)
         posts = read_via_store_worker(conn, "training_posts", face_id=face_id)
@@ -52,10 +55,8 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         resumed = (checkpoint_dir / "last.ckpt").exists()
 
         def on_metrics(step: int, values: dict[str, float]) -> None:
-            rows = [{"run_id": run_id, "name": name, "step": step, "value": value}
-                    for name, value in values.items() if value is not None]
             # A deterministic write id: a step re-emitted after a crash is applied once.
-            writer.upsert("metrics", rows, write_id=f"metrics:{run_id}:{step}")
+            writer.submit([metrics_op(run_id, step, values)], write_id=f"metrics:{run_id}:{step}")
             if mirrored:
                 artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
 
@@ -65,7 +66,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
             sft_config, posts, base_model,
             model_cache_dir=settings.data_dir / "models",
             on_metrics=on_metrics, on_progress=on_progress,
-            should_stop=lambda: control.stop_requested(conn, run_id),
+            should_stop=lambda: stop_flags.stop_requested(conn, run_id),
             checkpoint_dir=checkpoint_dir, resume=True,
         )
 
@@ -75,17 +76,16 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         save_version(result.adapter_dir, url, base_model=base_model,
                      metadata={"version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id})
         writer.submit([
-            {"op": "upsert", "table": "model_versions", "rows": [{
+            upsert_op("model_versions", [{
                 "version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id,
                 "base_model": base_model, "artifact_url": url, "step": result.best_step or result.steps,
                 "metrics": {k: v for k, v in best.items() if k != "step"},
                 "note": f"offline {result.stopped_reason}",
-            }]},
-            {"op": "update", "table": "runs", "where": {"run_id": run_id},
-             "set": {"status": result.stopped_reason, "ended_at": utc_now()}},
+            }]),
+            update_op("runs", {"run_id": run_id}, {"status": RunStatus(result.stopped_reason), "ended_at": utc_now()}),
             _resolve_retry_alert(run_id),
         ], write_id=f"finish:{run_id}")
-        control.clear_stop(conn, run_id)
+        stop_flags.clear_stop(conn, run_id)
         if mirrored:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return {"run_id": run_id, "version_id": version_id, "resumed": resumed, "artifact_url": url, "stopped_reason": result.stopped_reason,
@@ -100,7 +100,7 @@ def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Ex
     """A bad setting or missing data fails the run at once; anything else (a full or read-only
     disk, a lost connection, memory) is worth another try: RQ runs the job again after the next
     retry wait and it resumes from its checkpoint. Either way the run row and an alert say why."""
-    message = str(exc) if isinstance(exc, CrowdtuneError) else f"{type(exc).__name__}: {exc}"
+    message = failure_message(exc)
     source, alert_id = f"offline {face_id}", f"run-failed:{run_id}"
     permanent = isinstance(exc, (CrowdtuneError, ValidationError)) and not isinstance(exc, (RedisUnavailable, StoreUnavailable))
     if permanent and job is not None:
@@ -110,13 +110,12 @@ def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Ex
         note = (f"{message} - retrying in {wait} s from the last checkpoint "
                 f"({job.retries_left} attempt(s) left)")
         writer.submit([
-            {"op": "update", "table": "runs", "where": {"run_id": run_id}, "set": {"status": "queued", "error": note[:2000]}},
+            update_op("runs", {"run_id": run_id}, {"status": RunStatus.QUEUED, "error": note[:2000]}),
             alert_op(f"offline-retry:{run_id}", "warning", source, f"Offline run {run_id}: {note}"),
         ])
         return
     writer.submit([
-        {"op": "update", "table": "runs", "where": {"run_id": run_id},
-         "set": {"status": "failed", "ended_at": utc_now(), "error": message[:2000]}},
+        update_op("runs", {"run_id": run_id}, {"status": RunStatus.FAILED, "ended_at": utc_now(), "error": message[:2000]}),
         alert_op(alert_id, "error", source, f"Offline run {run_id} failed: {message}"),
         _resolve_retry_alert(run_id),
     ])
@@ -124,5 +123,4 @@ def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Ex
 
 def _resolve_retry_alert(run_id: str) -> dict:
     """An earlier attempt's retry warning is over once a later attempt ended, either way."""
-    return {"op": "update", "table": "alerts", "where": {"alert_id": f"offline-retry:{run_id}"},
-            "set": {"resolved_at": utc_now()}}
+    return update_op("alerts", {"alert_id": f"offline-retry:{run_id}"}, {"resolved_at": utc_now()})

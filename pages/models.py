@@ -3,8 +3,8 @@
 import streamlit as st
 
 from crowdtune import actions
-from crowdtune.links import ModelsView, from_query_params, share_box
-from crowdtune.page_setup import control_connection, or_stop
+from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
+from crowdtune.dashboard.page_setup import control_connection, or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

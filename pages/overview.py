@@ -7,12 +7,12 @@ import plotly.express as px
 import streamlit as st
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.job_board import job_progress
-from crowdtune.links import share_box
-from crowdtune.page_setup import or_stop, show_error
-from crowdtune.queue import connect
+from crowdtune.runtime.progress import job_progress
+from crowdtune.dashboard.links import share_box
+from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
-from crowdtune.status import system_status
+from crowdtune.runtime.status import system_status
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writes import utc_now

@@ -4,10 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune import actions
-from crowdtune.forms import config_fields, validate_config
-from crowdtune.job_board import fetch_job
-from crowdtune.links import PlaygroundView, from_query_params, seed_widgets, share_box
-from crowdtune.page_setup import control_connection, or_stop
+from crowdtune.dashboard.forms import config_fields, validate_config
+from crowdtune.runtime.progress import fetch_job
+from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
+from crowdtune.dashboard.page_setup import control_connection, or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

@@ -4,9 +4,9 @@ import math
 
 import streamlit as st
 
-from crowdtune.charts import reactions_figure
-from crowdtune.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
-from crowdtune.page_setup import or_stop
+from crowdtune.dashboard.charts import reactions_figure
+from crowdtune.dashboard.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
+from crowdtune.dashboard.page_setup import or_stop
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.page_setup import or_stop, show_error
+from crowdtune.dashboard.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
-from crowdtune.status import system_status
+from crowdtune.runtime.status import system_status
 
 st.title("System")
 
@@ -69,7 +69,7 @@ live_status()
 
 st.subheader("Check the workers")
 if st.button("Run a probe job", help="Enqueues a job that reports the host, devices and library versions of a worker."):
-    from crowdtune.queue import connect, enqueue
+    from crowdtune.runtime.queues import connect, enqueue
     from crowdtune.settings import QUEUE_DEFAULT
 
     try:
@@ -78,7 +78,7 @@ if st.button("Run a probe job", help="Enqueues a job that reports the host, devi
     except CrowdtuneError as exc:
         show_error(exc)
 if "probe_job" in st.session_state:
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     try:
         from rq.job import Job

@@ -7,12 +7,14 @@ import streamlit as st
 from pydantic import BaseModel, create_model
 
 from crowdtune import actions
-from crowdtune.controller import IDLE, OFFLINE, ONLINE, OnlineConfig, parse_online_config
+from crowdtune.online.controller import OnlineConfig, parse_online_config
+from crowdtune.states import ControllerState
 from crowdtune.errors import CrowdtuneError
-from crowdtune.forms import config_fields, field_help, validate_config
-from crowdtune.job_board import job_board, job_progress
-from crowdtune.links import TrainingView, from_query_params, share_box
-from crowdtune.page_setup import control_connection, or_stop, show_error
+from crowdtune.dashboard.forms import config_fields, field_help, validate_config
+from crowdtune.dashboard.job_board import job_board
+from crowdtune.runtime.progress import job_progress
+from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
+from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -141,7 +143,7 @@ else:
                                help="Sandbox and network faces can publish and read reactions.")
     face_row = faces.set_index("face_id").loc[online_face]
     active_version = face_row["active_version_id"] if isinstance(face_row["active_version_id"], str) else None
-    busy = online_states.get(online_face, IDLE) != IDLE
+    busy = online_states.get(online_face, ControllerState.IDLE) != ControllerState.IDLE
     if busy:
         st.caption(f"`{online_face}` is {online_states[online_face]}: stop it (below) before starting another online run.")
     with st.form("online_training"):
@@ -206,7 +208,7 @@ def live_runs():
         show_error(exc)
         return
     active = active[active["kind"] != "online"]  # an online run stops through its face's controller
-    online = controllers[controllers["state"].isin([ONLINE, OFFLINE])]
+    online = controllers[controllers["state"].isin([ControllerState.ONLINE, ControllerState.OFFLINE])]
     if active.empty and online.empty:
         st.caption("No run is queued or training.")
     for run in active.itertuples():

@@ -55,7 +55,7 @@ def settings(data_dir):
 @pytest.fixture
 def redis_server(settings):
     """The embedded server for this test's data folder, as `crowdtune up` starts it."""
-    from crowdtune.redis_server import EmbeddedRedis
+    from crowdtune.runtime.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(settings.redis_dir)
     server.start()
@@ -65,7 +65,7 @@ def redis_server(settings):
 
 @pytest.fixture
 def redis_conn(redis_server, settings):
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     return connect(settings)
 

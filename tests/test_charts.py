@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from crowdtune.charts import metric_figure, reactions_figure
+from crowdtune.dashboard.charts import metric_figure, reactions_figure
 
 
 def series(points: int) -> pd.DataFrame:

@@ -4,8 +4,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from crowdtune.controller import (
-    IDLE, OFFLINE, ONLINE, STOPPING, ControllerSnapshot, OnlineConfig, PostView, UpdateView, decide,
+from crowdtune.states import ControllerState
+from crowdtune.online.controller import (
+    ControllerSnapshot, OnlineConfig, PostView, UpdateView, decide,
     parse_online_config,
 )
 from crowdtune.errors import SettingsError
@@ -21,7 +22,7 @@ def config(**values) -> OnlineConfig:
     return OnlineConfig(**{**base, **values})
 
 
-def snapshot(state=ONLINE, posts=(), updates=(), **values) -> ControllerSnapshot:
+def snapshot(state=ControllerState.ONLINE, posts=(), updates=(), **values) -> ControllerSnapshot:
     cfg = values.pop("config", None) or config()
     slots = [p.publish_slot for p in posts if p.publish_slot is not None]
     defaults = {"publish_slot": max(slots, default=-1) + 1, "resolved_slot": max(slots, default=-1)}
@@ -102,7 +103,7 @@ def test_reactions_are_read_at_each_window_and_no_more_once_mature():
     after_first = published(0, T0, ages=[3700], last_observed_at=T0 + HOUR)
     decision = decide(snapshot(posts=[after_first], last_resolved_at=T0), T0 + 2 * HOUR)
     assert decision.collect == [] and decision.publish_slot == 1
-    assert decide(snapshot(IDLE, posts=[after_first]), T0 + 2 * HOUR).wake_at == T0 + 6 * HOUR
+    assert decide(snapshot(ControllerState.IDLE, posts=[after_first]), T0 + 2 * HOUR).wake_at == T0 + 6 * HOUR
     mature = published(0, T0, ages=[3700, 6 * 3600 + 10], score=4.0, last_observed_at=T0 + 6 * HOUR)
     assert decide(snapshot(posts=[mature], last_resolved_at=T0, paused_reason="x"), T0 + 7 * HOUR).collect == []
 
@@ -155,12 +156,12 @@ def test_every_k_updates_the_controller_goes_offline_and_comes_back_with_the_off
     assert decide(snapshot(config=cfg, updates=done[:1]), T0).go_offline is None
     assert "2 online updates" in decide(snapshot(config=cfg, updates=done), T0).go_offline
     assert decide(snapshot(config=cfg, updates=done, updates_at_offline=2), T0).go_offline is None
-    waiting = snapshot(OFFLINE, config=cfg, updates=done, offline_run_id="off", offline_status="running")
+    waiting = snapshot(ControllerState.OFFLINE, config=cfg, updates=done, offline_run_id="off", offline_status="running")
     decision = decide(waiting, T0)
     assert decision.end_offline is None and decision.publish_slot is None and decision.wake_at > T0
-    ended = snapshot(OFFLINE, config=cfg, offline_run_id="off", offline_status="completed", offline_version_id="off-step8")
+    ended = snapshot(ControllerState.OFFLINE, config=cfg, offline_run_id="off", offline_status="completed", offline_version_id="off-step8")
     assert decide(ended, T0).end_offline == "completed"
-    assert decide(snapshot(OFFLINE, offline_run_id="off", offline_status="failed"), T0).end_offline == "failed"
+    assert decide(snapshot(ControllerState.OFFLINE, offline_run_id="off", offline_status="failed"), T0).end_offline == "failed"
 
 
 def test_drift_sends_the_controller_offline():
@@ -180,19 +181,19 @@ def test_a_paused_controller_publishes_and_updates_nothing_but_still_collects():
 
 def test_stopping_waits_for_work_in_flight_then_finishes():
     stuck = PostView("run:p1", "publishing", run_id="run", publish_slot=1)
-    waiting = decide(snapshot(STOPPING, posts=[published(0, T0), stuck], resolved_slot=0), T0 + 9 * HOUR)
+    waiting = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0), stuck], resolved_slot=0), T0 + 9 * HOUR)
     assert waiting.resume_slot == 1 and not waiting.finish_stop and waiting.publish_slot is None
-    updating = decide(snapshot(STOPPING, updates=[UpdateView("run-u1", 1, "running")]), T0)
+    updating = decide(snapshot(ControllerState.STOPPING, updates=[UpdateView("run-u1", 1, "running")]), T0)
     assert updating.resume_updates == ["run-u1"] and not updating.finish_stop
-    done = decide(snapshot(STOPPING, posts=[published(0, T0, ages=[22000], score=2.0)] * 3), T0 + 9 * HOUR)
+    done = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0, ages=[22000], score=2.0)] * 3), T0 + 9 * HOUR)
     assert done.finish_stop and done.update is None and done.publish_slot is None
 
 
 def test_idle_only_collects_what_is_still_maturing_and_then_sleeps():
     young = published(0, T0, ages=[3700], last_observed_at=T0 + HOUR)
-    decision = decide(snapshot(IDLE, posts=[young]), T0 + 6 * HOUR)
+    decision = decide(snapshot(ControllerState.IDLE, posts=[young]), T0 + 6 * HOUR)
     assert decision.collect == [young] and decision.publish_slot is None
-    assert decide(snapshot(IDLE), T0).wake_at is None
+    assert decide(snapshot(ControllerState.IDLE), T0).wake_at is None
 
 
 @pytest.mark.parametrize("values, message", [
@@ -208,3 +209,4 @@ def test_bad_settings_give_a_clear_error(values, message):
         parse_online_config(values)
     assert message in error.value.problem
     assert "OnlineConfig" in error.value.fix
+

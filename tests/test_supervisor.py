@@ -8,7 +8,7 @@ import urllib.request
 import psutil
 from rq import Worker
 
-from crowdtune.queue import connect
+from crowdtune.runtime.queues import connect
 from tests.conftest import wait_for
 from tests.test_cli import free_port
 

@@ -9,7 +9,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import enqueue, queue
+from crowdtune.runtime.queues import enqueue, queue
 from crowdtune.store.reads import StoreReader, job_record
 from crowdtune.store.writer import initialise
 from tests.conftest import wait_for
@@ -65,7 +65,7 @@ def test_queued_jobs_survive_a_redis_restart_even_a_kill(settings, redis_server,
     redis_server.process.wait()
     redis_server.process = None
     redis_server.start()
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     conn = connect(settings)
     assert queue("default", conn).count == 5

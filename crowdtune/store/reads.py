@@ -173,7 +173,7 @@ NAMED_READS = {
 
 
 # --------------------------------------------------------------------------------------------
-# The online loop (crowdtune.controller, jobs.online). Results travel as JSON through the store
+# The online loop (crowdtune.online.controller, jobs.online). Results travel as JSON through the store
 # worker, so rows are plain dicts; JSON columns are parsed.
 
 
@@ -217,7 +217,7 @@ def online_faces(reader: StoreReader) -> list[str]:
 
 
 def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
-    """Everything the controller decides from (see crowdtune.controller.ControllerSnapshot), or None."""
+    """Everything the controller decides from (see crowdtune.online.controller.ControllerSnapshot), or None."""
     controller = online_controller(reader, face_id)
     if controller is None:
         return None

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import enqueue
+from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_STORE
 from crowdtune.store.reads import NAMED_READS
 

@@ -125,7 +125,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE faces ADD COLUMN scorer JSON;
     """,
-    # 3: the online loop: its controller per face, publishing intents, RL updates (see crowdtune.controller)
+    # 3: the online loop: its controller per face, publishing intents, RL updates (see crowdtune.online.controller)
     """
     ALTER TABLE posts ADD COLUMN intent_id VARCHAR;
     ALTER TABLE posts ADD COLUMN publish_slot INTEGER;

@@ -447,13 +447,13 @@ def online_updates(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
 def online_schedule(reader: StoreReader, face_ids: list[str], now=None) -> pd.DataFrame:
     """When each face's controller publishes next and reads reactions next (naive UTC wall clock).
 
-    Derived from the store by the controller's own rules (crowdtune.controller.decide for the next
+    Derived from the store by the controller's own rules (crowdtune.online.controller.decide for the next
     post, the maturity windows for reactions), so it shows what the next tick will do, Redis or not.
     next_post_at is empty when the face does not publish now (IDLE, OFFLINE, STOPPING, paused, or a
     post still being published: `note` says which); next_reaction_at when no post waits for a score.
     Out: SCHEDULE_COLUMNS, one row per face that has a controller.
     """
-    from crowdtune.controller import AudienceClock, ControllerSnapshot, collection_due, decide
+    from crowdtune.online.controller import AudienceClock, ControllerSnapshot, collection_due, decide
     from crowdtune.store.reads import online_snapshot
     from crowdtune.store.writes import utc_now
 

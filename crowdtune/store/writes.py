@@ -12,6 +12,7 @@ import hashlib
 import math
 import re
 import uuid
+from enum import Enum
 from typing import Any, Iterable
 
 import redis
@@ -28,10 +29,44 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+# The op vocabulary: every write is a list of these, applied in one transaction (see writer.py).
+
+
+def upsert_op(table: str, rows: Iterable[dict]) -> dict:
+    """Insert rows; on a key conflict update the columns the rows carry."""
+    return {"op": "upsert", "table": _checked_table(table), "rows": list(rows)}
+
+
+def insert_op(table: str, rows: Iterable[dict]) -> dict:
+    """Insert rows; rows whose key already exists are left as they are."""
+    return {"op": "insert", "table": _checked_table(table), "rows": list(rows)}
+
+
+def update_op(table: str, where: dict, values: dict) -> dict:
+    """Set `values` on the rows matching every column of `where`."""
+    return {"op": "update", "table": _checked_table(table), "where": where, "set": values}
+
+
 def alert_op(alert_id: str, level: str, source: str, message: str) -> dict:
-    """A write op raising (or refreshing) the dashboard alert `alert_id`."""
-    return {"op": "upsert", "table": "alerts", "rows": [{
-        "alert_id": alert_id, "level": level, "source": source, "message": message[:2000], "created_at": utc_now()}]}
+    """Raise (or refresh) the dashboard alert `alert_id`."""
+    return upsert_op("alerts", [{"alert_id": alert_id, "level": level, "source": source,
+                                 "message": message[:2000], "created_at": utc_now()}])
+
+
+def metrics_op(run_id: str, step: int, values: dict[str, float]) -> dict:
+    """One metric row per name at `step` of the run (keyed by run, name and step: a repeat changes nothing)."""
+    return upsert_op("metrics", [{"run_id": run_id, "name": name, "step": step, "value": value}
+                                 for name, value in values.items() if value is not None])
+
+
+def controller_op(face_id: str, **values: Any) -> dict:
+    """Set columns of the face's online controller."""
+    return update_op("controllers", {"face_id": face_id}, values)
+
+
+def post_op(post_id: str, **values: Any) -> dict:
+    """Set columns of one post."""
+    return update_op("posts", {"post_id": post_id}, values)
 
 
 def plain(value: Any) -> Any:
@@ -42,6 +77,8 @@ def plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, dt.date):
         return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -73,7 +110,7 @@ class StoreWriter:
 
     def submit(self, ops: list[dict], write_id: str | None = None) -> str:
         """Queue one batch of operations, applied atomically and at most once per `write_id`."""
-        from crowdtune.queue import enqueue
+        from crowdtune.runtime.queues import enqueue
 
         write_id = write_id or f"w-{uuid.uuid4().hex}"
         enqueue(
@@ -92,11 +129,11 @@ class StoreWriter:
 
     def upsert(self, table: str, rows: Iterable[dict], write_id: str | None = None) -> str:
         """Insert rows; on a key conflict update the columns the rows carry."""
-        return self.submit([{"op": "upsert", "table": _checked_table(table), "rows": list(rows)}], write_id)
+        return self.submit([upsert_op(table, rows)], write_id)
 
     def insert(self, table: str, rows: Iterable[dict], write_id: str | None = None) -> str:
         """Insert rows; rows whose key already exists are left as they are."""
-        return self.submit([{"op": "insert", "table": _checked_table(table), "rows": list(rows)}], write_id)
+        return self.submit([insert_op(table, rows)], write_id)
 
     def update(self, table: str, where: dict, values: dict, write_id: str | None = None) -> str:
-        return self.submit([{"op": "update", "table": _checked_table(table), "where": where, "set": values}], write_id)
+        return self.submit([update_op(table, where, values)], write_id)

@@ -31,7 +31,7 @@ def run_import(conn, face_id, limit=None):
 
 
 def drained(conn):
-    from crowdtune.queue import queue
+    from crowdtune.runtime.queues import queue
 
     q = queue("store", conn)
     return q.count == 0 and q.started_job_registry.count == 0

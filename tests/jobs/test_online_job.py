@@ -121,7 +121,7 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
 
 def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twice(
         settings, redis_server, redis_conn, workers, store, sandbox_dir, tiny_model_dir):
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
 
     workers.start("--store", conn=redis_conn)
     publisher = workers.start("--queues", "default", conn=redis_conn)

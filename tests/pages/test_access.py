@@ -2,9 +2,9 @@
 
 import pytest
 
-from crowdtune import control
-from crowdtune.access import password_matches
-from crowdtune.queue import queue
+from crowdtune.runtime import stop_flags
+from crowdtune.dashboard.access import password_matches
+from crowdtune.runtime.queues import queue
 from crowdtune.settings import load_settings
 from tests.pages.conftest import open_page, page_text
 
@@ -43,7 +43,7 @@ def test_a_shared_link_without_login_opens_read_only_and_cannot_change_anything(
     assert not at.exception
     for name in ("store", "train", "default"):
         assert queue(name, redis_conn).count == 0, name
-    assert not control.stop_requested(redis_conn, "run-b")
+    assert not stop_flags.stop_requested(redis_conn, "run-b")
 
 
 def test_logging_in_enables_the_controls(populated_store, password, redis_conn):

@@ -26,7 +26,7 @@ class SmallConfig(BaseModel):
 def form_script():
     import streamlit as st
 
-    from crowdtune.forms import config_fields, validate_config
+    from crowdtune.dashboard.forms import config_fields, validate_config
     from tests.pages.test_forms import SmallConfig
 
     with st.form("f"):

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from crowdtune.links import (MetricsView, PlaygroundView, PostsView, QueryView, app_base_url, from_query_params,
+from crowdtune.dashboard.links import (MetricsView, PlaygroundView, PostsView, QueryView, app_base_url, from_query_params,
                              link, to_query_params)
 
 

@@ -1,6 +1,6 @@
 """The Models page: versions with lineage; choosing and rolling back what publishes, with confirmation."""
 
-from crowdtune.queue import queue
+from crowdtune.runtime.queues import queue
 from tests.pages.conftest import open_page, page_text
 
 PAGE = "pages/models.py"

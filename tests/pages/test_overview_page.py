@@ -1,6 +1,6 @@
 """The Overview page (the default page): training state, progress, alerts, posts, metrics, health."""
 
-from crowdtune.queue import enqueue
+from crowdtune.runtime.queues import enqueue
 from tests.pages.conftest import open_page, page_text
 
 

@@ -1,6 +1,6 @@
 """The Playground page: generating samples from chosen versions enqueues one sampling job each."""
 
-from crowdtune.queue import queue
+from crowdtune.runtime.queues import queue
 from tests.pages.conftest import open_page, page_text
 
 PAGE = "pages/playground.py"

@@ -2,7 +2,7 @@
 
 from streamlit.testing.v1 import AppTest
 
-from crowdtune.queue import queue
+from crowdtune.runtime.queues import queue
 from crowdtune.store.schema import SCHEMA_VERSION
 from crowdtune.store.writer import initialise
 from tests.conftest import wait_for

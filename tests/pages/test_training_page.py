@@ -1,8 +1,8 @@
 """The Training page: faces, imports, offline and online training start and stop enqueue the right jobs."""
 
-from crowdtune import control
-from crowdtune.links import TrainingView, from_query_params, to_query_params
-from crowdtune.queue import queue
+from crowdtune.runtime import stop_flags
+from crowdtune.dashboard.links import TrainingView, from_query_params, to_query_params
+from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader, online_controller, online_run
 from tests.conftest import wait_for
 from tests.pages.conftest import open_page, page_text, rows, write
@@ -74,9 +74,9 @@ def test_start_training_validates_the_form_and_enqueues_offline_training(populat
 
 def test_stop_asks_the_running_run_to_stop(populated_store, redis_conn):
     at = open_page(PAGE)
-    assert not control.stop_requested(redis_conn, "run-b")
+    assert not stop_flags.stop_requested(redis_conn, "run-b")
     at.button(key="stop_run-b").click().run()
-    assert control.stop_requested(redis_conn, "run-b")
+    assert stop_flags.stop_requested(redis_conn, "run-b")
     assert "Stop requested" in page_text(at)
 
 
@@ -144,7 +144,7 @@ def test_stop_asks_first_then_moves_the_online_controller_to_stopping(online_sto
     at.button(key="stop_online_sandbox").click().run()
     assert "Stop requested for `sandbox`" in page_text(at)
     wait_for(lambda: online_controller(reader, "sandbox")["state"] == "STOPPING", message="the controller to stop")
-    assert control.stop_requested(redis_conn, "online-1")
+    assert stop_flags.stop_requested(redis_conn, "online-1")
     [tick] = queue("default", redis_conn).jobs
     assert tick.func_name == "jobs.online.tick" and tick.args == ["sandbox"]
 
@@ -161,7 +161,7 @@ def test_a_read_only_session_can_neither_start_nor_stop_online_training(online_s
         target.click().run()
         assert not at.exception
     assert_nothing_queued(redis_conn)
-    assert not control.stop_requested(redis_conn, "online-1")
+    assert not stop_flags.stop_requested(redis_conn, "online-1")
 
 
 def test_the_face_to_train_online_round_trips_through_the_link(populated_store):

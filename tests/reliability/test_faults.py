@@ -41,12 +41,12 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from crowdtune import actions
-from crowdtune.queue import queue
+from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.schema import TABLE_KEYS
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, _job_id
-from jobs.online import _job_status
+from crowdtune.online.schedule import job_status as _job_status
 from tests.conftest import kill_tree, wait_for
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
 from tests.jobs.test_online_job import FACE, add_face, online_config
@@ -341,7 +341,8 @@ def test_a_worker_started_after_a_killed_one_schedules_jobs_at_once(settings, re
 
 
 def test_a_tick_killed_mid_way_does_not_stall_the_controller(settings, redis_conn, workers):
-    from jobs.online import _TICK_LOCK, schedule_tick
+    from crowdtune.online.schedule import schedule_tick
+    from crowdtune.runtime.defaults import TICK_LOCK_KEY as _TICK_LOCK
 
     initialise(settings.store_path)
     store = workers.start("--store", conn=redis_conn)
@@ -374,7 +375,7 @@ def _publish_slot(job_id: str) -> int:
 def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
     """The re-run of a killed publish job has failed (and waits to retry) while the intent lock its
     killed predecessor took is still there: the re-run is refused by that stale lock."""
-    from jobs.online import _INTENT_LOCK
+    from crowdtune.runtime.defaults import INTENT_LOCK_KEY as _INTENT_LOCK
 
     stale = conn.get(_INTENT_LOCK.format(intent_id=f"{run_id}:{slot}")) == job_id.encode()
     return stale and _job_status(conn, job_id) in ("scheduled", "failed")
@@ -384,7 +385,7 @@ def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
 def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no_post(
         settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
     from faces.sandbox import post_id_for_intent
-    from jobs.online import _safe
+    from crowdtune.online.schedule import safe_id as _safe
 
     sandbox_dir = tmp_path / "sandbox"
     reader = add_face(settings, str(sandbox_dir), fresh_posts[:50])

@@ -7,14 +7,14 @@ import time
 
 from rq.registry import FailedJobRegistry
 
-from crowdtune.queue import queue
+from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
 from tests.conftest import wait_for
 
 PRODUCER = textwrap.dedent("""
     import sys
-    from crowdtune.queue import connect
+    from crowdtune.runtime.queues import connect
     from crowdtune.settings import load_settings
     from crowdtune.store.writes import StoreWriter
     producer, batches, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -36,14 +36,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crowdtune.errors import SettingsError
+from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
 
-IDLE, OFFLINE, ONLINE, STOPPING = "IDLE", "OFFLINE", "ONLINE", "STOPPING"
-STATES = (IDLE, OFFLINE, ONLINE, STOPPING)
 # Generation settings that define the sampling policy: the RL algorithm owns them, so that the
 # log-probabilities recorded at publishing match those the update recomputes.
 POLICY_SETTINGS = ("temperature", "top_p", "top_k", "repetition_penalty")
-UPDATE_IN_FLIGHT = ("queued", "running")
-OFFLINE_ENDED = ("completed", "stopped", "failed")
+UPDATE_IN_FLIGHT = (UpdateStatus.QUEUED, UpdateStatus.RUNNING)
+OFFLINE_ENDED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED, RunStatus.FAILED)
 
 
 class OnlineConfig(BaseModel):
@@ -366,7 +365,7 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
     backing off (doubling, up to a day) after consecutive failed slots."""
     cfg = snap.config
     run_posts = [p for p in snap.posts if p.run_id == snap.run_id]
-    published = sorted(clock.audience(p.published_at) for p in run_posts if p.status == "published" and p.published_at)
+    published = sorted(clock.audience(p.published_at) for p in run_posts if p.status == PostStatus.PUBLISHED and p.published_at)
     moment = clock.audience(snap.started_at)
     anchors = published[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
     if anchors:  # the last slot's outcome: a post, a failure or a slot whose samples were all rejected
@@ -374,11 +373,11 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
         moment = max(moment, max(anchors) + timedelta(seconds=gap))
     if published:
         moment = max(moment, published[-1] + timedelta(minutes=cfg.min_gap_minutes))
-    by_slot = sorted((p for p in run_posts if p.status in ("published", "failed") and p.publish_slot is not None),
+    by_slot = sorted((p for p in run_posts if p.status in (PostStatus.PUBLISHED, PostStatus.FAILED) and p.publish_slot is not None),
                      key=lambda p: p.publish_slot)
     failures = 0
     for post in reversed(by_slot):
-        if post.status != "failed":
+        if post.status != PostStatus.FAILED:
             break
         failures += 1
     if failures and anchors:
@@ -396,7 +395,7 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
 
 def collection_due(post: PostView, cfg: OnlineConfig, clock: AudienceClock, now: datetime) -> datetime | None:
     """When to read this post's reactions next (wall clock), or None when it needs no more reading."""
-    if post.status != "published" or post.published_at is None or post.score is not None:
+    if post.status != PostStatus.PUBLISHED or post.published_at is None or post.score is not None:
         return None
     if max(post.observed_ages, default=-1.0) >= cfg.maturity_seconds:
         return None  # mature: scored by the collect job that read it
@@ -439,12 +438,12 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         else:
             wakes.append(due)
 
-    if snap.state == IDLE:
+    if snap.state == ControllerState.IDLE:
         decision.wake_at = min(wakes, default=None)
         return decision
 
     # An unresolved publishing slot is resolved before anything new is published.
-    stuck = sorted({p.publish_slot for p in snap.posts if p.status == "publishing" and p.run_id == snap.run_id
+    stuck = sorted({p.publish_slot for p in snap.posts if p.status == PostStatus.PUBLISHING and p.run_id == snap.run_id
                     and p.publish_slot is not None})
     pending_slot = snap.publish_slot - 1 if snap.publish_slot - 1 > snap.resolved_slot else None
     if stuck or pending_slot is not None:
@@ -456,7 +455,7 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         wakes.append(poll)
     offline_running = snap.offline_run_id is not None and snap.offline_status not in OFFLINE_ENDED
 
-    if snap.state == STOPPING:
+    if snap.state == ControllerState.STOPPING:
         if decision.resume_slot is None and not in_flight and not offline_running:
             decision.finish_stop = True
             decision.notes.append("nothing in flight: the run ends")
@@ -465,17 +464,17 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         decision.wake_at = min(wakes, default=None)
         return decision
 
-    if snap.state == OFFLINE:
+    if snap.state == ControllerState.OFFLINE:
         if offline_running:
             wakes.append(poll)
         else:
-            decision.end_offline = "completed" if snap.offline_status in ("completed", "stopped") and snap.offline_version_id else "failed"
+            decision.end_offline = "completed" if snap.offline_status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED) and snap.offline_version_id else "failed"
             wakes.append(now)
         decision.wake_at = min(wakes, default=None)
         return decision
 
     # ONLINE
-    completed = [u for u in snap.updates if u.status == "completed"]
+    completed = [u for u in snap.updates if u.status == UpdateStatus.COMPLETED]
     if snap.paused_reason:
         decision.notes.append(f"paused: {snap.paused_reason}")
     elif not in_flight and decision.resume_slot is None:
@@ -491,7 +490,7 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
             return decision
 
     if not snap.paused_reason and not in_flight:
-        ready = sorted((p for p in snap.posts if p.run_id == snap.run_id and p.status == "published"
+        ready = sorted((p for p in snap.posts if p.run_id == snap.run_id and p.status == PostStatus.PUBLISHED
                         and p.score is not None and p.update_id is None),
                        key=lambda p: (p.published_at, p.post_id))
         if len(ready) >= cfg.posts_per_update:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import redis
 
-_STOP = "crowdtune:stop:{run_id}"
-_STOP_TTL = 7 * 24 * 3600
+from crowdtune.runtime.defaults import STOP_KEY as _STOP
+from crowdtune.runtime.defaults import STOP_TTL as _STOP_TTL
 
 
 def request_stop(conn: redis.Redis, run_id: str) -> None:

@@ -21,12 +21,12 @@ from pathlib import Path
 import psutil
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import connect
-from crowdtune.redis_server import EmbeddedRedis
+from crowdtune.runtime.queues import connect
+from crowdtune.runtime.redis_server import EmbeddedRedis
 from crowdtune.settings import Settings
 from crowdtune.store.writer import initialise
 
-APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def _die_with_parent() -> None:

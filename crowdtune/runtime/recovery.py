@@ -17,7 +17,7 @@ import redis
 from rq import Worker
 from rq.registry import StartedJobRegistry
 
-from crowdtune.queue import ALL_QUEUES, queue
+from crowdtune.runtime.queues import ALL_QUEUES, queue
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 
 from crowdtune.errors import CrowdtuneError
-from crowdtune.queue import ALL_QUEUES, connect, queue
+from crowdtune.runtime.queues import ALL_QUEUES, connect, queue
 from crowdtune.settings import Settings
 from crowdtune.store.reads import StoreReader, StoreSummary, summary
 

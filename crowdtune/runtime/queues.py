@@ -14,7 +14,8 @@ from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from crowdtune.errors import RedisUnavailable
-from crowdtune.redis_server import socket_path, socket_url
+from crowdtune.runtime import defaults
+from crowdtune.runtime.redis_server import socket_path, socket_url
 from crowdtune.settings import QUEUE_DEFAULT, QUEUE_STORE, QUEUE_TRAIN, Settings
 
 ALL_QUEUES = (QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_STORE)
@@ -94,6 +95,6 @@ def enqueue(
         retry=retry,
         description=description,
         meta=meta,
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=30 * 24 * 3600,
+        result_ttl=defaults.RESULT_TTL,
+        failure_ttl=defaults.FAILURE_TTL,
     )

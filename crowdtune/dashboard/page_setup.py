@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import redis
 import streamlit as st
 
-from crowdtune.access import readonly_notice
+from crowdtune.dashboard.access import readonly_notice
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import Settings
 
@@ -32,7 +32,7 @@ def control_connection(settings: Settings) -> tuple[redis.Redis | None, bool]:
     """(Redis connection or None, whether the page's controls are off), with any notice shown."""
     may_control = readonly_notice(settings)
     try:
-        from crowdtune.queue import connect
+        from crowdtune.runtime.queues import connect
 
         conn = connect(settings)
     except CrowdtuneError as exc:

@@ -9,7 +9,7 @@ parent would otherwise share the parent's RNG state.
 `StoreWorker` is the single writer of the DuckDB file: it serves only the `store` queue, without
 forking, and holds a Redis lease so that a second one anywhere refuses to start.
 
-Both are ordinary RQ workers: `rq info`, rq-dashboard and `rq worker -w crowdtune.worker.PreloadedWorker`
+Both are ordinary RQ workers: `rq info`, rq-dashboard and `rq worker -w crowdtune.runtime.workers.PreloadedWorker`
 work as with any RQ deployment. Jobs travel as JSON (rq's JSONSerializer), and only functions of
 the `jobs` package run: a job naming anything else fails without being imported.
 """
@@ -32,12 +32,13 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, Worker
 
-from crowdtune.queue import JOB_PACKAGES
+from crowdtune.runtime import defaults
+from crowdtune.runtime.queues import JOB_PACKAGES
 
 log = logging.getLogger(__name__)
 
-STORE_LEASE_KEY = "crowdtune:store-writer"
-STORE_LEASE_SECONDS = 30
+STORE_LEASE_KEY = defaults.STORE_LEASE_KEY
+STORE_LEASE_SECONDS = defaults.STORE_LEASE_SECONDS
 
 
 def preload() -> None:
@@ -152,7 +153,7 @@ class PreloadedWorker(_AuditMixin, Worker):
         return super().main_work_horse(job, queue)
 
     def work(self, *args, **kwargs):
-        from crowdtune.recovery import requeue_orphans
+        from crowdtune.runtime.recovery import requeue_orphans
 
         requeue_orphans(self.connection)
         _request_reconcile(self.connection)
@@ -163,7 +164,7 @@ def _request_reconcile(conn) -> None:
     """The online controllers' schedule lives in Redis: any worker starting asks for it to be rebuilt
     from the store (a job on the store queue, so it waits for the store worker instead of blocking)."""
     try:
-        from jobs.online import request_reconcile
+        from crowdtune.online.schedule import request_reconcile
 
         request_reconcile(conn)
     except Exception:
@@ -238,7 +239,7 @@ class StoreWorker(SimpleWorker):
             pass
 
     def work(self, *args, **kwargs):
-        from crowdtune.recovery import requeue_orphans
+        from crowdtune.runtime.recovery import requeue_orphans
 
         self.acquire_lease()
         requeue_orphans(self.connection)

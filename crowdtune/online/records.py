@@ -1,0 +1,136 @@
+"""The store writes of the online loop, by what they record (each a list of ops from store.writes).
+
+Jobs and the dispatcher say *what* happened (`published(...)`, `update_failed(...)`); the rows and
+columns it takes live here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
+from crowdtune.store.writes import alert_op, controller_op, insert_op, metrics_op, post_op, update_op, upsert_op, utc_now
+
+
+def slot_resolved(face_id: str, slot: int) -> dict:
+    """A slot's outcome is known (published, failed or skipped): the controller may schedule the next."""
+    return controller_op(face_id, resolved_slot=slot, last_resolved_at=utc_now())
+
+
+def update_planned(plan, run_id: str, face_id: str, parent_version_id: str | None) -> list[dict]:
+    """A new RL update over `plan.post_ids`, and each of those posts marked as used by it."""
+    return [
+        insert_op("online_updates", [{
+            "update_id": plan.update_id, "run_id": run_id, "face_id": face_id, "step": plan.step,
+            "status": UpdateStatus.QUEUED, "post_ids": plan.post_ids, "parent_version_id": parent_version_id}]),
+        *(post_op(pid, update_id=plan.update_id) for pid in plan.post_ids),
+    ]
+
+
+def offline_started(face_id: str, offline_run_id: str, completed_updates: int, why: str) -> list[dict]:
+    return [
+        controller_op(face_id, state=ControllerState.OFFLINE, offline_run_id=offline_run_id,
+                      updates_at_offline=completed_updates),
+        alert_op(f"offline-phase:{offline_run_id}", "info", f"online {face_id}",
+                 f"{face_id} switched to offline training ({offline_run_id}): {why}."),
+    ]
+
+
+def offline_ended(face_id: str, offline_run_id: str | None, version_id: str | None, completed: bool) -> list[dict]:
+    """Back online; a completed offline phase's version becomes the face's active one."""
+    ops = [controller_op(face_id, state=ControllerState.ONLINE, offline_run_id=None)]
+    if completed:
+        ops.append(update_op("faces", {"face_id": face_id}, {"active_version_id": version_id}))
+    else:
+        ops.append(alert_op(f"offline-failed:{offline_run_id}", "warning", f"online {face_id}",
+                            f"The offline phase {offline_run_id} of {face_id} failed; "
+                            "online training goes on with the previous version."))
+    return ops
+
+
+def run_stopped(face_id: str, run_id: str) -> list[dict]:
+    return [update_op("runs", {"run_id": run_id}, {"status": RunStatus.STOPPED, "ended_at": utc_now()}),
+            controller_op(face_id, state=ControllerState.IDLE, offline_run_id=None)]
+
+
+# --- Publishing --------------------------------------------------------------------------------
+
+
+def published(face_id: str, slot: int, post_id: str, result, audience: int | None) -> list[dict]:
+    """The face took the post: its platform id, address and time, and the slot is resolved."""
+    return [post_op(post_id, status=PostStatus.PUBLISHED, platform_id=result.platform_id, url=result.url,
+                    published_at=result.published_at, created_at=result.published_at, audience_size=audience),
+            slot_resolved(face_id, slot)]
+
+
+def post_failed(face_id: str, slot: int, post_id: str | None, reason: str) -> list[dict]:
+    """The slot is resolved without a post; a recorded intent (post_id) is marked failed with the reason."""
+    ops = [post_op(post_id, status=PostStatus.FAILED, reject_reason=reason[:500])] if post_id else []
+    return [*ops, slot_resolved(face_id, slot)]
+
+
+def publish_failed(face_id: str, run_id: str, slot: int, intent_id: str, post_id: str | None, attempt: int,
+                   message: str, final: bool) -> list[dict]:
+    """A failed publishing attempt: a warning while retries are left, else the slot gives up with an error."""
+    where = f"Publishing post {slot} of {run_id} on {face_id}"
+    if not final:
+        return [alert_op(f"publish-retry:{intent_id}", "warning", f"online {face_id}",
+                         f"{where} failed (attempt {attempt}), retrying with backoff: {message}")]
+    return [*post_failed(face_id, slot, post_id, message),
+            alert_op(f"publish-failed:{intent_id}", "error", f"online {face_id}",
+                     f"{where} failed after {attempt} attempt(s): {message}")]
+
+
+# --- Reactions ---------------------------------------------------------------------------------
+
+
+def reactions_observed(post: dict, observed_at, counts: dict[str, int], age: float, audience: int | None,
+                       score: float | None) -> list[dict]:
+    """One reaction snapshot; at maturity also the post's score (and its run's `post_score` metric)."""
+    ops = [insert_op("reaction_snapshots", [
+        {"post_id": post["post_id"], "observed_at": observed_at, "kind": kind, "count": int(count),
+         "age_seconds": age, "audience_size": audience} for kind, count in counts.items()])]
+    if score is not None:
+        ops.append(post_op(post["post_id"], score=score, scored_at=observed_at))
+        if post.get("run_id") and post.get("publish_slot") is not None:
+            ops.append(metrics_op(post["run_id"], post["publish_slot"], {"post_score": score}))
+    return ops
+
+
+# --- RL updates --------------------------------------------------------------------------------
+
+
+def update_set(update_id: str, **values: Any) -> dict:
+    return update_op("online_updates", {"update_id": update_id}, values)
+
+
+def update_finished(update: dict, version: dict, metrics: dict[str, float], note: str,
+                    pause_reason: str | None) -> list[dict]:
+    """The update's version registered; made the face's active one unless the update asked to pause."""
+    run_id, face_id, step, update_id = update["run_id"], update["face_id"], update["step"], update["update_id"]
+    ops = [
+        upsert_op("model_versions", [{**version, "run_id": run_id, "step": step, "metrics": metrics, "note": note}]),
+        update_set(update_id, status=UpdateStatus.COMPLETED, version_id=version["version_id"],
+                   parent_version_id=version["parent_version_id"], metrics=metrics,
+                   paused=pause_reason is not None, ended_at=utc_now(), error=None),
+        metrics_op(run_id, step, metrics),
+    ]
+    if pause_reason is not None:
+        return [*ops, controller_op(face_id, paused_reason=f"update {step}: {pause_reason}"[:1000]),
+                alert_op(f"online-paused:{update_id}", "warning", f"online {face_id}",
+                         f"Online training of {face_id} paused after update {step}: {pause_reason}. Version "
+                         f"{version['version_id']} was saved but not activated; review it, then stop and restart "
+                         "the online run.")]
+    return [*ops, update_op("faces", {"face_id": face_id}, {"active_version_id": version["version_id"]})]
+
+
+def update_failed(update: dict, message: str) -> list[dict]:
+    """The update gave up: it is failed, the controller pauses, and an error alert says why."""
+    face_id, step, update_id = update["face_id"], update["step"], update["update_id"]
+    return [
+        update_set(update_id, status=UpdateStatus.FAILED, error=message[:2000], ended_at=utc_now()),
+        controller_op(face_id, paused_reason=f"update {step} failed: {message}"[:1000]),
+        alert_op(f"update-failed:{update_id}", "error", f"online {face_id}",
+                 f"RL update {step} of {face_id} failed: {message}. Online training is paused; "
+                 "stop and restart it once fixed."),
+    ]

@@ -1,0 +1,34 @@
+"""Every lifetime, lock and Redis key name Crowdtune uses, in one place (as RQ's rq/defaults.py).
+
+Redis holds only queues, schedules, locks and flags; everything that must survive lives in the
+store. Each lifetime below is as long as its reader needs and no longer, so a lost process never
+leaves a key behind for good.
+"""
+
+KEY_PREFIX = "crowdtune:"
+
+# --- RQ job lifetimes (seconds) ----------------------------------------------------------------
+RESULT_TTL = 7 * 24 * 3600           # results of work jobs: a week, for the Jobs tables and `rq info`
+FAILURE_TTL = 30 * 24 * 3600         # failed jobs: a month, so the System page can still show why
+SHORT_RESULT_TTL = 3600              # ticks, reaction reads, reconciles: nobody reads them after an hour
+JOB_TIMEOUT = 1800                   # a publishing or other online job that runs longer is stuck
+TICK_TIMEOUT = 600                   # a controller tick (reads the store, enqueues, schedules)
+COLLECT_TIMEOUT = 600                # one reaction snapshot of one post
+IMPORT_TIMEOUT = 6 * 3600            # a face's whole history
+GENERATE_TIMEOUT = 3600              # a Playground batch of samples
+UPDATE_TIMEOUT = 24 * 3600           # one RL update on the train queue
+TRAINING_TIMEOUT = 30 * 24 * 3600    # an offline run: long runs on CPU are normal, stop flags end them
+
+# --- Keys, their lifetimes and locks -------------------------------------------------------------
+STOP_KEY = KEY_PREFIX + "stop:{run_id}"             # a run's stop request (read between steps)
+STOP_TTL = 7 * 24 * 3600                            # a run stopped while queued still sees it for a week
+TICK_KEY = KEY_PREFIX + "tick:{face_id}"            # the face's next scheduled tick: job id and time
+TICK_KEY_TTL = 7 * 24 * 3600                        # longer than any controller sleeps
+TICK_LOCK_KEY = KEY_PREFIX + "tick-lock:{face_id}"  # one tick per face at a time
+TICK_LOCK_SECONDS = 300                             # a killed tick's lock frees itself after this
+INTENT_LOCK_KEY = KEY_PREFIX + "intent:{intent_id}"  # one attempt at a publishing intent at a time
+INTENT_LOCK_SECONDS = 900                           # longer than a publish attempt, shorter than its retry
+RECONCILE_KEY = KEY_PREFIX + "reconcile"            # several reconcile requests within this window make one
+RECONCILE_DEBOUNCE_SECONDS = 10
+STORE_LEASE_KEY = KEY_PREFIX + "store-writer"       # held by the single store writer, renewed every third
+STORE_LEASE_SECONDS = 30
