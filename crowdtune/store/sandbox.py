@@ -1,9 +1,9 @@
 """The Query page's ad-hoc SQL: read-only, no file or network access, a row cap and a time limit.
 
 Three fences, each enough on its own for the common cases and together for the rest:
-1. Only one statement, and only a read (DuckDB's own parser gives the statement type: SELECT,
-   which covers WITH/FROM/VALUES/SHOW/DESCRIBE/SUMMARIZE, or EXPLAIN). Anything else is refused
-   before it runs, with a message naming what was refused.
+1. Only one statement, and only a read (DuckDB's own parser gives the statement type: SELECT, which
+   covers WITH/FROM/VALUES/SHOW/DESCRIBE/SUMMARIZE; EXPLAIN [ANALYZE] of a read; a PIVOT, which DuckDB
+   splits into several statements). Anything else is refused before it runs, with a message naming it.
 2. The store is attached READ_ONLY to an in-memory database whose configuration then forbids
    external access (no file readers, COPY, ATTACH, extension INSTALL/LOAD) and is locked, so a
    query cannot turn it back on. While it is attached, the app's other reads in this process wait
@@ -14,6 +14,7 @@ Three fences, each enough on its own for the common cases and together for the r
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ from crowdtune.store.connection import holding_alone, with_lock_retry
 DEFAULT_ROW_CAP = 10_000
 DEFAULT_TIME_LIMIT = 10.0
 
-_READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_CTE_WORDS = {"WITH", "RECURSIVE", "AS", "MATERIALIZED", "NOT", "USING", "KEY"}
+_READ_WORDS = {"SELECT", "FROM", "VALUES", "TABLE", "PIVOT", "UNPIVOT", "PIVOT_WIDER", "PIVOT_LONGER",
+               "UNION", "INTERSECT", "EXCEPT", "SHOW", "DESCRIBE", "SUMMARIZE"}
 _WRITE_TYPES = {
     "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "TRANSACTION", "COPY", "ATTACH", "DETACH",
     "LOAD", "SET", "VARIABLE_SET", "EXPORT", "VACUUM", "CREATE_FUNC", "MERGE_INTO", "UPDATE_EXTENSIONS",
+    "COPY_DATABASE", "ANALYZE",
 }
+_READ_FIX = "Use SELECT (also WITH, PIVOT, SHOW, DESCRIBE, SUMMARIZE) or EXPLAIN [ANALYZE] of a SELECT."
 
 
 class QueryRefused(CrowdtuneError):
@@ -46,26 +51,86 @@ class QueryResult:
     seconds: float
 
 
+def _words(sql: str) -> list[tuple[int, str, str]]:
+    """DuckDB's tokens of `sql` without comments, as (offset, kind, upper-cased text)."""
+    tokens = duckdb.tokenize(sql)
+    ends = [offset for offset, _ in tokens[1:]] + [len(sql)]
+    return [(offset, kind.name, sql[offset:end].strip().upper())
+            for (offset, kind), end in zip(tokens, ends) if kind.name != "comment"]
+
+
+def _main_word(sql: str) -> str:
+    """The keyword that decides what a statement does: its first, after a WITH clause; `(` for `(SELECT ...)`."""
+    words = _words(sql)
+    if words and words[0][2] == "(":
+        return "("  # only a SELECT may start with a parenthesis
+    depth = 0
+    for _, kind, text in words:
+        if kind == "operator":
+            depth += text.count("(") - text.count(")")
+        elif depth == 0 and kind == "keyword" and text not in _CTE_WORDS:
+            return text
+    return ""
+
+
+def _explained(sql: str) -> str:
+    """The statement an EXPLAIN [ANALYZE] [(options)] explains, as text ("" if none)."""
+    words = _words(sql)[1:]  # past EXPLAIN
+    if words and words[0][1] == "keyword" and words[0][2] == "ANALYZE":
+        words = words[1:]
+    if words and words[0][2] == "(":  # options, e.g. (FORMAT json)
+        depth = 0
+        while words:
+            depth += words[0][2].count("(") - words[0][2].count(")") if words[0][1] == "operator" else 0
+            words = words[1:]
+            if depth == 0:
+                break
+    return sql[words[0][0]:] if words else ""
+
+
 def check_statement(sql: str) -> duckdb.StatementType:
-    """Refuse anything but one read statement; return its type."""
+    """Refuse anything but one read statement.
+
+    In: the SQL text. Out: its type: SELECT, EXPLAIN (of a read) or MULTI (a read DuckDB splits into
+    parts, e.g. PIVOT). Raises QueryRefused(problem, fix) for anything else.
+    """
     if not sql.strip():
         raise QueryRefused("The query is empty.", "Write a SELECT, e.g. `SELECT * FROM posts LIMIT 10`.")
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryRefused(f"The query does not parse: {str(exc).splitlines()[0]}",
+        raise QueryRefused(f"The query does not parse: {_without_paths(str(exc).splitlines()[0])}",
                            "Fix the SQL; docs/SCHEMA.md lists every table and column.") from None
     if len(statements) != 1:
         raise QueryRefused(f"The text holds {len(statements)} statements; one is run at a time.",
                            "Keep one SELECT (remove the others or the trailing `;` parts).")
-    kind = statements[0].type
-    if kind in _READ_TYPES:
+    try:
+        kind = statements[0].type
+    except ValueError:  # a type the Python API has no member for (UPDATE EXTENSIONS in DuckDB 2.0)
+        raise QueryRefused("This kind of statement is not allowed on the Query page: it is not a read.",
+                           _READ_FIX) from None
+    if kind == duckdb.StatementType.SELECT:
+        return kind
+    word = _main_word(sql) if kind == duckdb.StatementType.MULTI else ""
+    if word in _READ_WORDS or word == "(":
+        return kind
+    if kind == duckdb.StatementType.MULTI and word != "EXPLAIN":  # EXPLAIN of a PIVOT is a MULTI too
+        raise QueryRefused(f"{word or 'This'} statements are not allowed: the Query page is read-only.",
+                           _READ_FIX)
+    if kind == duckdb.StatementType.EXPLAIN or word == "EXPLAIN":
+        inner = _explained(sql)
+        try:
+            # Why the inner statement: EXPLAIN ANALYZE runs it (a COPY in it would write a file).
+            check_statement(inner)
+        except QueryRefused as refused:
+            raise QueryRefused(f"EXPLAIN is allowed of a read only. {refused.problem}",
+                               "EXPLAIN a SELECT, e.g. `EXPLAIN ANALYZE SELECT count(*) FROM posts`.") from None
         return kind
     name = kind.name
     if name in ("ATTACH", "DETACH"):
         raise QueryRefused("ATTACH/DETACH is not allowed: the Query page reads the store only.",
                            "Query the store's own tables (see docs/SCHEMA.md).")
-    if name == "COPY" or name == "EXPORT":
+    if name in ("COPY", "EXPORT", "COPY_DATABASE"):
         raise QueryRefused(f"{name} is not allowed: the Query page never writes files.",
                            "Run a SELECT and use the download button under the result.")
     if name == "LOAD":
@@ -74,8 +139,12 @@ def check_statement(sql: str) -> duckdb.StatementType:
     if name in _WRITE_TYPES:
         raise QueryRefused(f"{name} statements are not allowed: the Query page is read-only.",
                            "Change data through the app's pages or the `crowdtune` CLI; here, use SELECT.")
-    raise QueryRefused(f"{name} statements are not allowed on the Query page.",
-                       "Use SELECT (also WITH, SHOW, DESCRIBE, SUMMARIZE) or EXPLAIN.")
+    raise QueryRefused(f"{name} statements are not allowed on the Query page.", _READ_FIX)
+
+
+def _without_paths(text: str) -> str:
+    """`text` with every quoted path left out: a message never shows a folder of this machine."""
+    return re.sub(r"\s*([\"'])[^\"']*[/\\][^\"']*\1", "", text)
 
 
 def _attach_read_only(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnection:
@@ -110,7 +179,8 @@ def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: 
     if not path.exists():
         raise QueryRefused(f"There is no store yet at {path}.", "Start Crowdtune (`make run`) and import a dataset.")
     body = sql.strip().rstrip(";")
-    wrapped = body if kind == duckdb.StatementType.EXPLAIN else f"SELECT * FROM ({body}) LIMIT {int(row_cap) + 1}"
+    explain = kind == duckdb.StatementType.EXPLAIN or _main_word(body) == "EXPLAIN"  # EXPLAIN PIVOT is a MULTI
+    wrapped = body if explain else f"SELECT * FROM ({body}) LIMIT {int(row_cap) + 1}"
     with holding_alone(path):  # its own handle on the file: no read of this process may hold it meanwhile
         con = _attach_read_only(path, wait_seconds)
         timed_out = threading.Event()
@@ -128,7 +198,7 @@ def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: 
             if timed_out.is_set() or isinstance(exc, duckdb.InterruptException):
                 raise QueryRefused(f"The query ran longer than {time_limit:g} s and was stopped.",
                                    "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.") from None
-            text = str(exc).splitlines()[0]
+            text = _without_paths(str(exc).splitlines()[0])
             if isinstance(exc, duckdb.PermissionException):
                 raise QueryRefused(f"Refused: {text}",
                                    "The Query page reads the store's tables only: no files, URLs or extensions.") from None

@@ -1,5 +1,7 @@
 """The Query page: read-only sandboxed SQL with a row cap and a time limit; each refusal says why."""
 
+from pathlib import Path
+
 import pytest
 
 from crowdtune.store.sandbox import QueryRefused, run_query
@@ -91,3 +93,37 @@ def test_a_store_that_is_not_duckdb_or_stays_held_is_named_with_a_fix(tmp_path):
         holder.kill()
         holder.wait()
     assert run_query(held, "SELECT count(*) AS n FROM faces").frame["n"][0] >= 0  # free again: it runs
+
+
+# --- Statements: EXPLAIN of reads only, PIVOT, no paths in messages --------------------------------------
+
+def test_explain_and_explain_analyze_run_only_for_reads(populated_store):
+    plan = run_query(populated_store.store_path, "EXPLAIN ANALYZE SELECT count(*) FROM posts")
+    assert "QUERY PROFILING" in plan.frame.iloc[0, 1] or "Total Time" in plan.frame.iloc[0, 1]
+    for sql in ("EXPLAIN ANALYZE COPY (SELECT 1) TO '.tmp/run.sh'",
+                "/* a */ EXPLAIN -- b\n ANALYZE (FORMAT json) COPY posts TO 'x.csv'",
+                "EXPLAIN DELETE FROM posts", "EXPLAIN ANALYZE CREATE TABLE t AS PIVOT posts ON face_id USING count(*)"):
+        with pytest.raises(QueryRefused, match="EXPLAIN is allowed of a read only") as err:
+            run_query(populated_store.store_path, sql)
+        assert err.value.fix.startswith("EXPLAIN a SELECT")
+
+
+def test_pivot_is_a_read_and_runs_unless_it_feeds_a_write(populated_store):
+    path = populated_store.store_path
+    wide = run_query(path, "PIVOT posts ON face_id USING count(*) GROUP BY origin ORDER BY origin").frame
+    assert wide.to_dict("records") == [{"origin": "generated", "sandbox": 1, "tweets": 0},
+                                       {"origin": "imported", "sandbox": 0, "tweets": 60}]
+    nested = run_query(path, "WITH p AS (PIVOT posts ON face_id USING count(*)) SELECT sum(tweets) AS n FROM p")
+    assert nested.frame["n"].tolist() == [60]
+    assert not run_query(path, "EXPLAIN ANALYZE PIVOT posts ON face_id USING count(*)").frame.empty
+    for sql in ("CREATE TABLE t AS PIVOT posts ON face_id USING count(*)",
+                "WITH p AS (PIVOT posts ON face_id USING count(*)) INSERT INTO faces SELECT * FROM p"):
+        with pytest.raises(QueryRefused, match="statements are not allowed"):
+            run_query(path, sql)
+
+
+def test_a_catalogue_read_that_needs_a_folder_is_refused_without_showing_the_path(populated_store):
+    with pytest.raises(QueryRefused, match="Refused: Permission Error") as err:
+        run_query(populated_store.store_path, "SELECT * FROM duckdb_extensions()")
+    assert str(Path.home()) not in str(err.value) and ".duckdb" not in str(err.value)
+    assert run_query(populated_store.store_path, "SELECT count(*) AS n FROM duckdb_tables()").frame["n"][0] > 5
