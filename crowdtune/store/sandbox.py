@@ -4,9 +4,9 @@ Three fences, each enough on its own for the common cases and together for the r
 1. Only one statement, and only a read (DuckDB's own parser gives the statement type: SELECT, which
    covers WITH/FROM/VALUES/SHOW/DESCRIBE/SUMMARIZE; EXPLAIN [ANALYZE] of a read; a PIVOT, which DuckDB
    splits into several statements). Anything else is refused before it runs, with a message naming it.
-2. The store is attached READ_ONLY to an in-memory database whose configuration then forbids
-   external access (no file readers, COPY, ATTACH, extension INSTALL/LOAD) and is locked, so a
-   query cannot turn it back on. While it is attached, the app's other reads in this process wait
+2. The store is attached READ_ONLY to an in-memory database with no temp directory (so no folder
+   DuckDB may read or write, not even `.tmp`) whose configuration then forbids external access (no
+   file readers, COPY, ATTACH, extension INSTALL/LOAD) and is locked, so a query cannot turn it back on. While it is attached, the app's other reads in this process wait
    (connection.holding_alone): DuckDB's file lock belongs to the process, so two handles must not
    overlap.
 3. The query runs as `SELECT * FROM (query) LIMIT cap + 1` and a timer interrupts it at the limit.
@@ -151,6 +151,7 @@ def _attach_read_only(path: Path, wait_seconds: float) -> duckdb.DuckDBPyConnect
     con = duckdb.connect(":memory:", config={
         "autoload_known_extensions": False, "autoinstall_known_extensions": False,
         "allow_community_extensions": False,
+        "temp_directory": "",  # no spilling: DuckDB would otherwise allow reads and writes in `.tmp`
     })
     quoted = str(path).replace("'", "''")
     try:

@@ -127,3 +127,17 @@ def test_a_catalogue_read_that_needs_a_folder_is_refused_without_showing_the_pat
         run_query(populated_store.store_path, "SELECT * FROM duckdb_extensions()")
     assert str(Path.home()) not in str(err.value) and ".duckdb" not in str(err.value)
     assert run_query(populated_store.store_path, "SELECT count(*) AS n FROM duckdb_tables()").frame["n"][0] > 5
+
+
+@pytest.mark.parametrize("tmp_present", [True, False], ids=["with .tmp", "without .tmp"])
+def test_the_sandbox_has_no_folder_to_read_or_write_not_even_tmp(populated_store, tmp_path, monkeypatch, tmp_present):
+    if tmp_present:  # DuckDB creates `.tmp` when an in-memory instance spills, and then allowed it
+        (tmp_path / ".tmp").mkdir()
+        (tmp_path / ".tmp" / "secret.txt").write_text("the secret in .tmp")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    for sql in ("SELECT * FROM read_text('.tmp/secret.txt')", "SELECT * FROM glob('.tmp/*')",
+                "SELECT * FROM read_csv('.tmp/secret.txt')"):
+        with pytest.raises(QueryRefused, match="Refused: Permission Error"):
+            run_query(populated_store.store_path, sql)
+    assert sorted(tmp_path.rglob("*")) == before
