@@ -1,10 +1,21 @@
-"""The Query page: read-only sandboxed SQL with a row cap and a time limit; each refusal says why."""
+"""The Query page: read-only sandboxed SQL with caps on rows, bytes, memory and time; each refusal says why."""
 
+import resource
+import time
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 
-from crowdtune.store.sandbox import QueryRefused, run_query
+from crowdtune.store.sandbox import (
+    DEFAULT_BYTE_CAP,
+    DEFAULT_MEMORY_CAP,
+    DEFAULT_TIME_LIMIT,
+    QueryRefused,
+    run_query,
+)
 from tests.pages.conftest import open_page, page_text
 
 PAGE = "pages/query.py"
@@ -83,8 +94,8 @@ def test_a_store_that_is_not_duckdb_or_stays_held_is_named_with_a_fix(tmp_path):
 
     held = tmp_path / "held.duckdb"
     initialise(held)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, duckdb, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('held', flush=True); time.sleep(60)", str(held)], stdout=subprocess.PIPE, text=True)
+    hold = "import sys, duckdb, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(held)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreBusy, match="stayed busy for 1 s"):
@@ -95,7 +106,7 @@ def test_a_store_that_is_not_duckdb_or_stays_held_is_named_with_a_fix(tmp_path):
     assert run_query(held, "SELECT count(*) AS n FROM faces").frame["n"][0] >= 0  # free again: it runs
 
 
-# --- Statements: EXPLAIN of reads only, PIVOT, no paths in messages --------------------------------------
+# --- Statements: EXPLAIN of reads only, PIVOT, trailing comments, no paths in messages -----------------
 
 def test_explain_and_explain_analyze_run_only_for_reads(populated_store):
     plan = run_query(populated_store.store_path, "EXPLAIN ANALYZE SELECT count(*) FROM posts")
@@ -141,3 +152,76 @@ def test_the_sandbox_has_no_folder_to_read_or_write_not_even_tmp(populated_store
         with pytest.raises(QueryRefused, match="Refused: Permission Error"):
             run_query(populated_store.store_path, sql)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+_comment_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), max_size=30)
+_tails = st.lists(st.one_of(
+    _comment_text.map(lambda text: f"-- {text}\n"),
+    _comment_text.filter(lambda text: "*/" not in text and "/*" not in text).map(lambda text: f"/* {text} */"),
+    st.sampled_from([" ", "\n", "\t", "\r\n", ";"]),
+), max_size=4).map("".join).map(lambda tail: tail.rstrip(";") if tail.count(";") > 1 else tail)
+
+
+@hypothesis.settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tail=st.one_of(_tails, _comment_text.map(lambda text: f" -- {text}")))
+def test_a_trailing_comment_or_whitespace_leaves_the_result_unchanged(populated_store, tail):
+    result = run_query(populated_store.store_path, f"SELECT count(*) AS n FROM posts{tail}")
+    assert result.frame["n"].tolist() == [61]
+
+
+def test_the_issues_trailing_comment_query_runs(populated_store):
+    assert run_query(populated_store.store_path, "SELECT count(*) FROM posts -- how many?").frame.iloc[0, 0] == 61
+
+
+# --- Caps: memory, bytes, time -------------------------------------------------------------------------
+
+HEAVY = [
+    "SELECT repeat('x', 1000000000) AS s",  # one 1 GB string: DuckDB's memory_limit does not count it
+    "SELECT range(100000000) AS l",  # one 800 MB list
+    "SELECT string_agg(repeat('x', 1000), '') FROM range(1000000)",
+    "SELECT count(*) FROM range(100000000) a JOIN range(100000000) b USING (range)",  # a 100M-row hash table
+    "SELECT * FROM range(30000000) ORDER BY random() LIMIT 5 OFFSET 100",
+    "SELECT repeat('x', 100000) AS t FROM range(10000)",  # 1 GB of rows, 100 kB each
+]
+
+
+@pytest.mark.parametrize("sql", HEAVY)
+def test_no_query_holds_more_than_its_memory_cap(populated_store, sql):
+    started = time.monotonic()
+    try:
+        result = run_query(populated_store.store_path, sql)
+    except QueryRefused as refused:
+        assert f"more than its memory cap of {DEFAULT_MEMORY_CAP >> 20} MB" in refused.problem
+        assert "GROUP BY" in refused.fix
+    else:
+        assert 0 < result.peak_memory <= DEFAULT_MEMORY_CAP
+    # The largest query process so far (every one of this test run, HEAVY and the rest) stayed under the cap.
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 <= DEFAULT_MEMORY_CAP
+    assert time.monotonic() - started <= DEFAULT_TIME_LIMIT + 1
+
+
+def test_a_result_larger_than_the_byte_cap_is_cut_and_says_so(populated_store):
+    result = run_query(populated_store.store_path, "SELECT repeat('x', 100000) AS t FROM range(10000)")
+    assert result.truncated and result.byte_capped
+    assert 0 < len(result.frame) * 100_000 <= DEFAULT_BYTE_CAP and set(result.frame["t"].str.len()) == {100_000}
+    small = run_query(populated_store.store_path, "SELECT * FROM posts", byte_cap=2_000)
+    assert 0 < len(small.frame) < 61 and small.byte_capped
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT count(*) FROM range(100000000000) a, range(1000) b",  # interrupted by DuckDB
+    "SELECT length(repeat('x', 500000000))",  # folded while planning, 5 s, deaf to interrupts: killed
+    "SELECT repeat('x', 10000) AS t FROM range(100000000) ORDER BY t DESC",  # a sort, then a long result
+])
+def test_every_query_ends_within_its_time_limit_plus_one_second(populated_store, sql):
+    started = time.monotonic()
+    with pytest.raises(QueryRefused, match="ran longer than 1 s and was stopped|more than its memory cap"):
+        run_query(populated_store.store_path, sql, time_limit=1)
+    assert time.monotonic() - started <= 1 + 1
+
+
+def test_the_page_names_a_memory_refusal_and_a_byte_cut_without_failing(populated_store):
+    text = page_text(open_page(PAGE, query={"sql": "SELECT repeat('x', 1000000000) AS s"}))
+    assert "more than its memory cap of 1024 MB" in text and "GROUP BY" in text
+    cut = page_text(open_page(PAGE, query={"sql": "SELECT repeat('x', 100000) AS t FROM range(10000)"}))
+    assert "(cut at 32 MB; more rows exist" in cut
