@@ -4,6 +4,7 @@ import resource
 import time
 from pathlib import Path
 
+import duckdb
 import hypothesis
 import pytest
 from hypothesis import HealthCheck, given
@@ -225,3 +226,91 @@ def test_the_page_names_a_memory_refusal_and_a_byte_cut_without_failing(populate
     assert "more than its memory cap of 1024 MB" in text and "GROUP BY" in text
     cut = page_text(open_page(PAGE, query={"sql": "SELECT repeat('x', 100000) AS t FROM range(10000)"}))
     assert "(cut at 32 MB; more rows exist" in cut
+
+
+# --- Every statement kind DuckDB has, plain and under EXPLAIN [ANALYZE], with and without `.tmp` ---------
+
+K = duckdb.StatementType
+# One example per kind; files named in them are in `.tmp`, the one folder DuckDB would allow by default.
+KIND_EXAMPLES = {
+    K.SELECT: "SELECT count(*) AS n FROM posts",
+    K.INSERT: "INSERT INTO faces (face_id, kind) VALUES ('x', 'dataset')",
+    K.UPDATE: "UPDATE posts SET score = 0",
+    K.CREATE: "CREATE TABLE t AS SELECT * FROM read_text('.tmp/secret.txt')",
+    K.DELETE: "DELETE FROM posts",
+    K.PREPARE: "PREPARE p AS SELECT * FROM read_text('.tmp/secret.txt')",
+    K.EXECUTE: "EXECUTE p",
+    K.ALTER: "ALTER TABLE posts ADD COLUMN c INTEGER",
+    K.TRANSACTION: "BEGIN TRANSACTION",
+    K.COPY: "COPY (SELECT 'echo hi') TO '.tmp/run.sh'",
+    K.ANALYZE: "ANALYZE posts",  # DuckDB parses it as VACUUM
+    K.VARIABLE_SET: "SET VARIABLE secret = (SELECT content FROM read_text('.tmp/secret.txt'))",  # parsed as SET
+    K.CREATE_FUNC: "CREATE MACRO secret() AS TABLE SELECT * FROM read_text('.tmp/secret.txt')",  # as CREATE
+    K.EXPLAIN: "EXPLAIN ANALYZE COPY (SELECT 'echo hi') TO '.tmp/run.sh'",
+    K.DROP: "DROP TABLE posts",
+    K.EXPORT: "EXPORT DATABASE '.tmp/export'",
+    K.PRAGMA: "PRAGMA table_info('posts')",
+    K.VACUUM: "VACUUM",
+    K.CALL: "CALL pragma_version()",
+    K.SET: "SET temp_directory = '.tmp'",
+    K.LOAD: "LOAD '.tmp/x.duckdb_extension'",
+    K.RELATION: None,  # built by the Python relation API, never parsed from text
+    K.EXTENSION: None,  # a statement an extension's own parser adds; none is loaded here
+    K.LOGICAL_PLAN: None,  # internal: a plan handed to the executor
+    K.ATTACH: "ATTACH '.tmp/other.duckdb' AS other",
+    K.DETACH: "DETACH store",
+    K.MULTI: "PIVOT posts ON face_id USING count(*) GROUP BY origin",
+    K.COPY_DATABASE: "COPY FROM DATABASE store TO memory",  # DuckDB parses it as PRAGMA
+    K.MERGE_INTO: "MERGE INTO faces USING (SELECT 'x' AS face_id) s USING (face_id) WHEN MATCHED THEN DELETE",
+    K.INVALID: "SELECT FROM WHERE",  # text that parses to nothing valid
+}
+READS = {K.SELECT, K.MULTI}
+FILE_READS = ["SELECT * FROM read_text('.tmp/secret.txt')", "SELECT * FROM read_csv('.tmp/secret.txt')",
+              "SELECT * FROM '.tmp/secret.txt'", "SELECT * FROM glob('.tmp/*')", "SELECT * FROM duckdb_extensions()",
+              "SELECT * FROM read_blob('.tmp/secret.txt')", "FROM parquet_metadata('.tmp/secret.txt')"]
+SECRET = "the secret in .tmp"
+
+
+def test_the_examples_cover_every_statement_kind_duckdb_has():
+    assert set(KIND_EXAMPLES) == set(K.__members__.values())  # a new DuckDB kind gets an example here
+    for kind, sql in KIND_EXAMPLES.items():
+        if sql is None or kind == K.INVALID:
+            continue
+        parsed = duckdb.extract_statements(sql)[0].type
+        assert parsed == kind or kind in (K.ANALYZE, K.VARIABLE_SET, K.CREATE_FUNC, K.COPY_DATABASE), kind
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under `folder`: path -> (size, mtime in ns)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("tmp_present", [True, False], ids=["with .tmp", "without .tmp"])
+def test_no_statement_of_any_kind_writes_or_reads_a_file(populated_store, tmp_path, monkeypatch, tmp_present):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    if tmp_present:
+        (cwd / ".tmp").mkdir()
+        (cwd / ".tmp" / "secret.txt").write_text(SECRET)
+    monkeypatch.chdir(cwd)
+    store_dir = populated_store.store_path.parent
+    before, store_before = _tree(cwd), _tree(store_dir)
+    statements = [sql for sql in KIND_EXAMPLES.values() if sql is not None] + FILE_READS
+    ran = []
+    for sql in statements:
+        for prefix in ("", "EXPLAIN ", "EXPLAIN ANALYZE "):
+            started = time.monotonic()
+            try:
+                result = run_query(populated_store.store_path, prefix + sql, time_limit=3)
+            except QueryRefused as refused:
+                assert refused.problem and refused.fix and SECRET not in str(refused)
+            else:
+                ran.append(prefix + sql)
+                assert SECRET not in result.frame.to_string()
+            assert time.monotonic() - started <= 3 + 1, prefix + sql
+    assert _tree(cwd) == before and _tree(store_dir) == store_before  # nothing written, nothing touched
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 <= DEFAULT_MEMORY_CAP
+    reads = {prefix + KIND_EXAMPLES[kind] for kind in READS for prefix in ("", "EXPLAIN ", "EXPLAIN ANALYZE ")}
+    assert reads <= set(ran)
+    # Beyond the reads only plans ran (EXPLAIN without ANALYZE of a file read): planned, never read.
+    assert {sql for sql in set(ran) - reads if not sql.startswith("EXPLAIN SELECT")} == set(), ran
