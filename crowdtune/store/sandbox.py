@@ -50,7 +50,7 @@ _CODE_BYTES = 128 << 20  # code pages, which RLIMIT_DATA does not count (72 MB m
 _BATCH_ROWS = 2048  # DuckDB's vector size: it produces this many rows at a time anyway
 _KILL_GRACE = 0.2  # seconds past the time limit before the process is killed; it stops itself first
 _START_SECONDS = 30.0  # for the process to start and reach the file, beyond wait_seconds: a backstop only
-_ROOT = Path(__file__).resolve().parents[2]  # the process imports this checkout's crowdtune, not an installed one
+_ROOT = Path(__file__).resolve().parents[__name__.count(".")]  # the folder holding this checkout's crowdtune
 
 _CTE_WORDS = {"WITH", "RECURSIVE", "AS", "MATERIALIZED", "NOT", "USING", "KEY"}
 _READ_WORDS = {"SELECT", "FROM", "VALUES", "TABLE", "PIVOT", "UNPIVOT", "PIVOT_WIDER", "PIVOT_LONGER",
@@ -296,7 +296,8 @@ _ERRORS = {cls.__name__: cls for cls in (QueryRefused, StoreBusy, StoreUnavailab
 def _ask(request: dict, time_limit: float, wait_seconds: float) -> tuple[dict, bytes, float]:
     """Run the query process on `request`. Out: (header, Arrow bytes, when it attached the store).
     Kills it at the time limit plus a grace, or if it never reaches the store."""
-    code = f"import sys; sys.path.insert(0, {str(_ROOT)!r}); from crowdtune.store.sandbox import _serve; _serve()"
+    # This module by its own name and folder: the process runs the same code, wherever the module moves.
+    code = f"import sys; sys.path.insert(0, {str(_ROOT)!r}); from {__name__} import _serve; _serve()"
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty process cannot block on it
         process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=errors)
