@@ -1,4 +1,4 @@
-"""Query: ad-hoc read-only SQL over the store, with a row cap, a time limit and a quick chart."""
+"""Query: ad-hoc read-only SQL over the store, with caps on rows, bytes, memory and time, and a quick chart."""
 
 import plotly.express as px
 import streamlit as st
@@ -7,11 +7,18 @@ from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.links import QueryView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
 from crowdtune.settings import load_settings
-from crowdtune.store.sandbox import DEFAULT_ROW_CAP, DEFAULT_TIME_LIMIT, run_query
+from crowdtune.store.sandbox import (
+    DEFAULT_BYTE_CAP,
+    DEFAULT_MEMORY_CAP,
+    DEFAULT_ROW_CAP,
+    DEFAULT_TIME_LIMIT,
+    run_query,
+)
 
 st.title("Query")
-st.caption(f"Read-only SQL over the store (tables in docs/SCHEMA.md). At most {DEFAULT_ROW_CAP:,} rows, "
-           f"{DEFAULT_TIME_LIMIT:g} s; no files, URLs, extensions or writes.")
+st.caption(f"Read-only SQL over the store (tables in docs/SCHEMA.md). At most {DEFAULT_ROW_CAP:,} rows and "
+           f"{DEFAULT_BYTE_CAP >> 20} MB back, {DEFAULT_MEMORY_CAP >> 20} MB of memory, {DEFAULT_TIME_LIMIT:g} s; "
+           "no files, URLs, extensions or writes.")
 
 with or_stop():
     settings = load_settings()
@@ -32,7 +39,10 @@ if sql.strip():
     except CrowdtuneError as exc:
         show_error(exc)
     else:
-        note = f" (first {DEFAULT_ROW_CAP:,} shown; more rows exist)" if result.truncated else ""
+        if result.byte_capped:
+            note = f" (cut at {DEFAULT_BYTE_CAP >> 20} MB; more rows exist: select fewer or shorter columns)"
+        else:
+            note = f" (first {DEFAULT_ROW_CAP:,} shown; more rows exist)" if result.truncated else ""
         st.caption(f"{len(result.frame):,} rows in {result.seconds:.2f} s{note}")
         st.dataframe(result.frame, hide_index=True, width="stretch")
         frame = result.frame
