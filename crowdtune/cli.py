@@ -235,12 +235,6 @@ def follow_import(job, label: str, poll: float = 0.5, every: float = 2.0) -> dic
     raise typer.Exit(1)
 
 
-def import_summary(result: dict) -> str:
-    """The final line of an import: rows that landed, rows refused, duplicates merged and their rule."""
-    return (f"Imported {result['landed']:,} posts into the store; {result['refused']:,} row(s) refused; "
-            f"{result['duplicates']:,} duplicate(s) merged ({result['duplicate_rule']}).")
-
-
 @app.command("import")
 @friendly
 def import_(
@@ -256,7 +250,7 @@ def import_(
     typer.echo(f"Import job {job.id} queued.")
     if wait:
         result = follow_import(job, f"importing {face}")
-        typer.echo(import_summary(result))
+        typer.echo(result["summary"])
         for problem in result["problems"][:20]:
             typer.echo(f"  line {problem['line']}: {problem['reason']}")
         if result["refused"] > 20:

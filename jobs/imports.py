@@ -93,8 +93,8 @@ class _Batch:
 def import_history(face_id: str, limit: int | None = None) -> dict:
     """Import up to `limit` posts of the face and return once they are in the store.
 
-    Out: {"face_id", "read", "landed", "refused", "duplicates", "duplicate_rule", "batches",
-    "problems": the first MAX_PROBLEMS_KEPT [{"line", "reason"}] by line} (module docstring), plus
+    Out: {"face_id", "read", "landed", "refused", "duplicates", "duplicate_rule", "batches", "summary"
+    (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT [{"line", "reason"}] by line} (module docstring), plus
     "imported" (= landed) and "problem_count" (= refused). A face that cannot be read at all raises
     its CrowdtuneError, whose problem and fix are also put in the job's meta["error"]."""
     job = get_current_job()
@@ -196,6 +196,9 @@ def _import(face_id: str, limit: int | None, job) -> dict:
                        f"{first['reason']}",
         }])
     report_progress()
+    summary = (f"Imported {tally['landed']:,} posts into the store; {len(problems):,} row(s) refused; "
+               f"{tally['duplicates']:,} duplicate(s) merged ({DUPLICATE_RULE}).")
     return {"face_id": face_id, "read": tally["read"], "landed": tally["landed"], "refused": len(problems),
             "duplicates": tally["duplicates"], "duplicate_rule": DUPLICATE_RULE, "batches": batch_no,
-            "imported": tally["landed"], "problem_count": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
+            "summary": summary, "imported": tally["landed"], "problem_count": len(problems),
+            "problems": problems[:MAX_PROBLEMS_KEPT]}
