@@ -199,24 +199,63 @@ def follow_job(job, label: str, poll: float = 0.5) -> dict | None:
     return result.return_value if result else None
 
 
+def follow_import(job, label: str, poll: float = 0.5, every: float = 2.0) -> dict:
+    """Show an import's rows WRITTEN to the store until it ends (on stderr); return its result.
+
+    A failed import prints its problem and fix (the job's meta["error"]) and exits 2, or exits 1
+    with the failure's last line when the job left no such error."""
+    import time
+
+    shown, last_shown = None, 0.0
+    while True:
+        status = job.get_status(refresh=True)
+        meta = job.get_meta(refresh=True)
+        done = status is not None and status.value in ("finished", "failed", "stopped", "canceled")
+        progress = meta.get("progress") or {}
+        line = f"{label}: {progress.get('step') or 0:,} rows written to the store"
+        line += f" of at most {progress['total']:,}" if progress.get("total") else ""
+        line += f" ({progress.get('read') or 0:,} read, {progress.get('refused') or 0:,} refused)"
+        if line != shown and (done or time.monotonic() - last_shown >= every):
+            typer.echo(line, err=True)
+            shown, last_shown = line, time.monotonic()
+        if done:
+            break
+        time.sleep(poll)
+    if status.value == "finished":
+        return job.latest_result().return_value
+    error = meta.get("error")
+    if error:
+        typer.secho(f"Error: {error['problem']}", fg="red", err=True)
+        typer.echo(f"Fix: {error['fix']}", err=True)
+        raise typer.Exit(2)
+    result = job.latest_result()
+    reason = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+    typer.secho(f"Import job {job.id} {status.value}: {reason}", fg="red", err=True)
+    typer.echo("Fix: see the failed job on the System page and the worker's log in data/logs/.", err=True)
+    raise typer.Exit(1)
+
+
 @app.command("import")
 @friendly
 def import_(
     face: str = typer.Option(..., "--face", help="The face to import from (see `crowdtune face list`)."),
     limit: Optional[int] = typer.Option(None, help="Import at most this many posts."),
-    wait: bool = typer.Option(True, help="Follow the job until it ends."),
+    wait: bool = typer.Option(True, help="Follow the job until its rows are in the store."),
 ):
-    """Import a face's history into the store (runs on a worker)."""
+    """Import a face's history into the store (runs on a worker); done when its rows are queryable."""
     from crowdtune.actions import start_import
     from crowdtune.runtime.queues import connect
 
     job = start_import(connect(load_settings()), face, limit)
     typer.echo(f"Import job {job.id} queued.")
     if wait:
-        result = follow_job(job, f"importing {face}")
-        typer.echo(f"Imported {result['imported']} posts; {result['problem_count']} row(s) not imported.")
+        result = follow_import(job, f"importing {face}")
+        typer.echo(result["summary"])
         for problem in result["problems"][:20]:
             typer.echo(f"  line {problem['line']}: {problem['reason']}")
+        if result["refused"] > 20:
+            typer.echo(f"  ... and {result['refused'] - 20:,} more (the first {len(result['problems'])} are in the "
+                       "job's result; see the alert on the Overview page)")
 
 
 train_app = typer.Typer(help="Training runs.", no_args_is_help=True)

@@ -3,6 +3,11 @@
 Pure functions, no I/O. Posts are observed at whatever times the collector got to them (23.7 h,
 24.2 h, ...). Comparing raw counts at those ages would favour the ones observed late, so the
 counts are interpolated to exactly the maturity age before they are weighted and summed.
+
+A post first observed only after maturity (imported history: a 2009 tweet read in 2025) has no
+earlier snapshot to interpolate from. Its counts are taken as its mature counts, unscaled: nearly
+all reactions come in a post's first hours, so scaling them by maturity / age (a straight line
+from zero at birth) would make a post worth less the older it is, for the same reactions.
 """
 
 from __future__ import annotations
@@ -57,9 +62,10 @@ def counts_at_age(snapshots: Sequence[Snapshot], age_seconds: float) -> tuple[di
 
     In: snapshots in any order, and the age to read at. Out: (counts per kind, audience size) at
     that age, or None when no snapshot is at least that old (the post is not mature yet).
-    Between two snapshots the counts are linear in age; before the first snapshot the post is
-    taken to have had no reactions at age 0. A kind missing from a snapshot counts as 0 there,
-    but an interpolated count never falls below the earlier snapshot's (counts do not decrease).
+    Between two snapshots the counts are linear in age; when the first snapshot is already at
+    least that old, its counts are returned as they are (see module docstring). A kind missing
+    from a snapshot counts as 0 there, but an interpolated count never falls below the earlier
+    snapshot's (counts do not decrease).
     """
     ordered = sorted(snapshots, key=lambda snapshot: snapshot[0])
     after_index = next((i for i, snapshot in enumerate(ordered) if snapshot[0] >= age_seconds), None)
@@ -67,9 +73,9 @@ def counts_at_age(snapshots: Sequence[Snapshot], age_seconds: float) -> tuple[di
         return None
     after_age, after_counts, after_audience = ordered[after_index]
     if after_index == 0:
-        before_age, before_counts, before_audience = 0.0, {}, None
-    else:
-        before_age, before_counts, before_audience = ordered[after_index - 1]
+        # Nothing observed before maturity: the first (mature) observation is the mature count.
+        return {kind: float(count) for kind, count in after_counts.items()}, after_audience
+    before_age, before_counts, before_audience = ordered[after_index - 1]
     if after_age == before_age:
         fraction = 1.0
     else:

@@ -29,6 +29,8 @@ REACTION_KINDS = {
     "upvote_ratio_percent": "share of upvotes among votes, 0..100 (Reddit)",
     "human_rating_x1000": "mean human sentiment rating times 1000, -4000..4000 (hutto_tweets)",
 }
+# Kinds that measure a post rather than count people reacting, so they may be negative.
+SIGNED_REACTION_KINDS = frozenset({"human_rating_x1000"})
 
 
 def utc_now() -> datetime:
@@ -54,6 +56,7 @@ class HistoryPost:
     author: str | None = None
     reactions: dict[str, int] = field(default_factory=dict)
     audience_size: int | None = None
+    line: int | None = None  # where a file face read it (its line, see faces.dataset), for reports
 
 
 @dataclass

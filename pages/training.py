@@ -12,7 +12,7 @@ from crowdtune.states import ControllerState
 from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
-from crowdtune.runtime.progress import job_progress
+from crowdtune.runtime.progress import fetch_job, job_progress
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
 from crowdtune.settings import load_settings
@@ -95,7 +95,39 @@ with import_col, st.form("import"):
     limit = st.number_input("At most this many posts (0 = all)", min_value=0, value=0, step=1000)
     if st.form_submit_button("Import", disabled=controls_off or not face_ids) and not controls_off:
         job = actions.start_import(conn, import_face, int(limit) or None)
-        st.success(f"Import queued as job `{job.id}`.")
+        st.session_state["training_import_job"] = job.id
+
+
+@st.fragment(run_every=2)
+def import_status(job_id: str) -> None:
+    """The import's rows WRITTEN to the store while it runs; then what landed, what was refused and why."""
+    job = fetch_job(conn, job_id)
+    if job is None:
+        st.caption(f"Import job `{job_id}` is no longer in Redis.")
+        return
+    state = job.get_status(refresh=True).value
+    meta = job.get_meta(refresh=True)
+    progress = meta.get("progress") or {}
+    written, read, refused = progress.get("step") or 0, progress.get("read") or 0, progress.get("refused") or 0
+    if state == "finished":
+        result = job.latest_result().return_value
+        st.success(result["summary"])
+        if result["problems"]:
+            st.caption(f"Rows not imported (the first {len(result['problems'])} of {result['refused']:,}):")
+            st.dataframe(pd.DataFrame(result["problems"]), hide_index=True, width="stretch")
+    elif state in ("failed", "stopped", "canceled"):
+        error = meta.get("error")
+        show_error(CrowdtuneError(error["problem"], error["fix"]) if error else CrowdtuneError(
+            f"Import job `{job_id}` {state}.", "See the failed job on the System page and the worker's log."))
+    else:
+        total = progress.get("total")
+        st.progress(min(written / total, 1.0) if total else 0.0,
+                    text=f"Import `{job_id}` ({state}): {written:,} rows written to the store "
+                         f"({read:,} read, {refused:,} refused)")
+
+
+if conn is not None and st.session_state.get("training_import_job"):
+    import_status(st.session_state["training_import_job"])
 
 # ---- Offline training ---------------------------------------------------------------------------
 st.subheader("Start offline training")

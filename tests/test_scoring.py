@@ -42,8 +42,21 @@ def test_normalised_per_1000_audience_when_the_audience_is_known():
     assert score_at_maturity([(24 * HOUR, {"likes": 30}, None)]) == pytest.approx(30.0)
 
 
-def test_only_a_snapshot_after_maturity_interpolates_from_zero_at_birth():
-    assert score_at_maturity([(48 * HOUR, {"likes": 200}, None)], ScorerConfig(maturity_hours=24)) == pytest.approx(100.0)
+def test_a_post_first_seen_after_maturity_scores_its_counts_unscaled_by_age():
+    assert score_at_maturity([(48 * HOUR, {"likes": 200}, None)], ScorerConfig(maturity_hours=24)) == pytest.approx(200.0)
+
+
+def test_imported_posts_seen_at_1_h_24_h_and_3_years_score_the_same_mature_reactions_alike():
+    # Issue 13, finding 8: a 2009 tweet read in 2018 was worth about half a 2018 one for the same reactions.
+    reactions = {"likes": 120, "reposts": 10}
+    config = ScorerConfig(normalize_by_audience=False)
+    assert score_at_maturity([(1 * HOUR, reactions, None)], config) is None  # not mature yet
+    day = score_at_maturity([(24 * HOUR, reactions, None)], config)
+    three_years = score_at_maturity([(3 * 365 * 24 * HOUR, reactions, None)], config)
+    assert day == pytest.approx(120 + 2 * 10) and three_years == pytest.approx(day)
+    # Seen at 1 h and again at 3 years: the mature count lies between the two, never scaled below the first.
+    both = score_at_maturity([(1 * HOUR, {"likes": 30}, None), (3 * 365 * 24 * HOUR, {"likes": 120}, None)], config)
+    assert 30 <= both <= 120
 
 
 def test_interpolated_counts_never_fall_below_the_earlier_snapshot():

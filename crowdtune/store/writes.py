@@ -47,6 +47,11 @@ def update_op(table: str, where: dict, values: dict) -> dict:
     return {"op": "update", "table": _checked_table(table), "where": where, "set": values}
 
 
+def delete_op(table: str, rows: Iterable[dict]) -> dict:
+    """Delete the rows of `table` that match all the columns of any of `rows`."""
+    return {"op": "delete", "table": _checked_table(table), "rows": list(rows)}
+
+
 def alert_op(alert_id: str, level: str, source: str, message: str) -> dict:
     """Raise (or refresh) the dashboard alert `alert_id`."""
     return upsert_op("alerts", [{"alert_id": alert_id, "level": level, "source": source,
@@ -137,3 +142,32 @@ class StoreWriter:
 
     def update(self, table: str, where: dict, values: dict, write_id: str | None = None) -> str:
         return self.submit([update_op(table, where, values)], write_id)
+
+
+def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
+    """What the store worker did with a queued write, or None while it still waits or runs.
+
+    Out: {"rows": touched, "refused": [{"table", "key", "reason"}], "already_applied": bool} (see
+    crowdtune.store.writer.WriteOutcome). Raises CrowdtuneError when the write failed for good
+    (its retries spent) or is no longer in Redis."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from crowdtune.errors import CrowdtuneError
+
+    try:
+        job = Job.fetch(_job_id(write_id), connection=conn, serializer=JSONSerializer)
+    except NoSuchJobError:
+        raise CrowdtuneError(f"The store write {write_id} is no longer in Redis (expired or deleted).",
+                             "Run the import again: writes already applied are not applied twice.") from None
+    status = job.get_status(refresh=False)
+    if status == JobStatus.FINISHED:
+        value = job.return_value()
+        return value if isinstance(value, dict) else {"rows": value or 0, "refused": [], "already_applied": False}
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        result = job.latest_result()
+        error = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+        raise CrowdtuneError(f"The store worker could not apply the write {write_id}: {error}",
+                             "See the failed job on the System page; fix its cause and run the import again.")
+    return None

@@ -8,6 +8,7 @@ import pytest
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
+from jobs.imports import BATCH_SIZE
 from tests.conftest import kill_tree, wait_for
 
 
@@ -129,7 +130,7 @@ def test_an_import_killed_midway_leaves_whole_batches_and_completes_when_rerun(s
     partial = reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'big'")
     assert 0 < partial < 60000
     # Consistent at any moment: whole batches only, each post with its snapshot.
-    assert partial % 500 == 0
+    assert partial % BATCH_SIZE == 0
     assert reader.scalar("SELECT count(*) FROM posts p WHERE face_id = 'big' AND NOT EXISTS "
                          "(SELECT 1 FROM reaction_snapshots s WHERE s.post_id = p.post_id)") == 0
     workers.start("--queues", "default", conn=redis_conn)
@@ -152,10 +153,64 @@ def test_the_cli_adds_a_face_and_imports_it_headless(settings, redis_conn, runni
     assert added.returncode == 0, added.stderr
     done = subprocess.run([*cli, "import", "--face", "few"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "Imported 12 posts; 1 row(s) not imported." in done.stdout
-    assert "line 13" in done.stdout
+    assert "Imported 12 posts into the store; 1 row(s) refused; 0 duplicate(s) merged" in done.stdout
+    assert "line 13: not valid JSON" in done.stdout
+    assert "12 rows written to the store" in done.stderr
     bad = subprocess.run([*cli, "face", "add", "oops", "--kind", "dataset", "--set", "colour=red"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "colour" in bad.stderr and "Traceback" not in bad.stderr
     unknown = subprocess.run([*cli, "face", "add", "oops", "--kind", "myspace"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "Unknown face kind 'myspace'" in unknown.stderr
+
+
+def test_an_import_returns_when_its_rows_are_queryable_and_counts_what_landed(settings, redis_conn, running, tmp_path):
+    # Issue 13 finding 2: the import said "done" 84 s before its 200,000 rows were queryable.
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"post {i}", "created_at": "2024-02-01T00:00:00",
+                                        "likes": i}) + "\n" for i in range(3 * BATCH_SIZE + 7)))
+    actions.save_face(redis_conn, "many", "dataset", {"source": str(path), "reaction_columns": {"likes": "likes"}})
+    result = run_import(redis_conn, "many")
+    # No waiting for the store queue here: the job itself waited.
+    assert running.scalar("SELECT count(*) FROM posts WHERE face_id = 'many'") == result["landed"] == 3 * BATCH_SIZE + 7
+    assert result["read"] == 3 * BATCH_SIZE + 7 and result["refused"] == 0 and result["duplicates"] == 0
+
+
+def test_a_duplicate_id_across_batches_takes_all_of_the_last_row(settings, redis_conn, running, tmp_path):
+    # Issue 13 finding 5: text and score came from the later row, snapshots from the earlier one.
+    path = tmp_path / "dups.csv"
+    rows = ["id,text,created_at,likes,reposts", "dup,first version,2020-01-01T00:00:00,100,50"]
+    rows += [f"{i},post {i},2024-01-01T00:00:00,{i}," for i in range(BATCH_SIZE + 10)]
+    rows += ["dup,last version,2021-06-01T00:00:00,7,", "twice,a,2024-01-01T00:00:00,1,", "twice,b,2024-01-01T00:00:00,2,"]
+    path.write_text("\n".join(rows) + "\n")
+    actions.save_face(redis_conn, "dups", "dataset", {
+        "source": str(path), "reaction_columns": {"likes": "likes", "reposts": "reposts"}})
+    result = run_import(redis_conn, "dups")
+    assert result["duplicates"] == 2 and result["duplicate_rule"] == "the last row of an id wins, all of it"
+    assert result["read"] == BATCH_SIZE + 14 and result["landed"] == BATCH_SIZE + 12 and result["refused"] == 0
+    reader = running
+    assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'dups'") == result["landed"]
+    text, created, score, latest = reader.rows("SELECT text, created_at::VARCHAR, score, latest_reactions::VARCHAR "
+                                               "FROM posts WHERE post_id = 'dups:dup'")[0]
+    assert (text, created, score) == ("last version", "2021-06-01 00:00:00", 7.0)
+    assert json.loads(latest) == {"likes": 7}
+    assert reader.rows("SELECT kind, count FROM reaction_snapshots WHERE post_id = 'dups:dup'") == [("likes", 7)]
+    assert reader.rows("SELECT text FROM posts WHERE post_id = 'dups:twice'") == [("b",)]
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("missing.csv", "does not exist"),
+    ("folder.csv", "is a folder, not a file"),
+])
+def test_the_cli_names_the_problem_and_the_fix_of_an_unreadable_source(settings, redis_conn, running, tmp_path,
+                                                                      source, problem):
+    # Issue 13 finding 7: only "Fix: Fix `source` ..." was printed, or a raw IsADirectoryError.
+    import subprocess
+    import sys
+
+    (tmp_path / "folder.csv").mkdir()
+    actions.save_face(redis_conn, "unreadable", "dataset", {"source": str(tmp_path / source)})
+    done = subprocess.run([sys.executable, "-m", "crowdtune.cli", "import", "--face", "unreadable"],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "Error: The dataset " in done.stderr and problem in done.stderr and str(tmp_path / source) in done.stderr
+    assert "Fix: Set `source` in the dataset config" in done.stderr and "Traceback" not in done.stderr

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crowdtune.errors import CrowdtuneError
 from crowdtune.scoring import ScorerConfig, score_at_maturity
 from crowdtune.settings import load_settings
 from crowdtune.store.reads import StoreReader
-from crowdtune.store.writer import apply_write, initialise
+from crowdtune.store.writer import apply_batch, apply_write, initialise
 from faces.base import FaceError
 from faces.dataset import DatasetConfig, DatasetFace
 from jobs.imports import history_rows
@@ -69,7 +71,7 @@ def test_any_snapshots_score_as_a_finite_non_negative_number_or_not_yet(snapshot
     if not mature:
         assert score is None
     else:
-        assert score is not None and score >= 0 and score == score and score != float("inf")
+        assert score is not None and score >= 0 and math.isfinite(score)
 
 
 rows = st.lists(st.tuples(st.one_of(st.integers(0, 50).map(str), text_values), text_values,
@@ -107,18 +109,23 @@ def test_any_csv_imports_its_valid_rows_atomically_and_reports_the_rest(rows, ju
         if not any(q.reactions for q in posts if q.platform_id == pid))
 
 
-@pytest.mark.parametrize("ops", [
-    [{"op": "upsert", "table": "posts", "rows": [{"post_id": "a", "face_id": "f", "origin": "imported",
-                                                  "status": "imported", "text": "ok"}]},
-     {"op": "insert", "table": "metrics", "rows": [{"run_id": "r", "name": "x", "step": "not a number"}]}],
-    [{"op": "upsert", "table": "posts", "rows": [{"post_id": "b", "face_id": "f", "origin": "imported",
-                                                  "status": "imported", "text": None}]}],
+@pytest.mark.parametrize("ops, bad", [
+    ([{"op": "upsert", "table": "posts", "rows": [{"post_id": "a", "face_id": "f", "origin": "imported",
+                                                   "status": "imported", "text": "ok"}]},
+      {"op": "insert", "table": "metrics", "rows": [{"run_id": "r", "name": "x", "step": "not a number"}]}],
+     ("metrics", "r")),
+    ([{"op": "upsert", "table": "posts", "rows": [{"post_id": "a", "face_id": "f", "origin": "imported",
+                                                   "status": "imported", "text": "ok"},
+                                                  {"post_id": "b", "face_id": "f", "origin": "imported",
+                                                   "status": "imported", "text": None}]}],
+     ("posts", "b")),
 ])
-def test_a_batch_with_one_bad_row_writes_nothing(tmp_path, ops):
+def test_a_batch_with_one_bad_row_lands_the_rest_and_raises_an_alert_naming_the_bad_one(tmp_path, ops, bad):
     store = tmp_path / "s.duckdb"
     initialise(store)
-    with pytest.raises(Exception):
-        apply_write(store, "w", ops, wait_seconds=5)
+    outcome = apply_batch(store, "w", ops, wait_seconds=5)
     reader = StoreReader(store)
-    assert reader.scalar("SELECT count(*) FROM posts") == 0
-    assert reader.scalar("SELECT count(*) FROM applied_writes") == 0
+    assert reader.rows("SELECT post_id FROM posts") == [("a",)]
+    assert [(r["table"], next(iter(r["key"].values()))) for r in outcome.refused] == [bad]
+    assert bad[1] in reader.scalar("SELECT message FROM alerts WHERE alert_id = 'store-refused:w'")
+    assert reader.scalar("SELECT count(*) FROM applied_writes") == 1
