@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from rq import get_current_job
 
 from crowdtune import artifacts
-from crowdtune.runtime import stop_flags
 from crowdtune.errors import CrowdtuneError, RedisUnavailable, StoreUnavailable, failure_message
+from crowdtune.runtime import stop_flags
 from crowdtune.runtime.progress import progress_reporter
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
-from crowdtune.store.remote import read_via_store_worker
 from crowdtune.states import RunStatus
+from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
 from crowdtune.training.sft import SFTConfig, train_sft

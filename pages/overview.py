@@ -6,13 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from crowdtune.errors import CrowdtuneError
-from crowdtune.runtime.progress import job_progress
 from crowdtune.dashboard.links import share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime.progress import job_progress
 from crowdtune.runtime.queues import connect
-from crowdtune.settings import load_settings
 from crowdtune.runtime.status import system_status
+from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writes import utc_now

@@ -5,9 +5,9 @@ import streamlit as st
 
 from crowdtune import actions
 from crowdtune.dashboard.forms import config_fields, validate_config
-from crowdtune.runtime.progress import fetch_job
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune.dashboard.access import readonly_notice
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.links import share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.page_setup import or_stop, show_error
-from crowdtune.settings import load_settings
+from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.status import system_status
+from crowdtune.settings import load_settings
 
 st.title("System")
 

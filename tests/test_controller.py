@@ -4,12 +4,16 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from crowdtune.states import ControllerState
+from crowdtune.errors import SettingsError
 from crowdtune.online.controller import (
-    ControllerSnapshot, OnlineConfig, PostView, UpdateView, decide,
+    ControllerSnapshot,
+    OnlineConfig,
+    PostView,
+    UpdateView,
+    decide,
     parse_online_config,
 )
-from crowdtune.errors import SettingsError
+from crowdtune.states import ControllerState
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 MIN = timedelta(minutes=1)

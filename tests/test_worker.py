@@ -8,7 +8,6 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.queues import enqueue, queue
 from crowdtune.store.reads import StoreReader, job_record
 from crowdtune.store.writer import initialise

@@ -13,9 +13,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -166,7 +166,7 @@ class _FileInProcess:
         return self.exclusive_owner is None and not self.exclusive_waiting
 
     @contextmanager
-    def shared(self, files: "_ProcessFiles", wait_seconds: float) -> Iterator[str]:
+    def shared(self, files: _ProcessFiles, wait_seconds: float) -> Iterator[str]:
         me = threading.get_ident()
         with self.changed:
             if self.exclusive_owner == me:

@@ -41,12 +41,12 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from crowdtune import actions
+from crowdtune.online.schedule import job_status as _job_status
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.schema import TABLE_KEYS
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, _job_id
-from crowdtune.online.schedule import job_status as _job_status
 from tests.conftest import kill_tree, wait_for
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
 from tests.jobs.test_online_job import FACE, add_face, online_config
@@ -384,8 +384,8 @@ def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
 @pytest.mark.slow
 def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no_post(
         settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
-    from faces.sandbox import post_id_for_intent
     from crowdtune.online.schedule import safe_id as _safe
+    from faces.sandbox import post_id_for_intent
 
     sandbox_dir = tmp_path / "sandbox"
     reader = add_face(settings, str(sandbox_dir), fresh_posts[:50])
