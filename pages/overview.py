@@ -46,7 +46,7 @@ def online_table(controllers: pd.DataFrame, schedule: pd.DataFrame, now: dt.date
     """One row per face that trains (or trained) online: state, run, what comes next, counts."""
     table = controllers.merge(schedule, on="face_id", how="left")
     reads = [f"{post} at {when(at, now)}" if isinstance(post, str) else "—"
-             for post, at in zip(table["next_reaction_post"], table["next_reaction_at"])]
+             for post, at in zip(table["next_reaction_post"], table["next_reaction_at"], strict=True)]
     return pd.DataFrame({
         "face": table["face_id"], "state": table["state"], "run": table["run_id"],
         "next post": [when(at, now) for at in table["next_post_at"]], "next reaction read": reads,
@@ -143,7 +143,7 @@ def live_overview():
         else:
             small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day")
     recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
-    for column, name in zip(chart_cols[1:], KEY_METRICS):
+    for column, name in zip(chart_cols[1:], KEY_METRICS, strict=True):
         with column:
             has_metric = not catalog.empty and (catalog["name"] == name).any()
             series = views.metric_series(reader, recent_runs, [name], max_points=300) if has_metric else pd.DataFrame()

@@ -65,7 +65,7 @@ def samples():
         return
     if conn is None:
         return
-    for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items()):
+    for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items(), strict=True):
         with column:
             st.markdown(f"**{choice}**")
             job = fetch_job(conn, job_id)

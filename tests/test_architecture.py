@@ -138,6 +138,6 @@ def test_a_job_enqueued_by_its_name_alone_runs_on_the_workers(settings, redis_co
     probe = Queue("default", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.system.probe_worker")
     reconcile = Queue("store", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.online.reconcile")
     for job in (probe, reconcile):
-        wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=60, message=job.func_name)
+        wait_for(lambda job=job: job.get_status(refresh=True) in ("finished", "failed"), timeout=60, message=job.func_name)
     assert probe.get_status() == "finished" and probe.latest_result().return_value["torch"].startswith("2.")
     assert reconcile.get_status() == "finished" and reconcile.latest_result().return_value == []

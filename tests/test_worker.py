@@ -50,7 +50,7 @@ def test_each_job_is_seeded_from_its_id_so_forked_children_do_not_share_randomne
     same = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
     again = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
     for job in [*jobs, same, again]:
-        wait_for(lambda: finished(job), timeout=60, message="random draws")
+        wait_for(lambda job=job: finished(job), timeout=60, message="random draws")
     draws = [tuple(j.latest_result().return_value) for j in jobs]
     assert len(set(draws)) == 3
     assert same.latest_result().return_value == again.latest_result().return_value
@@ -70,7 +70,7 @@ def test_queued_jobs_survive_a_redis_restart_even_a_kill(settings, redis_server,
     assert queue("default", conn).count == 5
     workers.start("--queues", "default", conn=conn)
     for job in jobs:
-        wait_for(lambda: Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED,
+        wait_for(lambda job=job: Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED,
                  timeout=60, message="a job from before the restart")
 
 

@@ -183,7 +183,7 @@ def _dicts(reader: StoreReader, sql: str, params: list | None = None) -> list[di
             return []
         cursor = con.execute(sql, params or [])
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _parsed(row: dict | None, *columns: str) -> dict | None:

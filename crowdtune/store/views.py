@@ -128,7 +128,7 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
         else:
             spans = chosen["last_step"] - chosen["first_step"]
         plan = pd.DataFrame([bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
-                             for span, n in zip(spans, chosen["points"])], columns=["level", "width"])
+                             for span, n in zip(spans, chosen["points"], strict=True)], columns=["level", "width"])
         plan.index = chosen.index
         from_rollup = plan["level"] > 0
         parts = []
@@ -387,7 +387,7 @@ def model_versions(reader: StoreReader) -> pd.DataFrame:
 
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
     """The chain from `version_id` back through its parents to the first version (no cycles)."""
-    parents = dict(zip(versions["version_id"], versions["parent_version_id"])) if not versions.empty else {}
+    parents = dict(zip(versions["version_id"], versions["parent_version_id"], strict=True)) if not versions.empty else {}
     chain, current = [], version_id
     while current and current not in chain:
         chain.append(current)
@@ -399,7 +399,7 @@ def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
 def version_metrics(versions: pd.DataFrame) -> pd.DataFrame:
     """The `metrics` JSON of each version spread into columns, for a comparison table."""
     rows = []
-    for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", [])):
+    for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", []), strict=False):
         try:
             values = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
         except ValueError:

@@ -108,7 +108,7 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
     # On schedule: consecutive posts at least the minimum gap (1 audience hour = 2 s) apart.
     times = [r[0] for r in reader.rows("SELECT published_at FROM posts WHERE run_id = ? AND status = 'published' "
                                        "ORDER BY published_at", [run_id])]
-    assert all((b - a).total_seconds() >= 1.99 for a, b in zip(times, times[1:]))
+    assert all((b - a).total_seconds() >= 1.99 for a, b in zip(times, times[1:], strict=False))
 
     # Posts after the update are written by the new version.
     wait_for(lambda: scalar(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND model_version_id = ? "

@@ -209,7 +209,7 @@ def restart(workers, conn, *args: str, timeout: float = 120) -> tuple[subprocess
     while True:
         attempts += 1
         proc = workers.start(*args, wait=False)
-        wait_for(lambda: registered(conn, proc) or proc.poll() is not None, timeout=90, message=f"worker {args}")
+        wait_for(lambda proc=proc: registered(conn, proc) or proc.poll() is not None, timeout=90, message=f"worker {args}")
         if proc.poll() is None:
             return proc, attempts
         assert time.monotonic() < deadline, f"worker {args} kept exiting at start:\n{workers.logs()[-3000:]}"
@@ -383,7 +383,7 @@ def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
 
 @pytest.mark.slow
 def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no_post(
-        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
+        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):  # noqa: F811  (fixtures imported above)
     from crowdtune.online.schedule import safe_id as _safe
     from faces.sandbox import post_id_for_intent
 
@@ -412,13 +412,13 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         job = wait_for(lambda: started_jobs(redis_conn, "default", prefix), timeout=180, interval=0.002,
                        message="a publish job to start")[0]
         slot = _publish_slot(job)
-        wait_for(lambda: ready(slot) or not started_jobs(redis_conn, "default", job), timeout=60, interval=0.001,
+        wait_for(lambda ready=ready, slot=slot, job=job: ready(slot) or not started_jobs(redis_conn, "default", job), timeout=60, interval=0.001,
                  message=f"the moment '{moment}'")
         kill_tree(publisher.pid)
         hits[moment] = {"slot": slot, "on_sandbox": on_sandbox(slot), "published_record_queued": bool(
             redis_conn.exists(f"rq:job:{_job_id(f'published:{run_id}:{slot}')}"))}
         publisher, _ = restart(workers, redis_conn, "--queues", "default")
-        wait_for(lambda: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job), timeout=120,
+        wait_for(lambda slot=slot, job=job: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job), timeout=120,
                  message=f"slot {slot} to be resolved after the kill '{moment}'")
         assert resolved(slot), f"killed '{moment}': the re-run of {job} is refused by the intent lock its killed run left"
 
@@ -531,7 +531,7 @@ def test_offline_training_that_keeps_failing_fails_after_its_retries_with_an_ale
 
 @pytest.mark.slow
 def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_restart_resumes_it(
-        settings, redis_conn, workers_without_dac_override, tmp_path, fresh_posts, tiny_model_dir):
+        settings, redis_conn, workers_without_dac_override, tmp_path, fresh_posts, tiny_model_dir):  # noqa: F811  (fixtures imported above)
     workers = workers_without_dac_override
     artifacts = Path(settings.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)

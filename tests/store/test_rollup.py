@@ -116,7 +116,7 @@ def test_a_v3_store_is_migrated_with_its_rollup_and_latest_reactions_backfilled(
     for number, sql in enumerate(MIGRATIONS[:3], start=1):
         con.execute(sql)
         con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
-    rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))
+    rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))  # noqa: F841  (DuckDB reads it: FROM rows)
     con.execute("INSERT INTO metrics SELECT run_id, name, step, value, recorded_at FROM rows")
     con.execute("INSERT INTO posts (post_id, face_id, origin, status, text) VALUES ('p', 'f', 'imported', "
                 "'imported', 'hello'), ('q', 'f', 'imported', 'imported', 'no reactions')")
