@@ -72,7 +72,8 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
     """Import (or refresh) a face's history into the store, on the `default` queue."""
     return enqueue(conn, QUEUE_DEFAULT, "jobs.imports.import_history", face_id, limit=limit,
-                   description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT, meta={"face_id": face_id})
+                   description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT,
+                   meta={"face_id": face_id})
 
 
 def start_offline_training(
@@ -179,7 +180,8 @@ def stop_online(conn: redis.Redis, face_id: str) -> str | None:
     if controller is None or controller["state"] == ControllerState.IDLE:
         return None
     run_id = controller["run_id"]
-    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": ControllerState.STOPPING}, write_id=f"stop:{run_id}")
+    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": ControllerState.STOPPING},
+                             write_id=f"stop:{run_id}")
     stop_flags.request_stop(conn, run_id)
     if controller.get("offline_run_id"):
         stop_flags.request_stop(conn, controller["offline_run_id"])

@@ -82,7 +82,8 @@ def live_overview():
     if not status.redis_ok:
         st.error(status.redis_error.replace("\nFix:", "\n\n**Fix:**"))
     elif not status.workers:
-        st.warning("No worker is alive. Start them with `make run` (or `crowdtune worker` / `crowdtune worker --store`).")
+        st.warning("No worker is alive. Start them with `make run` "
+                   "(or `crowdtune worker` / `crowdtune worker --store`).")
     if status.store_error:
         st.error(status.store_error.replace("\nFix:", "\n\n**Fix:**"))
     elif not reader.exists:

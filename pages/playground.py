@@ -84,7 +84,8 @@ def samples():
             elif state == "failed":
                 result = job.latest_result()
                 lines = (result.exc_string if result else "") or ""
-                st.error(f"Sampling failed: {lines.strip().splitlines()[-1] if lines.strip() else 'see the System page'}")
+                last = lines.strip().splitlines()[-1] if lines.strip() else "see the System page"
+                st.error(f"Sampling failed: {last}")
             else:
                 st.caption(f"Sampling… ({state}; a worker on the default queue picks it up)")
 

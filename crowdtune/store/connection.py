@@ -280,7 +280,8 @@ def check_schema(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise StoreUnavailable(
             f"The store {path} has schema version {version}, newer than this Crowdtune understands ({SCHEMA_VERSION}).",
-            "Upgrade Crowdtune (git pull && make setup), or set CROWDTUNE_DB_PATH to another file. Nothing was changed.",
+            "Upgrade Crowdtune (git pull && make setup), or set CROWDTUNE_DB_PATH to another file. "
+            "Nothing was changed.",
         )
 
 
