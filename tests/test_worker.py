@@ -70,8 +70,8 @@ def test_queued_jobs_survive_a_redis_restart_even_a_kill(settings, redis_server,
     assert queue("default", conn).count == 5
     workers.start("--queues", "default", conn=conn)
     for job in jobs:
-        wait_for(lambda job=job: Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED,
-                 timeout=60, message="a job from before the restart")
+        wait_for(lambda job=job: (Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status()
+                                  == JobStatus.FINISHED), timeout=60, message="a job from before the restart")
 
 
 def test_a_second_store_writer_refuses_to_start(settings, redis_conn, workers):
