@@ -72,7 +72,8 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
     """Import (or refresh) a face's history into the store, on the `default` queue."""
     return enqueue(conn, QUEUE_DEFAULT, "jobs.imports.import_history", face_id, limit=limit,
-                   description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT, meta={"face_id": face_id})
+                   description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT,
+                   meta={"face_id": face_id})
 
 
 def start_offline_training(
@@ -131,11 +132,11 @@ def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str
     setting). The face must exist, be able to publish and observe reactions, and not be online
     already. Returns the new run id; the controller's first tick is queued at once.
     """
-    from crowdtune.online.controller import parse_online_config
     from crowdtune.errors import SettingsError
+    from crowdtune.online.controller import parse_online_config
+    from crowdtune.online.schedule import schedule_tick
     from crowdtune.store.remote import read_via_store_worker
     from faces.registry import FACE_KINDS
-    from crowdtune.online.schedule import schedule_tick
 
     online = parse_online_config(config)
     face = read_via_store_worker(conn, "face_record", face_id=face_id, timeout=60)
@@ -172,14 +173,15 @@ def stop_online(conn: redis.Redis, face_id: str) -> str | None:
     """Stop a face's online loop: nothing new is published, the post being published is resolved,
     a running update stops at its next step, then the run ends (`stopped`) and the controller is
     IDLE. Returns the run id being stopped, or None if the face was not online."""
-    from crowdtune.store.remote import read_via_store_worker
     from crowdtune.online.schedule import schedule_tick
+    from crowdtune.store.remote import read_via_store_worker
 
     controller = read_via_store_worker(conn, "online_controller", face_id=face_id, timeout=60)
     if controller is None or controller["state"] == ControllerState.IDLE:
         return None
     run_id = controller["run_id"]
-    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": ControllerState.STOPPING}, write_id=f"stop:{run_id}")
+    StoreWriter(conn).update("controllers", {"face_id": face_id}, {"state": ControllerState.STOPPING},
+                             write_id=f"stop:{run_id}")
     stop_flags.request_stop(conn, run_id)
     if controller.get("offline_run_id"):
         stop_flags.request_stop(conn, controller["offline_run_id"])

@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from rq import get_current_job
 
 from crowdtune import artifacts
-from crowdtune.runtime import stop_flags
 from crowdtune.errors import CrowdtuneError, RedisUnavailable, StoreUnavailable, failure_message
+from crowdtune.runtime import stop_flags
 from crowdtune.runtime.progress import progress_reporter
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
-from crowdtune.store.remote import read_via_store_worker
 from crowdtune.states import RunStatus
+from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
 from crowdtune.training.sft import SFTConfig, train_sft
@@ -88,9 +88,10 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         stop_flags.clear_stop(conn, run_id)
         if mirrored:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        return {"run_id": run_id, "version_id": version_id, "resumed": resumed, "artifact_url": url, "stopped_reason": result.stopped_reason,
-                "steps": result.steps, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
-                "tokens_per_second": result.tokens_per_second, "data": result.data}
+        return {"run_id": run_id, "version_id": version_id, "resumed": resumed, "artifact_url": url,
+                "stopped_reason": result.stopped_reason, "steps": result.steps, "best_step": result.best_step,
+                "best_val_loss": result.best_val_loss, "tokens_per_second": result.tokens_per_second,
+                "data": result.data}
     except Exception as exc:
         _record_failure(writer, job, run_id, face_id, exc)
         raise
@@ -102,7 +103,8 @@ def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Ex
     retry wait and it resumes from its checkpoint. Either way the run row and an alert say why."""
     message = failure_message(exc)
     source, alert_id = f"offline {face_id}", f"run-failed:{run_id}"
-    permanent = isinstance(exc, (CrowdtuneError, ValidationError)) and not isinstance(exc, (RedisUnavailable, StoreUnavailable))
+    permanent = (isinstance(exc, (CrowdtuneError, ValidationError))
+                 and not isinstance(exc, (RedisUnavailable, StoreUnavailable)))
     if permanent and job is not None:
         job.retries_left = 0  # the worker reads this very object: no retry can fix a bad setting
     if job is not None and job.should_retry:
@@ -115,7 +117,8 @@ def _record_failure(writer: StoreWriter, job, run_id: str, face_id: str, exc: Ex
         ])
         return
     writer.submit([
-        update_op("runs", {"run_id": run_id}, {"status": RunStatus.FAILED, "ended_at": utc_now(), "error": message[:2000]}),
+        update_op("runs", {"run_id": run_id},
+                  {"status": RunStatus.FAILED, "ended_at": utc_now(), "error": message[:2000]}),
         alert_op(alert_id, "error", source, f"Offline run {run_id} failed: {message}"),
         _resolve_retry_alert(run_id),
     ])

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from crowdtune.dashboard.charts import metric_figure
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.links import TIME_RANGES, MetricsView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader

@@ -6,13 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from crowdtune.errors import CrowdtuneError
-from crowdtune.runtime.progress import job_progress
 from crowdtune.dashboard.links import share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime.progress import job_progress
 from crowdtune.runtime.queues import connect
-from crowdtune.settings import load_settings
 from crowdtune.runtime.status import system_status
+from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writes import utc_now
@@ -46,7 +46,7 @@ def online_table(controllers: pd.DataFrame, schedule: pd.DataFrame, now: dt.date
     """One row per face that trains (or trained) online: state, run, what comes next, counts."""
     table = controllers.merge(schedule, on="face_id", how="left")
     reads = [f"{post} at {when(at, now)}" if isinstance(post, str) else "—"
-             for post, at in zip(table["next_reaction_post"], table["next_reaction_at"])]
+             for post, at in zip(table["next_reaction_post"], table["next_reaction_at"], strict=True)]
     return pd.DataFrame({
         "face": table["face_id"], "state": table["state"], "run": table["run_id"],
         "next post": [when(at, now) for at in table["next_post_at"]], "next reaction read": reads,
@@ -82,7 +82,8 @@ def live_overview():
     if not status.redis_ok:
         st.error(status.redis_error.replace("\nFix:", "\n\n**Fix:**"))
     elif not status.workers:
-        st.warning("No worker is alive. Start them with `make run` (or `crowdtune worker` / `crowdtune worker --store`).")
+        st.warning("No worker is alive. Start them with `make run` "
+                   "(or `crowdtune worker` / `crowdtune worker --store`).")
     if status.store_error:
         st.error(status.store_error.replace("\nFix:", "\n\n**Fix:**"))
     elif not reader.exists:
@@ -143,7 +144,7 @@ def live_overview():
         else:
             small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day")
     recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
-    for column, name in zip(chart_cols[1:], KEY_METRICS):
+    for column, name in zip(chart_cols[1:], KEY_METRICS, strict=True):
         with column:
             has_metric = not catalog.empty and (catalog["name"] == name).any()
             series = views.metric_series(reader, recent_runs, [name], max_points=300) if has_metric else pd.DataFrame()

@@ -5,9 +5,9 @@ import streamlit as st
 
 from crowdtune import actions
 from crowdtune.dashboard.forms import config_fields, validate_config
-from crowdtune.runtime.progress import fetch_job
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -65,7 +65,7 @@ def samples():
         return
     if conn is None:
         return
-    for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items()):
+    for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items(), strict=True):
         with column:
             st.markdown(f"**{choice}**")
             job = fetch_job(conn, job_id)
@@ -84,7 +84,8 @@ def samples():
             elif state == "failed":
                 result = job.latest_result()
                 lines = (result.exc_string if result else "") or ""
-                st.error(f"Sampling failed: {lines.strip().splitlines()[-1] if lines.strip() else 'see the System page'}")
+                last = lines.strip().splitlines()[-1] if lines.strip() else "see the System page"
+                st.error(f"Sampling failed: {last}")
             else:
                 st.caption(f"Sampling… ({state}; a worker on the default queue picks it up)")
 

@@ -64,7 +64,7 @@ with or_stop(), reader.session() as session:
         st.subheader("Reactions over the post's age")
         # posts_page read the reactions of the post chosen last, or of the first one if it left the page.
         st.session_state["posts_post"] = shown.post
-        texts = dict(zip(posts["post_id"], posts["text"]))
+        texts = dict(zip(posts["post_id"], posts["text"], strict=True))
         st.selectbox("Post", posts["post_id"].tolist(), key="posts_post", format_func=lambda p: f"{p}: {texts[p][:80]}")
         snapshots = shown.reactions
         if snapshots.empty:

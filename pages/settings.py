@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from crowdtune.dashboard.access import readonly_notice
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.links import share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -52,7 +52,8 @@ def save_credentials(kind: str, fields: tuple[str, ...], may_control: bool) -> N
     elif secrets_file:
         for field, value in new.items():
             write_secret(Path(secrets_file), kind, field, value)
-        result = ("ok", f"Saved {', '.join(new)} to the secrets file. Restart the workers (`make run`) so they read it.")
+        result = ("ok", f"Saved {', '.join(new)} to the secrets file. "
+                        "Restart the workers (`make run`) so they read it.")
     else:
         result = ("warn", "No secrets file is configured, so the app cannot store this. Either set "
                   + ", ".join(f"`{secret_env_var(kind, f)}`" for f in new)

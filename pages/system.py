@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.page_setup import or_stop, show_error
-from crowdtune.settings import load_settings
+from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.status import system_status
+from crowdtune.settings import load_settings
 
 st.title("System")
 
@@ -22,7 +22,8 @@ def live_status():
     redis_col.metric("Redis", "reachable" if status.redis_ok else "unreachable", status.redis_version or "",
                      delta_color="off")
     workers_col.metric("Live workers", len(status.workers))
-    store_col.metric("Store", f"{status.store.size_bytes / 1e6:.1f} MB" if status.store and status.store.exists else "—")
+    store_col.metric("Store",
+                     f"{status.store.size_bytes / 1e6:.1f} MB" if status.store and status.store.exists else "—")
 
     if not status.redis_ok:
         st.error(status.redis_error.replace("\nFix:", "\n\n**Fix:**"))
@@ -36,7 +37,8 @@ def live_status():
             "last heartbeat": w.last_heartbeat, "done": w.successful, "failed": w.failed,
         } for w in status.workers]), hide_index=True, width="stretch")
     elif status.redis_ok:
-        st.warning("No worker is alive. Start them with `make run` (or `crowdtune worker` / `crowdtune worker --store`).")
+        st.warning("No worker is alive. Start them with `make run` "
+                   "(or `crowdtune worker` / `crowdtune worker --store`).")
 
     if status.queues:
         st.subheader("Queues")
@@ -58,7 +60,8 @@ def live_status():
     if status.store_error:
         st.error(status.store_error.replace("\nFix:", "\n\n**Fix:**"))
     elif status.store and status.store.exists:
-        st.write(f"`{status.store.path}` · {status.store.size_bytes / 1e6:.2f} MB · schema v{status.store.schema_version}")
+        st.write(f"`{status.store.path}` · {status.store.size_bytes / 1e6:.2f} MB "
+                 f"· schema v{status.store.schema_version}")
         st.dataframe(pd.DataFrame(sorted(status.store.row_counts.items()), columns=["table", "rows"]),
                      hide_index=True, width="stretch")
     else:

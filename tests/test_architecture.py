@@ -93,7 +93,8 @@ def test_nothing_under_crowdtune_imports_the_jobs_package():
 def test_the_dashboard_helpers_are_used_only_by_the_app_and_its_pages():
     users = {name for name, deps in import_graph().items()
              if any(d == "crowdtune.dashboard" or d.startswith("crowdtune.dashboard.") for d in deps)}
-    assert {u for u in users if not (u == "app" or u.startswith("pages.") or u.startswith("crowdtune.dashboard"))} == set()
+    assert {u for u in users
+            if not (u == "app" or u.startswith("pages.") or u.startswith("crowdtune.dashboard"))} == set()
 
 
 def test_faces_know_nothing_of_the_store_the_queues_or_training():
@@ -138,6 +139,7 @@ def test_a_job_enqueued_by_its_name_alone_runs_on_the_workers(settings, redis_co
     probe = Queue("default", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.system.probe_worker")
     reconcile = Queue("store", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.online.reconcile")
     for job in (probe, reconcile):
-        wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=60, message=job.func_name)
+        wait_for(lambda job=job: job.get_status(refresh=True) in ("finished", "failed"), timeout=60,
+                 message=job.func_name)
     assert probe.get_status() == "finished" and probe.latest_result().return_value["torch"].startswith("2.")
     assert reconcile.get_status() == "finished" and reconcile.latest_result().return_value == []

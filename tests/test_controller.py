@@ -4,12 +4,16 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from crowdtune.states import ControllerState
+from crowdtune.errors import SettingsError
 from crowdtune.online.controller import (
-    ControllerSnapshot, OnlineConfig, PostView, UpdateView, decide,
+    ControllerSnapshot,
+    OnlineConfig,
+    PostView,
+    UpdateView,
+    decide,
     parse_online_config,
 )
-from crowdtune.errors import SettingsError
+from crowdtune.states import ControllerState
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 MIN = timedelta(minutes=1)
@@ -93,7 +97,8 @@ def test_acceleration_turns_audience_hours_into_wall_seconds():
     snap = snapshot(config=cfg, posts=[scored(0, T0)], last_resolved_at=T0)
     assert decide(snap, T0).publish_at == T0 + timedelta(seconds=2)
     young = published(0, T0)
-    assert decide(snapshot(config=cfg, posts=[young], last_resolved_at=T0), T0 + timedelta(seconds=1.5)).collect == [young]
+    assert decide(snapshot(config=cfg, posts=[young], last_resolved_at=T0),
+                  T0 + timedelta(seconds=1.5)).collect == [young]
 
 
 def test_reactions_are_read_at_each_window_and_no_more_once_mature():
@@ -138,7 +143,8 @@ def test_an_update_in_flight_blocks_the_next_and_must_keep_its_job():
 
 def test_a_slot_still_publishing_is_resolved_before_anything_new_is_published():
     stuck = PostView("run:p2", "publishing", run_id="run", publish_slot=2)
-    decision = decide(snapshot(posts=[published(0, T0), published(1, T0 + HOUR), stuck], resolved_slot=1), T0 + 9 * HOUR)
+    decision = decide(snapshot(posts=[published(0, T0), published(1, T0 + HOUR), stuck], resolved_slot=1),
+                      T0 + 9 * HOUR)
     assert decision.resume_slot == 2 and decision.publish_slot is None
     lost = snapshot(posts=[published(0, T0)], publish_slot=2, resolved_slot=0)  # slot 1's job never wrote a row
     assert decide(lost, T0 + 9 * HOUR).resume_slot == 1
@@ -156,12 +162,15 @@ def test_every_k_updates_the_controller_goes_offline_and_comes_back_with_the_off
     assert decide(snapshot(config=cfg, updates=done[:1]), T0).go_offline is None
     assert "2 online updates" in decide(snapshot(config=cfg, updates=done), T0).go_offline
     assert decide(snapshot(config=cfg, updates=done, updates_at_offline=2), T0).go_offline is None
-    waiting = snapshot(ControllerState.OFFLINE, config=cfg, updates=done, offline_run_id="off", offline_status="running")
+    waiting = snapshot(ControllerState.OFFLINE, config=cfg, updates=done, offline_run_id="off",
+                       offline_status="running")
     decision = decide(waiting, T0)
     assert decision.end_offline is None and decision.publish_slot is None and decision.wake_at > T0
-    ended = snapshot(ControllerState.OFFLINE, config=cfg, offline_run_id="off", offline_status="completed", offline_version_id="off-step8")
+    ended = snapshot(ControllerState.OFFLINE, config=cfg, offline_run_id="off", offline_status="completed",
+                     offline_version_id="off-step8")
     assert decide(ended, T0).end_offline == "completed"
-    assert decide(snapshot(ControllerState.OFFLINE, offline_run_id="off", offline_status="failed"), T0).end_offline == "failed"
+    failed = snapshot(ControllerState.OFFLINE, offline_run_id="off", offline_status="failed")
+    assert decide(failed, T0).end_offline == "failed"
 
 
 def test_drift_sends_the_controller_offline():
@@ -181,11 +190,13 @@ def test_a_paused_controller_publishes_and_updates_nothing_but_still_collects():
 
 def test_stopping_waits_for_work_in_flight_then_finishes():
     stuck = PostView("run:p1", "publishing", run_id="run", publish_slot=1)
-    waiting = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0), stuck], resolved_slot=0), T0 + 9 * HOUR)
+    waiting = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0), stuck], resolved_slot=0),
+                     T0 + 9 * HOUR)
     assert waiting.resume_slot == 1 and not waiting.finish_stop and waiting.publish_slot is None
     updating = decide(snapshot(ControllerState.STOPPING, updates=[UpdateView("run-u1", 1, "running")]), T0)
     assert updating.resume_updates == ["run-u1"] and not updating.finish_stop
-    done = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0, ages=[22000], score=2.0)] * 3), T0 + 9 * HOUR)
+    done = decide(snapshot(ControllerState.STOPPING, posts=[published(0, T0, ages=[22000], score=2.0)] * 3),
+                  T0 + 9 * HOUR)
     assert done.finish_stop and done.update is None and done.publish_slot is None
 
 

@@ -8,7 +8,6 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.queues import enqueue, queue
 from crowdtune.store.reads import StoreReader, job_record
 from crowdtune.store.writer import initialise
@@ -51,7 +50,7 @@ def test_each_job_is_seeded_from_its_id_so_forked_children_do_not_share_randomne
     same = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
     again = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
     for job in [*jobs, same, again]:
-        wait_for(lambda: finished(job), timeout=60, message="random draws")
+        wait_for(lambda job=job: finished(job), timeout=60, message="random draws")
     draws = [tuple(j.latest_result().return_value) for j in jobs]
     assert len(set(draws)) == 3
     assert same.latest_result().return_value == again.latest_result().return_value
@@ -71,8 +70,8 @@ def test_queued_jobs_survive_a_redis_restart_even_a_kill(settings, redis_server,
     assert queue("default", conn).count == 5
     workers.start("--queues", "default", conn=conn)
     for job in jobs:
-        wait_for(lambda: Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status() == JobStatus.FINISHED,
-                 timeout=60, message="a job from before the restart")
+        wait_for(lambda job=job: (Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status()
+                                  == JobStatus.FINISHED), timeout=60, message="a job from before the restart")
 
 
 def test_a_second_store_writer_refuses_to_start(settings, redis_conn, workers):

@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
-from crowdtune.store.writes import alert_op, controller_op, insert_op, metrics_op, post_op, update_op, upsert_op, utc_now
+from crowdtune.store.writes import (
+    alert_op,
+    controller_op,
+    insert_op,
+    metrics_op,
+    post_op,
+    update_op,
+    upsert_op,
+    utc_now,
+)
 
 
 def slot_resolved(face_id: str, slot: int) -> dict:

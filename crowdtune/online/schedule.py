@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 from rq import Retry
@@ -41,7 +41,7 @@ def safe_id(text: str) -> str:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def job_status(conn: redis.Redis, job_id: str) -> JobStatus | None:

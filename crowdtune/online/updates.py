@@ -76,8 +76,9 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         cfg.algorithm, cfg.algorithm_settings, base_model=inputs.base_model,
         policy_url=(inputs.active or {}).get("artifact_url"),
         batch=[{"post_id": p["post_id"], "prompt": p["prompt"] or "", "text": p["text"], "token_ids": p["token_ids"],
-                "logprob": p["logprob"], "score": s, "reward": r} for p, s, r in zip(inputs.batch, scores, rewards)],
-        history=[{**h, "reward": r} for h, r in zip(inputs.history, history_rewards)],
+                "logprob": p["logprob"], "score": s, "reward": r}
+               for p, s, r in zip(inputs.batch, scores, rewards, strict=True)],
+        history=[{**h, "reward": r} for h, r in zip(inputs.history, history_rewards, strict=True)],
         state_dir=base_dir / "state", checkpoint_dir=base_dir / checkpoint_name,
         model_cache_dir=settings.data_dir / "models", train_texts=inputs.train_texts,
         on_progress=on_progress, should_stop=should_stop, seed=cfg.seed * 1000 + update["step"],
@@ -135,8 +136,7 @@ def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate,
     version = {"version_id": version_id, "parent_version_id": parent, "base_model": inputs.base_model,
                "artifact_url": url}
     pause_reason = (result.pause_reason or "the update asked to pause") if result.pause else None
-    writer.submit(records.update_finished(update, version, metrics,
-                                          f"online {cfg.algorithm} update {update['step']} on {len(inputs.batch)} posts",
-                                          pause_reason),
+    note = f"online {cfg.algorithm} update {update['step']} on {len(inputs.batch)} posts"
+    writer.submit(records.update_finished(update, version, metrics, note, pause_reason),
                   write_id=f"update-finish:{version_id}")
     return version_id, metrics

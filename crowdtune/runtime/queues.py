@@ -7,7 +7,8 @@ publishing, collecting reactions) and `store` (writes to DuckDB, served by exact
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from rq import Queue, Retry

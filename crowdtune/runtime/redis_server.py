@@ -8,7 +8,6 @@ restart. Workers on other machines cannot reach a unix socket: they need REDIS_U
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import time
 from pathlib import Path

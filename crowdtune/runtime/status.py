@@ -109,9 +109,8 @@ def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:
                 if job is None:
                     continue
                 result = job.latest_result()
-                status.failed_jobs.append(
-                    FailedJob(job_id, name, job.func_name, job.ended_at, _last_error_line(result.exc_string if result else job.exc_info))
-                )
+                error = _last_error_line(result.exc_string if result else job.exc_info)
+                status.failed_jobs.append(FailedJob(job_id, name, job.func_name, job.ended_at, error))
             for job_id in scheduled.get_job_ids(0, failed_limit - 1):
                 job = q.fetch_job(job_id)
                 try:

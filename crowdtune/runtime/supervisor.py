@@ -128,7 +128,8 @@ class Supervisor:
         python = sys.executable
         children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store"], restart=True)]
         for index, queues in enumerate(self.settings.worker_queues, start=1):
-            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues], restart=True))
+            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues],
+                                  restart=True))
         if self.with_app:
             children.append(Child("app", [
                 python, "-m", "streamlit", "run", str(APP_SCRIPT),
@@ -170,7 +171,8 @@ class Supervisor:
                         return
             except OSError:
                 time.sleep(0.2)
-        raise CrowdtuneError(f"The app did not answer on {url} within {timeout:.0f} s.", f"Read {self.log_dir / 'app.log'}.")
+        raise CrowdtuneError(f"The app did not answer on {url} within {timeout:.0f} s.",
+                             f"Read {self.log_dir / 'app.log'}.")
 
     def watch(self, poll: float = 1.0) -> None:
         """Keep workers alive (restart with backoff) until asked to stop or the app exits."""
@@ -180,7 +182,8 @@ class Supervisor:
                 if code is None or self._stopping:
                     continue
                 if not child.restart:
-                    print(f"crowdtune: {child.name} exited (code {code}); stopping. See {self.log_dir}/{child.name}.log")
+                    print(f"crowdtune: {child.name} exited (code {code}); stopping. "
+                          f"See {self.log_dir}/{child.name}.log")
                     return
                 child.restarts += 1
                 print(f"crowdtune: {child.name} exited (code {code}); restarting. See {self.log_dir}/{child.name}.log")

@@ -105,7 +105,8 @@ class _AuditMixin:
             **values,
         }
         try:
-            StoreWriter(self.connection).upsert("jobs", [row], write_id=f"audit-{job.id}-{values.get('status')}-{time.time_ns()}")
+            write_id = f"audit-{job.id}-{values.get('status')}-{time.time_ns()}"
+            StoreWriter(self.connection).upsert("jobs", [row], write_id=write_id)
         except Exception:  # the audit must never take a worker down
             log.exception("could not record job %s in the store", job.id)
 

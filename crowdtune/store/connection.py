@@ -13,9 +13,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -166,7 +166,7 @@ class _FileInProcess:
         return self.exclusive_owner is None and not self.exclusive_waiting
 
     @contextmanager
-    def shared(self, files: "_ProcessFiles", wait_seconds: float) -> Iterator[str]:
+    def shared(self, files: _ProcessFiles, wait_seconds: float) -> Iterator[str]:
         me = threading.get_ident()
         with self.changed:
             if self.exclusive_owner == me:
@@ -280,7 +280,8 @@ def check_schema(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise StoreUnavailable(
             f"The store {path} has schema version {version}, newer than this Crowdtune understands ({SCHEMA_VERSION}).",
-            "Upgrade Crowdtune (git pull && make setup), or set CROWDTUNE_DB_PATH to another file. Nothing was changed.",
+            "Upgrade Crowdtune (git pull && make setup), or set CROWDTUNE_DB_PATH to another file. "
+            "Nothing was changed.",
         )
 
 

@@ -6,10 +6,10 @@ sandboxed ad-hoc SQL is the one exception, see crowdtune.store.sandbox).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
@@ -26,7 +26,7 @@ class StoreReader:
         self.wait_seconds = wait_seconds
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "StoreReader":
+    def from_settings(cls, settings: Settings) -> StoreReader:
         return cls(settings.store_path, settings.read_retry_seconds)
 
     @property
@@ -57,7 +57,7 @@ class StoreReader:
             return session.arrays(sql, params)
 
     @contextmanager
-    def session(self) -> Iterator["StoreSession"]:
+    def session(self) -> Iterator[StoreSession]:
         """One read-only open for several queries (a page's view): a StoreReader that runs every
         frame/rows/scalar on the same connection, and lets go of the file when the block ends.
 
@@ -86,7 +86,7 @@ class StoreSession(StoreReader):
         return {} if self.con is None else self.con.execute(sql, params or []).fetchnumpy()
 
     @contextmanager
-    def session(self) -> Iterator["StoreSession"]:
+    def session(self) -> Iterator[StoreSession]:
         """Already open: a nested session is this one."""
         yield self
 
@@ -183,7 +183,7 @@ def _dicts(reader: StoreReader, sql: str, params: list | None = None) -> list[di
             return []
         cursor = con.execute(sql, params or [])
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _parsed(row: dict | None, *columns: str) -> dict | None:

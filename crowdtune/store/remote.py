@@ -32,8 +32,9 @@ def read_via_store_worker(conn: redis.Redis, name: str, timeout: float = 600.0, 
             return job.latest_result().return_value
         if status is not None and status.value in ("failed", "stopped", "canceled"):
             result = job.latest_result()
+            cause = (result.exc_string or "").strip().splitlines()[-1] if result else status
             raise CrowdtuneError(
-                f"The store worker could not read {name}: {(result.exc_string or '').strip().splitlines()[-1] if result else status}",
+                f"The store worker could not read {name}: {cause}",
                 "See the failed job on the System page.",
             )
         time.sleep(delay)

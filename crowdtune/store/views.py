@@ -128,7 +128,7 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
         else:
             spans = chosen["last_step"] - chosen["first_step"]
         plan = pd.DataFrame([bucket_widths(float(span), max_points) if n > max_points else (0, 0.0)
-                             for span, n in zip(spans, chosen["points"])], columns=["level", "width"])
+                             for span, n in zip(spans, chosen["points"], strict=True)], columns=["level", "width"])
         plan.index = chosen.index
         from_rollup = plan["level"] > 0
         parts = []
@@ -141,7 +141,8 @@ def metric_series(reader: StoreReader, run_ids: list[str], names: list[str], x: 
             parts.append(_frame(session, f"""
                 WITH plan AS (SELECT unnest($series::INTEGER[]) AS series, unnest($width::DOUBLE[]) AS width)
                 SELECT m.run_id, m.name, {_POINT_BUCKETS}
-                FROM metrics m JOIN metric_series s ON m.run_id = s.run_id AND m.name = s.name JOIN plan p USING (series)
+                FROM metrics m JOIN metric_series s ON m.run_id = s.run_id AND m.name = s.name
+                JOIN plan p USING (series)
                 GROUP BY m.run_id, m.name, CASE WHEN p.width = 0 THEN m.step ELSE floor({x_expr} / p.width) END""",
                 {"series": chosen.loc[points.index, "series"].tolist(), "width": points["width"].tolist()},
                 SERIES_COLUMNS))
@@ -357,8 +358,9 @@ def reactions_over_age(reader: StoreReader, post_id: str, created_at=_UNKNOWN) -
         return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - p.created_at)) / 3600.0 "
                               "AS age_hours, count, observed_at FROM reaction_snapshots r JOIN posts p USING (post_id) "
                               "WHERE post_id = ? ORDER BY kind, observed_at", [post_id], SNAPSHOT_COLUMNS)
-    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - ?::TIMESTAMP)) / 3600.0 AS age_hours, "
-                          "count, observed_at FROM reaction_snapshots WHERE post_id = ? ORDER BY kind, observed_at",
+    return _frame(reader, "SELECT kind, coalesce(age_seconds, epoch(observed_at - ?::TIMESTAMP)) / 3600.0 "
+                          "AS age_hours, count, observed_at FROM reaction_snapshots WHERE post_id = ? "
+                          "ORDER BY kind, observed_at",
                   [None if pd.isna(created_at) else created_at, post_id], SNAPSHOT_COLUMNS)
 
 
@@ -387,7 +389,8 @@ def model_versions(reader: StoreReader) -> pd.DataFrame:
 
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
     """The chain from `version_id` back through its parents to the first version (no cycles)."""
-    parents = dict(zip(versions["version_id"], versions["parent_version_id"])) if not versions.empty else {}
+    parents = ({} if versions.empty
+               else dict(zip(versions["version_id"], versions["parent_version_id"], strict=True)))
     chain, current = [], version_id
     while current and current not in chain:
         chain.append(current)
@@ -399,7 +402,7 @@ def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
 def version_metrics(versions: pd.DataFrame) -> pd.DataFrame:
     """The `metrics` JSON of each version spread into columns, for a comparison table."""
     rows = []
-    for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", [])):
+    for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", []), strict=False):
         try:
             values = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
         except ValueError:
@@ -410,8 +413,9 @@ def version_metrics(versions: pd.DataFrame) -> pd.DataFrame:
 
 def training_jobs(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
     """The job audit (newest first): what Crowdtune's workers ran, with status and error."""
-    return _frame(reader, "SELECT job_id, func, queue, status, description, worker, enqueued_at, started_at, ended_at, "
-                          "error FROM jobs ORDER BY coalesce(ended_at, started_at, enqueued_at) DESC NULLS LAST LIMIT ?",
+    return _frame(reader, "SELECT job_id, func, queue, status, description, worker, enqueued_at, started_at, "
+                          "ended_at, error FROM jobs "
+                          "ORDER BY coalesce(ended_at, started_at, enqueued_at) DESC NULLS LAST LIMIT ?",
                   [limit], ["job_id", "func", "queue", "status", "description", "worker", "enqueued_at", "started_at",
                             "ended_at", "error"])
 

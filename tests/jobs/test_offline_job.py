@@ -37,7 +37,8 @@ def run_status(reader, run_id):
     return reader.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id])
 
 
-def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn, workers, store_with_posts, tiny_model_dir):
+def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn, workers, store_with_posts,
+                                                            tiny_model_dir):
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
     run_id, job = actions.start_offline_training(redis_conn, "tweets", SMALL, base_model=tiny_model_dir)
@@ -48,7 +49,8 @@ def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn
     wait_for(lambda: run_status(reader, run_id) == "completed", timeout=60, message="the run's status")
     names = {r[0] for r in reader.rows("SELECT DISTINCT name FROM metrics WHERE run_id = ?", [run_id])}
     assert {"val_loss", "val_ppl", "train_loss", "gap", "copy_rate", "distinct_2"} <= names
-    assert reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id]) == [(8,), (16,), (24,)]
+    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+    assert steps == [(8,), (16,), (24,)]
     version = reader.frame("SELECT * FROM model_versions WHERE run_id = ?", [run_id]).iloc[0]
     assert version.version_id == result["version_id"] and version.base_model == tiny_model_dir
     assert json.loads(version.metrics)["val_loss"] == pytest.approx(result["best_val_loss"])
@@ -61,7 +63,8 @@ def test_a_graceful_stop_ends_in_state_stopped_with_a_loadable_version(settings,
                                                                        tiny_model_dir):
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
-    run_id, job = actions.start_offline_training(redis_conn, "tweets", {**SMALL, "max_steps": 5000}, base_model=tiny_model_dir)
+    run_id, job = actions.start_offline_training(redis_conn, "tweets", {**SMALL, "max_steps": 5000},
+                                                 base_model=tiny_model_dir)
     wait_for(lambda: (job.get_meta(refresh=True).get("progress") or {}).get("step", 0) >= 10, timeout=300,
              message="training progress")
     progress = job.get_meta()["progress"]
@@ -84,16 +87,20 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redi
     reader = store_with_posts
     wait_for(lambda: reader.scalar("SELECT count(*) FROM metrics WHERE run_id = ? AND step = 10", [run_id]),
              timeout=300, message="the first evaluation")
-    first_loss = reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'", [run_id])
+    first_loss = reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'",
+                               [run_id])
     kill_tree(first.pid)  # SIGKILL: worker and its job process, no cleanup
     workers.start("--queues", "train", conn=redis_conn)  # a new worker requeues the orphaned job at start
     wait_for(lambda: job_done(job), timeout=300, message="the resumed job")
     result = job.latest_result().return_value
     assert result["resumed"] is True and result["steps"] == 40
-    rows = reader.rows("SELECT name, step, count(*) FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1", [run_id])
+    rows = reader.rows("SELECT name, step, count(*) FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
+                       [run_id])
     assert rows == []
-    assert reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id]) == [(10,), (20,), (30,), (40,)]
-    assert reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'", [run_id]) == first_loss
+    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+    assert steps == [(10,), (20,), (30,), (40,)]
+    assert reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'",
+                         [run_id]) == first_loss
 
 
 def test_training_a_face_without_posts_fails_with_a_clear_error(settings, redis_conn, workers, tiny_model_dir):

@@ -34,9 +34,11 @@ def online_config(tiny_model_dir, **values) -> dict:
 
 def add_face(settings, state_url: str, posts: list[dict]) -> StoreReader:
     initialise(settings.store_path)
-    config = {"state_url": state_url, "audience": {"kind": "sentiment"}, "time_acceleration": ACC, "audience_size": 1000}
+    config = {"state_url": state_url, "audience": {"kind": "sentiment"}, "time_acceleration": ACC,
+              "audience_size": 1000}
     rows = [{"post_id": f"{FACE}:imp{i}", "face_id": FACE, "origin": "imported", "status": "imported",
-             "platform_id": f"imp{i}", "text": p["text"], "created_at": str(p["created_at"])} for i, p in enumerate(posts)]
+             "platform_id": f"imp{i}", "text": p["text"], "created_at": str(p["created_at"])}
+            for i, p in enumerate(posts)]
     apply_write(settings.store_path, "fixture-face", [
         {"op": "upsert", "table": "faces", "rows": [{"face_id": FACE, "kind": "sandbox", "config": config}]},
         {"op": "upsert", "table": "posts", "rows": rows}], 10)
@@ -103,12 +105,13 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
     # Logged for RL: the sampling policy, tokens and their log-probabilities.
     first = reader.frame("SELECT * FROM posts WHERE post_id = ?", [f"{run_id}:p0"]).iloc[0]
     assert first.status == "published" and first.intent_id == f"{run_id}:0" and first.model_version_id is None
-    assert len(first.token_ids) == len(first.token_logprobs) > 0 and first.logprob == pytest.approx(sum(first.token_logprobs))
+    assert len(first.token_ids) == len(first.token_logprobs) > 0
+    assert first.logprob == pytest.approx(sum(first.token_logprobs))
     assert '"temperature": 0.9' in first.sampling
     # On schedule: consecutive posts at least the minimum gap (1 audience hour = 2 s) apart.
     times = [r[0] for r in reader.rows("SELECT published_at FROM posts WHERE run_id = ? AND status = 'published' "
                                        "ORDER BY published_at", [run_id])]
-    assert all((b - a).total_seconds() >= 1.99 for a, b in zip(times, times[1:]))
+    assert all((b - a).total_seconds() >= 1.99 for a, b in zip(times, times[1:], strict=False))
 
     # Posts after the update are written by the new version.
     wait_for(lambda: scalar(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND model_version_id = ? "
@@ -149,7 +152,8 @@ def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twi
     assert scalar(reader, "SELECT active_version_id FROM faces WHERE face_id = ?", FACE) is not None
     # Each update used its own posts, and its metrics were written once per step.
     assert scalar(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND update_id IS NOT NULL", run_id) >= 6
-    assert reader.rows("SELECT name, step FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1", [run_id]) == []
+    assert reader.rows("SELECT name, step FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
+                       [run_id]) == []
 
     actions.stop_online(conn, FACE)
     assert_consistent_after_stop(reader, run_id, sandbox_dir)
@@ -188,6 +192,7 @@ def test_a_face_that_cannot_publish_is_retried_with_backoff_and_alerted_on(
 def test_bad_settings_are_refused_with_a_clear_error_before_anything_starts(redis_conn):
     with pytest.raises(SettingsError, match="interval 5 min is below the minimum gap 30 min"):
         actions.start_online(redis_conn, FACE, {"interval_minutes": 5, "min_gap_minutes": 30})
-    with pytest.raises(SettingsError, match="unknown algorithm 'ppo'; choose reinforce, policy_gradient or reward_model"):
+    with pytest.raises(SettingsError,
+                       match="unknown algorithm 'ppo'; choose reinforce, policy_gradient or reward_model"):
         actions.start_online(redis_conn, FACE, {"algorithm": "ppo"})
     assert not Worker.all(connection=redis_conn) and redis_conn.keys("rq:job:*") == []

@@ -34,7 +34,8 @@ def everything_in_store(path) -> str:
         return "\n".join(str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables)
 
 
-def test_a_planted_token_never_reaches_redis_the_store_or_the_logs(settings, redis_conn, workers, fake_api, monkeypatch):
+def test_a_planted_token_never_reaches_redis_the_store_or_the_logs(settings, redis_conn, workers, fake_api,
+                                                                   monkeypatch):
     FakeMastodon(fake_api)
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)  # the workers' environment, as in production
     initialise(settings.store_path)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from crowdtune.runtime import stop_flags
 from crowdtune.dashboard.access import password_matches
+from crowdtune.runtime import stop_flags
 from crowdtune.runtime.queues import queue
 from crowdtune.settings import load_settings
 from tests.pages.conftest import open_page, page_text

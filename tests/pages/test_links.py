@@ -3,8 +3,16 @@
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from crowdtune.dashboard.links import (MetricsView, PlaygroundView, PostsView, QueryView, app_base_url, from_query_params,
-                             link, to_query_params)
+from crowdtune.dashboard.links import (
+    MetricsView,
+    PlaygroundView,
+    PostsView,
+    QueryView,
+    app_base_url,
+    from_query_params,
+    link,
+    to_query_params,
+)
 
 
 @pytest.mark.parametrize("view", [

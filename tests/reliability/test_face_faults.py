@@ -166,7 +166,7 @@ def count(reader, sql, *params) -> int:
 
 
 def test_a_mastodon_face_answering_429_5xx_timeouts_and_garbage_loses_nothing_and_posts_nothing_twice(
-        settings, redis_conn, workers, mastodon, monkeypatch, tiny_model_dir):
+        settings, redis_conn, workers, mastodon, monkeypatch, tiny_model_dir):  # noqa: F811  (fixture imported above)
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)  # the workers' environment, as in production
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)

@@ -41,12 +41,12 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from crowdtune import actions
+from crowdtune.online.schedule import job_status as _job_status
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.schema import TABLE_KEYS
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, _job_id
-from crowdtune.online.schedule import job_status as _job_status
 from tests.conftest import kill_tree, wait_for
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
 from tests.jobs.test_online_job import FACE, add_face, online_config
@@ -99,7 +99,8 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
     for table, key in {**TABLE_KEYS, "applied_writes": ("write_id",)}.items():
         rows[table] = _count(reader, f'SELECT count(*) FROM "{table}"')
         columns = ", ".join(f'"{c}"' for c in key)
-        doubled = _count(reader, f'SELECT count(*) FROM (SELECT {columns} FROM "{table}" GROUP BY ALL HAVING count(*) > 1)')
+        doubled = _count(reader, f'SELECT count(*) FROM (SELECT {columns} FROM "{table}" '
+                                 'GROUP BY ALL HAVING count(*) > 1)')
         if doubled:
             duplicates += doubled
             problems.append(f"{doubled} duplicate key(s) in {table}")
@@ -112,9 +113,11 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
         problems.append(f"generated {generated} != published {published} + rejected {rejected} + failed {failed} "
                         f"(statuses {by_status})")
     for what, sql in {
-        "platform post": "SELECT face_id, platform_id FROM posts WHERE origin = 'generated' AND platform_id IS NOT NULL",
+        "platform post": "SELECT face_id, platform_id FROM posts "
+                         "WHERE origin = 'generated' AND platform_id IS NOT NULL",
         "publishing intent": "SELECT intent_id FROM posts WHERE intent_id IS NOT NULL",
-        "published slot": "SELECT run_id, publish_slot FROM posts WHERE status = 'published' AND publish_slot IS NOT NULL",
+        "published slot": "SELECT run_id, publish_slot FROM posts "
+                          "WHERE status = 'published' AND publish_slot IS NOT NULL",
     }.items():
         doubled = _count(reader, f"SELECT count(*) FROM ({sql} GROUP BY ALL HAVING count(*) > 1)")
         if doubled:
@@ -132,8 +135,8 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
     for face_id, folder in sandbox_folders(reader).items():
         out = {r["platform_id"]: r for r in sandbox_records(folder)}
         sandbox_posts += len(out)
-        recorded = {r[0] for r in reader.rows("SELECT platform_id FROM posts WHERE face_id = ? AND status = 'published' "
-                                              "AND origin = 'generated'", [face_id])}
+        recorded = {r[0] for r in reader.rows("SELECT platform_id FROM posts WHERE face_id = ? "
+                                              "AND status = 'published' AND origin = 'generated'", [face_id])}
         missing, phantom = sorted(set(out) - recorded), sorted(recorded - set(out))
         if missing:
             lost += len(missing)
@@ -170,10 +173,12 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
             problems.append(f"{len(ids)} {what}: {ids[:5]}")
 
     return {"posts": {"generated": generated, "published": published, "rejected": rejected, "failed": failed,
-                      "publishing": publishing, "imported": _count(reader, "SELECT count(*) FROM posts WHERE origin = 'imported'")},
+                      "publishing": publishing,
+                      "imported": _count(reader, "SELECT count(*) FROM posts WHERE origin = 'imported'")},
             "sandbox_posts": sandbox_posts, "reactions": rows["reaction_snapshots"],
             "observed_posts": _count(reader, "SELECT count(DISTINCT post_id) FROM reaction_snapshots"),
-            "versions": len(versions), "updates": _count(reader, "SELECT count(*) FROM online_updates WHERE status = 'completed'"),
+            "versions": len(versions),
+            "updates": _count(reader, "SELECT count(*) FROM online_updates WHERE status = 'completed'"),
             "rows": sum(rows.values()), "rows_by_table": rows, "lost": lost, "duplicates": duplicates,
             "stuck_publishing": publishing, "problems": problems + ([f"{publishing} post(s) stuck in publishing"]
                                                                    if publishing else [])}
@@ -209,7 +214,8 @@ def restart(workers, conn, *args: str, timeout: float = 120) -> tuple[subprocess
     while True:
         attempts += 1
         proc = workers.start(*args, wait=False)
-        wait_for(lambda: registered(conn, proc) or proc.poll() is not None, timeout=90, message=f"worker {args}")
+        wait_for(lambda proc=proc: registered(conn, proc) or proc.poll() is not None, timeout=90,
+                 message=f"worker {args}")
         if proc.poll() is None:
             return proc, attempts
         assert time.monotonic() < deadline, f"worker {args} kept exiting at start:\n{workers.logs()[-3000:]}"
@@ -217,7 +223,8 @@ def restart(workers, conn, *args: str, timeout: float = 120) -> tuple[subprocess
 
 
 def started_jobs(conn, queue_name: str, prefix: str) -> list[str]:
-    return [j for j in StartedJobRegistry(queue=queue(queue_name, conn)).get_job_ids(cleanup=False) if j.startswith(prefix)]
+    started = StartedJobRegistry(queue=queue(queue_name, conn)).get_job_ids(cleanup=False)
+    return [j for j in started if j.startswith(prefix)]
 
 
 def _drop_dac_override() -> None:
@@ -272,7 +279,8 @@ def workers_without_dac_override(workers, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_a_restart(settings, redis_conn, workers):
+def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_a_restart(
+        settings, redis_conn, workers):
     initialise(settings.store_path)
     store = workers.start("--store", conn=redis_conn)
     writer = StoreWriter(redis_conn)
@@ -280,10 +288,11 @@ def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_
     # transaction (~1 s), so that the kill lands inside it.
     batches, rows, updates = 8, 2000, 1000
     write_ids = [writer.submit(
-        [{"op": "insert", "table": "metrics", "rows": [{"run_id": "load", "name": "x", "step": b * rows + i, "value": -1.0}
-                                                       for i in range(rows)]}]
+        [{"op": "insert", "table": "metrics",
+          "rows": [{"run_id": "load", "name": "x", "step": b * rows + i, "value": -1.0} for i in range(rows)]}]
         + [{"op": "update", "table": "metrics", "where": {"run_id": "load", "name": "x", "step": b * rows + i},
-            "set": {"value": float(b * rows + i)}} for i in range(updates)], write_id=f"load-{b}") for b in range(batches)]
+            "set": {"value": float(b * rows + i)}} for i in range(updates)],
+        write_id=f"load-{b}") for b in range(batches)]
     reader = StoreReader(settings.store_path, wait_seconds=60)
     for _ in range(3):
         running = wait_for(lambda: started_jobs(redis_conn, "store", "store-load-"), timeout=60, interval=0.005,
@@ -304,7 +313,8 @@ def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_
     assert reader.rows("SELECT count(*), count(DISTINCT step), min(step), max(step), count(*) FILTER (value = step), "
                        "count(*) FILTER (value = -1) FROM metrics WHERE run_id = 'load'") == [
         (batches * rows, batches * rows, 0, batches * rows - 1, batches * updates, batches * (rows - updates))]
-    assert sorted(r[0] for r in reader.rows("SELECT write_id FROM applied_writes WHERE write_id LIKE 'load-%'")) == sorted(write_ids)
+    applied = reader.rows("SELECT write_id FROM applied_writes WHERE write_id LIKE 'load-%'")
+    assert sorted(r[0] for r in applied) == sorted(write_ids)
     assert reader.rows("SELECT write_id FROM applied_writes WHERE row_count <> ? AND write_id LIKE 'load-%'",
                        [rows + updates]) == []
     assert FailedJobRegistry(queue=queue("store", redis_conn)).count == 0
@@ -315,7 +325,8 @@ def test_a_store_worker_started_right_after_its_predecessor_was_killed_starts_at
     initialise(settings.store_path)
     kill_tree(workers.start("--store", conn=redis_conn).pid)
     proc = workers.start("--store", wait=False)
-    wait_for(lambda: registered(redis_conn, proc) or proc.poll() is not None, timeout=90, message="the new store worker")
+    wait_for(lambda: registered(redis_conn, proc) or proc.poll() is not None, timeout=90,
+             message="the new store worker")
     assert proc.poll() is None, f"the new store worker was refused: {workers.logs()[-300:]}"
 
 
@@ -383,9 +394,9 @@ def _blocked_by_own_lock(conn, run_id: str, slot: int, job_id: str) -> bool:
 
 @pytest.mark.slow
 def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no_post(
-        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
-    from faces.sandbox import post_id_for_intent
+        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):  # noqa: F811  (fixtures imported above)
     from crowdtune.online.schedule import safe_id as _safe
+    from faces.sandbox import post_id_for_intent
 
     sandbox_dir = tmp_path / "sandbox"
     reader = add_face(settings, str(sandbox_dir), fresh_posts[:50])
@@ -412,18 +423,19 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         job = wait_for(lambda: started_jobs(redis_conn, "default", prefix), timeout=180, interval=0.002,
                        message="a publish job to start")[0]
         slot = _publish_slot(job)
-        wait_for(lambda: ready(slot) or not started_jobs(redis_conn, "default", job), timeout=60, interval=0.001,
-                 message=f"the moment '{moment}'")
+        wait_for(lambda ready=ready, slot=slot, job=job: ready(slot) or not started_jobs(redis_conn, "default", job),
+                 timeout=60, interval=0.001, message=f"the moment '{moment}'")
         kill_tree(publisher.pid)
         hits[moment] = {"slot": slot, "on_sandbox": on_sandbox(slot), "published_record_queued": bool(
             redis_conn.exists(f"rq:job:{_job_id(f'published:{run_id}:{slot}')}"))}
         publisher, _ = restart(workers, redis_conn, "--queues", "default")
-        wait_for(lambda: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job), timeout=120,
-                 message=f"slot {slot} to be resolved after the kill '{moment}'")
-        assert resolved(slot), f"killed '{moment}': the re-run of {job} is refused by the intent lock its killed run left"
+        wait_for(lambda slot=slot, job=job: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job),
+                 timeout=120, message=f"slot {slot} to be resolved after the kill '{moment}'")
+        assert resolved(slot), \
+            f"killed '{moment}': the re-run of {job} is refused by the intent lock its killed run left"
 
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'", run_id) >= 4,
-             timeout=180, message="four published posts")
+    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'",
+                            run_id) >= 4, timeout=180, message="four published posts")
     assert actions.stop_online(redis_conn, FACE) == run_id
     wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
              message="the controller to go IDLE")
@@ -433,8 +445,8 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
     figures = assert_accounts(settings, scored=True)
     # Every killed slot ended published exactly once, or not published and not out on the sandbox.
     for moment, hit in hits.items():
-        status = reader.scalar("SELECT status FROM posts WHERE run_id = ? AND publish_slot = ? AND status <> 'rejected'",
-                               [run_id, hit["slot"]])
+        status = reader.scalar("SELECT status FROM posts WHERE run_id = ? AND publish_slot = ? "
+                               "AND status <> 'rejected'", [run_id, hit["slot"]])
         assert status in ("published", "failed", None), (moment, hit, status)
         assert (status == "published") == on_sandbox(hit["slot"]), (moment, hit, status)
     assert figures["sandbox_posts"] == figures["posts"]["published"] >= 4
@@ -485,14 +497,18 @@ def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes
         set_read_only(artifacts, False)
 
     # Writable again within the retry wait: the same run resumes from its checkpoint and completes.
-    wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=300, message="the retried job")
+    wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=300,
+             message="the retried job")
     assert job.get_status().value == "finished", job.latest_result().exc_string
     assert job.latest_result().return_value["resumed"] is True
     wait_for(lambda: _run_row(reader, run_id)[0] == "completed", timeout=60, message="the run to complete")
-    wait_for(lambda: _alert(reader, f"offline-retry:{run_id}")[2] is not None, timeout=60, message="the alert to resolve")
+    wait_for(lambda: _alert(reader, f"offline-retry:{run_id}")[2] is not None, timeout=60,
+             message="the alert to resolve")
     assert _run_row(reader, run_id)[1] is None
-    assert reader.rows("SELECT name, step FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1", [run_id]) == []
-    assert [r[0] for r in reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])] == [8, 16, 24, 32]
+    assert reader.rows("SELECT name, step FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
+                       [run_id]) == []
+    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+    assert [r[0] for r in steps] == [8, 16, 24, 32]
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
     assert assert_accounts(settings)["versions"] == 1
 
@@ -531,7 +547,7 @@ def test_offline_training_that_keeps_failing_fails_after_its_retries_with_an_ale
 
 @pytest.mark.slow
 def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_restart_resumes_it(
-        settings, redis_conn, workers_without_dac_override, tmp_path, fresh_posts, tiny_model_dir):
+        settings, redis_conn, workers_without_dac_override, tmp_path, fresh_posts, tiny_model_dir):  # noqa: F811  (fixtures imported above)
     workers = workers_without_dac_override
     artifacts = Path(settings.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -543,7 +559,8 @@ def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_
     try:
         run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1))
         update_id = f"{run_id}-u1"
-        wait_for(lambda: reader.scalar("SELECT status FROM online_updates WHERE update_id = ?", [update_id]) == "failed",
+        wait_for(lambda: reader.scalar("SELECT status FROM online_updates WHERE update_id = ?",
+                                       [update_id]) == "failed",
                  timeout=240, message="the update to fail (after its retry)")
         alert = wait_for(lambda: reader.rows("SELECT level, message FROM alerts WHERE alert_id = ?",
                                              [f"update-failed:{update_id}"]), timeout=60, message="the alert")

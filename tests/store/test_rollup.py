@@ -51,8 +51,9 @@ def assert_rollup_is_exact(reader: StoreReader) -> None:
     pd.testing.assert_frame_equal(held, expected, check_dtype=False, check_exact=False, rtol=1e-12)
     summaries = reader.frame("SELECT run_id, name, points, first_step, last_step, first_recorded, last_recorded "
                              "FROM metric_series ORDER BY run_id, name")
-    of_points = reader.frame("SELECT run_id, name, count(*) AS points, min(step) AS first_step, max(step) AS last_step, "
-                             "min(recorded_at) AS first_recorded, max(recorded_at) AS last_recorded FROM metrics "
+    of_points = reader.frame("SELECT run_id, name, count(*) AS points, min(step) AS first_step, "
+                             "max(step) AS last_step, min(recorded_at) AS first_recorded, "
+                             "max(recorded_at) AS last_recorded FROM metrics "
                              "GROUP BY ALL ORDER BY run_id, name")
     pd.testing.assert_frame_equal(summaries, of_points, check_dtype=False)
     assert reader.scalar("SELECT count(DISTINCT series) = count(*) FROM metric_series")
@@ -116,7 +117,7 @@ def test_a_v3_store_is_migrated_with_its_rollup_and_latest_reactions_backfilled(
     for number, sql in enumerate(MIGRATIONS[:3], start=1):
         con.execute(sql)
         con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
-    rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))
+    rows = pd.DataFrame(points("old", "val_loss", range(0, 20_000, 3)) + points("old", "ppl", range(5)))  # noqa: F841  (DuckDB reads it: FROM rows)
     con.execute("INSERT INTO metrics SELECT run_id, name, step, value, recorded_at FROM rows")
     con.execute("INSERT INTO posts (post_id, face_id, origin, status, text) VALUES ('p', 'f', 'imported', "
                 "'imported', 'hello'), ('q', 'f', 'imported', 'imported', 'no reactions')")
@@ -133,6 +134,6 @@ def test_a_v3_store_is_migrated_with_its_rollup_and_latest_reactions_backfilled(
     latest = reader.rows("SELECT post_id, latest_reactions FROM posts ORDER BY post_id")
     assert [(p, json.loads(c) if c else None) for p, c in latest] == [("p", {"likes": 7, "replies": 1}), ("q", None)]
     # and the writer keeps it from there
-    apply_write(path, "more", [{"op": "insert", "table": "metrics", "rows": points("old", "val_loss", range(20_001, 20_100))}],
-                5)
+    apply_write(path, "more",
+                [{"op": "insert", "table": "metrics", "rows": points("old", "val_loss", range(20_001, 20_100))}], 5)
     assert_rollup_is_exact(reader)

@@ -48,9 +48,9 @@ def buckets_of_points(reader: StoreReader, run_id: str, name: str, x: str, width
                           [run_id, name])
     key = np.floor((points["t"] if x == "time" else points["step"]) / width)
     grouped = points.groupby(key)
-    return pd.DataFrame({"step": np.floor(grouped["step"].mean() + 0.5).astype("int64"), "value": grouped["value"].mean(),
-                         "low": grouped["value"].min(), "high": grouped["value"].max(),
-                         "points": grouped.size()}).reset_index(drop=True)
+    return pd.DataFrame({"step": np.floor(grouped["step"].mean() + 0.5).astype("int64"),
+                         "value": grouped["value"].mean(), "low": grouped["value"].min(),
+                         "high": grouped["value"].max(), "points": grouped.size()}).reset_index(drop=True)
 
 
 @pytest.mark.parametrize("x, max_points", [("step", 50), ("step", 600), ("time", 25), ("time", 2000)])
