@@ -26,11 +26,11 @@ from pydantic import BaseModel, ValidationError
 
 from crowdtune.errors import SettingsError
 from crowdtune.training.rl import policy_gradient, reinforce, reward_model
+from crowdtune.training.rl.policy import MetricsSink, ProgressSink, UpdateInputs, UpdateResult
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 from crowdtune.training.rl.reinforce import ReinforceConfig
 from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 from crowdtune.training.rl.reward_model import RewardModelConfig
-from crowdtune.training.rl.update import MetricsSink, ProgressSink, UpdateInputs, UpdateResult
 
 ALGORITHMS: dict[str, type[BaseModel]] = {
     "reinforce": ReinforceConfig,
