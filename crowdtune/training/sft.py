@@ -19,10 +19,8 @@ Running again with the same folder resumes from last.ckpt; step numbers continue
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, Field
 
+from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
@@ -340,7 +339,7 @@ class Evaluation(pl.Callback):
             if row["step"] > done:
                 if self.on_metrics is not None:
                     self.on_metrics(row["step"], {k: v for k, v in row.items() if k != "step"})
-                _write_json_atomic(self.dir / "emitted.json", {"step": row["step"]})
+                write_json(self.dir / "emitted.json", {"step": row["step"]})
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.emit(trainer)  # evaluations checkpointed by a run that died before emitting them
@@ -382,31 +381,6 @@ class Evaluation(pl.Callback):
         if trainer.is_global_zero:
             _prune_adapters(self.dir, keep=self.best_step)
         self.emit(trainer)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    os.replace(tmp, path)
-
-
-def save_adapter(model, folder: Path) -> None:
-    """Write a PEFT adapter folder atomically (temp folder, then rename)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def save_checkpoint(trainer: pl.Trainer, folder: Path) -> None:
-    """Write last.ckpt atomically (all ranks call this; rank 0 writes)."""
-    tmp = folder / "last.ckpt.tmp"
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        if not tmp.exists():  # Lightning's atomic save swallows the PermissionError of a read-only folder
-            raise PermissionError(errno.EACCES, "could not write the checkpoint; is the folder writable?", str(tmp))
-        os.replace(tmp, folder / "last.ckpt")
 
 
 def _prune_adapters(folder: Path, keep: int | None) -> None:
@@ -519,5 +493,5 @@ def train_sft(
         data=data.stats(), tokens_per_second=module.real_tokens / elapsed if elapsed > 0 else 0.0,
     )
     if reason != "stopped" and trainer.is_global_zero:
-        _write_json_atomic(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
+        write_json(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
     return result

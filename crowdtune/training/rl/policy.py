@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,11 +24,11 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import add_lora, load_base_model, load_version
 from crowdtune.training.rl.state import EmbeddingCache
-from crowdtune.training.sft import save_checkpoint
 
 COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
@@ -316,26 +314,15 @@ def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: di
     """Save the adapter, add the guard figures, emit metrics, write result.json (unless stopped)."""
     folder = inputs.checkpoint_dir
     adapter_dir = folder / "adapter"
-    tmp = folder / "adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp, adapter_dir)
+    save_adapter(model, adapter_dir, tokenizer)
     metrics = {**metrics, **guard_figures(model, tokenizer, config, inputs, inputs.seed)}
     metrics = {k: float(v) for k, v in metrics.items()}
     result = UpdateResult(adapter_dir, metrics, stopped, pause, pause_reason)
     if inputs.on_metrics is not None:
         inputs.on_metrics(int(metrics.get("steps", 0)), metrics)
     if not stopped:
-        tmp_json = folder / "result.json.tmp"
-        tmp_json.write_text(json.dumps({**asdict(result), "adapter_dir": str(adapter_dir)}, default=_json_float))
-        os.replace(tmp_json, folder / "result.json")
+        write_json(folder / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
     return result
-
-
-def _json_float(value):
-    return float(value)
 
 
 def reward_figures(rewards: list[float]) -> dict[str, float]:
