@@ -32,16 +32,13 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, Field
 
+from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
 from crowdtune.training.models import (DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model,
                                        store_frozen_layers_in)
-
-MetricsSink = Callable[[int, dict[str, float]], None]
-ProgressSink = Callable[[int, int, float, float], None]
-
 
 class SFTConfig(BaseModel):
     """Settings of one supervised fine-tuning run.
@@ -261,38 +258,6 @@ class SFTModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-
-class StopFlag(pl.Callback):
-    """Polls `should_stop()` after every batch; any device saying True stops all of them."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-        self.fired = False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.strategy.reduce_boolean_decision(bool(self.should_stop()), all=False):
-            self.fired = True
-            trainer.should_stop = True
-
-
-class ProgressReport(pl.Callback):
-    """Calls on_progress(step, total, loss, eta_seconds) every `every` optimizer steps (rank 0)."""
-
-    def __init__(self, on_progress: ProgressSink, total: int, every: int):
-        self.on_progress, self.total, self.every = on_progress, total, every
-        self.start_time, self.start_step, self.last_step = 0.0, 0, -1
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.start_time, self.start_step = time.monotonic(), trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self.last_step or step % self.every or not trainer.is_global_zero:
-            return
-        self.last_step = step
-        per_step = (time.monotonic() - self.start_time) / max(1, step - self.start_step)
-        self.on_progress(step, self.total, pl_module.last_loss, per_step * max(0, self.total - step))
 
 
 class Evaluation(pl.Callback):

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from crowdtune.training.callbacks import CheckpointEvery, MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
@@ -31,10 +32,6 @@ from crowdtune.training.models import add_lora, load_base_model, load_version
 from crowdtune.training.rl.state import EmbeddingCache
 
 COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
-
-MetricsSink = Callable[[int, dict[str, float]], None]
-ProgressSink = Callable[[int, int, float, float], None]
-
 
 class RLConfig(BaseModel):
     """Settings every algorithm has (each algorithm's config lists them again with its own defaults).
@@ -204,44 +201,6 @@ class _Steps(torch.utils.data.Dataset):
         return i
 
 
-class _Checkpoints(pl.Callback):
-    """last.ckpt every `every` optimizer steps, written atomically."""
-
-    def __init__(self, folder: Path, every: int):
-        self.folder, self.every = folder, every
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0:
-            save_checkpoint(trainer, self.folder)
-
-
-class _StopFlag(pl.Callback):
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop, self.fired = should_stop, False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.should_stop():
-            self.fired = True
-            trainer.should_stop = True
-
-
-class _Progress(pl.Callback):
-    def __init__(self, on_progress: ProgressSink, total: int):
-        self.on_progress, self.total, self.started, self.start_step = on_progress, total, 0.0, 0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        import time
-
-        self.started, self.start_step = time.monotonic(), trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import time
-
-        step = trainer.global_step
-        per_step = (time.monotonic() - self.started) / max(1, step - self.start_step)
-        self.on_progress(step, self.total, pl_module.last_loss, per_step * max(0, self.total - step))
-
-
 def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
     """Run `steps` optimizer steps of `module` (resuming from checkpoint_dir/last.ckpt).
 
@@ -249,12 +208,12 @@ def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
     """
     config = module.config
     folder = inputs.checkpoint_dir
-    callbacks: list[pl.Callback] = [_Checkpoints(folder, config.checkpoint_every)]
-    stop = _StopFlag(inputs.should_stop) if inputs.should_stop is not None else None
+    callbacks: list[pl.Callback] = [CheckpointEvery(folder, config.checkpoint_every)]
+    stop = StopFlag(inputs.should_stop) if inputs.should_stop is not None else None
     if stop:
         callbacks.append(stop)
     if inputs.on_progress is not None:
-        callbacks.append(_Progress(inputs.on_progress, steps))
+        callbacks.append(ProgressReport(inputs.on_progress, steps))
     trainer = pl.Trainer(
         accelerator=config.accelerator, devices=1, precision=config.resolved_precision(),
         max_steps=steps, max_epochs=-1, gradient_clip_val=config.grad_clip,
