@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, Field
 
+from crowdtune.training.adapter_module import AdapterModule
 from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.data import PostsDataModule
@@ -203,21 +204,16 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int = 51
     return total / (labels != -100).sum().clamp(min=1)
 
 
-class SFTModule(pl.LightningModule):
+class SFTModule(AdapterModule):
     """Causal-LM loss on packed blocks; only the LoRA weights train (and are checkpointed)."""
 
     def __init__(self, model: torch.nn.Module, config: SFTConfig, total_steps: int):
-        super().__init__()
-        self.model = model
+        super().__init__(model, config)
         self.model.train()  # from_pretrained leaves eval mode, which would disable LoRA dropout
-        self.config = config
         self.total_steps = total_steps
-        # checkpoints carry only the trainable (adapter) weights: the base model is reloaded
-        self.strict_loading = False
         # running sums since the last evaluation; per process, reduced across devices when read
         self.train_loss_sum = 0.0
         self.train_loss_count = 0
-        self.last_loss = float("nan")
         self.real_tokens = 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -249,15 +245,10 @@ class SFTModule(pl.LightningModule):
         return float(reduced)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        optimizer = self.adamw()
         schedule = lr_lambda(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
 
 class Evaluation(pl.Callback):

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from crowdtune.training.adapter_module import AdapterModule
 from crowdtune.training.callbacks import CheckpointEvery, MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.generation import GenerationConfig, sample
@@ -145,21 +146,18 @@ def load_policy(inputs: UpdateInputs, config: RLConfig):
 # The Lightning run
 
 
-class PolicyModule(pl.LightningModule):
-    """What the algorithms' modules share: the optimizer, adapter-only checkpoints, step metrics.
+class PolicyModule(AdapterModule):
+    """What the algorithms' modules share: a deterministic policy and step metrics kept in checkpoints
+    (AdapterModule brings AdamW at a constant learning rate and adapter-only checkpoints).
 
     Subclasses implement `training_step(index, batch_idx)`, where `index` counts optimizer steps
     (the dataloader yields 0, 1, ...), and record figures with `record(...)`.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: RLConfig):
-        super().__init__()
-        self.model = model
+        super().__init__(model, config)
         self.tokenizer = tokenizer
-        self.config = config
-        self.strict_loading = False  # checkpoints carry only the adapter: the base model is reloaded
         self.step_metrics: list[dict[str, float]] = []
-        self.last_loss = float("nan")
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Lightning switches to train mode; dropout would make recomputed log-probabilities
@@ -177,13 +175,8 @@ class PolicyModule(pl.LightningModule):
         keys = {k for row in self.step_metrics for k in row}
         return {k: float(np.nanmean([row[k] for row in self.step_metrics if k in row])) for k in sorted(keys)}
 
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        super().on_save_checkpoint(checkpoint)
         checkpoint["rl_step_metrics"] = self.step_metrics
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
