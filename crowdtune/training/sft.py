@@ -19,10 +19,8 @@ Running again with the same folder resumes from last.ckpt; step numbers continue
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -34,15 +32,14 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, Field
 
+from crowdtune.training.adapter_module import AdapterModule
+from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
+from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
 from crowdtune.training.models import (DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model,
                                        store_frozen_layers_in)
-
-MetricsSink = Callable[[int, dict[str, float]], None]
-ProgressSink = Callable[[int, int, float, float], None]
-
 
 class SFTConfig(BaseModel):
     """Settings of one supervised fine-tuning run.
@@ -207,21 +204,16 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_tokens: int = 51
     return total / (labels != -100).sum().clamp(min=1)
 
 
-class SFTModule(pl.LightningModule):
+class SFTModule(AdapterModule):
     """Causal-LM loss on packed blocks; only the LoRA weights train (and are checkpointed)."""
 
     def __init__(self, model: torch.nn.Module, config: SFTConfig, total_steps: int):
-        super().__init__()
-        self.model = model
+        super().__init__(model, config)
         self.model.train()  # from_pretrained leaves eval mode, which would disable LoRA dropout
-        self.config = config
         self.total_steps = total_steps
-        # checkpoints carry only the trainable (adapter) weights: the base model is reloaded
-        self.strict_loading = False
         # running sums since the last evaluation; per process, reduced across devices when read
         self.train_loss_sum = 0.0
         self.train_loss_count = 0
-        self.last_loss = float("nan")
         self.real_tokens = 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -253,47 +245,10 @@ class SFTModule(pl.LightningModule):
         return float(reduced)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        optimizer = self.adamw()
         schedule = lr_lambda(self.config.warmup_steps, self.total_steps, self.config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-
-class StopFlag(pl.Callback):
-    """Polls `should_stop()` after every batch; any device saying True stops all of them."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-        self.fired = False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.strategy.reduce_boolean_decision(bool(self.should_stop()), all=False):
-            self.fired = True
-            trainer.should_stop = True
-
-
-class ProgressReport(pl.Callback):
-    """Calls on_progress(step, total, loss, eta_seconds) every `every` optimizer steps (rank 0)."""
-
-    def __init__(self, on_progress: ProgressSink, total: int, every: int):
-        self.on_progress, self.total, self.every = on_progress, total, every
-        self.start_time, self.start_step, self.last_step = 0.0, 0, -1
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.start_time, self.start_step = time.monotonic(), trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step == self.last_step or step % self.every or not trainer.is_global_zero:
-            return
-        self.last_step = step
-        per_step = (time.monotonic() - self.start_time) / max(1, step - self.start_step)
-        self.on_progress(step, self.total, pl_module.last_loss, per_step * max(0, self.total - step))
 
 
 class Evaluation(pl.Callback):
@@ -340,7 +295,7 @@ class Evaluation(pl.Callback):
             if row["step"] > done:
                 if self.on_metrics is not None:
                     self.on_metrics(row["step"], {k: v for k, v in row.items() if k != "step"})
-                _write_json_atomic(self.dir / "emitted.json", {"step": row["step"]})
+                write_json(self.dir / "emitted.json", {"step": row["step"]})
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.emit(trainer)  # evaluations checkpointed by a run that died before emitting them
@@ -382,31 +337,6 @@ class Evaluation(pl.Callback):
         if trainer.is_global_zero:
             _prune_adapters(self.dir, keep=self.best_step)
         self.emit(trainer)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    os.replace(tmp, path)
-
-
-def save_adapter(model, folder: Path) -> None:
-    """Write a PEFT adapter folder atomically (temp folder, then rename)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-
-
-def save_checkpoint(trainer: pl.Trainer, folder: Path) -> None:
-    """Write last.ckpt atomically (all ranks call this; rank 0 writes)."""
-    tmp = folder / "last.ckpt.tmp"
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        if not tmp.exists():  # Lightning's atomic save swallows the PermissionError of a read-only folder
-            raise PermissionError(errno.EACCES, "could not write the checkpoint; is the folder writable?", str(tmp))
-        os.replace(tmp, folder / "last.ckpt")
 
 
 def _prune_adapters(folder: Path, keep: int | None) -> None:
@@ -519,5 +449,5 @@ def train_sft(
         data=data.stats(), tokens_per_second=module.real_tokens / elapsed if elapsed > 0 else 0.0,
     )
     if reason != "stopped" and trainer.is_global_zero:
-        _write_json_atomic(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
+        write_json(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
     return result

@@ -25,12 +25,13 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from crowdtune.errors import SettingsError
+from crowdtune.training.callbacks import MetricsSink, ProgressSink
 from crowdtune.training.rl import policy_gradient, reinforce, reward_model
+from crowdtune.training.rl.policy import UpdateInputs, UpdateResult
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 from crowdtune.training.rl.reinforce import ReinforceConfig
 from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 from crowdtune.training.rl.reward_model import RewardModelConfig
-from crowdtune.training.rl.update import MetricsSink, ProgressSink, UpdateInputs, UpdateResult
 
 ALGORITHMS: dict[str, type[BaseModel]] = {
     "reinforce": ReinforceConfig,

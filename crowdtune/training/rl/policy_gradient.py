@@ -24,23 +24,19 @@ import random
 import torch
 from pydantic import Field
 
-from crowdtune.training.rl.update import (
+from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
+from crowdtune.training.rl.policy import (
     PolicyModule,
     RLConfig,
     UpdateInputs,
     UpdateResult,
-    encode_rollouts,
     finish,
     fit,
-    importance_weights,
     load_policy,
-    read_state,
     reward_figures,
-    sequence_stats,
     stored_result,
-    usable_posts,
-    write_state,
 )
+from crowdtune.training.rl.state import read_state, write_state
 
 STATE_FILE = "policy_gradient.json"
 

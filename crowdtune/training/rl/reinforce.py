@@ -16,20 +16,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from crowdtune.training.rl.update import (
+from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
+from crowdtune.training.rl.policy import (
     PolicyModule,
     RLConfig,
     UpdateInputs,
     UpdateResult,
-    encode_rollouts,
     finish,
     fit,
-    importance_weights,
     load_policy,
     reward_figures,
-    sequence_stats,
     stored_result,
-    usable_posts,
 )
 
 

@@ -29,21 +29,19 @@ from pydantic import Field
 
 from crowdtune.training.generation import Sample, sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex
-from crowdtune.training.rl.update import (
-    EmbeddingCache,
+from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
+from crowdtune.training.rl.policy import (
     PolicyModule,
     RLConfig,
     UpdateInputs,
     UpdateResult,
-    encode_rollouts,
     finish,
     fit,
-    importance_weights,
     load_policy,
     reward_figures,
-    sequence_stats,
     stored_result,
 )
+from crowdtune.training.rl.state import EmbeddingCache
 
 EMBEDDINGS_FILE = "reward_model_embeddings.npz"
 

@@ -6,7 +6,8 @@ import torch
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.models import add_lora, load_version, save_version
 from crowdtune.training.rl import run_update
-from crowdtune.training.rl.update import RLConfig, encode_rollouts, importance_weights, sequence_stats
+from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
+from crowdtune.training.rl.policy import RLConfig
 
 from .conftest import as_history, sampled_batch, short_post_reward
 

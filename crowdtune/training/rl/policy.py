@@ -1,0 +1,283 @@
+"""The policy an RL update trains and the run around it: the settings every algorithm shares
+(RLConfig), what an update takes and gives (UpdateInputs, UpdateResult), loading the policy, the
+Lightning module and `fit`, and `finish`.
+
+An update takes the current policy (a LoRA adapter on the base model), trains it on posts whose
+reactions have matured, and returns the new adapter. Everything that must survive a crash lives
+in `checkpoint_dir`:
+
+    last.ckpt       Lightning checkpoint (adapter weights, optimizer, loop state, step metrics)
+    adapter/        the updated policy (a plain PEFT adapter folder), written at the end
+    result.json     written when the update has finished; running again returns it at once
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from crowdtune.training.adapter_module import AdapterModule
+from crowdtune.training.callbacks import CheckpointEvery, MetricsSink, ProgressReport, ProgressSink, StopFlag
+from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
+from crowdtune.training.generation import GenerationConfig, sample
+from crowdtune.training.guards import CopyIndex
+from crowdtune.training.models import add_lora, load_base_model, load_version
+from crowdtune.training.rl.state import EmbeddingCache
+
+COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
+
+class RLConfig(BaseModel):
+    """Settings every algorithm has (each algorithm's config lists them again with its own defaults).
+
+    Defaults:
+        learning_rate = 1e-4               AdamW, constant
+        weight_decay = 0.0
+        grad_clip = 1.0                    max gradient norm; None = off
+        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
+                                           only used when there is no current policy (policy_url None)
+        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0
+                                           the sampling policy: must match the GenerationConfig the
+                                           posts were sampled with (its defaults), so that recorded
+                                           and recomputed log-probabilities agree
+        max_new_tokens = 40                tokens per post sampled inside the update (samples, evaluation)
+        eval_samples = 8                   fresh samples of the updated policy for copy_rate and
+                                           mean_length; 0 = measure the batch's posts instead
+        copy_min_ngram = 12                words in common that make a sample a copy (guards.CopyIndex)
+        copy_embedding_threshold = 0.95    cosine that makes a sample a near-copy; None = n-grams only
+        precision = "auto"                 "bf16-mixed" on GPUs that support it, else "32-true"
+        accelerator = "auto"
+        checkpoint_every = 1               optimizer steps between checkpoints (resume after a kill)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_targets: str | list[str] = "all-linear"
+    temperature: float = Field(0.9, gt=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    max_new_tokens: int = Field(40, ge=1)
+    eval_samples: int = Field(8, ge=0)
+    copy_min_ngram: int = Field(12, ge=2)
+    copy_embedding_threshold: float | None = Field(0.95, gt=0.0, le=1.0)
+    precision: str = "auto"
+    accelerator: str = "auto"
+    checkpoint_every: int = Field(1, ge=1)
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "32-true"
+
+    def generation(self, **overrides) -> GenerationConfig:
+        """The GenerationConfig of this sampling policy (no filters)."""
+        values = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                      repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens)
+        return GenerationConfig(**{**values, **overrides})
+
+
+@dataclass
+class UpdateResult:
+    """What one update produced.
+
+    adapter_dir: local PEFT adapter folder of the updated policy (hand it to models.save_version)
+    metrics: reward_mean, reward_std, kl, entropy, mean_length, copy_rate, loss,
+        importance_weight_mean, clip_fraction, steps, and per algorithm more
+        (reward_model_agreement for reward_model)
+    stopped: should_stop fired (no result.json is written: running again continues)
+    pause: the reward model disagrees with reality; the controller pauses and alerts
+    pause_reason: why, in words, when pause is True
+    """
+
+    adapter_dir: Path
+    metrics: dict[str, float]
+    stopped: bool
+    pause: bool = False
+    pause_reason: str | None = None
+
+
+@dataclass
+class UpdateInputs:
+    """The arguments of run_update, passed on to an algorithm's `update`."""
+
+    base_model: str
+    policy_url: str | None
+    batch: list[dict]
+    history: list[dict]
+    state_dir: Path
+    checkpoint_dir: Path
+    model_cache_dir: Path
+    train_texts: list[str] = field(default_factory=list)
+    on_metrics: MetricsSink | None = None
+    on_progress: ProgressSink | None = None
+    should_stop: Callable[[], bool] | None = None
+    seed: int = 0
+
+
+
+def load_policy(inputs: UpdateInputs, config: RLConfig):
+    """(PeftModel with trainable adapter, tokenizer): the current version, or base + fresh LoRA."""
+    if inputs.policy_url:
+        return load_version(inputs.policy_url, base_model=inputs.base_model, cache_dir=inputs.model_cache_dir,
+                            trainable=True)
+    model, tokenizer = load_base_model(inputs.base_model, cache_dir=inputs.model_cache_dir)
+    model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                     target_modules=config.lora_targets)
+    return model.eval(), tokenizer  # new LoRA dropout layers start in train mode
+
+
+# --------------------------------------------------------------------------------------------
+# The Lightning run
+
+
+class PolicyModule(AdapterModule):
+    """What the algorithms' modules share: a deterministic policy and step metrics kept in checkpoints
+    (AdapterModule brings AdamW at a constant learning rate and adapter-only checkpoints).
+
+    Subclasses implement `training_step(index, batch_idx)`, where `index` counts optimizer steps
+    (the dataloader yields 0, 1, ...), and record figures with `record(...)`.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, config: RLConfig):
+        super().__init__(model, config)
+        self.tokenizer = tokenizer
+        self.step_metrics: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Lightning switches to train mode; dropout would make recomputed log-probabilities
+        # differ from the recorded ones, so the policy always runs deterministically.
+        self.model.eval()
+
+    def record(self, loss: torch.Tensor, **figures: float | torch.Tensor) -> None:
+        row = {"loss": float(loss.detach())}
+        row.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in figures.items()})
+        self.step_metrics.append(row)
+        self.last_loss = row["loss"]
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=1)
+
+    def mean_step_metrics(self) -> dict[str, float]:
+        keys = {k for row in self.step_metrics for k in row}
+        return {k: float(np.nanmean([row[k] for row in self.step_metrics if k in row])) for k in sorted(keys)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rl_step_metrics"] = self.step_metrics
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.step_metrics = list(checkpoint.get("rl_step_metrics", []))
+
+
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
+    """Run `steps` optimizer steps of `module` (resuming from checkpoint_dir/last.ckpt).
+
+    Returns True when should_stop stopped it early.
+    """
+    config = module.config
+    folder = inputs.checkpoint_dir
+    callbacks: list[pl.Callback] = [CheckpointEvery(folder, config.checkpoint_every)]
+    stop = StopFlag(inputs.should_stop) if inputs.should_stop is not None else None
+    if stop:
+        callbacks.append(stop)
+    if inputs.on_progress is not None:
+        callbacks.append(ProgressReport(inputs.on_progress, steps))
+    trainer = pl.Trainer(
+        accelerator=config.accelerator, devices=1, precision=config.resolved_precision(),
+        max_steps=steps, max_epochs=-1, gradient_clip_val=config.grad_clip,
+        callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=folder,
+    )
+    last = folder / "last.ckpt"
+    loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None, shuffle=False)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.is_file() else None)
+    save_checkpoint(trainer, folder)  # the stopped/finished state, so a rerun resumes exactly there
+    return bool(stop and stop.fired)
+
+
+# --------------------------------------------------------------------------------------------
+# Finishing an update
+
+
+def stored_result(checkpoint_dir: Path) -> UpdateResult | None:
+    """The result of an update that already finished in this folder, else None."""
+    path = checkpoint_dir / "result.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    return UpdateResult(**{**stored, "adapter_dir": Path(stored["adapter_dir"])})
+
+
+def guard_figures(model, tokenizer, config: RLConfig, inputs: UpdateInputs, seed: int) -> dict[str, float]:
+    """copy_rate and mean_length (tokens) of fresh samples of the policy (or of the batch's posts)."""
+    if config.eval_samples:
+        samples = sample(model, tokenizer, config.generation(num_samples=config.eval_samples,
+                                                             batch_size=config.eval_samples, seed=seed))
+        texts, lengths = [s.text for s in samples], [len(s.token_ids) for s in samples]
+    else:
+        texts, lengths = [p["text"] for p in inputs.batch], [len(p["token_ids"]) for p in inputs.batch]
+    copy_rate = copy_index(inputs, config).copy_rate(texts) if inputs.train_texts and texts else 0.0
+    return {"copy_rate": copy_rate, "mean_length": float(np.mean(lengths)) if lengths else 0.0}
+
+
+def copy_index(inputs: UpdateInputs, config: RLConfig) -> CopyIndex:
+    """The copy guard over the face's imported posts; their embeddings are kept in state_dir, so
+    only the first update of a face pays for embedding them."""
+    embedder = None
+    if config.copy_embedding_threshold is not None:
+        cache = EmbeddingCache(inputs.state_dir / COPY_EMBEDDINGS_FILE)
+        cache.embed(inputs.train_texts)
+        cache.save()
+
+        def embedder(texts: list[str]) -> np.ndarray:
+            return cache.embed(texts, keep=False)
+
+    return CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram,
+                     embedding_threshold=config.copy_embedding_threshold, embedder=embedder)
+
+
+def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: dict[str, float], *,
+           stopped: bool, pause: bool = False, pause_reason: str | None = None) -> UpdateResult:
+    """Save the adapter, add the guard figures, emit metrics, write result.json (unless stopped)."""
+    folder = inputs.checkpoint_dir
+    adapter_dir = folder / "adapter"
+    save_adapter(model, adapter_dir, tokenizer)
+    metrics = {**metrics, **guard_figures(model, tokenizer, config, inputs, inputs.seed)}
+    metrics = {k: float(v) for k, v in metrics.items()}
+    result = UpdateResult(adapter_dir, metrics, stopped, pause, pause_reason)
+    if inputs.on_metrics is not None:
+        inputs.on_metrics(int(metrics.get("steps", 0)), metrics)
+    if not stopped:
+        write_json(folder / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
+    return result
+
+
+def reward_figures(rewards: list[float]) -> dict[str, float]:
+    return {"reward_mean": float(np.mean(rewards)) if rewards else math.nan,
+            "reward_std": float(np.std(rewards)) if rewards else math.nan}
+
