@@ -121,7 +121,6 @@ def test_import_train_watch_progress_follow_a_metrics_link_and_stop(crowdtune_up
     page.get_by_text("LoRA, optimiser and evaluation settings").first.click()
     for role, label, value in (("spinbutton", "max steps", "100000"), ("spinbutton", "eval every", "10"),
                                ("spinbutton", "eval samples", "0"),  # no samples: no embedding model
-                               # ("spinbutton", "progress every", "1"),
                                ("spinbutton", "batch size", "4"), ("spinbutton", "block size", "32"),
                                ("textbox", "copy embedding threshold", ""),
                                ("textbox", "early stopping patience", "")):  # blank = never stop early
