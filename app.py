@@ -6,19 +6,20 @@ from crowdtune.dashboard.access import gate
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 
-st.set_page_config(page_title="Crowdtune", page_icon="📣", layout="wide")
+# Material icons ship with Streamlit and render everywhere (emoji need an emoji font).
+st.set_page_config(page_title="Crowdtune", page_icon=":material/campaign:", layout="wide")
 
 PAGES = {
     "Crowdtune": [
-        st.Page("pages/overview.py", title="Overview", icon="📣", url_path="overview", default=True),
-        st.Page("pages/training.py", title="Training", icon="🏋️", url_path="training"),
-        st.Page("pages/metrics.py", title="Metrics", icon="📈", url_path="metrics"),
-        st.Page("pages/posts.py", title="Posts", icon="💬", url_path="posts"),
-        st.Page("pages/playground.py", title="Playground", icon="🧪", url_path="playground"),
-        st.Page("pages/models.py", title="Models", icon="🧬", url_path="models"),
-        st.Page("pages/query.py", title="Query", icon="🔎", url_path="query"),
-        st.Page("pages/settings.py", title="Settings", icon="⚙️", url_path="settings"),
-        st.Page("pages/system.py", title="System", icon="🩺", url_path="system"),
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview", default=True),
+        st.Page("pages/training.py", title="Training", icon=":material/model_training:", url_path="training"),
+        st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="metrics"),
+        st.Page("pages/posts.py", title="Posts", icon=":material/forum:", url_path="posts"),
+        st.Page("pages/playground.py", title="Playground", icon=":material/science:", url_path="playground"),
+        st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", url_path="models"),
+        st.Page("pages/query.py", title="Query", icon=":material/search:", url_path="query"),
+        st.Page("pages/settings.py", title="Settings", icon=":material/settings:", url_path="settings"),
+        st.Page("pages/system.py", title="System", icon=":material/monitor_heart:", url_path="system"),
     ],
 }
 

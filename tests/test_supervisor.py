@@ -45,3 +45,14 @@ def test_up_serves_the_app_with_live_workers_and_ctrl_c_stops_everything(setting
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert not alive, [p.pid for p in alive]
     assert not health(port)
+
+
+def test_up_starts_the_app_without_a_file_watcher_or_deploy_button(settings):
+    from crowdtune.runtime.supervisor import Supervisor
+
+    app = next(child for child in Supervisor(settings).plan() if child.name == "app")
+    flags = dict(zip(app.args[5::2], app.args[6::2], strict=True))  # after `python -m streamlit run app.py`
+    # An idle tab cost about a core with the watcher on (it re-adds watches over .venv and data/).
+    assert flags["--server.fileWatcherType"] == "none"
+    assert flags["--client.toolbarMode"] == "viewer"
+    assert flags["--server.port"] == str(settings.app_port)

@@ -137,6 +137,11 @@ class Supervisor:
                 "--server.address", self.settings.app_host,
                 "--server.headless", "true",
                 "--browser.gatherUsageStats", "false",
+                # The file watcher re-adds watches over every folder below the app (the venv, the data
+                # folder being written) and costs about a core per open tab; `streamlit run app.py`
+                # during development still watches.
+                "--server.fileWatcherType", "none",
+                "--client.toolbarMode", "viewer",  # no "Deploy" button: this app is served by `crowdtune up`
             ], restart=False))
         return children
 
