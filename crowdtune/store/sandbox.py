@@ -23,6 +23,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,8 @@ _MEMORY_FIX = ("Aggregate or filter before sorting or joining (GROUP BY, WHERE, 
 
 class QueryRefused(CrowdtuneError):
     """The query was not run (or was stopped): it would write, reach outside the store, or exceeded a cap."""
+
+    peak_memory: int | None = None  # bytes its process held at most, when it got as far as having one
 
 
 @dataclass
@@ -199,10 +202,6 @@ def _attach_read_only(path: Path, wait_seconds: float, memory_limit: int) -> duc
     return con
 
 
-def _peak_memory() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kB
-
-
 def _duckdb_refusal(exc: Exception, time_limit: float, memory_cap: int) -> QueryRefused:
     """The message for a DuckDB error raised while the query ran."""
     if isinstance(exc, duckdb.InterruptException):
@@ -287,15 +286,31 @@ def _serve() -> None:
         return answer({"error": "QueryRefused", "problem": refused.problem, "fix": refused.fix})
     finally:
         timer.cancel()
-    answer({"truncated": truncated, "byte_capped": byte_capped, "peak_memory": _peak_memory()}, sink.getvalue())
+    answer({"truncated": truncated, "byte_capped": byte_capped}, sink.getvalue())
 
 
 _ERRORS = {cls.__name__: cls for cls in (QueryRefused, StoreBusy, StoreUnavailable)}
 
 
-def _ask(request: dict, time_limit: float, wait_seconds: float) -> tuple[dict, bytes, float]:
-    """Run the query process on `request`. Out: (header, Arrow bytes, when it attached the store).
-    Kills it at the time limit plus a grace, or if it never reaches the store."""
+def _reap(process: subprocess.Popen) -> int:
+    """Kill the query process if it still runs, wait for it; return the most memory it held, in bytes.
+
+    The OS counts it for this process alone (wait4), so the figure is the query's whatever else the
+    caller ran. Popen.kill would poll and so reap it first, losing the count: signal the pid itself.
+    """
+    try:
+        os.kill(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # pragma: no cover - it stays a zombie until reaped below
+        pass
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss * 1024  # Linux reports kB
+
+
+def _ask(request: dict, time_limit: float, wait_seconds: float) -> tuple[dict, bytes, float, int]:
+    """Run the query process on `request`. Out: (header, Arrow bytes, when it attached the store, its peak
+    memory in bytes). Kills it at the time limit plus a grace, or if it never reaches the store. A
+    QueryRefused raised here carries the process's `peak_memory` too."""
     # This module by its own name and folder: the process runs the same code, wherever the module moves.
     code = f"import sys; sys.path.insert(0, {str(_ROOT)!r}); from {__name__} import _serve; _serve()"
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty process cannot block on it
@@ -321,22 +336,28 @@ def _ask(request: dict, time_limit: float, wait_seconds: float) -> tuple[dict, b
             heard.wait(wait_seconds + _START_SECONDS)
             if "attached_at" in reply:
                 reader.join(reply["attached_at"] + time_limit + _KILL_GRACE - time.monotonic())
-            if reader.is_alive():
-                raise QueryRefused(f"The query ran longer than {time_limit:g} s and was stopped.",
-                                   "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.")
+            timed_out = reader.is_alive()
         finally:
-            process.kill()  # a no-op once it has exited
-            process.wait()
+            peak = _reap(process)
+        if timed_out:
+            raise _refused(f"The query ran longer than {time_limit:g} s and was stopped.",
+                           "Narrow it (WHERE, LIMIT, fewer joins) or aggregate before joining.", peak)
         head, _, body = reply["out"].partition(b"\n")
         if not head:
             errors.seek(0)
             last = _without_paths((errors.read().decode(errors="replace").strip().splitlines() or [""])[-1])
             if process.returncode < 0 or "MemoryError" in last:  # a signal or malloc failing: the cap
-                raise QueryRefused(f"The query needed more than its memory cap of {request['memory_cap'] >> 20} MB "
-                                   "and was stopped.", _MEMORY_FIX)
-            raise QueryRefused(f"The query's process ended without an answer (exit code {process.returncode}): "
-                               f"{last}", "Simplify the query; if this repeats, report it with the query.")
-        return json.loads(head), body, reply.get("attached_at", time.monotonic())
+                raise _refused(f"The query needed more than its memory cap of {request['memory_cap'] >> 20} MB "
+                               "and was stopped.", _MEMORY_FIX, peak)
+            raise _refused(f"The query's process ended without an answer (exit code {process.returncode}): "
+                           f"{last}", "Simplify the query; if this repeats, report it with the query.", peak)
+        return json.loads(head), body, reply.get("attached_at", time.monotonic()), peak
+
+
+def _refused(problem: str, fix: str, peak_memory: int) -> QueryRefused:
+    refused = QueryRefused(problem, fix)
+    refused.peak_memory = peak_memory
+    return refused
 
 
 def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: float = DEFAULT_TIME_LIMIT,
@@ -356,9 +377,10 @@ def run_query(path: Path, sql: str, row_cap: int = DEFAULT_ROW_CAP, time_limit: 
         raise QueryRefused(f"There is no store yet at {path}.", "Start Crowdtune (`make run`) and import a dataset.")
     request = {"path": str(path), "sql": sql, "row_cap": int(row_cap), "byte_cap": int(byte_cap),
                "time_limit": float(time_limit), "wait_seconds": float(wait_seconds), "memory_cap": int(memory_cap)}
-    header, body, attached_at = _ask(request, time_limit, wait_seconds)
+    header, body, attached_at, peak = _ask(request, time_limit, wait_seconds)
     if "error" in header:
-        raise _ERRORS.get(header["error"], QueryRefused)(header["problem"], header["fix"])
+        error = _ERRORS.get(header["error"], QueryRefused)(header["problem"], header["fix"])
+        error.peak_memory = peak
+        raise error
     frame = pa.ipc.open_stream(body).read_all().to_pandas()  # at most byte_cap: tens of ms
-    return QueryResult(frame, header["truncated"], time.monotonic() - attached_at, header["byte_capped"],
-                       header["peak_memory"])
+    return QueryResult(frame, header["truncated"], time.monotonic() - attached_at, header["byte_capped"], peak)
