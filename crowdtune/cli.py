@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import sys
-from typing import Optional
 
 import typer
 
@@ -39,8 +38,8 @@ def settings_with(**overrides):
 @app.command()
 @friendly
 def up(
-    port: Optional[int] = typer.Option(None, help="Port of the app (default 8501)."),
-    host: Optional[str] = typer.Option(None, help="Address the app listens on (default localhost)."),
+    port: int | None = typer.Option(None, help="Port of the app (default 8501)."),
+    host: str | None = typer.Option(None, help="Address the app listens on (default localhost)."),
     no_app: bool = typer.Option(False, "--no-app", help="Start Redis and workers only."),
 ):
     """Start Redis (embedded unless REDIS_URL), the store writer, the workers and the app."""
@@ -58,8 +57,8 @@ def worker(
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
     from crowdtune.runtime.queues import connect, queue
-    from crowdtune.settings import QUEUE_STORE
     from crowdtune.runtime.workers import PreloadedWorker, StoreWorker
+    from crowdtune.settings import QUEUE_STORE
 
     settings = load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -239,7 +238,7 @@ def follow_import(job, label: str, poll: float = 0.5, every: float = 2.0) -> dic
 @friendly
 def import_(
     face: str = typer.Option(..., "--face", help="The face to import from (see `crowdtune face list`)."),
-    limit: Optional[int] = typer.Option(None, help="Import at most this many posts."),
+    limit: int | None = typer.Option(None, help="Import at most this many posts."),
     wait: bool = typer.Option(True, help="Follow the job until its rows are in the store."),
 ):
     """Import a face's history into the store (runs on a worker); done when its rows are queryable."""
@@ -266,7 +265,7 @@ app.add_typer(train_app, name="train")
 @friendly
 def train_offline(
     face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
-    base_model: Optional[str] = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
+    base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
     set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
 ):
@@ -309,7 +308,7 @@ def nested_assignments(pairs: list[str]) -> dict:
 @friendly
 def train_online(
     face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
-    base_model: Optional[str] = typer.Option(None, help="Base model if the face has no active version yet."),
+    base_model: str | None = typer.Option(None, help="Base model if the face has no active version yet."),
     set_: list[str] = typer.Option([], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
                                    "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
 ):
@@ -327,8 +326,8 @@ def train_online(
 @app.command()
 @friendly
 def stop(
-    run_id: Optional[str] = typer.Argument(None, help="The run to stop (see the Training page or `crowdtune status`)."),
-    face: Optional[str] = typer.Option(None, "--face", help="Stop the online training of this face."),
+    run_id: str | None = typer.Argument(None, help="The run to stop (see the Training page or `crowdtune status`)."),
+    face: str | None = typer.Option(None, "--face", help="Stop the online training of this face."),
 ):
     """Ask a run to stop gracefully: offline runs save a checkpoint and a loadable version; an online
     run publishes nothing new, lets work in flight end, and leaves its controller IDLE."""
@@ -367,8 +366,8 @@ def recover():
 @app.command()
 @friendly
 def generate(
-    version: Optional[str] = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
-    base_model: Optional[str] = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
+    version: str | None = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
+    base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
     prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
     set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),

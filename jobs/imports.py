@@ -33,8 +33,8 @@ from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.queues import connect
 from crowdtune.scoring import ScorerConfig, score_at_maturity
 from crowdtune.settings import load_settings
-from crowdtune.store.remote import read_via_store_worker
 from crowdtune.states import PostStatus
+from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, delete_op, insert_op, upsert_op, utc_now, write_outcome
 from faces.base import HistoryPost
 from faces.registry import build_face

@@ -7,15 +7,15 @@ import streamlit as st
 from pydantic import BaseModel, create_model
 
 from crowdtune import actions
-from crowdtune.online.controller import OnlineConfig, parse_online_config
-from crowdtune.states import ControllerState
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
-from crowdtune.runtime.progress import fetch_job, job_progress
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.errors import CrowdtuneError
+from crowdtune.online.controller import OnlineConfig, parse_online_config
+from crowdtune.runtime.progress import fetch_job, job_progress
 from crowdtune.settings import load_settings
+from crowdtune.states import ControllerState
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from faces.registry import FACE_KINDS

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from crowdtune.training.generation import (
-    GenerationConfig, Sample, filter_samples, generate_posts, sample, trim_unfinished_sentence,
+    GenerationConfig,
+    Sample,
+    filter_samples,
+    generate_posts,
+    sample,
+    trim_unfinished_sentence,
 )
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import load_base_model
