@@ -26,7 +26,7 @@ def friendly(func):
         except CrowdtuneError as exc:
             typer.secho(f"Error: {exc.problem}", fg="red", err=True)
             typer.echo(f"Fix: {exc.fix}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -91,7 +91,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     if as_json:
         typer.echo(json.dumps(asdict(s), default=str, indent=2))
         raise typer.Exit(0 if s.redis_ok and not s.store_error else 1)
-    typer.echo(f"Redis: {s.redis_url} " + ("ok (version %s)" % s.redis_version if s.redis_ok else "UNREACHABLE"))
+    typer.echo(f"Redis: {s.redis_url} " + (f"ok (version {s.redis_version})" if s.redis_ok else "UNREACHABLE"))
     if s.redis_error:
         typer.echo("  " + s.redis_error.replace("\n", "\n  "))
     typer.echo(f"Workers: {len(s.workers)}")
@@ -151,7 +151,7 @@ app.add_typer(face_app, name="face")
 def face_add(
     face_id: str = typer.Argument(..., help="A name for the face, e.g. tweets."),
     kind: str = typer.Option(..., help="dataset, sandbox, mastodon, bluesky, discord or reddit."),
-    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),
+    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),  # noqa: B008 - typer option idiom
 ):
     """Create or update a face. Tokens are never given here: see README, Secrets."""
     from crowdtune.actions import save_face
@@ -266,7 +266,7 @@ app.add_typer(train_app, name="train")
 def train_offline(
     face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
     base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
-    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
+    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),  # noqa: B008 - typer option idiom
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
 ):
     """Fine-tune with LoRA on a face's posts (runs on a `train` worker)."""
@@ -309,8 +309,9 @@ def nested_assignments(pairs: list[str]) -> dict:
 def train_online(
     face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
     base_model: str | None = typer.Option(None, help="Base model if the face has no active version yet."),
-    set_: list[str] = typer.Option([], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
-                                   "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
+    set_: list[str] = typer.Option(  # noqa: B008 - typer option idiom
+        [], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
+        "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
 ):
     """Start online training: publish on schedule, score reactions at maturity, update with RL (runs on workers)."""
     from crowdtune.actions import start_online
@@ -369,8 +370,8 @@ def generate(
     version: str | None = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
     base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
-    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
-    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),
+    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),  # noqa: B008 - typer option idiom
+    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),  # noqa: B008 - typer option idiom
 ):
     """Print sampled posts from a version (runs on a worker; nothing is published)."""
     from crowdtune.actions import generate_samples

@@ -160,7 +160,7 @@ else:
 
 # ---- Online training ----------------------------------------------------------------------------
 st.subheader("Start online training")
-publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"]) if kind in FACE_KINDS
+publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"], strict=True) if kind in FACE_KINDS
               and FACE_KINDS[kind].capabilities.publish and FACE_KINDS[kind].capabilities.reactions]
 online_face = ""
 if not publishing:

@@ -229,7 +229,7 @@ def test_every_cell_the_store_cannot_hold_is_reported_with_its_line_and_the_vali
     posts = list(face.fetch_history())
     assert [p.platform_id for p in posts] == [f"good-{n}" for n in range(len(bad))]
     assert [p.line for p in face.problems] == [2 * n + 2 for n in range(len(bad))]
-    for problem, (_, phrase) in zip(face.problems, bad):
+    for problem, (_, phrase) in zip(face.problems, bad, strict=True):
         assert phrase in problem.reason, (problem, phrase)
         assert len(problem.reason) < 300  # a 20 MB cell is not quoted whole
 

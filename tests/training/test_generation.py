@@ -52,7 +52,10 @@ def test_top_p_narrows_the_policy(tiny):
     model, tokenizer = tiny
     wide = sample(model, tokenizer, GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=5))
     narrow = sample(model, tokenizer, GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=0.5, seed=5))
-    mean = lambda samples: sum(sum(s.logprobs) for s in samples) / sum(len(s.logprobs) for s in samples)
+
+    def mean(samples):
+        return sum(sum(s.logprobs) for s in samples) / sum(len(s.logprobs) for s in samples)
+
     assert mean(narrow) > mean(wide)  # tokens are drawn from a renormalised, smaller set
 
 
@@ -80,7 +83,10 @@ def test_filters_drop_empty_and_copied_posts(tiny):
 def test_offensive_posts_are_rejected_when_the_filter_is_on(tiny):
     _, tokenizer = tiny
     texts = ["What a great crowd in Ohio today!", "You are a fucking idiot and a loser!"]
-    samples = lambda: [Sample(t, tokenizer(t)["input_ids"], [0.0], finished=True) for t in texts]
+
+    def samples():
+        return [Sample(t, tokenizer(t)["input_ids"], [0.0], finished=True) for t in texts]
+
     on = filter_samples(samples(), tokenizer, GenerationConfig(offensive_threshold=0.5))
     assert [s.text for s in on.kept] == texts[:1] and [s.rejected for s in on.rejected] == ["offensive"]
     assert len(filter_samples(samples(), tokenizer, GenerationConfig()).kept) == 2
