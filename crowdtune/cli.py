@@ -99,7 +99,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
         job = f" running {w.current_job_func} ({w.current_job})" if w.current_job else ""
         typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{job}")
     if s.queues:
-        typer.echo("Queues: " + "  ".join(f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled" for q in s.queues))
+        queues = [f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled"
+                  for q in s.queues]
+        typer.echo("Queues: " + "  ".join(queues))
     for f in s.failed_jobs[:10]:
         typer.echo(f"  failed {f.queue}/{f.job_id} {f.func}: {f.error}")
     if s.store_error:
@@ -348,7 +350,8 @@ def stop(
         typer.echo(f"Stopping online run {stopped} of {face}." if stopped else f"{face} is not training online.")
         return
     if not run_id:
-        raise CrowdtuneError("Nothing to stop was named.", "Give a run id (`crowdtune stop RUN_ID`) or a face (`--face F`).")
+        raise CrowdtuneError("Nothing to stop was named.",
+                             "Give a run id (`crowdtune stop RUN_ID`) or a face (`--face F`).")
     stop_run(conn, run_id)
     typer.echo(f"Stop requested for {run_id}.")
 

@@ -95,9 +95,10 @@ def import_history(face_id: str, limit: int | None = None) -> dict:
     """Import up to `limit` posts of the face and return once they are in the store.
 
     Out: {"face_id", "read", "landed", "refused", "duplicates", "duplicate_rule", "batches", "summary"
-    (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT [{"line", "reason"}] by line} (module docstring), plus
-    "imported" (= landed) and "problem_count" (= refused). A face that cannot be read at all raises
-    its CrowdtuneError, whose problem and fix are also put in the job's meta["error"]."""
+    (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT
+    [{"line", "reason"}] by line} (module docstring), plus "imported" (= landed) and "problem_count"
+    (= refused). A face that cannot be read at all raises its CrowdtuneError, whose problem and fix
+    are also put in the job's meta["error"]."""
     job = get_current_job()
     try:
         return _import(face_id, limit, job)

@@ -71,7 +71,8 @@ with add_col, st.form("add_face"):
     st.markdown("**Add or update a face**")
     new_face_id = st.text_input("Face name", placeholder="tweets")
     kind = st.selectbox("Kind", list(FACE_KINDS))
-    config_text = st.text_area("Config (JSON, no secrets: set those on the Settings page)", '{"source": "trump_tweets"}')
+    config_text = st.text_area("Config (JSON, no secrets: set those on the Settings page)",
+                               '{"source": "trump_tweets"}')
     if st.form_submit_button("Save face", disabled=controls_off) and not controls_off:
         face_class = FACE_KINDS[kind]
         try:
@@ -139,7 +140,8 @@ else:
         from crowdtune.training.sft import SFTConfig
     with st.form("offline_training"):
         face_col, model_col, parent_col = st.columns(3)
-        train_face = face_col.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
+        face_index = face_ids.index(view.face) if view.face in face_ids else 0
+        train_face = face_col.selectbox("Face", face_ids, index=face_index)
         base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL,
                                           help="A packaged name (smollm2-135m), a hub id or a local folder.")
         version_ids = versions["version_id"].tolist() if not versions.empty else []
@@ -177,7 +179,8 @@ else:
     active_version = face_row["active_version_id"] if isinstance(face_row["active_version_id"], str) else None
     busy = online_states.get(online_face, ControllerState.IDLE) != ControllerState.IDLE
     if busy:
-        st.caption(f"`{online_face}` is {online_states[online_face]}: stop it (below) before starting another online run.")
+        st.caption(f"`{online_face}` is {online_states[online_face]}: "
+                   "stop it (below) before starting another online run.")
     with st.form("online_training"):
         algorithm_col, model_col = st.columns(2)
         algorithms = list(ALGORITHMS)
@@ -197,7 +200,8 @@ else:
         if st.form_submit_button("Review and start", type="primary", disabled=controls_off or busy) \
                 and not controls_off and not busy:
             try:
-                online = parse_online_config({**values, "algorithm": algorithm, "base_model": base_model.strip() or None})
+                online = parse_online_config({**values, "algorithm": algorithm,
+                                              "base_model": base_model.strip() or None})
                 st.session_state["online_pending"] = {"face": online_face, "config": online.model_dump(mode="json")}
             except CrowdtuneError as exc:
                 st.session_state.pop("online_pending", None)
