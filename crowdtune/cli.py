@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import sys
-from typing import Optional
 
 import typer
 
@@ -27,7 +26,7 @@ def friendly(func):
         except CrowdtuneError as exc:
             typer.secho(f"Error: {exc.problem}", fg="red", err=True)
             typer.echo(f"Fix: {exc.fix}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -39,8 +38,8 @@ def settings_with(**overrides):
 @app.command()
 @friendly
 def up(
-    port: Optional[int] = typer.Option(None, help="Port of the app (default 8501)."),
-    host: Optional[str] = typer.Option(None, help="Address the app listens on (default localhost)."),
+    port: int | None = typer.Option(None, help="Port of the app (default 8501)."),
+    host: str | None = typer.Option(None, help="Address the app listens on (default localhost)."),
     no_app: bool = typer.Option(False, "--no-app", help="Start Redis and workers only."),
 ):
     """Start Redis (embedded unless REDIS_URL), the store writer, the workers and the app."""
@@ -58,8 +57,8 @@ def worker(
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
     from crowdtune.runtime.queues import connect, queue
-    from crowdtune.settings import QUEUE_STORE
     from crowdtune.runtime.workers import PreloadedWorker, StoreWorker
+    from crowdtune.settings import QUEUE_STORE
 
     settings = load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -92,7 +91,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     if as_json:
         typer.echo(json.dumps(asdict(s), default=str, indent=2))
         raise typer.Exit(0 if s.redis_ok and not s.store_error else 1)
-    typer.echo(f"Redis: {s.redis_url} " + ("ok (version %s)" % s.redis_version if s.redis_ok else "UNREACHABLE"))
+    typer.echo(f"Redis: {s.redis_url} " + (f"ok (version {s.redis_version})" if s.redis_ok else "UNREACHABLE"))
     if s.redis_error:
         typer.echo("  " + s.redis_error.replace("\n", "\n  "))
     typer.echo(f"Workers: {len(s.workers)}")
@@ -100,7 +99,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
         job = f" running {w.current_job_func} ({w.current_job})" if w.current_job else ""
         typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{job}")
     if s.queues:
-        typer.echo("Queues: " + "  ".join(f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled" for q in s.queues))
+        queues = [f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled"
+                  for q in s.queues]
+        typer.echo("Queues: " + "  ".join(queues))
     for f in s.failed_jobs[:10]:
         typer.echo(f"  failed {f.queue}/{f.job_id} {f.func}: {f.error}")
     if s.store_error:
@@ -152,7 +153,7 @@ app.add_typer(face_app, name="face")
 def face_add(
     face_id: str = typer.Argument(..., help="A name for the face, e.g. tweets."),
     kind: str = typer.Option(..., help="dataset, sandbox, mastodon, bluesky, discord or reddit."),
-    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),
+    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),  # noqa: B008 - typer option idiom
 ):
     """Create or update a face. Tokens are never given here: see README, Secrets."""
     from crowdtune.actions import save_face
@@ -239,7 +240,7 @@ def follow_import(job, label: str, poll: float = 0.5, every: float = 2.0) -> dic
 @friendly
 def import_(
     face: str = typer.Option(..., "--face", help="The face to import from (see `crowdtune face list`)."),
-    limit: Optional[int] = typer.Option(None, help="Import at most this many posts."),
+    limit: int | None = typer.Option(None, help="Import at most this many posts."),
     wait: bool = typer.Option(True, help="Follow the job until its rows are in the store."),
 ):
     """Import a face's history into the store (runs on a worker); done when its rows are queryable."""
@@ -266,8 +267,8 @@ app.add_typer(train_app, name="train")
 @friendly
 def train_offline(
     face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
-    base_model: Optional[str] = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
-    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
+    base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
+    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),  # noqa: B008 - typer option idiom
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
 ):
     """Fine-tune with LoRA on a face's posts (runs on a `train` worker)."""
@@ -309,9 +310,10 @@ def nested_assignments(pairs: list[str]) -> dict:
 @friendly
 def train_online(
     face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
-    base_model: Optional[str] = typer.Option(None, help="Base model if the face has no active version yet."),
-    set_: list[str] = typer.Option([], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
-                                   "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
+    base_model: str | None = typer.Option(None, help="Base model if the face has no active version yet."),
+    set_: list[str] = typer.Option(  # noqa: B008 - typer option idiom
+        [], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
+        "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
 ):
     """Start online training: publish on schedule, score reactions at maturity, update with RL (runs on workers)."""
     from crowdtune.actions import start_online
@@ -327,8 +329,8 @@ def train_online(
 @app.command()
 @friendly
 def stop(
-    run_id: Optional[str] = typer.Argument(None, help="The run to stop (see the Training page or `crowdtune status`)."),
-    face: Optional[str] = typer.Option(None, "--face", help="Stop the online training of this face."),
+    run_id: str | None = typer.Argument(None, help="The run to stop (see the Training page or `crowdtune status`)."),
+    face: str | None = typer.Option(None, "--face", help="Stop the online training of this face."),
 ):
     """Ask a run to stop gracefully: offline runs save a checkpoint and a loadable version; an online
     run publishes nothing new, lets work in flight end, and leaves its controller IDLE."""
@@ -348,7 +350,8 @@ def stop(
         typer.echo(f"Stopping online run {stopped} of {face}." if stopped else f"{face} is not training online.")
         return
     if not run_id:
-        raise CrowdtuneError("Nothing to stop was named.", "Give a run id (`crowdtune stop RUN_ID`) or a face (`--face F`).")
+        raise CrowdtuneError("Nothing to stop was named.",
+                             "Give a run id (`crowdtune stop RUN_ID`) or a face (`--face F`).")
     stop_run(conn, run_id)
     typer.echo(f"Stop requested for {run_id}.")
 
@@ -367,11 +370,11 @@ def recover():
 @app.command()
 @friendly
 def generate(
-    version: Optional[str] = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
-    base_model: Optional[str] = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
+    version: str | None = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
+    base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
-    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
-    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),
+    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),  # noqa: B008 - typer option idiom
+    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),  # noqa: B008 - typer option idiom
 ):
     """Print sampled posts from a version (runs on a worker; nothing is published)."""
     from crowdtune.actions import generate_samples

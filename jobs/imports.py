@@ -33,8 +33,8 @@ from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.queues import connect
 from crowdtune.scoring import ScorerConfig, score_at_maturity
 from crowdtune.settings import load_settings
-from crowdtune.store.remote import read_via_store_worker
 from crowdtune.states import PostStatus
+from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, delete_op, insert_op, upsert_op, utc_now, write_outcome
 from faces.base import HistoryPost
 from faces.registry import build_face
@@ -95,9 +95,10 @@ def import_history(face_id: str, limit: int | None = None) -> dict:
     """Import up to `limit` posts of the face and return once they are in the store.
 
     Out: {"face_id", "read", "landed", "refused", "duplicates", "duplicate_rule", "batches", "summary"
-    (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT [{"line", "reason"}] by line} (module docstring), plus
-    "imported" (= landed) and "problem_count" (= refused). A face that cannot be read at all raises
-    its CrowdtuneError, whose problem and fix are also put in the job's meta["error"]."""
+    (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT
+    [{"line", "reason"}] by line} (module docstring), plus "imported" (= landed) and "problem_count"
+    (= refused). A face that cannot be read at all raises its CrowdtuneError, whose problem and fix
+    are also put in the job's meta["error"]."""
     job = get_current_job()
     try:
         return _import(face_id, limit, job)

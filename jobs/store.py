@@ -20,7 +20,8 @@ def apply_write(write_id: str, ops: list[dict]) -> dict:
     def report_wait(holder: str, waited: float) -> None:
         log.warning("store write %s waiting %.0f s: the file is held by %s", write_id, waited, holder)
 
-    return apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait).as_dict()
+    outcome = apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait)
+    return outcome.as_dict()
 
 
 def read_named(name: str, params: dict):

@@ -3,9 +3,9 @@
 import plotly.express as px
 import streamlit as st
 
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.links import QueryView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store.sandbox import (
     DEFAULT_BYTE_CAP,

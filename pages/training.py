@@ -7,15 +7,15 @@ import streamlit as st
 from pydantic import BaseModel, create_model
 
 from crowdtune import actions
-from crowdtune.online.controller import OnlineConfig, parse_online_config
-from crowdtune.states import ControllerState
-from crowdtune.errors import CrowdtuneError
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
-from crowdtune.runtime.progress import fetch_job, job_progress
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.errors import CrowdtuneError
+from crowdtune.online.controller import OnlineConfig, parse_online_config
+from crowdtune.runtime.progress import fetch_job, job_progress
 from crowdtune.settings import load_settings
+from crowdtune.states import ControllerState
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from faces.registry import FACE_KINDS
@@ -71,7 +71,8 @@ with add_col, st.form("add_face"):
     st.markdown("**Add or update a face**")
     new_face_id = st.text_input("Face name", placeholder="tweets")
     kind = st.selectbox("Kind", list(FACE_KINDS))
-    config_text = st.text_area("Config (JSON, no secrets: set those on the Settings page)", '{"source": "trump_tweets"}')
+    config_text = st.text_area("Config (JSON, no secrets: set those on the Settings page)",
+                               '{"source": "trump_tweets"}')
     if st.form_submit_button("Save face", disabled=controls_off) and not controls_off:
         face_class = FACE_KINDS[kind]
         try:
@@ -139,7 +140,8 @@ else:
         from crowdtune.training.sft import SFTConfig
     with st.form("offline_training"):
         face_col, model_col, parent_col = st.columns(3)
-        train_face = face_col.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
+        face_index = face_ids.index(view.face) if view.face in face_ids else 0
+        train_face = face_col.selectbox("Face", face_ids, index=face_index)
         base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL,
                                           help="A packaged name (smollm2-135m), a hub id or a local folder.")
         version_ids = versions["version_id"].tolist() if not versions.empty else []
@@ -160,7 +162,7 @@ else:
 
 # ---- Online training ----------------------------------------------------------------------------
 st.subheader("Start online training")
-publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"]) if kind in FACE_KINDS
+publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"], strict=True) if kind in FACE_KINDS
               and FACE_KINDS[kind].capabilities.publish and FACE_KINDS[kind].capabilities.reactions]
 online_face = ""
 if not publishing:
@@ -177,7 +179,8 @@ else:
     active_version = face_row["active_version_id"] if isinstance(face_row["active_version_id"], str) else None
     busy = online_states.get(online_face, ControllerState.IDLE) != ControllerState.IDLE
     if busy:
-        st.caption(f"`{online_face}` is {online_states[online_face]}: stop it (below) before starting another online run.")
+        st.caption(f"`{online_face}` is {online_states[online_face]}: "
+                   "stop it (below) before starting another online run.")
     with st.form("online_training"):
         algorithm_col, model_col = st.columns(2)
         algorithms = list(ALGORITHMS)
@@ -197,7 +200,8 @@ else:
         if st.form_submit_button("Review and start", type="primary", disabled=controls_off or busy) \
                 and not controls_off and not busy:
             try:
-                online = parse_online_config({**values, "algorithm": algorithm, "base_model": base_model.strip() or None})
+                online = parse_online_config({**values, "algorithm": algorithm,
+                                              "base_model": base_model.strip() or None})
                 st.session_state["online_pending"] = {"face": online_face, "config": online.model_dump(mode="json")}
             except CrowdtuneError as exc:
                 st.session_state.pop("online_pending", None)

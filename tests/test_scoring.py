@@ -43,7 +43,8 @@ def test_normalised_per_1000_audience_when_the_audience_is_known():
 
 
 def test_a_post_first_seen_after_maturity_scores_its_counts_unscaled_by_age():
-    assert score_at_maturity([(48 * HOUR, {"likes": 200}, None)], ScorerConfig(maturity_hours=24)) == pytest.approx(200.0)
+    score = score_at_maturity([(48 * HOUR, {"likes": 200}, None)], ScorerConfig(maturity_hours=24))
+    assert score == pytest.approx(200.0)
 
 
 def test_imported_posts_seen_at_1_h_24_h_and_3_years_score_the_same_mature_reactions_alike():
@@ -70,5 +71,6 @@ def test_interpolated_counts_never_fall_below_the_earlier_snapshot():
 )
 def test_score_lies_between_the_surrounding_snapshots(early, growth, before, after):
     config = ScorerConfig(normalize_by_audience=False)
-    score = score_at_maturity([(before * HOUR, {"likes": early}, None), (after * HOUR, {"likes": early + growth}, None)], config)
+    snapshots = [(before * HOUR, {"likes": early}, None), (after * HOUR, {"likes": early + growth}, None)]
+    score = score_at_maturity(snapshots, config)
     assert early - 1e-9 <= score <= early + growth + 1e-9

@@ -88,7 +88,7 @@ def _words(sql: str) -> list[tuple[int, str, str]]:
     tokens = duckdb.tokenize(sql)
     ends = [offset for offset, _ in tokens[1:]] + [len(sql)]
     return [(offset, kind.name, sql[offset:end].strip().upper())
-            for (offset, kind), end in zip(tokens, ends) if kind.name != "comment"]
+            for (offset, kind), end in zip(tokens, ends, strict=True) if kind.name != "comment"]
 
 
 def _main_word(sql: str) -> str:

@@ -322,9 +322,10 @@ def _refusal_alert(write_id: str, refused: list[dict]) -> dict:
     shown = "; ".join(f"{r['table']} {', '.join(str(v) for v in r['key'].values())} ({r['reason']})"
                       for r in refused[:MAX_ALERT_IDS])
     more = f"; and {len(refused) - MAX_ALERT_IDS} more" if len(refused) > MAX_ALERT_IDS else ""
+    message = (f"{len(refused)} row(s) of write {write_id} could not be stored and were left out, the rest "
+               f"landed: {shown}{more}. Fix the source of these rows (or the producer) and write them again.")
     return {"alert_id": f"store-refused:{write_id}"[:200], "level": "error", "source": "store",
-            "message": (f"{len(refused)} row(s) of write {write_id} could not be stored and were left out, the rest "
-                        f"landed: {shown}{more}. Fix the source of these rows (or the producer) and write them again.")[:4000]}
+            "message": message[:4000]}
 
 
 def _record(con, write_id: str, touched: int) -> None:

@@ -12,8 +12,9 @@ import hashlib
 import math
 import re
 import uuid
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
@@ -26,7 +27,7 @@ _RETRIES = 20
 
 def utc_now() -> dt.datetime:
     """Naive UTC, the store's convention for every timestamp."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 # The op vocabulary: every write is a list of these, applied in one transaction (see writer.py).
@@ -78,7 +79,7 @@ def plain(value: Any) -> Any:
     """Make a value JSON-safe for the queue: timestamps become naive-UTC ISO strings."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return value.isoformat()
     if isinstance(value, dt.date):
         return value.isoformat()

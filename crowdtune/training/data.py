@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytorch_lightning as pl
 import torch
@@ -47,7 +47,7 @@ def clean_text(text: str, *, lowercase: bool = False) -> str:
 def _timestamp(value) -> float:
     if isinstance(value, datetime):
         # naive datetimes are taken as UTC so that mixed inputs still order correctly
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):

@@ -105,7 +105,7 @@ class CopyIndex:
         by_ngram = self.ngram_copies(samples)
         # only embed the samples the cheap test did not already catch
         rest = [i for i, flag in enumerate(by_ngram) if not flag]
-        for i, flag in zip(rest, self.embedding_copies([samples[i] for i in rest])):
+        for i, flag in zip(rest, self.embedding_copies([samples[i] for i in rest]), strict=True):
             by_ngram[i] = flag
         return by_ngram
 

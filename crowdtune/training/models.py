@@ -159,7 +159,8 @@ def load_base_model(
             if local:
                 fix = "Check the folder holds a complete saved model (config.json, weights, tokenizer files)."
             elif _hub_reachable():
-                fix = "Check the hub id (e.g. `HuggingFaceTB/SmolLM2-135M`); private models need `huggingface-cli login`."
+                fix = ("Check the hub id (e.g. `HuggingFaceTB/SmolLM2-135M`); "
+                       "private models need `huggingface-cli login`.")
             else:
                 fix = ("The model hub cannot be reached from here (no network) and the model is not in the local hub "
                        f"cache. Use a local model folder or a packaged model: {', '.join(PACKAGED_MODELS)}.")
@@ -278,7 +279,8 @@ def add_lora(
                 f"Use 'all-linear' or some of its linear layers: {available}.",
             )
         target_modules = targets
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 

@@ -61,8 +61,10 @@ class FakeBluesky:
         body = request.json()
         if body.get("identifier") != HANDLE or body.get("password") != PASSWORD:
             return self.api.reply(401, {"error": "AuthenticationRequired", "message": "Invalid identifier or password"})
-        token = jwt({"scope": "com.atproto.appPass", "sub": DID, "iat": int(time.time()), "exp": int(time.time()) + 7200})
-        return self.api.reply(200, {"did": DID, "handle": HANDLE, "accessJwt": token, "refreshJwt": token, "active": True})
+        token = jwt({"scope": "com.atproto.appPass", "sub": DID,
+                     "iat": int(time.time()), "exp": int(time.time()) + 7200})
+        session = {"did": DID, "handle": HANDLE, "accessJwt": token, "refreshJwt": token, "active": True}
+        return self.api.reply(200, session)
 
     def author_feed(self, request, match):
         limit = int(request.query["limit"][0])
@@ -101,12 +103,14 @@ class FakeBluesky:
         return self.api.reply(200, {"posts": [self.post_view(rkey) for rkey in rkeys if rkey in self.records]})
 
     def get_profile(self, request, match):
-        return self.api.reply(200, {"did": DID, "handle": HANDLE, "followersCount": 321, "followsCount": 5, "postsCount": 5})
+        profile = {"did": DID, "handle": HANDLE, "followersCount": 321, "followsCount": 5, "postsCount": 5}
+        return self.api.reply(200, profile)
 
 
 def make_face(api, password=PASSWORD, page_size=50) -> BlueskyFace:
     return BlueskyFace(
-        BlueskyConfig(service_url=api.url, handle=HANDLE, app_password=SecretStr(password), page_size=page_size, retry=FAST_RETRY)
+        BlueskyConfig(service_url=api.url, handle=HANDLE, app_password=SecretStr(password), page_size=page_size,
+                      retry=FAST_RETRY)
     )
 
 
@@ -143,8 +147,10 @@ def test_reactions_and_audience(fake_api):
 
 def test_rate_limit_waits_for_retry_after(fake_api):
     server = FakeBluesky(fake_api)
-    replies = [fake_api.reply(429, {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}, {"Retry-After": "0.3"})]
-    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", lambda r, m: replies.pop() if replies else server.author_feed(r, m))
+    replies = [fake_api.reply(429, {"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"},
+                              {"Retry-After": "0.3"})]
+    fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed",
+                   lambda r, m: replies.pop() if replies else server.author_feed(r, m))
     started = time.monotonic()
     posts = list(make_face(fake_api).fetch_history(limit=2))
     assert time.monotonic() - started >= 0.3 and len(posts) == 2
@@ -251,8 +257,10 @@ def wrong_post(server, rkey, **changes):
     (lambda server, rkey: {"error": "upstream said no"}, "JSON of another shape (posts: Field required)"),
     (lambda server, rkey: {"posts": "none"}, "JSON of another shape (posts: Input should be a valid list)"),
     (lambda server, rkey: wrong_post(server, rkey, uri=None), "JSON of another shape (posts.0.uri:"),
-    (lambda server, rkey: wrong_post(server, rkey, record={"text": "no date"}), "a post record without text and a readable createdAt"),
-    (lambda server, rkey: wrong_post(server, rkey, record={**server.records[rkey], "createdAt": "yesterday"}), "readable createdAt"),
+    (lambda server, rkey: wrong_post(server, rkey, record={"text": "no date"}),
+     "a post record without text and a readable createdAt"),
+    (lambda server, rkey: wrong_post(server, rkey, record={**server.records[rkey], "createdAt": "yesterday"}),
+     "readable createdAt"),
     (lambda server, rkey: wrong_post(server, rkey, record=7), "JSON of another shape (posts.0.record"),
 ])
 def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api, answer, named):
@@ -262,7 +270,8 @@ def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api,
     with pytest.raises(FaceMalformedAnswerError) as raised:
         make_face(fake_api).reactions(server.uri(rkey))
     assert "answered reading a post's reactions with" in raised.value.problem and named in raised.value.problem
-    assert "that is not the Bluesky API" in raised.value.problem and "(HTTP 200, application/json: '{" in raised.value.problem
+    assert "that is not the Bluesky API" in raised.value.problem
+    assert "(HTTP 200, application/json: '{" in raised.value.problem
     assert "service_url" in raised.value.fix
     assert len(fake_api.seen("GET", r"/xrpc/app.bsky.feed.getPosts")) == 1
 
@@ -270,10 +279,12 @@ def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api,
 def test_a_wrong_shaped_feed_sign_in_or_publish_answer_is_named_not_a_model_error(fake_api):
     server = FakeBluesky(fake_api)
     fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", fake_api.reply(200, {"feed": 5}))
-    with pytest.raises(FaceMalformedAnswerError, match=r"reading the author feed with JSON of another shape \(feed: Input should be a valid list"):
+    expected = r"reading the author feed with JSON of another shape \(feed: Input should be a valid list"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         list(make_face(fake_api).fetch_history())
     fake_api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", fake_api.reply(200, {"feed": [{"post": {"uri": "at://x"}}]}))
-    with pytest.raises(FaceMalformedAnswerError, match=r"reading the author feed with JSON of another shape \(feed.0.post.author: Field required"):
+    expected = r"reading the author feed with JSON of another shape \(feed.0.post.author: Field required"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         list(make_face(fake_api).fetch_history())
 
     def created_but_answered_oddly(request, match):
@@ -281,12 +292,14 @@ def test_a_wrong_shaped_feed_sign_in_or_publish_answer_is_named_not_a_model_erro
         return fake_api.reply(200, {"validationStatus": "valid"})
 
     fake_api.route("POST", r"/xrpc/com.atproto.repo.createRecord", created_but_answered_oddly)
-    with pytest.raises(FaceMalformedAnswerError, match=r"publishing a post with JSON of another shape \(cid: Field required; uri: Field required\)"):
+    expected = r"publishing a post with JSON of another shape \(cid: Field required; uri: Field required\)"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         make_face(fake_api).publish("odd answer", intent_id="intent-12")
     assert server.created == 1  # not retried: the job's own retry asks find_published first
-    assert make_face(fake_api).find_published("intent-12", "odd answer", datetime(2020, 1, 1)).platform_id == server.uri(
-        record_key_for_intent("intent-12"))
+    found = make_face(fake_api).find_published("intent-12", "odd answer", datetime(2020, 1, 1))
+    assert found.platform_id == server.uri(record_key_for_intent("intent-12"))
 
     fake_api.route("POST", r"/xrpc/com.atproto.server.createSession", fake_api.reply(200, {"ok": True}))
-    with pytest.raises(FaceMalformedAnswerError, match=r"Bluesky \(http://127.0.0.1:\d+\) answered signing in with JSON of another shape"):
+    expected = r"Bluesky \(http://127.0.0.1:\d+\) answered signing in with JSON of another shape"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         list(make_face(fake_api).fetch_history())

@@ -76,7 +76,8 @@ def test_broken_rows_are_reported_with_line_and_reason_and_good_rows_still_come(
 def test_a_10_mb_post_is_reported_not_imported(tmp_path):
     path = tmp_path / "huge.csv"
     huge = "word " * 2_100_000
-    path.write_text(f"id,text,created_at,likes\n1,ok,2024-01-01T00:00:00Z,1\n2,{huge},2024-01-01T00:00:00Z,1\n3,ok too,2024-01-01T00:00:00Z,1\n")
+    path.write_text("id,text,created_at,likes\n1,ok,2024-01-01T00:00:00Z,1\n"
+                    f"2,{huge},2024-01-01T00:00:00Z,1\n3,ok too,2024-01-01T00:00:00Z,1\n")
     face = csv_face(path)
     assert [p.platform_id for p in face.fetch_history()] == ["1", "3"]
     (problem,) = face.problems
@@ -112,7 +113,8 @@ def test_jsonl_with_a_broken_line(tmp_path):
     assert [p.platform_id for p in posts] == ["a", "c"]
     assert posts[0].created_at == datetime(2023, 11, 14, 22, 13, 20)
     assert posts[1].created_at == datetime(2024, 5, 1, 10, 0)  # converted to naive UTC
-    assert [(p.line, p.reason.split(" (")[0]) for p in face.problems] == [(2, "not valid JSON"), (3, "is a JSON list, not an object with the post's fields")]
+    reasons = [(p.line, p.reason.split(" (")[0]) for p in face.problems]
+    assert reasons == [(2, "not valid JSON"), (3, "is a JSON list, not an object with the post's fields")]
 
 
 def test_parquet_is_read_in_chunks_with_a_column_mapping(tmp_path):
@@ -229,7 +231,7 @@ def test_every_cell_the_store_cannot_hold_is_reported_with_its_line_and_the_vali
     posts = list(face.fetch_history())
     assert [p.platform_id for p in posts] == [f"good-{n}" for n in range(len(bad))]
     assert [p.line for p in face.problems] == [2 * n + 2 for n in range(len(bad))]
-    for problem, (_, phrase) in zip(face.problems, bad):
+    for problem, (_, phrase) in zip(face.problems, bad, strict=True):
         assert phrase in problem.reason, (problem, phrase)
         assert len(problem.reason) < 300  # a 20 MB cell is not quoted whole
 

@@ -28,7 +28,8 @@ class FakeDiscord:
     def __init__(self, api, messages: int = 5):
         self.api = api
         start = datetime(2026, 11, 1, 12, 0, 0)
-        self.messages = [self.message(f"channel message {i}", start + timedelta(hours=i), author_id="42") for i in range(messages)]
+        self.messages = [self.message(f"channel message {i}", start + timedelta(hours=i), author_id="42")
+                         for i in range(messages)]
         self.created = 0
         self.nonces: dict[str, dict] = {}
         api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", self.list_messages)
@@ -70,7 +71,9 @@ class FakeDiscord:
 
     def get_message(self, request, match):
         found = [m for m in self.messages if m["id"] == match.group(1)]
-        return self.api.reply(200, found[0]) if found else self.api.reply(404, {"message": "Unknown Message", "code": 10008})
+        if found:
+            return self.api.reply(200, found[0])
+        return self.api.reply(404, {"message": "Unknown Message", "code": 10008})
 
     def create(self, request) -> dict:
         body = request.json()
@@ -94,9 +97,10 @@ class FakeDiscord:
                                     "bot": True, "mfa_enabled": False, "flags": 0, "verified": True})
 
     def preview(self, request, match):
-        return self.api.reply(200, {"id": str(GUILD), "name": "Crowd", "icon": None, "splash": None, "discovery_splash": None,
-                                    "emojis": [], "features": [], "approximate_member_count": 1234,
-                                    "approximate_presence_count": 56, "description": None, "stickers": []})
+        return self.api.reply(200, {"id": str(GUILD), "name": "Crowd", "icon": None, "splash": None,
+                                    "discovery_splash": None, "emojis": [], "features": [],
+                                    "approximate_member_count": 1234, "approximate_presence_count": 56,
+                                    "description": None, "stickers": []})
 
 
 def make_face(api, token=TOKEN, page_size=100) -> DiscordFace:
@@ -248,7 +252,8 @@ def without(message: dict, *names: str) -> dict:
 def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api, answer, named):
     server = FakeDiscord(fake_api)
     message_id = server.messages[0]["id"]
-    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)", fake_api.reply(200, answer(server.messages[0])))
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages/(\d+)",
+                   fake_api.reply(200, answer(server.messages[0])))
     with pytest.raises(FaceMalformedAnswerError) as raised:
         make_face(fake_api).reactions(message_id)
     assert "answered reading a message's reactions with" in raised.value.problem and named in raised.value.problem
@@ -262,8 +267,10 @@ def test_a_wrong_shaped_page_or_send_answer_is_named_not_a_key_error(fake_api):
     fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, {"messages": []}))
     with pytest.raises(FaceMalformedAnswerError, match="reading channel messages with JSON hikari could not read"):
         list(make_face(fake_api).fetch_history())
-    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", fake_api.reply(200, [without(server.messages[0], "id")]))
-    with pytest.raises(FaceMalformedAnswerError, match="reading channel messages with JSON hikari could not read \\(no field 'id'\\)"):
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages",
+                   fake_api.reply(200, [without(server.messages[0], "id")]))
+    expected = "reading channel messages with JSON hikari could not read \\(no field 'id'\\)"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         list(make_face(fake_api).fetch_history())
     fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}/messages", server.list_messages)
 
@@ -271,7 +278,8 @@ def test_a_wrong_shaped_page_or_send_answer_is_named_not_a_key_error(fake_api):
         return fake_api.reply(200, without(server.create(request), "id"))
 
     fake_api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", created_but_answered_oddly)
-    with pytest.raises(FaceMalformedAnswerError, match="sending a message with JSON hikari could not read \\(no field 'id'\\)"):
+    expected = "sending a message with JSON hikari could not read \\(no field 'id'\\)"
+    with pytest.raises(FaceMalformedAnswerError, match=expected):
         make_face(fake_api).publish("odd answer", intent_id="intent-7")
     assert server.created == 1  # not retried, and no "None" id: the job's own retry asks find_published first
     found = make_face(fake_api).find_published("intent-7", "odd answer", datetime(2020, 1, 1))

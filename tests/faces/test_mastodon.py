@@ -24,7 +24,8 @@ class FakeMastodon:
         self.account = {"id": "109", "username": "crowd", "acct": "crowd", "followers_count": 250}
         start = datetime(2026, 11, 1, 12, 0, 0)
         # Mastodon ids are snowflakes that grow with time; newest first like the API.
-        self.statuses = [self.status(str(1000 + i), f"post number {i}", start + timedelta(hours=i)) for i in range(statuses)][::-1]
+        self.statuses = [self.status(str(1000 + i), f"post number {i}", start + timedelta(hours=i))
+                         for i in range(statuses)][::-1]
         self.created = 0
         api.route("GET", r"/api/v1/accounts/verify_credentials", self.verify_credentials)
         api.route("GET", r"/api/v1/accounts/109/statuses", self.account_statuses)
@@ -79,7 +80,8 @@ class FakeMastodon:
 
 
 def make_face(api, token=TOKEN, page_size=40) -> MastodonFace:
-    return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(token), page_size=page_size, retry=FAST_RETRY))
+    return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(token), page_size=page_size,
+                                       retry=FAST_RETRY))
 
 
 def test_history_pages_with_max_id_newest_first(fake_api):
@@ -122,7 +124,8 @@ def test_rate_limit_waits_for_retry_after_then_succeeds(fake_api):
     server = FakeMastodon(fake_api)
     fake_api.route(
         "GET", r"/api/v1/statuses/1002",
-        [fake_api.reply(429, {"error": "Too many requests"}, {"Retry-After": "0.3"}), fake_api.reply(200, server.statuses[2])],
+        [fake_api.reply(429, {"error": "Too many requests"}, {"Retry-After": "0.3"}),
+         fake_api.reply(200, server.statuses[2])],
     )
     started = time.monotonic()
     snapshot = make_face(fake_api).reactions("1002")
@@ -133,7 +136,8 @@ def test_rate_limit_waits_for_retry_after_then_succeeds(fake_api):
 
 def test_rate_limit_that_never_ends_gives_a_clear_error(fake_api):
     FakeMastodon(fake_api)
-    fake_api.route("GET", r"/api/v1/statuses/1002", fake_api.reply(429, {"error": "Too many requests"}, {"Retry-After": "0.01"}))
+    fake_api.route("GET", r"/api/v1/statuses/1002",
+                   fake_api.reply(429, {"error": "Too many requests"}, {"Retry-After": "0.01"}))
     with pytest.raises(FaceRateLimitError, match="kept rate-limiting"):
         make_face(fake_api).reactions("1002")
     assert len(fake_api.seen("GET", r"/api/v1/statuses/1002")) == FAST_RETRY.max_attempts
@@ -157,7 +161,8 @@ def test_server_error_after_the_post_was_created_does_not_post_twice(fake_api):
 def test_server_error_before_the_post_was_created_retries_once_and_posts_once(fake_api):
     server = FakeMastodon(fake_api)
     replies = iter([fake_api.reply(503, {"error": "Unavailable"})])
-    fake_api.route("POST", r"/api/v1/statuses", lambda request, match: next(replies, None) or server.post_status(request, match))
+    fake_api.route("POST", r"/api/v1/statuses",
+                   lambda request, match: next(replies, None) or server.post_status(request, match))
     published = make_face(fake_api).publish("second time lucky", intent_id="intent-8")
     posts = fake_api.seen("POST", r"/api/v1/statuses")
     assert len(posts) == 2 and server.created == 1
@@ -190,13 +195,15 @@ def test_the_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
 # -- timeouts and answers that are not the Mastodon API ------------------------------------------
 
 def make_impatient_face(api, timeout=0.3) -> MastodonFace:
-    return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(TOKEN), request_timeout=timeout, retry=FAST_RETRY))
+    return MastodonFace(MastodonConfig(api_base_url=api.url, token=SecretStr(TOKEN), request_timeout=timeout,
+                                       retry=FAST_RETRY))
 
 
 def test_a_timeout_is_retried_and_a_lasting_one_names_the_timeout_and_the_setting(fake_api):
     server = FakeMastodon(fake_api)
     snapshot = fake_api.check_timeouts(
-        "GET", r"/api/v1/statuses/1002", fake_api.reply(200, server.statuses[2]), lambda: make_impatient_face(fake_api).reactions("1002"),
+        "GET", r"/api/v1/statuses/1002", fake_api.reply(200, server.statuses[2]),
+        lambda: make_impatient_face(fake_api).reactions("1002"),
         action="reading a status's reactions", network="Mastodon", max_attempts=FAST_RETRY.max_attempts,
     )
     assert snapshot.counts["likes"] == 7
@@ -222,7 +229,8 @@ def test_an_html_page_served_with_200_is_retried_and_a_lasting_one_is_named(fake
 
     fake_api.check_html_page_is_named(
         "GET", r"/api/v1/statuses/1002", lambda: make_face(fake_api).reactions("1002"),
-        action="reading a status's reactions", shown="HTTP 200, text/html: '<html><head><title>502 Bad Gateway", fix="api_base_url",
+        action="reading a status's reactions", shown="HTTP 200, text/html: '<html><head><title>502 Bad Gateway",
+        fix="api_base_url",
     )
 
 
@@ -259,10 +267,12 @@ def test_json_of_the_wrong_shape_names_what_is_wrong_and_is_not_retried(fake_api
 def test_a_wrong_shaped_page_of_statuses_or_publish_answer_is_named_not_a_key_error(fake_api):
     server = FakeMastodon(fake_api)
     fake_api.route("GET", r"/api/v1/accounts/109/statuses", fake_api.reply(200, 5))
-    with pytest.raises(FaceMalformedAnswerError, match="reading statuses with a value of type int where a list of statuses belongs"):
+    with pytest.raises(FaceMalformedAnswerError,
+                       match="reading statuses with a value of type int where a list of statuses belongs"):
         list(make_face(fake_api).fetch_history())
     fake_api.route("GET", r"/api/v1/accounts/109/statuses", fake_api.reply(200, {"statuses": []}))
-    with pytest.raises(FaceMalformedAnswerError, match="reading statuses with a value of type str where an object belongs"):
+    with pytest.raises(FaceMalformedAnswerError,
+                       match="reading statuses with a value of type str where an object belongs"):
         list(make_face(fake_api).fetch_history())  # Mastodon.py made a list of the object's keys
 
     def created_but_answered_oddly(request, match):

@@ -25,7 +25,8 @@ class FakeReddit:
     def __init__(self, api, submissions: int = 5):
         self.api = api
         start = datetime(2026, 11, 1, 12, 0, 0)
-        self.submissions = [self.submission(f"r{i}", f"reddit post {i}", start + timedelta(hours=i)) for i in range(submissions)]
+        self.submissions = [self.submission(f"r{i}", f"reddit post {i}", start + timedelta(hours=i))
+                            for i in range(submissions)]
         self.created = 0
         api.route("POST", r"/api/v1/access_token/?", self.access_token)
         api.route("GET", rf"/user/{USER}/submitted/?", self.submitted)
@@ -52,7 +53,8 @@ class FakeReddit:
         form = request.form()
         if form.get("password") != [PASSWORD]:
             return self.api.reply(200, {"error": "invalid_grant"})
-        return self.api.reply(200, {"access_token": "oauth-access", "token_type": "bearer", "expires_in": 86400, "scope": "*"})
+        token = {"access_token": "oauth-access", "token_type": "bearer", "expires_in": 86400, "scope": "*"}
+        return self.api.reply(200, token)
 
     def submitted(self, request, match):
         limit = int(request.query["limit"][0])
@@ -83,7 +85,8 @@ class FakeReddit:
         return self.api.reply(200, self.listing([s for s in self.submissions if s["name"] == wanted], None))
 
     def about(self, request, match):
-        return self.api.reply(200, {"kind": "t5", "data": {"display_name": SUBREDDIT, "subscribers": 4321, "id": "2abc", "name": "t5_2abc"}})
+        subreddit = {"display_name": SUBREDDIT, "subscribers": 4321, "id": "2abc", "name": "t5_2abc"}
+        return self.api.reply(200, {"kind": "t5", "data": subreddit})
 
 
 def make_face(api, password=PASSWORD, page_size=100) -> RedditFace:
@@ -197,7 +200,8 @@ def test_a_submit_that_times_out_after_the_post_was_created_is_not_sent_again(fa
 
     def created_then_stalled(request, match):
         server.create(request)
-        return fake_api.reply(200, {"json": {"errors": [], "data": {"id": "new1", "name": "t3_new1"}}}, delay_seconds=1.0)
+        submitted = {"json": {"errors": [], "data": {"id": "new1", "name": "t3_new1"}}}
+        return fake_api.reply(200, submitted, delay_seconds=1.0)
 
     fake_api.route("POST", r"/api/submit/?", created_then_stalled)
     published = make_impatient_face(fake_api).publish("slow but there", intent_id="intent-4")
@@ -208,7 +212,8 @@ def test_a_submit_that_times_out_after_the_post_was_created_is_not_sent_again(fa
 def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fake_api):
     server = FakeReddit(fake_api)
     garbage = [fake_api.html_page(), fake_api.reply(200, b'{"kind": "Listing", "da')]
-    fake_api.route("GET", rf"/user/{USER}/submitted/?", lambda r, m: garbage.pop(0) if garbage else server.submitted(r, m))
+    fake_api.route("GET", rf"/user/{USER}/submitted/?",
+                   lambda r, m: garbage.pop(0) if garbage else server.submitted(r, m))
     assert len(list(make_face(fake_api).fetch_history())) == 5
     assert len(fake_api.seen("GET", rf"/user/{USER}/submitted/?")) == 3
 
@@ -226,8 +231,10 @@ def test_an_html_page_or_a_cut_off_body_is_retried_and_a_lasting_one_is_named(fa
     (lambda listing: {"error": "upstream said no"}, "an object without data"),
     (lambda listing: {"kind": "Listing", "data": {"children": {}}}, "an object whose children is a dict"),
     (lambda listing: [listing], "a value of type list where an object belongs"),
-    (lambda listing: {"data": {"children": [{"kind": "t3", "data": {"id": "r1"}}]}}, "an object without title, selftext, created_utc"),
-    (lambda listing: {"data": {"children": [{"kind": "t3", "data": {**listing["data"]["children"][0]["data"], "created_utc": "yesterday"}}]}},
+    (lambda listing: {"data": {"children": [{"kind": "t3", "data": {"id": "r1"}}]}},
+     "an object without title, selftext, created_utc"),
+    (lambda listing: {"data": {"children": [
+        {"kind": "t3", "data": {**listing["data"]["children"][0]["data"], "created_utc": "yesterday"}}]}},
      "an object whose created_utc is a str"),
     (lambda listing: {"data": {"children": ["t3_r1"]}}, "a value of type str where an object belongs"),
 ])
@@ -237,21 +244,25 @@ def test_wrong_shaped_reactions_name_what_is_wrong_and_are_not_retried(fake_api,
     with pytest.raises(FaceMalformedAnswerError) as raised:
         make_face(fake_api).reactions("r1")
     assert "answered reading a submission's reactions with" in raised.value.problem and named in raised.value.problem
-    assert "that is not the Reddit API" in raised.value.problem and "(HTTP 200, application/json: '" in raised.value.problem
+    assert "that is not the Reddit API" in raised.value.problem
+    assert "(HTTP 200, application/json: '" in raised.value.problem
     assert "oauth_url" in raised.value.fix
     assert len(fake_api.seen("GET", r"/api/info/?")) == 1
 
 
 def test_a_wrong_shaped_listing_or_submit_answer_is_named_not_an_attribute_error(fake_api):
     server = FakeReddit(fake_api)
-    fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.reply(200, {"kind": "Listing", "data": {"children": [], "after": 5}}))
+    fake_api.route("GET", rf"/user/{USER}/submitted/?",
+                   fake_api.reply(200, {"kind": "Listing", "data": {"children": [], "after": 5}}))
     with pytest.raises(FaceMalformedAnswerError, match="reading submissions with a listing whose after is a int"):
         list(make_face(fake_api).fetch_history())
     fake_api.route("GET", rf"/user/{USER}/submitted/?", fake_api.reply(200, {"children": []}))
     with pytest.raises(FaceMalformedAnswerError, match="reading submissions with an object without data"):
         list(make_face(fake_api).fetch_history())
-    fake_api.route("GET", rf"/r/{SUBREDDIT}/about/?", fake_api.reply(200, {"kind": "t5", "data": {"subscribers": None}}))
-    with pytest.raises(FaceMalformedAnswerError, match="reading the subscriber count with an object without subscribers"):
+    fake_api.route("GET", rf"/r/{SUBREDDIT}/about/?",
+                   fake_api.reply(200, {"kind": "t5", "data": {"subscribers": None}}))
+    with pytest.raises(FaceMalformedAnswerError,
+                       match="reading the subscriber count with an object without subscribers"):
         make_face(fake_api).audience_size()
 
     def created_but_answered_oddly(request, match):

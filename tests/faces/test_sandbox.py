@@ -96,13 +96,14 @@ def test_reactions_grow_with_age_never_decrease_and_repeat_exactly(tmp_path):
     publisher = sandbox(tmp_path, audience, audience_size=5000, growth_tau_hours=3.0)
     post = publisher.publish("What a wonderful, happy day with great friends!", intent_id="grow")
     ages = [0, 0.5, 1, 2, 3, 6, 12, 24, 48]
-    series = [sandbox(tmp_path, audience, clock_at=T0 + a * HOUR, audience_size=5000).reactions(post.platform_id) for a in ages]
+    series = [sandbox(tmp_path, audience, clock_at=T0 + a * HOUR, audience_size=5000).reactions(post.platform_id)
+              for a in ages]
     likes = [snapshot.counts["likes"] for snapshot in series]
     assert likes[0] == 0 and likes[-1] > 100
-    assert all(a <= b for a, b in zip(likes, likes[1:]))
+    assert all(a <= b for a, b in zip(likes, likes[1:], strict=False))
     for kind in ("reposts", "replies"):
         counts = [snapshot.counts[kind] for snapshot in series]
-        assert all(a <= b for a, b in zip(counts, counts[1:]))
+        assert all(a <= b for a, b in zip(counts, counts[1:], strict=False))
     # The growth curve: after one tau about 63% of the final count has arrived.
     assert 0.55 < likes[ages.index(3)] / likes[-1] < 0.7
     again = sandbox(tmp_path, audience, clock_at=T0 + 6 * HOUR, audience_size=5000).reactions(post.platform_id)
@@ -124,14 +125,17 @@ def test_sentiment_audience_likes_cheerful_posts_more(tmp_path):
     cheerful = face.publish("I love this! Fantastic, wonderful news, thank you all!", intent_id="a")
     gloomy = face.publish("This is terrible, awful and sad. I hate it.", intent_id="b")
     later = sandbox(tmp_path, AudienceConfig(kind="sentiment"), clock_at=T0 + 24 * HOUR, audience_size=10000)
-    assert later.reactions(cheerful.platform_id).counts["likes"] > 2 * later.reactions(gloomy.platform_id).counts["likes"]
+    cheerful_likes = later.reactions(cheerful.platform_id).counts["likes"]
+    gloomy_likes = later.reactions(gloomy.platform_id).counts["likes"]
+    assert cheerful_likes > 2 * gloomy_likes
 
 
 def test_human_audience_learns_the_hutto_ratings(request):
     config = AudienceConfig(kind="human", cache_dir=audience_cache(request), fit_max_posts=800)
     ridge = fitted_ridge(config)
     assert ridge.holdout_spearman > 0.5, ridge.holdout_spearman
-    appeal = load_audience(config).log_appeal(["I am so happy and grateful today!", "Worst day ever, everything is broken."])
+    appeal = load_audience(config).log_appeal(["I am so happy and grateful today!",
+                                               "Worst day ever, everything is broken."])
     assert appeal[0] > appeal[1]
 
 

@@ -99,7 +99,8 @@ def test_a_malformed_file_imports_every_valid_row_and_reports_each_bad_one(setti
     (b"", "empty"),
     (b"identifier,body\n1,hello\n", "text"),
 ])
-def test_an_empty_file_or_a_missing_column_is_reported_clearly(settings, redis_conn, running, tmp_path, content, phrase):
+def test_an_empty_file_or_a_missing_column_is_reported_clearly(
+        settings, redis_conn, running, tmp_path, content, phrase):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     actions.save_face(redis_conn, "bad", "dataset", {"source": str(path)})
@@ -159,7 +160,8 @@ def test_the_cli_adds_a_face_and_imports_it_headless(settings, redis_conn, runni
     bad = subprocess.run([*cli, "face", "add", "oops", "--kind", "dataset", "--set", "colour=red"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "colour" in bad.stderr and "Traceback" not in bad.stderr
-    unknown = subprocess.run([*cli, "face", "add", "oops", "--kind", "myspace"], capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run([*cli, "face", "add", "oops", "--kind", "myspace"],
+                             capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "Unknown face kind 'myspace'" in unknown.stderr
 
 
@@ -180,7 +182,8 @@ def test_a_duplicate_id_across_batches_takes_all_of_the_last_row(settings, redis
     path = tmp_path / "dups.csv"
     rows = ["id,text,created_at,likes,reposts", "dup,first version,2020-01-01T00:00:00,100,50"]
     rows += [f"{i},post {i},2024-01-01T00:00:00,{i}," for i in range(BATCH_SIZE + 10)]
-    rows += ["dup,last version,2021-06-01T00:00:00,7,", "twice,a,2024-01-01T00:00:00,1,", "twice,b,2024-01-01T00:00:00,2,"]
+    rows += ["dup,last version,2021-06-01T00:00:00,7,",
+             "twice,a,2024-01-01T00:00:00,1,", "twice,b,2024-01-01T00:00:00,2,"]
     path.write_text("\n".join(rows) + "\n")
     actions.save_face(redis_conn, "dups", "dataset", {
         "source": str(path), "reaction_columns": {"likes": "likes", "reposts": "reposts"}})

@@ -86,7 +86,7 @@ def write_file(folder, file_format, rows, bad, line_end, bom) -> tuple[str, list
     out = bytearray(b"\xef\xbb\xbf" if bom else b"")
     out += f"id,text,created_at,likes{line_end}".encode()
     lines = []
-    for row, kind in zip(rows, bad):
+    for row, kind in zip(rows, bad, strict=True):
         lines.append(len(bytes(out).removeprefix(b"\xef\xbb\xbf").splitlines()) + 1)
         if kind == "unclosed quote":
             out += f'{row["id"]},"this quote never closes,{TIME},1{line_end}'.encode()
@@ -131,7 +131,7 @@ def test_every_valid_row_lands_once_every_bad_row_is_reported_and_the_cli_counts
 
     # 1) every valid row's id is in the store once, holding the id's last valid row (text and likes)
     last = {}
-    for row, kind in zip(rows, bad):
+    for row, kind in zip(rows, bad, strict=True):
         if kind is None:
             last[row["id"]] = row
     stored = {pid: (text, likes) for pid, text, likes in reader.rows(
@@ -140,7 +140,7 @@ def test_every_valid_row_lands_once_every_bad_row_is_reported_and_the_cli_counts
     assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = ?", [face_id]) == len(stored) == len(last)
     assert stored == {pid: (row["text"], int(row["likes"].replace(",", ""))) for pid, row in last.items()}
     # 2) every bad row reported once, on its line; nothing else reported
-    bad_lines = sorted(line for line, kind in zip(lines, bad) if kind is not None)
+    bad_lines = sorted(line for line, kind in zip(lines, bad, strict=True) if kind is not None)
     assert sorted(p["line"] for p in result["problems"]) == bad_lines, (result["problems"], bad)
     # 3) the CLI's final line counts what the store holds
     counts = re.search(r"Imported ([\d,]+) posts into the store; ([\d,]+) row\(s\) refused; ([\d,]+) duplicate",

@@ -1,7 +1,7 @@
 """The Training page: faces, imports, offline and online training start and stop enqueue the right jobs."""
 
-from crowdtune.runtime import stop_flags
 from crowdtune.dashboard.links import TrainingView, from_query_params, to_query_params
+from crowdtune.runtime import stop_flags
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader, online_controller, online_run
 from tests.conftest import wait_for

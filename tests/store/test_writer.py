@@ -39,27 +39,32 @@ def test_upsert_updates_only_the_columns_given_and_keeps_the_rest(tmp_path):
 
 def test_rows_repeating_a_key_within_one_batch_merge_instead_of_failing(tmp_path):
     path = tmp_path / "s.duckdb"
-    ops = [{"op": "upsert", "table": "state", "rows": [{"key": "k", "value": {"a": 1}}, {"key": "k", "value": {"a": 2}}]}]
+    rows = [{"key": "k", "value": {"a": 1}}, {"key": "k", "value": {"a": 2}}]
+    ops = [{"op": "upsert", "table": "state", "rows": rows}]
     apply_write(path, "w", ops, 5)
     assert StoreReader(path).scalar("SELECT value->>'a' FROM state") == "2"
 
 
 def test_update_changes_matching_rows(tmp_path):
     path = tmp_path / "s.duckdb"
-    apply_write(path, "a", [{"op": "insert", "table": "runs", "rows": [{"run_id": "r", "kind": "offline", "status": "running"}]}], 5)
-    apply_write(path, "b", [{"op": "update", "table": "runs", "where": {"run_id": "r"}, "set": {"status": "stopped"}}], 5)
+    run = {"run_id": "r", "kind": "offline", "status": "running"}
+    apply_write(path, "a", [{"op": "insert", "table": "runs", "rows": [run]}], 5)
+    stop = {"op": "update", "table": "runs", "where": {"run_id": "r"}, "set": {"status": "stopped"}}
+    apply_write(path, "b", [stop], 5)
     assert StoreReader(path).scalar("SELECT status FROM runs") == "stopped"
 
 
 @pytest.mark.parametrize("ops, message", [
     ([{"op": "insert", "table": "nope", "rows": [{"a": 1}]}], "unknown table"),
-    ([{"op": "insert", "table": "runs", "rows": [{"run_id": "r", "kind": "k", "status": "s", "colour": 1}]}], "no column"),
+    ([{"op": "insert", "table": "runs", "rows": [{"run_id": "r", "kind": "k", "status": "s", "colour": 1}]}],
+     "no column"),
     ([{"op": "insert", "table": "runs", "rows": [{"kind": "k", "status": "s"}]}], "key column"),
     ([{"op": "drop", "table": "runs"}], "unknown operation"),
 ])
 def test_invalid_operations_are_refused_and_leave_nothing_behind(tmp_path, ops, message):
     path = tmp_path / "s.duckdb"
-    good = {"op": "insert", "table": "alerts", "rows": [{"alert_id": "a", "level": "info", "source": "t", "message": "m"}]}
+    good = {"op": "insert", "table": "alerts",
+            "rows": [{"alert_id": "a", "level": "info", "source": "t", "message": "m"}]}
     with pytest.raises(InvalidWrite, match=message):
         apply_write(path, "w", [good, *ops], 5)
     assert StoreReader(path).scalar("SELECT count(*) FROM alerts") == 0

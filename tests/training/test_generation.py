@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from crowdtune.training.generation import (
-    GenerationConfig, Sample, filter_samples, generate_posts, sample, trim_unfinished_sentence,
+    GenerationConfig,
+    Sample,
+    filter_samples,
+    generate_posts,
+    sample,
+    trim_unfinished_sentence,
 )
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import load_base_model
@@ -19,7 +24,8 @@ def tiny(tiny_model_dir):
 
 def test_logprobs_match_a_recomputation_under_the_model(tiny):
     model, tokenizer = tiny
-    config = GenerationConfig(num_samples=6, batch_size=3, max_new_tokens=20, temperature=1.0, top_p=1.0, top_k=0, seed=3)
+    config = GenerationConfig(num_samples=6, batch_size=3, max_new_tokens=20, temperature=1.0, top_p=1.0, top_k=0,
+                              seed=3)
     prompts = ["", "Big news", "Thank you to all of my great supporters", "", "Obama", "Make"]
     samples = sample(model, tokenizer, config, prompts=prompts)
     assert len(samples) == 6
@@ -45,16 +51,22 @@ def test_top_k_one_is_greedy_and_has_probability_one(tiny):
 
 def test_top_p_narrows_the_policy(tiny):
     model, tokenizer = tiny
-    wide = sample(model, tokenizer, GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=5))
-    narrow = sample(model, tokenizer, GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=0.5, seed=5))
-    mean = lambda samples: sum(sum(s.logprobs) for s in samples) / sum(len(s.logprobs) for s in samples)
+    wide = sample(model, tokenizer,
+                  GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=5))
+    narrow = sample(model, tokenizer,
+                    GenerationConfig(num_samples=8, max_new_tokens=16, temperature=1.0, top_p=0.5, seed=5))
+
+    def mean(samples):
+        return sum(sum(s.logprobs) for s in samples) / sum(len(s.logprobs) for s in samples)
+
     assert mean(narrow) > mean(wide)  # tokens are drawn from a renormalised, smaller set
 
 
 def test_trimming_cuts_text_tokens_and_logprobs_together(tiny):
     _, tokenizer = tiny
-    ids = tokenizer("Great rally tonight. We will win big and", add_special_tokens=False)["input_ids"]
-    cut = trim_unfinished_sentence(Sample("Great rally tonight. We will win big and", ids, [-1.0] * len(ids)), tokenizer)
+    text = "Great rally tonight. We will win big and"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    cut = trim_unfinished_sentence(Sample(text, ids, [-1.0] * len(ids)), tokenizer)
     assert cut.text == "Great rally tonight."
     assert tokenizer.decode(cut.token_ids).strip() == cut.text and len(cut.logprobs) == len(cut.token_ids)
     assert trim_unfinished_sentence(Sample("no sentence end", ids, [0.0] * len(ids)), tokenizer).text == ""
@@ -75,7 +87,10 @@ def test_filters_drop_empty_and_copied_posts(tiny):
 def test_offensive_posts_are_rejected_when_the_filter_is_on(tiny):
     _, tokenizer = tiny
     texts = ["What a great crowd in Ohio today!", "You are a fucking idiot and a loser!"]
-    samples = lambda: [Sample(t, tokenizer(t)["input_ids"], [0.0], finished=True) for t in texts]
+
+    def samples():
+        return [Sample(t, tokenizer(t)["input_ids"], [0.0], finished=True) for t in texts]
+
     on = filter_samples(samples(), tokenizer, GenerationConfig(offensive_threshold=0.5))
     assert [s.text for s in on.kept] == texts[:1] and [s.rejected for s in on.rejected] == ["offensive"]
     assert len(filter_samples(samples(), tokenizer, GenerationConfig()).kept) == 2

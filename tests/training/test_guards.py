@@ -55,7 +55,8 @@ def test_style_probe_scores_on_topic_samples_above_off_topic_ones(tweets):
     older = [t["text"] for t in tweets[2000:2100]]
     probe = StyleProbe(recent, older)
     on_topic = probe.similarity([t["text"] for t in tweets[2600:2620]])
-    off_topic = probe.similarity(["The mitochondria is the powerhouse of the cell.", "Preheat the oven to 180 degrees."])
+    off_topic = probe.similarity(["The mitochondria is the powerhouse of the cell.",
+                                  "Preheat the oven to 180 degrees."])
     assert 0.1 < probe.reference < 1.0
     assert on_topic > off_topic + 0.1
     metrics = guard_metrics(["Thank you Ohio!"], CopyIndex(POSTS), probe)

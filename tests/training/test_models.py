@@ -9,7 +9,13 @@ import torch
 from peft import PeftModel
 
 from crowdtune.training.models import (
-    ModelError, add_lora, linear_module_names, load_base_model, load_version, read_version_info, save_version,
+    ModelError,
+    add_lora,
+    linear_module_names,
+    load_base_model,
+    load_version,
+    read_version_info,
+    save_version,
 )
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from peft import PeftModel
@@ -33,7 +32,8 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 def test_early_stopping_fires_on_a_dataset_built_to_overfit(tiny_model_dir, fresh_posts, tmp_path):
     # 10 posts to memorise, 10 newer ones to validate on: val loss must turn up while train loss falls
-    config = SFTConfig(**FAST, max_steps=400, eval_every=10, early_stopping_patience=2, val_fraction=0.5, min_lr_ratio=1.0)
+    config = SFTConfig(**FAST, max_steps=400, eval_every=10, early_stopping_patience=2, val_fraction=0.5,
+                       min_lr_ratio=1.0)
     seen: list[tuple[int, dict]] = []
     result = train_sft(config, fresh_posts[:20], tiny_model_dir, checkpoint_dir=tmp_path,
                        on_metrics=lambda step, m: seen.append((step, m)))
@@ -59,9 +59,11 @@ def test_copy_rate_catches_a_memorising_model_but_not_a_fresh_one(tiny_model_dir
     assert memorised["distinct_2"] < 0.8
 
     model, tokenizer = load_base_model(tiny_model_dir)
-    fresh = sample(model, tokenizer, GenerationConfig(num_samples=16, max_new_tokens=48, temperature=0.7, top_p=0.95, seed=1))
+    fresh = sample(model, tokenizer,
+                   GenerationConfig(num_samples=16, max_new_tokens=48, temperature=0.7, top_p=0.95, seed=1))
     train_texts = sorted(handful, key=lambda p: p["created_at"])[:9]
-    assert CopyIndex([p["text"] for p in train_texts], embedding_threshold=None).copy_rate([s.text for s in fresh]) <= 0.1
+    copies = CopyIndex([p["text"] for p in train_texts], embedding_threshold=None)
+    assert copies.copy_rate([s.text for s in fresh]) <= 0.1
 
 
 def test_guard_and_style_metrics_are_reported_at_each_evaluation(tiny_model_dir, fresh_posts, tmp_path):

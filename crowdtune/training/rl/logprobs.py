@@ -44,7 +44,7 @@ def encode_rollouts(tokenizer, prompts: list[str], completions: list[list[int]])
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows = []
-    for prompt, tokens in zip(prompts, completions):
+    for prompt, tokens in zip(prompts, completions, strict=True):
         context = [eos] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
         rows.append((context, list(tokens)))
     width = max(len(c) + len(t) for c, t in rows)
@@ -115,7 +115,8 @@ def _completion_logits(model, rollouts: Rollouts) -> tuple[torch.Tensor, torch.T
 def _seen_tokens(rollouts: Rollouts, vocab: int, eos: int) -> torch.Tensor:
     """[N, V]: tokens already in the context of each completion token (repetition penalty)."""
     seen_rows = []
-    for ids, mask, completion in zip(rollouts.input_ids, rollouts.attention_mask, rollouts.completion_mask):
+    for ids, mask, completion in zip(rollouts.input_ids, rollouts.attention_mask, rollouts.completion_mask,
+                                     strict=True):
         seen = torch.zeros(vocab, dtype=torch.bool)
         start = int(completion.float().argmax()) if completion.any() else int(mask.sum())
         seen[ids[:start]] = True

@@ -22,7 +22,7 @@ class EmbeddingCache:
         self.dirty = False
         if path is not None and path.is_file():
             with np.load(path) as stored:
-                self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+                self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"], strict=True))
 
     @staticmethod
     def key(text: str) -> str:
@@ -32,7 +32,7 @@ class EmbeddingCache:
         from crowdtune.embeddings import EMBEDDING_DIM, embed
 
         missing = sorted({t for t in texts if self.key(t) not in self.vectors})
-        fresh = dict(zip(missing, embed(missing))) if missing else {}
+        fresh = dict(zip(missing, embed(missing), strict=True)) if missing else {}
         if keep and fresh:
             self.vectors.update({self.key(t): v for t, v in fresh.items()})
             self.dirty = True
