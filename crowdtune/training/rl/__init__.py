@@ -1,6 +1,6 @@
 """Online RL on audience reactions: pick an algorithm by name, run one update.
 
-    ALGORITHMS           name -> typed config (pydantic; each docstring lists its defaults)
+    ALGORITHMS           name -> typed config (pydantic; each field carries its default and help)
     DEFAULT_ALGORITHM    "policy_gradient"
     algorithm_config(name, values) -> config, or SettingsError naming the problem and the fix
     run_update(algorithm, config, ...) -> UpdateResult (adapter_dir, metrics, stopped, pause)
