@@ -186,7 +186,8 @@ def parse_online_config(values: dict[str, Any] | None) -> OnlineConfig:
             message = error["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where and not message.startswith(("interval", "unknown")) else message)
         raise SettingsError("Invalid online settings: " + "; ".join(problems),
-                            "Fix those settings; OnlineConfig in crowdtune/controller.py lists every setting and its default.") from None
+                            "Fix those settings; `crowdtune config-docs OnlineConfig` lists every setting and its "
+                            "default.") from None
 
 
 # --------------------------------------------------------------------------------------------

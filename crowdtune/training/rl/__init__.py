@@ -65,7 +65,8 @@ def algorithm_config(name: str, values: dict | BaseModel | None = None) -> BaseM
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']} (got {e.get('input')!r})"
                              for e in error.errors())
         raise SettingsError(f"Invalid {name} settings: {problems}.",
-                            f"Fix those fields; {cls.__name__}'s docstring lists every setting and its default.") from None
+                            f"Fix those fields; `crowdtune config-docs {cls.__name__}` lists every setting and its "
+                            "default.") from None
 
 
 def run_update(
