@@ -8,7 +8,7 @@ import pytest
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
-from tests.conftest import kill_tree, wait_for
+from crowdtune.testing.processes import kill_tree, wait_for
 
 
 def finished(job):
