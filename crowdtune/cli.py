@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
+import re
 import sys
+from pathlib import Path
 
 import typer
 
@@ -284,7 +287,7 @@ def train_offline(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CrowdtuneError(f"Invalid training settings: {problems}",
-                             "See `crowdtune train offline --help` and SFTConfig's documented defaults.") from None
+                             "See `crowdtune config-docs SFTConfig` for every setting and its default.") from None
     run_id, job = start_offline_training(connect(load_settings()), face, config.model_dump(mode="json"),
                                          base_model=base_model)
     typer.echo(f"Run {run_id} queued. Stop it with `crowdtune stop {run_id}`.")
@@ -384,6 +387,87 @@ def generate(
     for i, post in enumerate(follow_job(job, "sampling") or [], start=1):
         mark = "" if post["kept"] else f"  [rejected: {post['rejected']}]"
         typer.echo(f"{i}. {post['text']}{mark}")
+
+# Every config a user sets, in the order docs/CONFIG.md shows them: name -> "module:class".
+CONFIGS = {
+    "Settings": "crowdtune.settings:Settings",
+    "SFTConfig": "crowdtune.training.sft:SFTConfig",
+    "GenerationConfig": "crowdtune.training.generation:GenerationConfig",
+    "OnlineConfig": "crowdtune.online.controller:OnlineConfig",
+    "ReinforceConfig": "crowdtune.training.rl:ReinforceConfig",
+    "PolicyGradientConfig": "crowdtune.training.rl:PolicyGradientConfig",
+    "RewardModelConfig": "crowdtune.training.rl:RewardModelConfig",
+    "RewardConfig": "crowdtune.training.rl:RewardConfig",
+    "ScorerConfig": "crowdtune.scoring:ScorerConfig",
+    "DatasetConfig": "faces.dataset:DatasetConfig",
+    "ColumnMapping": "faces.dataset:ColumnMapping",
+    "SandboxConfig": "faces.sandbox:SandboxConfig",
+    "AudienceConfig": "faces.audience:AudienceConfig",
+    "MastodonConfig": "faces.mastodon:MastodonConfig",
+    "BlueskyConfig": "faces.bluesky:BlueskyConfig",
+    "DiscordConfig": "faces.discord:DiscordConfig",
+    "RedditConfig": "faces.reddit:RedditConfig",
+    "RetryPolicy": "faces.retry:RetryPolicy",
+}
+# A generated table in a Markdown file: `<!-- config-docs NAME -->`, the table, `<!-- /config-docs -->`.
+MARKED_TABLE = re.compile(r"(<!-- config-docs (\w+) -->\n)(.*?)(<!-- /config-docs -->)", re.S)
+
+
+def config_class(name: str):
+    """The config class registered as `name` in CONFIGS; CrowdtuneError naming the known ones otherwise."""
+    if name not in CONFIGS:
+        raise CrowdtuneError(f"There is no config called {name!r}.", f"Use one of: {', '.join(CONFIGS)}.")
+    module, attribute = CONFIGS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def shown_default(field) -> str:
+    """A field's default as a user writes it (JSON for strings, lists and dicts); a nested config as `Name()`,
+    a folder computed from the environment by its function's name."""
+    from pydantic import BaseModel
+
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return f"{type(value).__name__}()"
+    if isinstance(value, Path):
+        return f"{field.default_factory.__name__}()" if field.default_factory else json.dumps(str(value))
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
+def config_table(name: str) -> str:
+    """The Markdown table of config `name`: one row per field, its default and its description."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for field_name, field in config_class(name).model_fields.items():
+        cells = [f"`{field_name}`", f"`{shown_default(field)}`", field.description or ""]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def refresh_config_tables(text: str) -> str:
+    """Markdown `text` with every marked table (see MARKED_TABLE) generated again from its config's fields."""
+    return MARKED_TABLE.sub(lambda m: f"{m[1]}\n{config_table(m[2])}\n{m[4]}", text)
+
+
+@app.command("config-docs")
+@friendly
+def config_docs(
+    names: list[str] | None = typer.Argument(None, help="Configs to show, e.g. SFTConfig (default: all)."),
+    write: list[Path] = typer.Option([], help="Regenerate the marked tables in this Markdown file instead "
+                                              "(repeatable), e.g. --write README.md --write docs/CONFIG.md."),
+):
+    """Print each config's settings, defaults and meanings as Markdown tables, read from the fields."""
+    for path in write:
+        text = path.read_text()
+        fresh = refresh_config_tables(text)
+        path.write_text(fresh)
+        count = len(MARKED_TABLE.findall(text))
+        typer.echo(f"{path}: {count} table(s), {'updated' if fresh != text else 'already current'}.")
+    if write:
+        return
+    for name in names or CONFIGS:
+        typer.echo(f"## {name}\n\n{config_table(name)}")
 
 
 def main() -> None:

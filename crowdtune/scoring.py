@@ -34,23 +34,18 @@ def default_reaction_weights() -> dict[str, float]:
 
 
 class ScorerConfig(BaseModel):
-    """How reaction counts become a score.
-
-    Defaults:
-        maturity_hours = 24.0           age at which a post is scored; younger posts have no score
-        weights = likes 1, reposts 2, replies 1.5, quotes 2, upvote_ratio_percent 0, human_rating_x1000 0
-        default_weight = 1.0            weight of a kind not in `weights` (e.g. a Discord emoji)
-        normalize_by_audience = True    divide by audience size when it is known ...
-        per_audience = 1000             ... and express the score per this many audience members
-    """
+    """How reaction counts become a score."""
 
     model_config = ConfigDict(extra="forbid")
 
-    maturity_hours: float = Field(default=24.0, gt=0)
-    weights: dict[str, float] = Field(default_factory=default_reaction_weights)
-    default_weight: float = 1.0
-    normalize_by_audience: bool = True
-    per_audience: float = Field(default=1000.0, gt=0)
+    maturity_hours: float = Field(default=24.0, gt=0,
+                                  description="age at which a post is scored; younger posts have no score")
+    weights: dict[str, float] = Field(default_factory=default_reaction_weights,
+                                      description="weight of each reaction kind in the score")
+    default_weight: float = Field(1.0, description="weight of a kind not in `weights` (e.g. a Discord emoji)")
+    normalize_by_audience: bool = Field(True, description="divide by the audience size when it is known ...")
+    per_audience: float = Field(default=1000.0, gt=0,
+                                description="... and express the score per this many audience members")
 
     @property
     def maturity_seconds(self) -> float:

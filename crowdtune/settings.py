@@ -12,7 +12,6 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
@@ -30,40 +29,31 @@ def config_file() -> Path:
 
 
 class Settings(BaseSettings):
-    """Everything Crowdtune needs to find its parts.
-
-    Defaults:
-        data_dir = "data"                      folder for the store, the embedded Redis and artifacts
-        db_path = <data_dir>/crowdtune.duckdb  the DuckDB store
-        artifacts_url = <data_dir>/artifacts   model versions (any fsspec URL: s3://..., gs://...)
-        redis_url = None                       None starts/uses the embedded server under data_dir
-        app_host = "localhost", app_port = 8501
-        worker_queues = ["train,default", "default"]   one preloading worker per entry
-        store_lock_wait_seconds = 3600         how long a store write waits for a held file
-        read_retry_seconds = 5.0               how long a page read waits for the file
-        worker_maintenance_seconds = 30        how often workers requeue jobs of dead workers
-        training_retry_seconds = [60, 300, 900]  waits before an offline run that failed on a
-                                               transient error (disk, network, memory) runs again
-        login_password = None                  set to require a password for control pages
-        allow_readonly_links = True            without login, shared links open read-only
-    """
+    """Everything Crowdtune needs to find its parts (each setting's default and help are on its field)."""
 
     model_config = SettingsConfigDict(env_prefix="CROWDTUNE_", extra="ignore", validate_default=True)
 
-    data_dir: Path = Path("data")
-    db_path: Path | None = None
-    artifacts_url: str | None = None
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "CROWDTUNE_REDIS_URL"))
-    app_host: str = "localhost"
-    app_port: int = Field(default=8501, ge=1, le=65535)
-    worker_queues: list[str] = Field(default_factory=lambda: ["train,default", "default"])
-    store_lock_wait_seconds: float = Field(default=3600.0, gt=0)
-    read_retry_seconds: float = Field(default=5.0, gt=0)
-    worker_maintenance_seconds: int = Field(default=30, ge=1)
+    data_dir: Path = Field(Path("data"), description="folder for the store, the embedded Redis, logs and artifacts")
+    db_path: Path | None = Field(None, description="the DuckDB store; None = `<data_dir>/crowdtune.duckdb`")
+    artifacts_url: str | None = Field(
+        None, description="model versions, any fsspec URL (`s3://...`, `gs://...`); None = `<data_dir>/artifacts`")
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "CROWDTUNE_REDIS_URL"),
+        description="a shared Redis for several machines (also plain REDIS_URL); None = the embedded server")
+    app_host: str = Field("localhost", description="address the app listens on")
+    app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
+    worker_queues: list[str] = Field(default_factory=lambda: ["train,default", "default"],
+                                     description="one preloading worker per entry, serving those queues in order")
+    store_lock_wait_seconds: float = Field(default=3600.0, gt=0,
+                                           description="how long a store write waits for a held file")
+    read_retry_seconds: float = Field(default=5.0, gt=0, description="how long a page read waits for the file")
+    worker_maintenance_seconds: int = Field(default=30, ge=1,
+                                            description="how often workers requeue the jobs of dead workers")
     training_retry_seconds: list[Annotated[int, Field(ge=0, le=7 * 24 * 3600)]] = Field(
-        default_factory=lambda: [60, 300, 900], max_length=20)
-    login_password: str | None = None
-    allow_readonly_links: bool = True
+        default_factory=lambda: [60, 300, 900], max_length=20,
+        description="waits before an offline run that failed on a transient error (disk, network, memory) runs again")
+    login_password: str | None = Field(None, description="set to require a password for the control pages")
+    allow_readonly_links: bool = Field(True, description="without login, shared links open read-only")
 
     @classmethod
     def settings_customise_sources(

@@ -40,31 +40,24 @@ def default_cache_dir() -> Path:
 
 
 class AudienceConfig(BaseModel):
-    """Which audience, and how it learns.
-
-    Defaults:
-        kind = "likes"                  likes | sentiment | human
-        cache_dir = $CROWDTUNE_CACHE_DIR/audiences or ~/.cache/crowdtune/audiences
-        fit_since = "2016-01-01"        likes: learn from tweets created on or after this date
-        fit_max_posts = None            learn from at most this many posts (sampled with fit_seed); None = all
-        fit_seed = 0                    sampling and train/held-out split
-        holdout_fraction = 0.2          share of posts kept out of fitting to measure Spearman
-        ridge_alpha = 3.0               ridge regularisation (3.0 was best by cross-validation on 2016+)
-        sentiment_sensitivity = 1.5     sentiment: log_appeal = sensitivity * VADER compound
-        human_sensitivity = 0.4         human: log_appeal = sensitivity * (predicted rating - mean rating)
-    """
+    """Which audience, and how it learns."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["likes", "sentiment", "human"] = "likes"
-    cache_dir: Path = Field(default_factory=default_cache_dir)
-    fit_since: str = "2016-01-01"
-    fit_max_posts: int | None = Field(default=None, gt=10)
-    fit_seed: int = 0
-    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
-    ridge_alpha: float = Field(default=3.0, gt=0)
-    sentiment_sensitivity: float = 1.5
-    human_sensitivity: float = 0.4
+    kind: Literal["likes", "sentiment", "human"] = Field("likes", description="likes | sentiment | human")
+    cache_dir: Path = Field(default_factory=default_cache_dir,
+                            description="$CROWDTUNE_CACHE_DIR/audiences, else ~/.cache/crowdtune/audiences")
+    fit_since: str = Field("2016-01-01", description="likes: learn from tweets created on or after this date")
+    fit_max_posts: int | None = Field(
+        default=None, gt=10, description="learn from at most this many posts (sampled with fit_seed); None = all")
+    fit_seed: int = Field(0, description="sampling and train/held-out split")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1,
+                                    description="share of posts kept out of fitting to measure Spearman")
+    ridge_alpha: float = Field(default=3.0, gt=0,
+                               description="ridge regularisation (3.0 was best by cross-validation on 2016+)")
+    sentiment_sensitivity: float = Field(1.5, description="sentiment: log_appeal = sensitivity * VADER compound")
+    human_sensitivity: float = Field(
+        0.4, description="human: log_appeal = sensitivity * (predicted rating - mean rating)")
 
 
 class Audience(Protocol):

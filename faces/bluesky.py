@@ -36,7 +36,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, retry_after_seconds, timed_out
+from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
 POST_COLLECTION = "app.bsky.feed.post"
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
@@ -54,23 +54,15 @@ MALFORMED_FIX = (
 
 
 class BlueskyConfig(FaceConfig):
-    """One Bluesky account.
+    """One Bluesky account."""
 
-    Defaults:
-        service_url = "https://bsky.social"   the PDS / entryway (xrpc is appended)
-        handle = ""                     the account, e.g. "crowdtune.bsky.social"
-        app_password = None             an app password (secret: CROWDTUNE_BLUESKY_APP_PASSWORD)
-        page_size = 50                  posts per history page (Bluesky allows up to 100)
-        request_timeout = 30.0          seconds per HTTP request
-        retry = RetryPolicy()           see faces.retry
-    """
-
-    service_url: str = "https://bsky.social"
-    handle: str = ""
-    app_password: SecretStr | None = None
-    page_size: int = Field(default=50, ge=1, le=100)
-    request_timeout: float = Field(default=30.0, gt=0)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    service_url: str = Field("https://bsky.social", description="the PDS / entryway (xrpc is appended)")
+    handle: str = Field("", description='the account, e.g. "crowdtune.bsky.social"')
+    app_password: SecretStr | None = Field(
+        None, description="an app password (secret: CROWDTUNE_BLUESKY_APP_PASSWORD)")
+    page_size: int = Field(default=50, ge=1, le=100, description="posts per history page (Bluesky allows up to 100)")
+    request_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")
 
 
 def record_key_for_intent(intent_id: str) -> str:

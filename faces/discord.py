@@ -42,7 +42,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, timed_out
+from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, timed_out
 
 TOKEN_FIX = "Reset the bot token (Developer Portal > your app > Bot > Reset Token) and set CROWDTUNE_DISCORD_TOKEN."
 MALFORMED_FIX = (
@@ -59,25 +59,15 @@ class CutOffJSON(Exception):
 
 
 class DiscordConfig(FaceConfig):
-    """One Discord channel, posted to by a bot.
+    """One Discord channel, posted to by a bot."""
 
-    Defaults:
-        api_url = "https://discord.com/api/v10"   the REST API base
-        token = None                    the bot token (secret: CROWDTUNE_DISCORD_TOKEN)
-        channel_id = 0                  the text channel to read and post in
-        guild_id = None                 its server, for the member count; None = audience unknown
-        page_size = 100                 messages per history page (Discord's maximum)
-        request_timeout = 30.0          seconds per HTTP request
-        retry = RetryPolicy()           see faces.retry
-    """
-
-    api_url: str = "https://discord.com/api/v10"
-    token: SecretStr | None = None
-    channel_id: int = 0
-    guild_id: int | None = None
-    page_size: int = Field(default=100, ge=1, le=100)
-    request_timeout: float = Field(default=30.0, gt=0)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    api_url: str = Field("https://discord.com/api/v10", description="the REST API base")
+    token: SecretStr | None = Field(None, description="the bot token (secret: CROWDTUNE_DISCORD_TOKEN)")
+    channel_id: int = Field(0, description="the text channel to read and post in")
+    guild_id: int | None = Field(None, description="its server, for the member count; None = audience unknown")
+    page_size: int = Field(default=100, ge=1, le=100, description="messages per history page (Discord's maximum)")
+    request_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")
 
 
 def nonce_for_intent(intent_id: str) -> str:

@@ -37,7 +37,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
-from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, retry_after_seconds, timed_out
+from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
 TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
 MALFORMED_FIX = (
@@ -50,27 +50,19 @@ ACCOUNT_FIELDS = ("id", "acct", "followers_count")
 
 
 class MastodonConfig(FaceConfig):
-    """One Mastodon account.
+    """One Mastodon account."""
 
-    Defaults:
-        api_base_url = "https://mastodon.social"   the instance
-        token = None                    access token with scopes read write (secret: CROWDTUNE_MASTODON_TOKEN)
-        account_id = None               whose statuses to read; None = the token's own account
-        visibility = "public"           of published statuses: public | unlisted | private
-        page_size = 40                  statuses per history page (Mastodon's maximum)
-        request_timeout = 30.0          seconds per HTTP request
-        find_window_minutes = 10        how far back find_published looks before the first attempt
-        retry = RetryPolicy()           see faces.retry
-    """
-
-    api_base_url: str = "https://mastodon.social"
-    token: SecretStr | None = None
-    account_id: str | None = None
-    visibility: Literal["public", "unlisted", "private"] = "public"
-    page_size: int = Field(default=40, ge=1, le=40)
-    request_timeout: float = Field(default=30.0, gt=0)
-    find_window_minutes: float = Field(default=10.0, ge=0)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    api_base_url: str = Field("https://mastodon.social", description="the instance")
+    token: SecretStr | None = Field(
+        None, description="access token with scopes read write (secret: CROWDTUNE_MASTODON_TOKEN)")
+    account_id: str | None = Field(None, description="whose statuses to read; None = the token's own account")
+    visibility: Literal["public", "unlisted", "private"] = Field(
+        "public", description="of published statuses: public | unlisted | private")
+    page_size: int = Field(default=40, ge=1, le=40, description="statuses per history page (Mastodon's maximum)")
+    request_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
+    find_window_minutes: float = Field(
+        default=10.0, ge=0, description="how far back find_published looks before the first attempt")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")
 
 
 class StatusText(HTMLParser):

@@ -40,7 +40,7 @@ from faces.base import (
     ReactionSnapshot,
     utc_now,
 )
-from faces.retry import AnswerCheck, RetryPolicy, Retryable, call_with_retries, retry_after_seconds, timed_out
+from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
 CREDENTIALS_FIX = (
     "Check the script app at https://www.reddit.com/prefs/apps: set client_id in the Reddit face config, "
@@ -59,35 +59,21 @@ SUBMISSION_FIELDS = {
 
 
 class RedditConfig(FaceConfig):
-    """One Reddit account posting to one subreddit (a "script" app).
+    """One Reddit account posting to one subreddit (a "script" app)."""
 
-    Defaults:
-        client_id = ""                  the script app's id
-        client_secret = None            secret: CROWDTUNE_REDDIT_CLIENT_SECRET
-        username = ""                   the account that posts
-        password = None                 secret: CROWDTUNE_REDDIT_PASSWORD
-        subreddit = ""                  where to post, and whose subscribers are the audience
-        history_of = "user"             read the user's own submissions, or the subreddit's new posts
-        user_agent = "crowdtune/0.1 (by crowdtune)"   Reddit asks for a descriptive one
-        oauth_url = "https://oauth.reddit.com"         API host
-        reddit_url = "https://www.reddit.com"          token host
-        page_size = 100                 submissions per history page (Reddit's maximum)
-        request_timeout = 16.0          seconds per HTTP request (prawcore's own default)
-        retry = RetryPolicy()           see faces.retry
-    """
-
-    client_id: str = ""
-    client_secret: SecretStr | None = None
-    username: str = ""
-    password: SecretStr | None = None
-    subreddit: str = ""
-    history_of: Literal["user", "subreddit"] = "user"
-    user_agent: str = "crowdtune/0.1 (by crowdtune)"
-    oauth_url: str = "https://oauth.reddit.com"
-    reddit_url: str = "https://www.reddit.com"
-    page_size: int = Field(default=100, ge=1, le=100)
-    request_timeout: float = Field(default=16.0, gt=0)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    client_id: str = Field("", description="the script app's id")
+    client_secret: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_CLIENT_SECRET")
+    username: str = Field("", description="the account that posts")
+    password: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_PASSWORD")
+    subreddit: str = Field("", description="where to post, and whose subscribers are the audience")
+    history_of: Literal["user", "subreddit"] = Field(
+        "user", description="read the user's own submissions, or the subreddit's new posts")
+    user_agent: str = Field("crowdtune/0.1 (by crowdtune)", description="Reddit asks for a descriptive one")
+    oauth_url: str = Field("https://oauth.reddit.com", description="API host")
+    reddit_url: str = Field("https://www.reddit.com", description="token host")
+    page_size: int = Field(default=100, ge=1, le=100, description="submissions per history page (Reddit's maximum)")
+    request_timeout: float = Field(default=16.0, gt=0, description="seconds per HTTP request (prawcore's own default)")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")
 
 
 def title_for(text: str) -> str:

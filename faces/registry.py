@@ -49,6 +49,6 @@ def build_face(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str] 
         )
         raise FaceConfigError(
             f"The {kind} face config is invalid: {problems}.",
-            f"Fix those fields; the {kind} config fields and defaults are listed in {face_class.Config.__module__}.{face_class.Config.__name__}.",
+            f"Fix those fields; `crowdtune config-docs {face_class.Config.__name__}` lists each field and its default.",
         ) from None
     return face_class(face_config)

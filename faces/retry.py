@@ -36,21 +36,16 @@ Result = TypeVar("Result")
 
 
 class RetryPolicy(BaseModel):
-    """How hard a network face tries before giving up.
-
-    Defaults:
-        max_attempts = 5                 tries in total, the first included
-        base_delay_seconds = 1.0         first backoff; doubles every attempt, times a jitter in [0.5, 1]
-        max_delay_seconds = 60.0         cap on one backoff
-        max_retry_after_seconds = 300.0  a 429 asking to wait longer than this fails at once
-    """
+    """How hard a network face tries before giving up."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(default=5, ge=1)
-    base_delay_seconds: float = Field(default=1.0, ge=0)
-    max_delay_seconds: float = Field(default=60.0, ge=0)
-    max_retry_after_seconds: float = Field(default=300.0, ge=0)
+    max_attempts: int = Field(default=5, ge=1, description="tries in total, the first included")
+    base_delay_seconds: float = Field(
+        default=1.0, ge=0, description="first backoff; doubles every attempt, times a jitter in [0.5, 1]")
+    max_delay_seconds: float = Field(default=60.0, ge=0, description="cap on one backoff")
+    max_retry_after_seconds: float = Field(
+        default=300.0, ge=0, description="a 429 asking to wait longer than this fails at once")
 
     def backoff_seconds(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay after failed attempt number `attempt` (1-based): exponential, capped, jittered."""

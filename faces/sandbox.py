@@ -47,31 +47,23 @@ POST_ID_PREFIX = "sbx-"
 
 
 class SandboxConfig(FaceConfig):
-    """The simulated network and its audience.
+    """The simulated network and its audience."""
 
-    Defaults:
-        state_url = "data/sandbox"      fsspec URL of the folder holding the posts (the "server")
-        audience = AudienceConfig()     which audience reacts (likes | sentiment | human), see faces.audience
-        audience_size = 1000            followers; reported by audience_size() and scales all counts
-        time_acceleration = 1.0         audience seconds per wall-clock second (3600: an hour per second)
-        seed = 0                        seeds the per-post noise
-        like_rate = 0.05                share of the audience liking an average post, once fully grown
-        repost_ratio = 0.25             reposts per like of an average post
-        reply_ratio = 0.08              replies per like of an average post
-        noise_sigma = 0.3               spread of the per-post log-normal noise
-        growth_tau_hours = 3.0          audience hours until 63% of a post's reactions have arrived
-    """
-
-    state_url: str = "data/sandbox"
-    audience: AudienceConfig = Field(default_factory=AudienceConfig)
-    audience_size: int = Field(default=1000, ge=0)
-    time_acceleration: float = Field(default=1.0, gt=0)
-    seed: int = 0
-    like_rate: float = Field(default=0.05, ge=0)
-    repost_ratio: float = Field(default=0.25, ge=0)
-    reply_ratio: float = Field(default=0.08, ge=0)
-    noise_sigma: float = Field(default=0.3, ge=0)
-    growth_tau_hours: float = Field(default=3.0, gt=0)
+    state_url: str = Field("data/sandbox", description='fsspec URL of the folder holding the posts (the "server")')
+    audience: AudienceConfig = Field(
+        default_factory=AudienceConfig, description="which audience reacts (likes | sentiment | human)")
+    audience_size: int = Field(default=1000, ge=0,
+                               description="followers; reported by audience_size() and scales all counts")
+    time_acceleration: float = Field(
+        default=1.0, gt=0, description="audience seconds per wall-clock second (3600: an hour per second)")
+    seed: int = Field(0, description="seeds the per-post noise")
+    like_rate: float = Field(default=0.05, ge=0,
+                             description="share of the audience liking an average post, once fully grown")
+    repost_ratio: float = Field(default=0.25, ge=0, description="reposts per like of an average post")
+    reply_ratio: float = Field(default=0.08, ge=0, description="replies per like of an average post")
+    noise_sigma: float = Field(default=0.3, ge=0, description="spread of the per-post log-normal noise")
+    growth_tau_hours: float = Field(
+        default=3.0, gt=0, description="audience hours until 63% of a post's reactions have arrived")
 
 
 def post_id_for_intent(intent_id: str) -> str:

@@ -27,10 +27,9 @@ ONLINE_SCHEDULE = ("interval_minutes", "jitter_minutes", "min_gap_minutes", "dai
 
 def online_settings_form_part(names: list[str] | tuple[str, ...]) -> type[BaseModel]:
     """The OnlineConfig fields `names` as a model of their own, so config_fields draws one part of the form
-    with OnlineConfig's types, defaults and docstring help (validation stays with parse_online_config)."""
+    with OnlineConfig's types, defaults and field help (validation stays with parse_online_config)."""
     fields = OnlineConfig.model_fields
-    return create_model("OnlineSettings", __doc__=OnlineConfig.__doc__,
-                        **{name: (fields[name].annotation, fields[name]) for name in names})
+    return create_model("OnlineSettings", **{name: (fields[name].annotation, fields[name]) for name in names})
 
 
 def publishing_summary(face_id: str, kind: str, config: OnlineConfig) -> str:

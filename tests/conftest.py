@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from crowdtune.testing.processes import kill_tree, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,17 +18,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("CROWDTUNE_TORCH_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `condition` until it returns a truthy value; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
 @pytest.fixture
@@ -96,20 +84,6 @@ class WorkerProcesses:
     def stop_all(self) -> None:
         for proc in self.procs:
             kill_tree(proc.pid)
-
-
-def kill_tree(pid: int, sig=signal.SIGKILL) -> None:
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [parent, *parent.children(recursive=True)]
-    for p in procs:
-        try:
-            p.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 @pytest.fixture

@@ -105,6 +105,26 @@ def test_faces_know_nothing_of_the_store_the_queues_or_training():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_the_test_harness_is_imported_by_tests_and_benchmarks_only():
+    users = {name for name, deps in import_graph().items()
+             if any(d == "crowdtune.testing" or d.startswith("crowdtune.testing.") for d in deps)}
+    assert {u for u in users if not u.startswith("crowdtune.testing")} == set()
+
+
+def test_benchmarks_never_import_tests_nor_patch_sys_modules():
+    offenders = {}
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        bad = sorted(n for n in names if n == "tests" or n.startswith("tests."))
+        if "sys.modules" in ast.unparse(tree):
+            bad.append("sys.modules")
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+
+
 def test_the_top_of_crowdtune_holds_at_most_ten_modules_and_the_online_jobs_stay_thin():
     top = [p.name for p in (ROOT / "crowdtune").glob("*.py")]
     assert len(top) <= 10, sorted(top)
@@ -130,7 +150,7 @@ def test_a_job_enqueued_by_its_name_alone_runs_on_the_workers(settings, redis_co
     from rq import Queue
 
     from crowdtune.store.writer import initialise
-    from tests.conftest import wait_for
+    from crowdtune.testing.processes import wait_for
 
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)

@@ -9,7 +9,7 @@ import psutil
 from rq import Worker
 
 from crowdtune.runtime.queues import connect
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 from tests.test_cli import free_port
 
 

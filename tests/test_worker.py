@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 from crowdtune.runtime.queues import enqueue, queue
 from crowdtune.store.reads import StoreReader, job_record
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 
 
 def finished(job: Job) -> bool:

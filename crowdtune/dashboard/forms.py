@@ -3,8 +3,7 @@ jobs and the CLI read (SFTConfig, GenerationConfig, a face's Config) with the sa
 
 `config_fields` draws one input per model field inside the caller's `st.form` and returns the raw
 values; `validate_config` turns them into the model or a list of readable problems. Help text is
-the field's description, or else the line about the field in the model's docstring (Crowdtune's
-configs list every default there).
+the field's description (`Field(8, description=...)`), the one place a config explains a setting.
 """
 
 from __future__ import annotations
@@ -26,15 +25,8 @@ def _options(annotation) -> tuple[list, bool]:
 
 
 def field_help(model: type[BaseModel], name: str) -> str | None:
-    """The field's description, or the docstring line that documents it."""
-    field = model.model_fields[name]
-    if field.description:
-        return field.description
-    for line in (model.__doc__ or "").splitlines():
-        stripped = line.strip()
-        if stripped.startswith(f"{name} =") or f", {name} =" in stripped:
-            return stripped
-    return None
+    """The help text of field `name`: its description (None when it has none)."""
+    return model.model_fields[name].description
 
 
 def _default(field) -> Any:

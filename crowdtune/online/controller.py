@@ -46,64 +46,47 @@ OFFLINE_ENDED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED
 
 
 class OnlineConfig(BaseModel):
-    """Settings of one online run (plain data: the app's form, the CLI's --set and the jobs read it).
-
-    Defaults:
-        algorithm = "policy_gradient"      reinforce | policy_gradient | reward_model (crowdtune.training.rl)
-        algorithm_settings = {}            that algorithm's config (its docstring lists the defaults);
-                                           it also owns the sampling policy (temperature, top_p, ...)
-        reward = {}                        crowdtune.training.rl.rewards.RewardConfig
-        base_model = None                  base of the first policy when the face has no active version
-                                           (None: smollm2-135m); later the active version's base
-        interval_minutes = 240             audience minutes between posts ...
-        jitter_minutes = 30                ... plus or minus up to this much (deterministic per post)
-        min_gap_minutes = 60               never two posts closer than this
-        daily_cap = 6                      at most this many posts in any 24 audience hours
-        quiet_hours = None                 [start, end) hours of the day (UTC, audience clock) without
-                                           posts, e.g. [23, 7]; None = post at any hour
-        maturity_windows_hours = [1, 6, 24]  ages at which reactions are read; the last one is the
-                                           maturity at which a post is scored (and becomes a reward)
-        posts_per_update = 16              matured posts that trigger an RL update
-        generation = {}                    crowdtune.training.generation.GenerationConfig (max_new_tokens,
-                                           drop_copies, offensive_threshold ...) except the sampling policy
-        prompts = []                       contexts to post after, cycled; [] = free posts
-        max_generation_attempts = 4        samples tried per post before the slot is skipped
-        copy_embedding_threshold = None    near-copy guard by embeddings (cosine); None = n-gram guard only
-        publish_retries = 3                attempts after a failed publish ...
-        publish_retry_minutes = [1, 5, 30] ... with these backoffs (audience minutes, at least 1 wall second)
-        alternate_every = None             after this many online updates run an offline phase; None = never
-        drift_metric = "kl"                an update metric that signals drift ...
-        drift_threshold = None             ... when above this: go offline now; None = off
-        offline = {}                       SFTConfig settings of the offline phases
-        time_acceleration = 1.0            audience seconds per wall second (match the sandbox's)
-        seed = 0                           seeds jitter, sampling and updates
-    """
+    """Settings of one online run (plain data: the app's form, the CLI's --set and the jobs read it)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: str = "policy_gradient"
-    algorithm_settings: dict[str, Any] = Field(default_factory=dict)
-    reward: dict[str, Any] = Field(default_factory=dict)
-    base_model: str | None = None
-    interval_minutes: float = Field(240.0, gt=0)
-    jitter_minutes: float = Field(30.0, ge=0)
-    min_gap_minutes: float = Field(60.0, ge=0)
-    daily_cap: int = Field(6, ge=1)
-    quiet_hours: tuple[int, int] | None = None
-    maturity_windows_hours: list[float] = Field(default_factory=lambda: [1.0, 6.0, 24.0])
-    posts_per_update: int = Field(16, ge=1)
-    generation: dict[str, Any] = Field(default_factory=dict)
-    prompts: list[str] = Field(default_factory=list)
-    max_generation_attempts: int = Field(4, ge=1)
-    copy_embedding_threshold: float | None = Field(None, gt=0.0, le=1.0)
-    publish_retries: int = Field(3, ge=0)
-    publish_retry_minutes: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
-    alternate_every: int | None = Field(None, ge=1)
-    drift_metric: str = "kl"
-    drift_threshold: float | None = None
-    offline: dict[str, Any] = Field(default_factory=dict)
-    time_acceleration: float = Field(1.0, gt=0)
-    seed: int = 0
+    algorithm: str = Field("policy_gradient",
+                           description="reinforce | policy_gradient | reward_model (crowdtune.training.rl)")
+    algorithm_settings: dict[str, Any] = Field(
+        default_factory=dict, description="that algorithm's config (ReinforceConfig, PolicyGradientConfig, "
+                                          "RewardModelConfig); it owns the sampling policy (temperature, top_p, ...)")
+    reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig settings")
+    base_model: str | None = Field(None, description="base of the first policy when the face has no active version "
+                                                     "(None: smollm2-135m); later the active version's base")
+    interval_minutes: float = Field(240.0, gt=0, description="audience minutes between posts ...")
+    jitter_minutes: float = Field(30.0, ge=0, description="... plus or minus up to this much (deterministic per post)")
+    min_gap_minutes: float = Field(60.0, ge=0, description="never two posts closer than this")
+    daily_cap: int = Field(6, ge=1, description="at most this many posts in any 24 audience hours")
+    quiet_hours: tuple[int, int] | None = Field(
+        None, description="[start, end) hours of the day (UTC, audience clock) without posts, e.g. [23, 7]; "
+                          "None = post at any hour")
+    maturity_windows_hours: list[float] = Field(
+        default_factory=lambda: [1.0, 6.0, 24.0], description="ages at which reactions are read; the last one is "
+                                                              "the maturity at which a post is scored (its reward)")
+    posts_per_update: int = Field(16, ge=1, description="matured posts that trigger an RL update")
+    generation: dict[str, Any] = Field(
+        default_factory=dict, description="GenerationConfig settings (max_new_tokens, drop_copies, "
+                                          "offensive_threshold ...) except the sampling policy")
+    prompts: list[str] = Field(default_factory=list, description="contexts to post after, cycled; [] = free posts")
+    max_generation_attempts: int = Field(4, ge=1, description="samples tried per post before the slot is skipped")
+    copy_embedding_threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="near-copy guard by embeddings (cosine); None = n-gram guard only")
+    publish_retries: int = Field(3, ge=0, description="attempts after a failed publish ...")
+    publish_retry_minutes: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0],
+        description="... with these backoffs (audience minutes, at least 1 wall second)")
+    alternate_every: int | None = Field(
+        None, ge=1, description="after this many online updates run an offline phase; None = never")
+    drift_metric: str = Field("kl", description="an update metric that signals drift ...")
+    drift_threshold: float | None = Field(None, description="... when above this: go offline now; None = off")
+    offline: dict[str, Any] = Field(default_factory=dict, description="SFTConfig settings of the offline phases")
+    time_acceleration: float = Field(1.0, gt=0, description="audience seconds per wall second (match the sandbox's)")
+    seed: int = Field(0, description="seeds jitter, sampling and updates")
 
     @field_validator("algorithm")
     @classmethod
@@ -203,7 +186,8 @@ def parse_online_config(values: dict[str, Any] | None) -> OnlineConfig:
             message = error["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where and not message.startswith(("interval", "unknown")) else message)
         raise SettingsError("Invalid online settings: " + "; ".join(problems),
-                            "Fix those settings; OnlineConfig in crowdtune/controller.py lists every setting and its default.") from None
+                            "Fix those settings; `crowdtune config-docs OnlineConfig` lists every setting and its "
+                            "default.") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,80 +38,56 @@ from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
-from crowdtune.training.models import (DEFAULT_BASE_MODEL, DEFAULT_MODEL_CACHE, add_lora, load_base_model,
-                                       store_frozen_layers_in)
+from crowdtune.training.models import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_MODEL_CACHE,
+    add_lora,
+    load_base_model,
+    store_frozen_layers_in,
+)
+
 
 class SFTConfig(BaseModel):
-    """Settings of one supervised fine-tuning run.
+    """Settings of one supervised fine-tuning run."""
 
-    Defaults:
-        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.05
-        lora_targets = "all-linear"        or a list of module names (e.g. ["q_proj", "v_proj"])
-        learning_rate = 2e-4               peak, reached after warm-up
-        weight_decay = 0.0                 AdamW
-        warmup_steps = 10                  linear warm-up, then cosine decay to min_lr_ratio * peak
-        min_lr_ratio = 0.1
-        grad_clip = 1.0                    max gradient norm; None = off
-        batch_size = 8                     blocks per micro-batch (per device)
-        block_size = 128                   tokens per packed block
-        accumulate_grad_batches = 1        micro-batches per optimizer step
-        max_steps = 200                    optimizer steps
-        max_epochs = None                  also stop after this many passes over the data
-        eval_every = 20                    optimizer steps between evaluations
-        max_val_batches = 8                validation micro-batches per evaluation; None = all
-        early_stopping_patience = 3        evaluations without improvement before stopping; None = off
-        early_stopping_min_delta = 0.0     improvement in val_loss that counts
-        val_fraction = 0.1                 newest share of posts held out for validation
-        lowercase = False
-        precision = "auto"                 "bf16-mixed" on GPUs and CPUs with native bf16 (avx512_bf16/AMX),
-                                           else "32-true"
-        accelerator = "auto", devices = "auto"
-        seed = 1234
-        eval_samples = 16                  posts sampled per evaluation for the guards; 0 = none
-        eval_max_new_tokens = 48
-        eval_temperature = 1.0, eval_top_p = 0.95
-        copy_min_ngram = 12                words in common that make a sample a copy
-        copy_embedding_threshold = 0.95    cosine that makes a sample a near-copy; None = n-grams only
-        style_metrics = True               embed samples to measure style similarity
-        progress_every = 5                 optimizer steps between on_progress calls
-        num_workers = 0                    DataLoader workers
-        chunked_loss = True                compute head + loss in chunks (much less memory, same loss)
-    """
-
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    lora_targets: str | list[str] = "all-linear"
-    learning_rate: float = Field(2e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
-    grad_clip: float | None = Field(1.0, gt=0.0)
-    batch_size: int = Field(8, ge=1)
-    block_size: int = Field(128, ge=8)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    max_steps: int = Field(200, ge=1)
-    max_epochs: int | None = Field(None, ge=1)
-    eval_every: int = Field(20, ge=1)
-    max_val_batches: int | None = Field(8, ge=1)
-    early_stopping_patience: int | None = Field(3, ge=1)
-    early_stopping_min_delta: float = Field(0.0, ge=0.0)
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    lowercase: bool = False
-    precision: str = "auto"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    seed: int = 1234
-    eval_samples: int = Field(16, ge=0)
-    eval_max_new_tokens: int = Field(48, ge=1)
-    eval_temperature: float = Field(1.0, ge=0.0)
-    eval_top_p: float = Field(0.95, gt=0.0, le=1.0)
-    copy_min_ngram: int = Field(12, ge=2)
-    copy_embedding_threshold: float | None = Field(0.95, gt=0.0, le=1.0)
-    style_metrics: bool = True
-    progress_every: int = Field(5, ge=1)
-    num_workers: int = Field(0, ge=0)
-    chunked_loss: bool = True
+    lora_rank: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / rank multiplies the update)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    lora_targets: str | list[str] = Field("all-linear",
+                                          description='or a list of module names (e.g. ["q_proj", "v_proj"])')
+    learning_rate: float = Field(2e-4, gt=0.0, description="peak, reached after warm-up")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up, then cosine decay to min_lr_ratio * peak")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="the learning rate at the end, as a share of the peak")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; None = off")
+    batch_size: int = Field(8, ge=1, description="blocks per micro-batch (per device)")
+    block_size: int = Field(128, ge=8, description="tokens per packed block")
+    accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_steps: int = Field(200, ge=1, description="optimizer steps")
+    max_epochs: int | None = Field(None, ge=1, description="also stop after this many passes over the data")
+    eval_every: int = Field(20, ge=1, description="optimizer steps between evaluations")
+    max_val_batches: int | None = Field(8, ge=1, description="validation micro-batches per evaluation; None = all")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="evaluations without improvement before stopping; None = off")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0, description="improvement in val_loss that counts")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="newest share of posts held out for validation")
+    lowercase: bool = Field(False, description="lowercase the posts before training")
+    precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs and CPUs with native bf16 '
+                                               '(avx512_bf16/AMX), else "32-true"')
+    accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
+    devices: int | str = Field("auto", description="Lightning devices")
+    seed: int = Field(1234, description="seeds Lightning (LoRA init, shuffling) and the evaluation samples")
+    eval_samples: int = Field(16, ge=0, description="posts sampled per evaluation for the guards; 0 = none")
+    eval_max_new_tokens: int = Field(48, ge=1, description="tokens per evaluation sample at most")
+    eval_temperature: float = Field(1.0, ge=0.0, description="temperature of the evaluation samples")
+    eval_top_p: float = Field(0.95, gt=0.0, le=1.0, description="top-p of the evaluation samples")
+    copy_min_ngram: int = Field(12, ge=2, description="words in common that make a sample a copy")
+    copy_embedding_threshold: float | None = Field(
+        0.95, gt=0.0, le=1.0, description="cosine that makes a sample a near-copy; None = n-grams only")
+    style_metrics: bool = Field(True, description="embed samples to measure style similarity")
+    progress_every: int = Field(5, ge=1, description="optimizer steps between on_progress calls")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers")
+    chunked_loss: bool = Field(True, description="compute head + loss in chunks (much less memory, same loss)")
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":

@@ -8,8 +8,8 @@ import pytest
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
+from crowdtune.testing.processes import kill_tree, wait_for
 from jobs.imports import BATCH_SIZE
-from tests.conftest import kill_tree, wait_for
 
 
 def finished(job):

@@ -27,7 +27,7 @@ from crowdtune.cli import app
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 
 MAX_ID_CHARS = 64  # the faces below set it, so a too-long id needs 65 characters, not 20 MB
 TIME = "2024-01-01T00:00:00"

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import apply_write, initialise
-from tests.conftest import kill_tree, wait_for
+from crowdtune.testing.processes import kill_tree, wait_for
 
 pytestmark = pytest.mark.slow
 

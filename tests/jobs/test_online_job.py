@@ -1,7 +1,8 @@
 """The online loop on real workers, a real Redis, the real store and the sandbox in accelerated time.
 
-An audience hour passes in two wall seconds (time_acceleration 1800 for both the sandbox and the
-controller): posts go out every ~4 s, are read 2 s after publishing and mature 6 s later.
+An audience hour passes in two wall seconds (crowdtune.testing.sandbox_run: time_acceleration 1800
+for both the sandbox and the controller): posts go out every ~4 s, are read 2 s after publishing
+and mature 6 s later.
 """
 
 from pathlib import Path
@@ -12,37 +13,10 @@ from rq import Worker
 from crowdtune import actions
 from crowdtune.errors import SettingsError
 from crowdtune.store.reads import StoreReader
-from crowdtune.store.writer import apply_write, initialise
-from tests.conftest import kill_tree, wait_for
+from crowdtune.testing.processes import kill_tree, wait_for
+from crowdtune.testing.sandbox_run import FACE, add_face, online_config
 
 pytestmark = pytest.mark.slow
-
-ACC = 1800.0
-FACE = "sbx"
-
-
-def online_config(tiny_model_dir, **values) -> dict:
-    return {
-        "algorithm": "reinforce",
-        "algorithm_settings": {"eval_samples": 2, "max_new_tokens": 16, "copy_embedding_threshold": None},
-        "base_model": tiny_model_dir, "interval_minutes": 120, "jitter_minutes": 20, "min_gap_minutes": 60,
-        "daily_cap": 12, "maturity_windows_hours": [1, 3], "posts_per_update": 3,
-        "generation": {"max_new_tokens": 16, "trim_unfinished": False}, "time_acceleration": ACC,
-        "publish_retries": 2, "publish_retry_minutes": [60], **values,
-    }
-
-
-def add_face(settings, state_url: str, posts: list[dict]) -> StoreReader:
-    initialise(settings.store_path)
-    config = {"state_url": state_url, "audience": {"kind": "sentiment"}, "time_acceleration": ACC,
-              "audience_size": 1000}
-    rows = [{"post_id": f"{FACE}:imp{i}", "face_id": FACE, "origin": "imported", "status": "imported",
-             "platform_id": f"imp{i}", "text": p["text"], "created_at": str(p["created_at"])}
-            for i, p in enumerate(posts)]
-    apply_write(settings.store_path, "fixture-face", [
-        {"op": "upsert", "table": "faces", "rows": [{"face_id": FACE, "kind": "sandbox", "config": config}]},
-        {"op": "upsert", "table": "posts", "rows": rows}], 10)
-    return StoreReader(settings.store_path)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from crowdtune import actions
 from crowdtune.store.connection import open_for_read
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 from tests.faces.test_mastodon import TOKEN, FakeMastodon
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, kill_tree, wait_for
+from crowdtune.testing.processes import kill_tree, wait_for
+from tests.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output"

@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 from crowdtune.runtime.queues import queue
 from crowdtune.store.schema import SCHEMA_VERSION
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 
 APP = "../../app.py"
 

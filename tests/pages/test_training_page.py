@@ -4,7 +4,7 @@ from crowdtune.dashboard.links import TrainingView, from_query_params, to_query_
 from crowdtune.runtime import stop_flags
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader, online_controller, online_run
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text, rows, write
 
 PAGE = "pages/training.py"

@@ -4,7 +4,7 @@ problem and fix of a source that cannot be read (issue 13 findings 2 and 7)."""
 from crowdtune import actions
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.store.reads import StoreReader
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text
 
 PAGE = "pages/training.py"

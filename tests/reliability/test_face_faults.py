@@ -22,11 +22,12 @@ import pytest
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.accounting import store_settled
+from crowdtune.testing.processes import wait_for
+from crowdtune.testing.sandbox_run import online_config
 from tests.faces.conftest import FakeApi, Reply
 from tests.faces.test_mastodon import TOKEN, FakeMastodon
-from tests.jobs.test_online_job import online_config
-from tests.reliability.test_faults import assert_accounts, store_settled
+from tests.reliability.test_faults import assert_accounts
 from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
 """Faults on real parts, each followed by the exact accounting: nothing lost, nothing doubled.
 
 Real Redis, real workers, the real DuckDB store, the tiny model and the sandbox face in accelerated
-time (the online setup of tests/jobs/test_online_job.py). Faults covered here, beyond those the
-job tests already prove (offline SIGKILL resume, killed RL update + Redis restart, reader holding
-the file, 429/5xx at the HTTP boundary):
+time (crowdtune.testing.sandbox_run, as in tests/jobs/test_online_job.py). Faults covered here,
+beyond those the job tests already prove (offline SIGKILL resume, killed RL update + Redis restart,
+reader holding the file, 429/5xx at the HTTP boundary):
 
 - SIGKILL of the store worker in the middle of a batch, then a restart: every batch applied once.
 - SIGKILL of the publishing worker at three moments of publishing a post: no double post, the
@@ -13,187 +13,48 @@ the file, 429/5xx at the HTTP boundary):
 - The artifact folder made read-only during offline training and during an RL update: a clear
   error (an alert online), nothing lost, and training works again once the folder is writable.
 
-`account(settings)` is the exact accounting every test calls after its fault (benchmarks/soak.py
-calls it too): generated = published + rejected + failed, nothing stuck in `publishing`, every
-published post has reaction snapshots, every model version loads, every sandbox post is a
-published row and the other way round, and no table has two rows with one primary key.
+After its fault every test runs the exact accounting, `account(settings)` of
+crowdtune.testing.accounting (benchmarks/soak.py runs it too): nothing lost, nothing doubled.
 
 As root, permission bits do not stop writes (CAP_DAC_OVERRIDE); workers of the read-only tests
-start without that capability, so a read-only folder is read-only for them as on a real disk.
+start without that capability (crowdtune.testing.faults), so a read-only folder is read-only for
+them as on a real disk.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import signal
-import stat
 import subprocess
 import time
 from pathlib import Path
 
-import fsspec
 import psutil
 import pytest
-from fsspec.implementations.local import LocalFileSystem
 from rq import Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from crowdtune import actions
 from crowdtune.online.schedule import job_status as _job_status
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
-from crowdtune.store.schema import TABLE_KEYS
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, _job_id
-from tests.conftest import kill_tree, wait_for
+from crowdtune.testing.accounting import account, count, store_settled
+from crowdtune.testing.faults import drop_dac_override, permissions_bind, set_read_only
+from crowdtune.testing.processes import kill_tree, wait_for
+from crowdtune.testing.sandbox_run import FACE, add_face, online_config
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
-from tests.jobs.test_online_job import FACE, add_face, online_config
 from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
 
-CAP_DAC_OVERRIDE = 1
-PR_CAPBSET_DROP = 24
-
-
 # --------------------------------------------------------------------------------------------
-# The exact accounting
-
-
-def _count(reader: StoreReader, sql: str, *params) -> int:
-    return int(reader.scalar(sql, list(params), default=0) or 0)
-
-
-def sandbox_folders(reader: StoreReader) -> dict[str, Path]:
-    """The local folders of the store's sandbox faces (their "servers"), by face id."""
-    folders = {}
-    for face_id, config in reader.rows("SELECT face_id, config FROM faces WHERE kind = 'sandbox'"):
-        url = json.loads(config or "{}").get("state_url", "data/sandbox")
-        fs, root = fsspec.core.url_to_fs(url)
-        if isinstance(fs, LocalFileSystem):
-            folders[face_id] = Path(root)
-    return folders
-
-
-def sandbox_records(folder: Path) -> list[dict]:
-    """Every post the sandbox holds (one JSON file each)."""
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("sbx-*.json"))] if folder.is_dir() else []
-
-
-def account(settings, *, load_versions: bool = True, scored: bool = False) -> dict:
-    """Count everything and check it adds up exactly. Call it once the system has settled.
-
-    Returns figures (posts by status, reactions, versions, rows, lost, duplicates) and `problems`,
-    a list of sentences, empty when everything adds up.
-      lost:       a sandbox post the store does not record as published, a published post without
-                  reaction snapshots (or score, with `scored`), a version that does not load, a
-                  completed update or version folder without its model_versions row
-      duplicates: two rows with one primary key, one platform post or intent recorded twice,
-                  two published posts for one slot
-    """
-    reader = StoreReader(settings.store_path, wait_seconds=120)
-    problems: list[str] = []
-    lost = duplicates = 0
-
-    rows = {}
-    for table, key in {**TABLE_KEYS, "applied_writes": ("write_id",)}.items():
-        rows[table] = _count(reader, f'SELECT count(*) FROM "{table}"')
-        columns = ", ".join(f'"{c}"' for c in key)
-        doubled = _count(reader, f'SELECT count(*) FROM (SELECT {columns} FROM "{table}" '
-                                 'GROUP BY ALL HAVING count(*) > 1)')
-        if doubled:
-            duplicates += doubled
-            problems.append(f"{doubled} duplicate key(s) in {table}")
-
-    by_status = dict(reader.rows("SELECT status, count(*) FROM posts WHERE origin = 'generated' GROUP BY status"))
-    generated = sum(by_status.values())
-    published, rejected = by_status.get("published", 0), by_status.get("rejected", 0)
-    failed, publishing = by_status.get("failed", 0), by_status.get("publishing", 0)
-    if generated != published + rejected + failed:
-        problems.append(f"generated {generated} != published {published} + rejected {rejected} + failed {failed} "
-                        f"(statuses {by_status})")
-    for what, sql in {
-        "platform post": "SELECT face_id, platform_id FROM posts "
-                         "WHERE origin = 'generated' AND platform_id IS NOT NULL",
-        "publishing intent": "SELECT intent_id FROM posts WHERE intent_id IS NOT NULL",
-        "published slot": "SELECT run_id, publish_slot FROM posts "
-                          "WHERE status = 'published' AND publish_slot IS NOT NULL",
-    }.items():
-        doubled = _count(reader, f"SELECT count(*) FROM ({sql} GROUP BY ALL HAVING count(*) > 1)")
-        if doubled:
-            duplicates += doubled
-            problems.append(f"{doubled} {what}(s) recorded twice")
-
-    unobserved = [r[0] for r in reader.rows(
-        "SELECT post_id FROM posts p WHERE status = 'published' AND (NOT EXISTS "
-        "(SELECT 1 FROM reaction_snapshots s WHERE s.post_id = p.post_id)" + (" OR score IS NULL)" if scored else ")"))]
-    if unobserved:
-        lost += len(unobserved)
-        problems.append(f"published post(s) without {'a score' if scored else 'reaction snapshots'}: {unobserved[:5]}")
-
-    sandbox_posts = 0
-    for face_id, folder in sandbox_folders(reader).items():
-        out = {r["platform_id"]: r for r in sandbox_records(folder)}
-        sandbox_posts += len(out)
-        recorded = {r[0] for r in reader.rows("SELECT platform_id FROM posts WHERE face_id = ? "
-                                              "AND status = 'published' AND origin = 'generated'", [face_id])}
-        missing, phantom = sorted(set(out) - recorded), sorted(recorded - set(out))
-        if missing:
-            lost += len(missing)
-            problems.append(f"{face_id}: {len(missing)} sandbox post(s) not recorded as published "
-                            f"(intents {[out[m]['intent_id'] for m in missing[:5]]})")
-        if phantom:
-            lost += len(phantom)
-            problems.append(f"{face_id}: {len(phantom)} published row(s) the sandbox does not have: {phantom[:5]}")
-
-    versions = reader.rows("SELECT version_id, artifact_url, base_model FROM model_versions ORDER BY version_id")
-    for version_id, url, base_model in versions:
-        try:
-            if load_versions:
-                from crowdtune.training.models import load_version
-
-                load_version(url, base_model=base_model, cache_dir=settings.data_dir / "models")
-            else:
-                fs, root = fsspec.core.url_to_fs(url)
-                if not fs.exists(f"{root.rstrip('/')}/adapter_config.json"):
-                    raise FileNotFoundError(f"{url} has no adapter_config.json")
-        except Exception as exc:  # noqa: BLE001 - every failure is one lost version
-            lost += 1
-            problems.append(f"version {version_id} does not load: {type(exc).__name__}: {exc}")
-    known = {v[0] for v in versions}
-    unregistered = [r[0] for r in reader.rows(
-        "SELECT update_id FROM online_updates WHERE status = 'completed' AND (version_id IS NULL OR version_id NOT IN "
-        "(SELECT version_id FROM model_versions))")]
-    folder = Path(settings.artifacts) / "versions"
-    orphans = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in known) if folder.is_dir() else []
-    for what, ids in (("completed update(s) without a model version", unregistered),
-                      ("version folder(s) without a model_versions row", orphans)):
-        if ids:
-            lost += len(ids)
-            problems.append(f"{len(ids)} {what}: {ids[:5]}")
-
-    return {"posts": {"generated": generated, "published": published, "rejected": rejected, "failed": failed,
-                      "publishing": publishing,
-                      "imported": _count(reader, "SELECT count(*) FROM posts WHERE origin = 'imported'")},
-            "sandbox_posts": sandbox_posts, "reactions": rows["reaction_snapshots"],
-            "observed_posts": _count(reader, "SELECT count(DISTINCT post_id) FROM reaction_snapshots"),
-            "versions": len(versions),
-            "updates": _count(reader, "SELECT count(*) FROM online_updates WHERE status = 'completed'"),
-            "rows": sum(rows.values()), "rows_by_table": rows, "lost": lost, "duplicates": duplicates,
-            "stuck_publishing": publishing, "problems": problems + ([f"{publishing} post(s) stuck in publishing"]
-                                                                   if publishing else [])}
+# The exact accounting (crowdtune.testing.accounting)
 
 
 def assert_accounts(settings, **options) -> dict:
     figures = account(settings, **options)
     assert figures["problems"] == [], figures
     return figures
-
-
-def store_settled(conn) -> bool:
-    """Nothing waits for the store writer: no queued, running or scheduled batch."""
-    q = queue("store", conn)
-    return q.count == 0 and StartedJobRegistry(queue=q).count == 0 and ScheduledJobRegistry(queue=q).count == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,38 +88,6 @@ def started_jobs(conn, queue_name: str, prefix: str) -> list[str]:
     return [j for j in started if j.startswith(prefix)]
 
 
-def _drop_dac_override() -> None:
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "cannot drop CAP_DAC_OVERRIDE")
-
-
-def permissions_bind(tmp_path: Path) -> bool:
-    """Whether a process started without CAP_DAC_OVERRIDE is refused writing to a read-only folder."""
-    probe = tmp_path / "read-only-probe"
-    probe.mkdir()
-    probe.chmod(0o555)
-    try:
-        done = subprocess.run(["sh", "-c", f"touch {probe}/x"], preexec_fn=_drop_dac_override, capture_output=True)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        probe.chmod(0o755)
-    return done.returncode != 0
-
-
-def set_read_only(folder: Path, read_only: bool) -> None:
-    """chmod the folder tree a-w (as a read-only disk looks to a process), or back to u+w."""
-    paths = [folder, *folder.rglob("*")]
-    for path in (reversed(paths) if read_only else paths):
-        try:
-            mode = path.stat().st_mode
-            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) if read_only else mode | stat.S_IWUSR)
-        except FileNotFoundError:  # renamed or removed by a writer meanwhile
-            continue
-
-
 @pytest.fixture
 def workers_without_dac_override(workers, monkeypatch, tmp_path):
     """The `workers` pool, but every process it starts is bound by permission bits, even as root."""
@@ -267,7 +96,7 @@ def workers_without_dac_override(workers, monkeypatch, tmp_path):
     real = subprocess.Popen
 
     def popen(*args, **kwargs):
-        kwargs.setdefault("preexec_fn", _drop_dac_override)
+        kwargs.setdefault("preexec_fn", drop_dac_override)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", popen)
@@ -300,14 +129,14 @@ def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_
         time.sleep(0.3)
         kill_tree(store.pid)
         killed = next(w for w in write_ids if _job_id(w) == running)
-        committed = _count(reader, "SELECT count(*) FROM applied_writes WHERE write_id = ?", killed)
+        committed = count(reader, "SELECT count(*) FROM applied_writes WHERE write_id = ?", killed)
         # Started again as `crowdtune up` restarts it (a start refused while the dead writer's lease lasts is retried).
         store, _ = restart(workers, redis_conn, "--store")
         if not committed:
             break  # the kill landed inside the batch (else: try again on a later one)
     assert not committed, "three kills all landed between batches"
 
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM applied_writes WHERE write_id LIKE 'load-%'") == batches,
+    wait_for(lambda: count(reader, "SELECT count(*) FROM applied_writes WHERE write_id LIKE 'load-%'") == batches,
              timeout=180, message="every batch to be applied")
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
     assert reader.rows("SELECT count(*), count(DISTINCT step), min(step), max(step), count(*) FILTER (value = step), "
@@ -413,7 +242,7 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         return (sandbox_dir / f"{post_id_for_intent(f'{run_id}:{slot}')}.json").exists()
 
     def resolved(slot: int) -> bool:
-        return _count(reader, "SELECT resolved_slot FROM controllers WHERE face_id = ?", FACE) >= slot
+        return count(reader, "SELECT resolved_slot FROM controllers WHERE face_id = ?", FACE) >= slot
 
     # Three moments: right after the intent is recorded (around the face call), once the post is out
     # on the sandbox (before or after the store has heard of it), and while generating.
@@ -434,12 +263,12 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         assert resolved(slot), \
             f"killed '{moment}': the re-run of {job} is refused by the intent lock its killed run left"
 
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'",
-                            run_id) >= 4, timeout=180, message="four published posts")
+    wait_for(lambda: count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'", run_id) >= 4,
+             timeout=180, message="four published posts")
     assert actions.stop_online(redis_conn, FACE) == run_id
     wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
              message="the controller to go IDLE")
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published' "
+    wait_for(lambda: count(reader, "SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published' "
                                     "AND score IS NULL", run_id) == 0, timeout=120, message="every post to be scored")
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
     figures = assert_accounts(settings, scored=True)
@@ -482,7 +311,7 @@ def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes
     monkeypatch.setenv("CROWDTUNE_TRAINING_RETRY_SECONDS", "[8, 8]")
     config = {**SMALL, "max_steps": 32, "eval_every": 8}
     run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND step = 8", run_id),
+    wait_for(lambda: count(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND step = 8", run_id),
              timeout=300, message="the first evaluation")
     set_read_only(artifacts, True)  # the disk goes read-only mid-run: the next checkpoint cannot be written
     try:
@@ -492,7 +321,7 @@ def test_a_read_only_artifact_folder_makes_offline_training_retry_and_it_resumes
         assert "Permission denied" in error and str(artifacts) in error and "retrying in 8 s" in error, error
         level, message, _ = _alert(reader, f"offline-retry:{run_id}")
         assert level == "warning" and "Permission denied" in message
-        assert _count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
+        assert count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
     finally:
         set_read_only(artifacts, False)
 
@@ -532,7 +361,7 @@ def test_offline_training_that_keeps_failing_fails_after_its_retries_with_an_ale
         assert level == "error" and "Permission denied" in message
         # It was retried once before; that warning is superseded by the failure.
         assert _alert(reader, f"offline-retry:{run_id}")[2] is not None
-        assert _count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
+        assert count(reader, "SELECT count(*) FROM model_versions WHERE run_id = ?", run_id) == 0
     finally:
         set_read_only(artifacts, False)
 
@@ -569,7 +398,7 @@ def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_
         assert "stop and restart" in message
         paused = reader.scalar("SELECT paused_reason FROM controllers WHERE face_id = ?", [FACE])
         assert paused and "Permission denied" in paused
-        assert _count(reader, "SELECT count(*) FROM model_versions") == 0
+        assert count(reader, "SELECT count(*) FROM model_versions") == 0
     finally:
         set_read_only(artifacts, False)
 
@@ -583,7 +412,7 @@ def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_
     actions.stop_online(redis_conn, FACE)
     wait_for(lambda: reader.scalar("SELECT state FROM controllers WHERE face_id = ?", [FACE]) == "IDLE", timeout=180,
              message="the new run to stop")
-    wait_for(lambda: _count(reader, "SELECT count(*) FROM posts WHERE status = 'published' AND score IS NULL") == 0,
+    wait_for(lambda: count(reader, "SELECT count(*) FROM posts WHERE status = 'published' AND score IS NULL") == 0,
              timeout=120, message="every post to be scored")
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
     figures = assert_accounts(settings, scored=True)

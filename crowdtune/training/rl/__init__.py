@@ -1,6 +1,6 @@
 """Online RL on audience reactions: pick an algorithm by name, run one update.
 
-    ALGORITHMS           name -> typed config (pydantic; each docstring lists its defaults)
+    ALGORITHMS           name -> typed config (pydantic; each field carries its default and help)
     DEFAULT_ALGORITHM    "policy_gradient"
     algorithm_config(name, values) -> config, or SettingsError naming the problem and the fix
     run_update(algorithm, config, ...) -> UpdateResult (adapter_dir, metrics, stopped, pause)
@@ -30,8 +30,8 @@ from crowdtune.training.rl import policy_gradient, reinforce, reward_model
 from crowdtune.training.rl.policy import UpdateInputs, UpdateResult
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 from crowdtune.training.rl.reinforce import ReinforceConfig
-from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 from crowdtune.training.rl.reward_model import RewardModelConfig
+from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 
 ALGORITHMS: dict[str, type[BaseModel]] = {
     "reinforce": ReinforceConfig,
@@ -66,7 +66,8 @@ def algorithm_config(name: str, values: dict | BaseModel | None = None) -> BaseM
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']} (got {e.get('input')!r})"
                              for e in error.errors())
         raise SettingsError(f"Invalid {name} settings: {problems}.",
-                            f"Fix those fields; {cls.__name__}'s docstring lists every setting and its default.") from None
+                            f"Fix those fields; `crowdtune config-docs {cls.__name__}` lists every setting and its "
+                            "default.") from None
 
 
 def run_update(

@@ -35,48 +35,33 @@ from crowdtune.training.rl.state import EmbeddingCache
 COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
 class RLConfig(BaseModel):
-    """Settings every algorithm has (each algorithm's config lists them again with its own defaults).
-
-    Defaults:
-        learning_rate = 1e-4               AdamW, constant
-        weight_decay = 0.0
-        grad_clip = 1.0                    max gradient norm; None = off
-        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
-                                           only used when there is no current policy (policy_url None)
-        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0
-                                           the sampling policy: must match the GenerationConfig the
-                                           posts were sampled with (its defaults), so that recorded
-                                           and recomputed log-probabilities agree
-        max_new_tokens = 40                tokens per post sampled inside the update (samples, evaluation)
-        eval_samples = 8                   fresh samples of the updated policy for copy_rate and
-                                           mean_length; 0 = measure the batch's posts instead
-        copy_min_ngram = 12                words in common that make a sample a copy (guards.CopyIndex)
-        copy_embedding_threshold = 0.95    cosine that makes a sample a near-copy; None = n-grams only
-        precision = "auto"                 "bf16-mixed" on GPUs that support it, else "32-true"
-        accelerator = "auto"
-        checkpoint_every = 1               optimizer steps between checkpoints (resume after a kill)
-    """
+    """Settings every algorithm has; each algorithm's config adds its own (and may change a default)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    learning_rate: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float | None = Field(1.0, gt=0.0)
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_targets: str | list[str] = "all-linear"
-    temperature: float = Field(0.9, gt=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    max_new_tokens: int = Field(40, ge=1)
-    eval_samples: int = Field(8, ge=0)
-    copy_min_ngram: int = Field(12, ge=2)
-    copy_embedding_threshold: float | None = Field(0.95, gt=0.0, le=1.0)
-    precision: str = "auto"
-    accelerator: str = "auto"
-    checkpoint_every: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0, description="AdamW, constant")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; None = off")
+    # LoRA: only used when there is no current policy (policy_url None)
+    lora_rank: int = Field(8, ge=1, description="LoRA rank of a fresh policy")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha of a fresh policy")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout of a fresh policy")
+    lora_targets: str | list[str] = Field("all-linear", description="LoRA modules of a fresh policy")
+    # The sampling policy: it must match the GenerationConfig the posts were sampled with (its defaults),
+    # so that recorded and recomputed log-probabilities agree.
+    temperature: float = Field(0.9, gt=0.0, description="sampling policy: temperature")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="sampling policy: nucleus sampling; 1.0 = off")
+    top_k: int = Field(0, ge=0, description="sampling policy: top-k; 0 = off")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="sampling policy: repetition penalty; 1.0 = off")
+    max_new_tokens: int = Field(40, ge=1, description="tokens per post sampled inside the update (samples, evaluation)")
+    eval_samples: int = Field(8, ge=0, description="fresh samples of the updated policy for copy_rate and mean_length; "
+                                                   "0 = measure the batch's posts instead")
+    copy_min_ngram: int = Field(12, ge=2, description="words in common that make a sample a copy (guards.CopyIndex)")
+    copy_embedding_threshold: float | None = Field(
+        0.95, gt=0.0, le=1.0, description="cosine that makes a sample a near-copy; None = n-grams only")
+    precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs that support it, else "32-true"')
+    accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
+    checkpoint_every: int = Field(1, ge=1, description="optimizer steps between checkpoints (resume after a kill)")
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":

@@ -42,30 +42,16 @@ STATE_FILE = "policy_gradient.json"
 
 
 class PolicyGradientConfig(RLConfig):
-    """Settings of a policy-gradient update.
+    """Settings of a policy-gradient update (and every RLConfig setting)."""
 
-    Defaults:
-        epochs = 4                         passes over (batch + replay) per update
-        minibatch_size = 16                posts per optimizer step
-        replay_posts = 64                  earlier posts kept in state_dir and trained on again; 0 = off
-        clip_epsilon = 0.2                 importance weights are clipped to [1 - eps, 1 + eps]
-        kl_coef = 0.05                     weight of KL(policy || reference) in the loss
-        baseline_rate = 0.1                how fast the learned baseline follows rewards (per post)
-        learning_rate = 2e-4, weight_decay = 0.0, grad_clip = 1.0
-        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
-        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0   (sampling policy)
-        max_new_tokens = 40, eval_samples = 8
-        copy_min_ngram = 12, copy_embedding_threshold = 0.95
-        precision = "auto", accelerator = "auto", checkpoint_every = 1
-    """
-
-    epochs: int = Field(4, ge=1)
-    minibatch_size: int = Field(16, ge=1)
-    replay_posts: int = Field(64, ge=0)
-    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0)
-    kl_coef: float = Field(0.05, ge=0.0)
-    baseline_rate: float = Field(0.1, gt=0.0, le=1.0)
-    learning_rate: float = Field(2e-4, gt=0.0)
+    epochs: int = Field(4, ge=1, description="passes over (batch + replay) per update")
+    minibatch_size: int = Field(16, ge=1, description="posts per optimizer step")
+    replay_posts: int = Field(64, ge=0, description="earlier posts kept in state_dir and trained on again; 0 = off")
+    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="importance weights are clipped to [1 - eps, 1 + eps]")
+    kl_coef: float = Field(0.05, ge=0.0, description="weight of KL(policy || reference) in the loss")
+    baseline_rate: float = Field(0.1, gt=0.0, le=1.0,
+                                 description="how fast the learned baseline follows rewards (per post)")
+    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
 class PolicyGradientModule(PolicyModule):

@@ -31,20 +31,10 @@ from crowdtune.training.rl.policy import (
 
 
 class ReinforceConfig(RLConfig):
-    """Settings of a REINFORCE update.
+    """Settings of a REINFORCE update (and every RLConfig setting)."""
 
-    Defaults:
-        window = 64                        z-score the batch's rewards against the last `window`
-                                           rewards of the face (history) plus the batch itself
-        learning_rate = 1e-4, weight_decay = 0.0, grad_clip = 1.0
-        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
-        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0   (sampling policy)
-        max_new_tokens = 40, eval_samples = 8
-        copy_min_ngram = 12, copy_embedding_threshold = 0.95
-        precision = "auto", accelerator = "auto", checkpoint_every = 1
-    """
-
-    window: int = Field(64, ge=2)
+    window: int = Field(64, ge=2, description="z-score the batch's rewards against the last `window` rewards of the "
+                                              "face (history) plus the batch itself")
 
 
 def z_scores(rewards: list[float], window: list[float]) -> list[float]:

@@ -47,38 +47,21 @@ EMBEDDINGS_FILE = "reward_model_embeddings.npz"
 
 
 class RewardModelConfig(RLConfig):
-    """Settings of a reward-model update.
+    """Settings of a reward-model update (and every RLConfig setting)."""
 
-    Defaults:
-        ridge_alpha = 3.0                  ridge regularisation of the reward model
-        min_fit_posts = 16                 fewer scored posts than this: no reward model, no training
-        agreement_posts = 32               newest matured posts the agreement check predicts
-        min_agreement_posts = 8            fewer (or too few older posts to fit on): agreement is NaN, no pause
-        agreement_threshold = 0.1          Spearman below this: pause=True, nothing is trained
-        rloo_steps = 8                     optimizer steps against the reward model per update
-        rloo_prompts = 4                   prompts per step (from the batch's prompts, "" when none)
-        rloo_samples = 4                   samples per prompt (the leave-one-out group)
-        kl_coef = 0.05                     weight of KL(policy || reference) in the loss
-        trim_unfinished = True             trim samples to their last full sentence, as published
-        learning_rate = 2e-4, weight_decay = 0.0, grad_clip = 1.0
-        lora_rank = 8, lora_alpha = 16, lora_dropout = 0.0, lora_targets = "all-linear"
-        temperature = 0.9, top_p = 0.95, top_k = 0, repetition_penalty = 1.0   (sampling policy)
-        max_new_tokens = 40, eval_samples = 8
-        copy_min_ngram = 12, copy_embedding_threshold = 0.95
-        precision = "auto", accelerator = "auto", checkpoint_every = 1
-    """
-
-    ridge_alpha: float = Field(3.0, gt=0.0)
-    min_fit_posts: int = Field(16, ge=2)
-    agreement_posts: int = Field(32, ge=2)
-    min_agreement_posts: int = Field(8, ge=2)
-    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0)
-    rloo_steps: int = Field(8, ge=1)
-    rloo_prompts: int = Field(4, ge=1)
-    rloo_samples: int = Field(4, ge=2)
-    kl_coef: float = Field(0.05, ge=0.0)
-    trim_unfinished: bool = True
-    learning_rate: float = Field(2e-4, gt=0.0)
+    ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of the reward model")
+    min_fit_posts: int = Field(16, ge=2, description="fewer scored posts than this: no reward model, no training")
+    agreement_posts: int = Field(32, ge=2, description="newest matured posts the agreement check predicts")
+    min_agreement_posts: int = Field(
+        8, ge=2, description="fewer (or too few older posts to fit on): agreement is NaN, no pause")
+    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0,
+                                       description="Spearman below this: pause=True, nothing is trained")
+    rloo_steps: int = Field(8, ge=1, description="optimizer steps against the reward model per update")
+    rloo_prompts: int = Field(4, ge=1, description="prompts per step (the batch's prompts; the empty prompt when none)")
+    rloo_samples: int = Field(4, ge=2, description="samples per prompt (the leave-one-out group)")
+    kl_coef: float = Field(0.05, ge=0.0, description="weight of KL(policy || reference) in the loss")
+    trim_unfinished: bool = Field(True, description="trim samples to their last full sentence, as published")
+    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
 class RewardModel:

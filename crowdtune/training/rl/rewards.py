@@ -21,26 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RewardConfig(BaseModel):
-    """How matured scores become rewards.
-
-    Defaults:
-        log_scale = True            use log1p(score) (scores are >= 0 and heavy-tailed)
-        baseline_window = 64        how many of the face's previous scored posts form the baseline
-        min_baseline = 8            fewer previous posts than this: use them plus the new ones
-        normalize = "mad"           "mad": (x - median) / (1.4826 * MAD); "z": (x - mean) / std
-        min_spread = 0.05           floor of the spread (in log units), so near-identical scores
-                                    do not blow up into huge rewards
-        clip = 3.0                  rewards are clipped to [-clip, +clip]
-    """
+    """How matured scores become rewards."""
 
     model_config = ConfigDict(extra="forbid")
 
-    log_scale: bool = True
-    baseline_window: int = Field(64, ge=1)
-    min_baseline: int = Field(8, ge=1)
-    normalize: Literal["mad", "z"] = "mad"
-    min_spread: float = Field(0.05, gt=0.0)
-    clip: float = Field(3.0, gt=0.0)
+    log_scale: bool = Field(True, description="use log1p(score) (scores are >= 0 and heavy-tailed)")
+    baseline_window: int = Field(64, ge=1, description="how many of the face's previous scored posts form the baseline")
+    min_baseline: int = Field(8, ge=1, description="fewer previous posts than this: use them plus the new ones")
+    normalize: Literal["mad", "z"] = Field(
+        "mad", description='"mad": (x - median) / (1.4826 * MAD); "z": (x - mean) / std')
+    min_spread: float = Field(0.05, gt=0.0, description="floor of the spread (in log units), so that near-identical "
+                                                        "scores do not blow up into huge rewards")
+    clip: float = Field(3.0, gt=0.0, description="rewards are clipped to [-clip, +clip]")
 
 
 def _scale(values, config: RewardConfig) -> np.ndarray:
