@@ -156,7 +156,7 @@ app.add_typer(face_app, name="face")
 def face_add(
     face_id: str = typer.Argument(..., help="A name for the face, e.g. tweets."),
     kind: str = typer.Option(..., help="dataset, sandbox, mastodon, bluesky, discord or reddit."),
-    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),  # noqa: B008 - typer option idiom
+    set_: list[str] = typer.Option([], "--set", help="Config key=value (repeatable), e.g. --set source=trump_tweets."),
 ):
     """Create or update a face. Tokens are never given here: see README, Secrets."""
     from crowdtune.actions import save_face
@@ -271,7 +271,7 @@ app.add_typer(train_app, name="train")
 def train_offline(
     face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
     base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
-    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),  # noqa: B008 - typer option idiom
+    set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
 ):
     """Fine-tune with LoRA on a face's posts (runs on a `train` worker)."""
@@ -314,7 +314,7 @@ def nested_assignments(pairs: list[str]) -> dict:
 def train_online(
     face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
     base_model: str | None = typer.Option(None, help="Base model if the face has no active version yet."),
-    set_: list[str] = typer.Option(  # noqa: B008 - typer option idiom
+    set_: list[str] = typer.Option(
         [], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
         "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
 ):
@@ -376,8 +376,8 @@ def generate(
     version: str | None = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
     base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
-    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),  # noqa: B008 - typer option idiom
-    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),  # noqa: B008 - typer option idiom
+    prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
+    set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),
 ):
     """Print sampled posts from a version (runs on a worker; nothing is published)."""
     from crowdtune.actions import generate_samples

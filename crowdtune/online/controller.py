@@ -42,7 +42,8 @@ from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatu
 # log-probabilities recorded at publishing match those the update recomputes.
 POLICY_SETTINGS = ("temperature", "top_p", "top_k", "repetition_penalty")
 UPDATE_IN_FLIGHT = (UpdateStatus.QUEUED, UpdateStatus.RUNNING)
-OFFLINE_ENDED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED, RunStatus.FAILED)
+OFFLINE_VERSIONED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED)  # ended with a version
+OFFLINE_ENDED = (*OFFLINE_VERSIONED, RunStatus.FAILED)
 
 
 class OnlineConfig(BaseModel):
@@ -123,17 +124,20 @@ class OnlineConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "OnlineConfig":
+    def _consistent(self) -> OnlineConfig:
         if self.interval_minutes < self.min_gap_minutes:
-            raise ValueError(f"interval {self.interval_minutes:g} min is below the minimum gap {self.min_gap_minutes:g} min")
+            raise ValueError(f"interval {self.interval_minutes:g} min is below the minimum gap "
+                             f"{self.min_gap_minutes:g} min")
         if self.jitter_minutes >= self.interval_minutes:
-            raise ValueError(f"jitter {self.jitter_minutes:g} min must be smaller than the interval {self.interval_minutes:g} min")
+            raise ValueError(f"jitter {self.jitter_minutes:g} min must be smaller than the interval "
+                             f"{self.interval_minutes:g} min")
         if self.daily_cap * self.min_gap_minutes > 24 * 60:
             raise ValueError(f"a daily cap of {self.daily_cap} posts cannot be reached with a minimum gap of "
                              f"{self.min_gap_minutes:g} min; lower one of them")
         clash = [k for k in POLICY_SETTINGS if k in self.generation]
         if clash:
-            raise ValueError(f"generation setting(s) {clash} define the sampling policy: set them in algorithm_settings")
+            raise ValueError(f"generation setting(s) {clash} define the sampling policy: "
+                             "set them in algorithm_settings")
         from crowdtune.training.generation import GenerationConfig
         from crowdtune.training.rl import algorithm_config
         from crowdtune.training.rl.rewards import RewardConfig
@@ -184,7 +188,8 @@ def parse_online_config(values: dict[str, Any] | None) -> OnlineConfig:
         for error in exc.errors():
             where = ".".join(map(str, error["loc"]))
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where and not message.startswith(("interval", "unknown")) else message)
+            named = where and not message.startswith(("interval", "unknown"))
+            problems.append(f"{where}: {message}" if named else message)
         raise SettingsError("Invalid online settings: " + "; ".join(problems),
                             "Fix those settings; `crowdtune config-docs OnlineConfig` lists every setting and its "
                             "default.") from None
@@ -240,14 +245,15 @@ class ControllerSnapshot:
     updates: list[UpdateView] = field(default_factory=list)
 
     @classmethod
-    def from_read(cls, data: dict) -> "ControllerSnapshot":
+    def from_read(cls, data: dict) -> ControllerSnapshot:
         """Build from the JSON of the `online_snapshot` named read."""
         c = data["controller"]
         offline = data.get("offline") or {}
         posts = [PostView(
             post_id=p["post_id"], status=p["status"], run_id=p.get("run_id"), platform_id=p.get("platform_id"),
             published_at=_time(p.get("published_at")), score=p.get("score"), update_id=p.get("update_id"),
-            publish_slot=p.get("publish_slot"), observed_ages=[a for a in p.get("observed_ages") or [] if a is not None],
+            publish_slot=p.get("publish_slot"),
+            observed_ages=[a for a in p.get("observed_ages") or [] if a is not None],
             last_observed_at=_time(p.get("last_observed_at")), updated_at=_time(p.get("updated_at")),
         ) for p in data.get("posts") or []]
         updates = [UpdateView(u["update_id"], u["step"], u["status"], u.get("metrics") or {})
@@ -349,15 +355,18 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
     backing off (doubling, up to a day) after consecutive failed slots."""
     cfg = snap.config
     run_posts = [p for p in snap.posts if p.run_id == snap.run_id]
-    published = sorted(clock.audience(p.published_at) for p in run_posts if p.status == PostStatus.PUBLISHED and p.published_at)
+    published = sorted(clock.audience(p.published_at) for p in run_posts
+                       if p.status == PostStatus.PUBLISHED and p.published_at)
     moment = clock.audience(snap.started_at)
     anchors = published[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
     if anchors:  # the last slot's outcome: a post, a failure or a slot whose samples were all rejected
-        gap = max(cfg.interval_seconds + jitter_seconds(cfg, snap.run_id or "", snap.publish_slot), cfg.min_gap_minutes * 60)
+        gap = max(cfg.interval_seconds + jitter_seconds(cfg, snap.run_id or "", snap.publish_slot),
+                  cfg.min_gap_minutes * 60)
         moment = max(moment, max(anchors) + timedelta(seconds=gap))
     if published:
         moment = max(moment, published[-1] + timedelta(minutes=cfg.min_gap_minutes))
-    by_slot = sorted((p for p in run_posts if p.status in (PostStatus.PUBLISHED, PostStatus.FAILED) and p.publish_slot is not None),
+    by_slot = sorted((p for p in run_posts
+                      if p.status in (PostStatus.PUBLISHED, PostStatus.FAILED) and p.publish_slot is not None),
                      key=lambda p: p.publish_slot)
     failures = 0
     for post in reversed(by_slot):
@@ -452,7 +461,8 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         if offline_running:
             wakes.append(poll)
         else:
-            decision.end_offline = "completed" if snap.offline_status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED) and snap.offline_version_id else "failed"
+            versioned = snap.offline_status in OFFLINE_VERSIONED and snap.offline_version_id
+            decision.end_offline = "completed" if versioned else "failed"
             wakes.append(now)
         decision.wake_at = min(wakes, default=None)
         return decision
@@ -468,7 +478,8 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         if cfg.alternate_every is not None and since_offline >= cfg.alternate_every:
             decision.go_offline = f"{since_offline} online updates since the last offline phase"
         elif drifted and since_offline > 0:
-            decision.go_offline = f"drift: {cfg.drift_metric} {completed[-1].metrics[cfg.drift_metric]:.4g} > {cfg.drift_threshold:g}"
+            drifted = completed[-1].metrics[cfg.drift_metric]
+            decision.go_offline = f"drift: {cfg.drift_metric} {drifted:.4g} > {cfg.drift_threshold:g}"
         if decision.go_offline:
             decision.wake_at = poll
             return decision
@@ -479,7 +490,8 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
                        key=lambda p: (p.published_at, p.post_id))
         if len(ready) >= cfg.posts_per_update:
             step = len(snap.updates) + 1
-            decision.update = UpdatePlan(f"{snap.run_id}-u{step}", step, [p.post_id for p in ready[:cfg.posts_per_update]])
+            decision.update = UpdatePlan(f"{snap.run_id}-u{step}", step,
+                                         [p.post_id for p in ready[:cfg.posts_per_update]])
             wakes.append(poll)
 
     if not snap.paused_reason and decision.resume_slot is None:

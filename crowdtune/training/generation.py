@@ -130,7 +130,7 @@ def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, eos: i
     token_rows = torch.stack(tokens, 1).tolist()
     logprob_rows = torch.stack(logprobs, 1).tolist()
     out_ids, out_logprobs, finished = [], [], []
-    for row, lps in zip(token_rows, logprob_rows):
+    for row, lps in zip(token_rows, logprob_rows, strict=True):
         end = row.index(eos) + 1 if eos in row else len(row)
         out_ids.append(row[:end])
         out_logprobs.append(lps[:end])
@@ -165,7 +165,7 @@ def sample(
         for start in range(0, len(encoded), cfg.batch_size):
             chunk = encoded[start : start + cfg.batch_size]
             ids, lps, finished = _sample_batch(model, chunk, cfg, eos, pad, generator)
-            for i, (row, row_lps, ended) in enumerate(zip(ids, lps, finished)):
+            for i, (row, row_lps, ended) in enumerate(zip(ids, lps, finished, strict=True)):
                 text_ids = row[:-1] if ended else row
                 text = tokenizer.decode(text_ids, skip_special_tokens=True).strip()
                 samples.append(Sample(text, row, row_lps, prompts[start + i], ended))
@@ -224,14 +224,14 @@ def filter_samples(
             s.rejected = "empty"
     pending = [s for s in samples if s.rejected is None]
     if cfg.drop_copies and copy_index is not None and pending:
-        for s, copied in zip(pending, copy_index.copy_flags([s.text for s in pending])):
+        for s, copied in zip(pending, copy_index.copy_flags([s.text for s in pending]), strict=True):
             if copied:
                 s.rejected = "copy"
     pending = [s for s in samples if s.rejected is None]
     if cfg.offensive_threshold is not None and pending:
         from profanity_check import predict_prob
 
-        for s, p in zip(pending, predict_prob([s.text for s in pending])):
+        for s, p in zip(pending, predict_prob([s.text for s in pending]), strict=True):
             if p >= cfg.offensive_threshold:
                 s.rejected = "offensive"
     return GenerationResult([s for s in samples if s.rejected is None], [s for s in samples if s.rejected is not None])

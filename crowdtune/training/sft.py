@@ -360,7 +360,8 @@ def train_sft(
         store_frozen_layers_in(model, low_precision)
 
     steps_per_epoch = math.ceil(len(data.train_blocks.input_ids) / config.batch_size / config.accumulate_grad_batches)
-    total = config.max_steps if config.max_epochs is None else min(config.max_steps, config.max_epochs * steps_per_epoch)
+    total = (config.max_steps if config.max_epochs is None
+             else min(config.max_steps, config.max_epochs * steps_per_epoch))
     module = SFTModule(model, config, total)
 
     train_texts = [p.text for p in data.train_posts]

@@ -34,6 +34,7 @@ from crowdtune.training.rl.state import EmbeddingCache
 
 COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
+
 class RLConfig(BaseModel):
     """Settings every algorithm has; each algorithm's config adds its own (and may change a default)."""
 

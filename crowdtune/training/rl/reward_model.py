@@ -114,7 +114,7 @@ class RLOOModule(PolicyModule):
         predicted = self.reward_model.predict(self.embeddings.embed(texts, keep=False))
         bad = [not t.strip() for t in texts]
         if self.copy_index is not None:
-            bad = [b or c for b, c in zip(bad, self.copy_index.ngram_copies(texts))]
+            bad = [b or c for b, c in zip(bad, self.copy_index.ngram_copies(texts), strict=True)]
         return np.where(bad, self.reward_model.floor, predicted)
 
     def training_step(self, index, batch_idx):
@@ -128,7 +128,7 @@ class RLOOModule(PolicyModule):
             trimmed = [trim_unfinished_sentence(s, self.tokenizer) for s in samples]
             # a sample trimmed to nothing keeps its first token, so that it can be pushed down
             samples = [t if t.token_ids else Sample(t.text, s.token_ids[:1], s.logprobs[:1], s.prompt)
-                       for s, t in zip(samples, trimmed)]
+                       for s, t in zip(samples, trimmed, strict=True)]
         rewards = self.rewards([s.text for s in samples]).reshape(cfg.rloo_prompts, cfg.rloo_samples)
         k = cfg.rloo_samples
         leave_one_out = (rewards.sum(1, keepdims=True) - rewards) / (k - 1)
