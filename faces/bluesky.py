@@ -110,7 +110,8 @@ class BlueskyFace(Face):
             client = Client(base_url=self.config.service_url, request=request)
             self._call(
                 "signing in",
-                lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(), fetch_bsky_profile=False),
+                lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(),
+                                     fetch_bsky_profile=False),
                 signed_in=False,
             )
             self._did = client._session.did  # the repo we write to; the SDK keeps it on the session
@@ -138,7 +139,8 @@ class BlueskyFace(Face):
             if wait is None and headers.get("ratelimit-reset"):
                 wait = max(0.0, float(headers["ratelimit-reset"]) - utc_now().timestamp())
             return Retryable("HTTP 429", rate_limited=True, retry_after=wait)
-        if isinstance(error, exceptions.UnauthorizedError) or code in {"AuthenticationRequired", "ExpiredToken", "InvalidToken"}:
+        if (isinstance(error, exceptions.UnauthorizedError)
+                or code in {"AuthenticationRequired", "ExpiredToken", "InvalidToken"}):
             return FaceAuthError(
                 f"Bluesky ({self.config.service_url}) rejected the handle or app password ({status}).", PASSWORD_FIX
             )
@@ -195,7 +197,8 @@ class BlueskyFace(Face):
             params = {"actor": self.config.handle, "limit": self.config.page_size, "filter": "posts_no_replies"}
             if cursor:
                 params["cursor"] = cursor
-            page = self._call("reading the author feed", lambda: self._api().app.bsky.feed.get_author_feed(params=params))
+            page = self._call("reading the author feed",
+                              lambda params=params: self._api().app.bsky.feed.get_author_feed(params=params))
             for item in page.feed:
                 if item.reason is not None:  # a repost of someone else's post
                     continue
@@ -250,7 +253,8 @@ class BlueskyFace(Face):
         client = self._api()
         rkey = record_key_for_intent(intent_id)
         created_at = utc_now()
-        record = {"$type": POST_COLLECTION, "text": text, "createdAt": created_at.isoformat(timespec="milliseconds") + "Z"}
+        record = {"$type": POST_COLLECTION, "text": text,
+                  "createdAt": created_at.isoformat(timespec="milliseconds") + "Z"}
         data = {"repo": self._did, "collection": POST_COLLECTION, "rkey": rkey, "record": record}
         since = created_at - timedelta(days=1)
         response = self._call(
@@ -277,9 +281,11 @@ class BlueskyFace(Face):
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
         client = self._api()
-        page = self._call("reading a post's reactions", lambda: client.app.bsky.feed.get_posts(params={"uris": [platform_id]}))
+        page = self._call("reading a post's reactions",
+                          lambda: client.app.bsky.feed.get_posts(params={"uris": [platform_id]}))
         if not page.posts:
-            raise PostNotFoundError(f"Bluesky has no post {platform_id}.", "Check the at:// URI; it may have been deleted.")
+            raise PostNotFoundError(f"Bluesky has no post {platform_id}.",
+                                    "Check the at:// URI; it may have been deleted.")
         post = page.posts[0]
         _, created_at = self._post_record(post.record, "reading a post's reactions")
         now = utc_now()
@@ -293,7 +299,8 @@ class BlueskyFace(Face):
 
     def audience_size(self) -> int | None:
         client = self._api()
-        profile = self._call("reading the follower count", lambda: client.app.bsky.actor.get_profile(params={"actor": self.config.handle}))
+        profile = self._call("reading the follower count",
+                             lambda: client.app.bsky.actor.get_profile(params={"actor": self.config.handle}))
         return profile.followers_count
 
     def health(self) -> FaceHealth:

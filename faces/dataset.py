@@ -112,7 +112,8 @@ class DatasetConfig(FaceConfig):
         None, description="created_at of every post when columns.created_at is None")
     default_author: str | None = Field(None, description="author when columns.author is None")
     url_template: str | None = Field(None, description='e.g. "https://example.org/posts/{id}" when columns.url is None')
-    encoding: str = Field("utf-8", description="text encoding of CSV / JSONL files (a UTF-8 byte-order mark is skipped)")
+    encoding: str = Field("utf-8",
+                          description="text encoding of CSV / JSONL files (a UTF-8 byte-order mark is skipped)")
     max_text_chars: int = Field(default=100_000, gt=0,
                                 description="longer texts are reported, not imported (no post is 10 MB)")
     max_id_chars: int = Field(default=256, gt=0, description="longer ids are reported, not imported")
@@ -175,7 +176,8 @@ def parse_created_at(value: Any) -> datetime:
 
 
 def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and not value.strip()))
 
 
 class BadRow(ValueError):
@@ -343,7 +345,8 @@ class DatasetFace(Face):
         if self.reading.format != "auto":
             return self.reading.format
         name = self.reading.source.lower().removesuffix(".gz")
-        for extension, file_format in ((".csv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".parquet", "parquet")):
+        extensions = ((".csv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".parquet", "parquet"))
+        for extension, file_format in extensions:
             if name.endswith(extension):
                 return file_format
         raise FaceConfigError(
@@ -378,7 +381,8 @@ class DatasetFace(Face):
                                   "Set `source` in the dataset config to one file in that folder.") from None
         except PermissionError:
             raise FaceConfigError(f"The dataset file {source} cannot be read: permission denied.",
-                                  "Make it readable by the user the workers run as, or copy it somewhere they can read.") from None
+                                  "Make it readable by the user the workers run as, "
+                                  "or copy it somewhere they can read.") from None
         except (OSError, ValueError) as error:
             raise FaceConfigError(f"The dataset file {source} cannot be opened: {error}", fix) from None
 
@@ -391,7 +395,8 @@ class DatasetFace(Face):
                 first = False
                 if chunk.startswith(UTF16_BOMS):
                     raise FaceConfigError(
-                        f"The dataset file {self.reading.source} is UTF-16 text (it starts with a UTF-16 byte-order mark).",
+                        f"The dataset file {self.reading.source} is UTF-16 text "
+                        "(it starts with a UTF-16 byte-order mark).",
                         'Save it as "CSV UTF-8" (Excel) or another 8-bit encoding, and set `encoding` if not UTF-8.')
                 chunk = chunk.removeprefix(UTF8_BOM)
             lines = (pending + chunk).splitlines(keepends=True)
@@ -464,7 +469,7 @@ class DatasetFace(Face):
             if len(record) != len(header):
                 self._report(start, f"has {len(record)} fields where the header has {len(header)}")
                 continue
-            yield start, dict(zip(header, record))
+            yield start, dict(zip(header, record, strict=True))
 
     def _jsonl_rows(self, handle: io.BufferedIOBase) -> Iterator[tuple[int, dict[str, Any] | None]]:
         bad_lines: dict[int, str] = {}
@@ -528,11 +533,12 @@ class DatasetFace(Face):
             return
         wanted = self._wanted_columns()
         for number, row in enumerate(frame[wanted].itertuples(index=False, name=None), start=2):
-            yield number, dict(zip(wanted, row))
+            yield number, dict(zip(wanted, row, strict=True))
 
     def _wanted_columns(self) -> list[str]:
         columns = self.reading.columns
-        named = [columns.text, columns.id, columns.created_at, columns.author, columns.url, *self.reading.reaction_columns]
+        named = [columns.text, columns.id, columns.created_at, columns.author, columns.url,
+                 *self.reading.reaction_columns]
         return list(dict.fromkeys(name for name in named if name))
 
     def _check_columns(self, present: Iterable[str]) -> bool:
@@ -584,7 +590,8 @@ class DatasetFace(Face):
             try:
                 created_at = parse_created_at(row.get(columns.created_at))
             except (ValueError, TypeError, OverflowError, OSError):
-                raise BadRow(f"the time {str(row.get(columns.created_at))[:40]!r} is not ISO 8601 or epoch seconds") from None
+                raise BadRow(f"the time {str(row.get(columns.created_at))[:40]!r} "
+                             "is not ISO 8601 or epoch seconds") from None
         elif reading.default_created_at is not None:
             created_at = reading.default_created_at
         else:

@@ -158,14 +158,16 @@ class DiscordFace(Face):
                 detail += f": {error}"
             return self._answers.malformed(action, f"JSON hikari could not read ({detail})")
         if isinstance(error, hikari.ClientHTTPResponseError):
-            return FaceError(f"Discord refused the request ({error.status}: {error.message}).", "Check the post and the face config.")
+            return FaceError(f"Discord refused the request ({error.status}: {error.message}).",
+                             "Check the post and the face config.")
         return None
 
     def _call(self, action: str, operation: Callable[[object], Awaitable], before_retry=None):
         if self.config.token is None:
             raise FaceConfigError("The Discord face has no bot token.", TOKEN_FIX)
         if not self.config.channel_id:
-            raise FaceConfigError("The Discord face has no channel_id.", "Set channel_id (Developer Mode > right-click the channel > Copy ID).")
+            raise FaceConfigError("The Discord face has no channel_id.",
+                                  "Set channel_id (Developer Mode > right-click the channel > Copy ID).")
         return call_with_retries(
             lambda: asyncio.run(self._with_rest(operation)),
             classify=lambda error: self._classify(error, action),
@@ -249,7 +251,8 @@ class DiscordFace(Face):
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
         message_id = int(platform_id)
-        message = self._call("reading a message's reactions", lambda rest: rest.fetch_message(self.config.channel_id, message_id))
+        message = self._call("reading a message's reactions",
+                             lambda rest: rest.fetch_message(self.config.channel_id, message_id))
         now = utc_now()
         return ReactionSnapshot(
             platform_id=platform_id,

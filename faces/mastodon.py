@@ -206,7 +206,7 @@ class MastodonFace(Face):
         while True:
             page = self._call(
                 "reading statuses",
-                lambda: self._api().account_statuses(
+                lambda max_id=max_id: self._api().account_statuses(
                     account_id, max_id=max_id, limit=self.config.page_size, exclude_reblogs=True
                 ),
             )
@@ -274,7 +274,8 @@ class MastodonFace(Face):
 
     def reactions(self, platform_id: str) -> ReactionSnapshot:
         action = "reading a status's reactions"
-        status = self._answers.expect(self._call(action, lambda: self._api().status(platform_id)), action, STATUS_FIELDS)
+        answer = self._call(action, lambda: self._api().status(platform_id))
+        status = self._answers.expect(answer, action, STATUS_FIELDS)
         now = utc_now()
         created_at = as_naive_utc(status["created_at"])
         return ReactionSnapshot(

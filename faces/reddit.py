@@ -116,7 +116,8 @@ class RedditFace(Face):
 
             config = self.config
             if not (config.client_id and config.client_secret and config.username and config.password):
-                raise FaceConfigError("The Reddit face needs client_id, client secret, username and password.", CREDENTIALS_FIX)
+                raise FaceConfigError("The Reddit face needs client_id, client secret, username and password.",
+                                      CREDENTIALS_FIX)
 
             class TimedRequestor(Requestor):
                 def request(self, *args, timeout=None, **kwargs):
@@ -161,7 +162,8 @@ class RedditFace(Face):
         response = getattr(error, "response", None)
         status = getattr(response, "status_code", None)
         if isinstance(error, prawcore.TooManyRequests):
-            return Retryable("HTTP 429", rate_limited=True, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            return Retryable("HTTP 429", rate_limited=True, retry_after=retry_after)
         if isinstance(error, prawcore.ServerError) or (status is not None and status >= 500):
             return Retryable(f"HTTP {status}")
         if isinstance(error, prawcore.RequestException):
@@ -180,16 +182,19 @@ class RedditFace(Face):
                 "Check the account may post there (banned, private subreddit, karma rules).",
             )
         if isinstance(error, prawcore.NotFound):
-            return PostNotFoundError("Reddit has no such submission, user or subreddit (404).", "Check the ids and names in the face config.")
+            return PostNotFoundError("Reddit has no such submission, user or subreddit (404).",
+                                     "Check the ids and names in the face config.")
         if isinstance(error, RedditAPIException) and any(item.error_type == "RATELIMIT" for item in error.items):
             return Retryable("RATELIMIT", rate_limited=True)
         if isinstance(error, RedditAPIException):
-            return FaceError(f"Reddit refused the post: {error}.", "Change the post to meet the subreddit's rules, or the config.")
+            return FaceError(f"Reddit refused the post: {error}.",
+                             "Change the post to meet the subreddit's rules, or the config.")
         return None
 
     def _call(self, action: str, operation, before_retry=None):
         return call_with_retries(
-            operation, classify=self._classify, policy=self.config.retry, network="Reddit", action=action, before_retry=before_retry
+            operation, classify=self._classify, policy=self.config.retry, network="Reddit", action=action,
+            before_retry=before_retry,
         )
 
     def _get(self, action: str, path: str, params: dict | None = None):
@@ -197,7 +202,8 @@ class RedditFace(Face):
 
     def _submissions(self, answer, action: str) -> tuple[list[dict], str | None]:
         """The submissions of a Listing answer and its `after` cursor, each checked for SUBMISSION_FIELDS."""
-        listing = self._answers.expect(self._answers.expect(answer, action, {"data": dict})["data"], action, {"children": list})
+        data = self._answers.expect(answer, action, {"data": dict})["data"]
+        listing = self._answers.expect(data, action, {"children": list})
         after = listing.get("after")
         if after is not None and not isinstance(after, str):
             raise self._answers.malformed(action, f"a listing whose after is a {type(after).__name__}")
@@ -257,7 +263,8 @@ class RedditFace(Face):
     def publish(self, text: str, intent_id: str) -> Published:
         """Submit a self-post to `subreddit` (see module docstring for title and retries)."""
         if not self.config.subreddit:
-            raise FaceConfigError("The Reddit face has no subreddit to post to.", "Set subreddit in the Reddit face config.")
+            raise FaceConfigError("The Reddit face has no subreddit to post to.",
+                                  "Set subreddit in the Reddit face config.")
         since = utc_now() - timedelta(minutes=10)
         # What praw's Subreddit.submit sends for a self-post (prawcore adds api_type=json).
         form = {"sr": self.config.subreddit, "kind": "self", "title": title_for(text), "text": text,
@@ -270,7 +277,8 @@ class RedditFace(Face):
         )
         if isinstance(answer, Published):
             return answer
-        result = self._answers.expect(self._answers.expect(answer, action, {"json": dict})["json"], action, {"data": dict})
+        body = self._answers.expect(answer, action, {"json": dict})["json"]
+        result = self._answers.expect(body, action, {"data": dict})
         submission_id = self._answers.expect(result["data"], action, {"id": str})["id"]
         return Published(submission_id, f"https://www.reddit.com/comments/{submission_id}/", utc_now())
 
@@ -300,7 +308,8 @@ class RedditFace(Face):
         action = "reading a submission's reactions"
         found, _ = self._submissions(self._get(action, "/api/info", {"id": f"t3_{platform_id}"}), action)
         if not found:
-            raise PostNotFoundError(f"Reddit has no submission {platform_id}.", "Check the id; it may have been removed.")
+            raise PostNotFoundError(f"Reddit has no submission {platform_id}.",
+                                    "Check the id; it may have been removed.")
         submission = found[0]
         now = utc_now()
         return ReactionSnapshot(

@@ -45,7 +45,8 @@ def build_face(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str] 
     except ValidationError as error:
         # Only field names and messages: an input value could be a token.
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in detail['loc']) or '(config)'}: {detail['msg']}" for detail in error.errors()
+            f"{'.'.join(str(part) for part in detail['loc']) or '(config)'}: {detail['msg']}"
+            for detail in error.errors()
         )
         raise FaceConfigError(
             f"The {kind} face config is invalid: {problems}.",

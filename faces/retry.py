@@ -114,7 +114,8 @@ class AnswerCheck:
             self.fix,
         )
 
-    def expect(self, answer: object, action: str, fields: tuple[str, ...] | Mapping[str, type | tuple[type, ...]]) -> dict:
+    def expect(self, answer: object, action: str,
+               fields: tuple[str, ...] | Mapping[str, type | tuple[type, ...]]) -> dict:
         """`answer` if it is an object with every field in `fields` present and not null (and, where
         `fields` maps names to types, of that type); otherwise FaceMalformedAnswerError naming what
         was wrong with it."""
@@ -124,7 +125,8 @@ class AnswerCheck:
         missing = [name for name in kinds if answer.get(name) is None]
         if missing:
             raise self.malformed(action, f"an object without {', '.join(missing)}")
-        wrong = [f"{name} is a {type(answer[name]).__name__}" for name, kind in kinds.items() if not isinstance(answer[name], kind)]
+        wrong = [f"{name} is a {type(answer[name]).__name__}"
+                 for name, kind in kinds.items() if not isinstance(answer[name], kind)]
         if wrong:
             raise self.malformed(action, f"an object whose {', '.join(wrong)}")
         return answer

@@ -89,13 +89,15 @@ def expected_final_counts(log_appeal: float, text: str, config: SandboxConfig) -
     """Reactions a post will have once fully grown: audience size, appeal, ratios and seeded noise."""
     likes = config.audience_size * config.like_rate * math.exp(log_appeal)
     ratios = {"likes": 1.0, "reposts": config.repost_ratio, "replies": config.reply_ratio}
-    return {kind: likes * ratio * post_noise(config.seed, text, kind, config.noise_sigma) for kind, ratio in ratios.items()}
+    return {kind: likes * ratio * post_noise(config.seed, text, kind, config.noise_sigma)
+            for kind, ratio in ratios.items()}
 
 
 def counts_at_age(log_appeal: float, text: str, age_seconds: float, config: SandboxConfig) -> dict[str, int]:
     """Reaction counts of a post at an audience age. Deterministic, and non-decreasing in age."""
     fraction = growth(age_seconds, config.growth_tau_hours)
-    return {kind: math.floor(final * fraction) for kind, final in expected_final_counts(log_appeal, text, config).items()}
+    finals = expected_final_counts(log_appeal, text, config)
+    return {kind: math.floor(final * fraction) for kind, final in finals.items()}
 
 
 class SandboxFace(Face):
@@ -213,5 +215,6 @@ class SandboxFace(Face):
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except Exception as error:  # noqa: BLE001 - health never raises
-            return FaceHealth(False, f"Cannot write to the sandbox state at {self.config.state_url} ({error}): fix state_url.")
+            return FaceHealth(False, f"Cannot write to the sandbox state at {self.config.state_url} ({error}): "
+                                     "fix state_url.")
         return FaceHealth(True, f"Sandbox at {self.config.state_url} ready ({self.config.audience.kind} audience).")
