@@ -57,7 +57,7 @@ def measure_crowdtune(settings, conn, path: Path, rows: int, env: dict, logs: Pa
     procs = [subprocess.Popen([sys.executable, "-m", "crowdtune.cli", "worker", *args], env=env, cwd=ROOT,
                               stdout=open(logs / f"worker-{n}.log", "wb"),  # noqa: SIM115 - held while it runs
                               stderr=subprocess.STDOUT)
-             for n, args in enumerate([["--store"], ["--queues", "default"]])]
+             for n, args in enumerate([["--store"], ["--queues", "control,default"]])]
     try:
         from rq import Worker
 

@@ -344,7 +344,7 @@ class Soak:
         self.sup = Supervisor(self.work, env, drop)
         self.sup.add("store-worker", self.worker_command("--store"))
         for i in range(self.args.workers):
-            queues = "train,default" if i % 2 == 0 else "default"
+            queues = "train,default" if i % 2 == 0 else "control,default"
             self.sup.add(f"worker-{i + 1}", self.worker_command("--queues", queues))
         self.sup.add("dashboard", [sys.executable, str(Path(__file__).resolve()), "--dashboard-loop",
                                    "--dashboard-every", str(self.args.dashboard_every),

@@ -15,7 +15,7 @@ from rq.job import Job
 
 from crowdtune.runtime import defaults, stop_flags
 from crowdtune.runtime.queues import enqueue
-from crowdtune.settings import QUEUE_DEFAULT, QUEUE_TRAIN
+from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import ControllerState, RunStatus
 from crowdtune.store.writes import StoreWriter, upsert_op, utc_now
 
@@ -72,7 +72,7 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
 
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
     """Import (or refresh) a face's history into the store, on the `default` queue."""
-    return enqueue(conn, QUEUE_DEFAULT, "jobs.imports.import_history", face_id, limit=limit,
+    return enqueue(conn, QUEUE_CONTROL, "jobs.imports.import_history", face_id, limit=limit,
                    description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT,
                    meta={"face_id": face_id})
 

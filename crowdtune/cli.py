@@ -54,7 +54,7 @@ def up(
 @app.command()
 @friendly
 def worker(
-    queues: str = typer.Option("train,default", help="Comma-separated queues to serve, in priority order."),
+    queues: str = typer.Option("train,default,control", help="Comma-separated queues to serve, in priority order."),
     store: bool = typer.Option(False, "--store", help="Be the single store writer (serves only the 'store' queue)."),
     burst: bool = typer.Option(False, help="Quit when the queues are empty."),
 ):

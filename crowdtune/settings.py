@@ -21,7 +21,15 @@ from crowdtune.errors import SettingsError
 
 QUEUE_TRAIN = "train"
 QUEUE_DEFAULT = "default"
+QUEUE_CONTROL = "control"
 QUEUE_STORE = "store"
+# What each queue carries (the System page and `crowdtune status` show it beside the workers).
+QUEUE_ROLES = {
+    QUEUE_CONTROL: "light work that keeps its times: controller ticks, reaction reads, imports, probes",
+    QUEUE_TRAIN: "offline training and online RL updates",
+    QUEUE_DEFAULT: "generation: publishing posts, Playground samples",
+    QUEUE_STORE: "every store write and the reads of jobs (the single store writer)",
+}
 
 
 def config_file() -> Path:
@@ -42,8 +50,9 @@ class Settings(BaseSettings):
         description="a shared Redis for several machines (also plain REDIS_URL); None = the embedded server")
     app_host: str = Field("localhost", description="address the app listens on")
     app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
-    worker_queues: list[str] = Field(default_factory=lambda: ["train,default", "default"],
-                                     description="one preloading worker per entry, serving those queues in order")
+    worker_queues: list[str] = Field(default_factory=lambda: ["control", "train,default", "default"],
+                                     description="one preloading worker per entry, serving those queues in order; "
+                                                 "a `control` worker is added when no entry serves it")
     store_lock_wait_seconds: float = Field(default=3600.0, gt=0,
                                            description="how long a store write waits for a held file")
     read_retry_seconds: float = Field(default=5.0, gt=0, description="how long a page read waits for the file")
@@ -73,7 +82,7 @@ class Settings(BaseSettings):
     @field_validator("worker_queues")
     @classmethod
     def _queues_are_known(cls, value: list[str]) -> list[str]:
-        known = {QUEUE_TRAIN, QUEUE_DEFAULT}
+        known = {QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_CONTROL}
         for entry in value:
             names = [name.strip() for name in entry.split(",") if name.strip()]
             unknown = set(names) - known
@@ -82,6 +91,9 @@ class Settings(BaseSettings):
                     f"worker entry {entry!r} must list queues among {sorted(known)} "
                     f"(the '{QUEUE_STORE}' queue has its own single writer)"
                 )
+        # Ticks and reaction reads must never wait behind training or generation: someone serves them.
+        if not any(QUEUE_CONTROL in entry.replace(" ", "").split(",") for entry in value):
+            value = [*value, QUEUE_CONTROL]
         return value
 
     @property

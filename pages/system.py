@@ -6,7 +6,7 @@ import streamlit as st
 from crowdtune.dashboard.page_setup import or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.status import system_status
-from crowdtune.settings import load_settings
+from crowdtune.settings import QUEUE_ROLES, load_settings
 
 st.title("System")
 
@@ -33,6 +33,7 @@ def live_status():
     if status.workers:
         st.dataframe(pd.DataFrame([{
             "worker": w.name, "state": w.state, "queues": ", ".join(w.queues),
+            "serves": "; ".join(QUEUE_ROLES.get(q, q) for q in w.queues),
             "current job": f"{w.current_job_func} ({w.current_job})" if w.current_job else "",
             "last heartbeat": w.last_heartbeat, "done": w.successful, "failed": w.failed,
         } for w in status.workers]), hide_index=True, width="stretch")
@@ -42,7 +43,8 @@ def live_status():
 
     if status.queues:
         st.subheader("Queues")
-        st.dataframe(pd.DataFrame([vars(q) for q in status.queues]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([{**vars(q), "carries": QUEUE_ROLES.get(q.name, "")} for q in status.queues]),
+                     hide_index=True, width="stretch")
 
     st.subheader("Failed jobs")
     if status.failed_jobs:

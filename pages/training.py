@@ -7,6 +7,7 @@ import streamlit as st
 from pydantic import BaseModel, create_model
 
 from crowdtune import actions
+from crowdtune.dashboard.face_picker import Purpose, faces_for, preselected, time_acceleration_of
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
@@ -57,6 +58,7 @@ with or_stop():
 view = from_query_params(TrainingView, st.query_params)
 conn, controls_off = control_connection(settings)
 face_ids = faces["face_id"].tolist()
+history_faces = faces_for(faces, Purpose.HISTORY)  # the bundled dataset first, never a real network by default
 
 # ---- Faces and imports --------------------------------------------------------------------------
 st.subheader("Faces")
@@ -91,9 +93,9 @@ with add_col, st.form("add_face"):
 
 with import_col, st.form("import"):
     st.markdown("**Import a face's history**")
-    import_face = st.selectbox("Face", face_ids, index=face_ids.index(view.face) if view.face in face_ids else 0)
+    import_face = st.selectbox("Face", history_faces, index=preselected(history_faces, view.face))
     limit = st.number_input("At most this many posts (0 = all)", min_value=0, value=0, step=1000)
-    if st.form_submit_button("Import", disabled=controls_off or not face_ids) and not controls_off:
+    if st.form_submit_button("Import", disabled=controls_off or not history_faces) and not controls_off:
         job = actions.start_import(conn, import_face, int(limit) or None)
         st.session_state["training_import_job"] = job.id
 
@@ -139,8 +141,7 @@ else:
         from crowdtune.training.sft import SFTConfig
     with st.form("offline_training"):
         face_col, model_col, parent_col = st.columns(3)
-        face_index = face_ids.index(view.face) if view.face in face_ids else 0
-        train_face = face_col.selectbox("Face", face_ids, index=face_index)
+        train_face = face_col.selectbox("Face", history_faces, index=preselected(history_faces, view.face))
         base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL,
                                           help="A packaged name (smollm2-135m), a hub id or a local folder.")
         version_ids = versions["version_id"].tolist() if not versions.empty else []
@@ -161,8 +162,7 @@ else:
 
 # ---- Online training ----------------------------------------------------------------------------
 st.subheader("Start online training")
-publishing = [face_id for face_id, kind in zip(faces["face_id"], faces["kind"], strict=True) if kind in FACE_KINDS
-              and FACE_KINDS[kind].capabilities.publish and FACE_KINDS[kind].capabilities.reactions]
+publishing = faces_for(faces, Purpose.ONLINE)  # the sandbox first: a real network is never preselected
 online_face = ""
 if not publishing:
     st.caption("To train online, add a face that can publish: a `sandbox` face (a simulated audience) above, "
@@ -172,9 +172,13 @@ else:
         from crowdtune.training.models import DEFAULT_BASE_MODEL
         from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM
     online_face = st.selectbox("Face to train online", publishing, key="online_face",
-                               index=publishing.index(view.online_face) if view.online_face in publishing else 0,
+                               index=preselected(publishing, view.online_face),
                                help="Sandbox and network faces can publish and read reactions.")
     face_row = faces.set_index("face_id").loc[online_face]
+    # The controller's clock must run at the face's own speed: the form follows the chosen face.
+    if st.session_state.get("online_acceleration_face") != online_face:
+        st.session_state["online_time_acceleration"] = time_acceleration_of(faces, online_face)
+        st.session_state["online_acceleration_face"] = online_face
     active_version = face_row["active_version_id"] if isinstance(face_row["active_version_id"], str) else None
     busy = online_states.get(online_face, ControllerState.IDLE) != ControllerState.IDLE
     if busy:

@@ -29,7 +29,7 @@ def test_an_unreachable_redis_url_is_named_with_its_password_masked(data_dir, mo
     status = crowdtune("status")
     assert_clear(status, "Cannot reach Redis at redis://:***@127.0.0.1:1/0", "Fix:")
     assert "hunter2" not in status.stdout + status.stderr
-    worker = crowdtune("worker", "--queues", "default")
+    worker = crowdtune("worker", "--queues", "control,default")
     assert_clear(worker, "Cannot reach Redis", "REDIS_URL")
     assert worker.returncode == 2
     up = crowdtune("up", "--port", str(free_port()))

@@ -24,7 +24,7 @@ def test_environment_overrides_the_toml_file(monkeypatch, tmp_path):
     monkeypatch.delenv("CROWDTUNE_DATA_DIR", raising=False)
     monkeypatch.setenv("CROWDTUNE_APP_PORT", "9100")
     s = load_settings()
-    assert s.data_dir == Path("/srv/ct") and s.app_port == 9100 and s.worker_queues == ["train"]
+    assert s.data_dir == Path("/srv/ct") and s.app_port == 9100 and s.worker_queues == ["train", "control"]
 
 
 def test_redis_url_comes_from_the_usual_variable_and_its_password_is_masked(monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ def finished(job: Job) -> bool:
 def test_a_job_runs_on_a_preloaded_worker_and_its_result_lands_in_the_store(settings, redis_conn, workers):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     job = enqueue(redis_conn, "default", "jobs.system.probe_worker")
     wait_for(lambda: finished(job), timeout=60, message="the probe job")
     assert job.get_status() == JobStatus.FINISHED
@@ -34,7 +34,7 @@ def test_a_job_runs_on_a_preloaded_worker_and_its_result_lands_in_the_store(sett
 
 
 def test_workers_refuse_functions_outside_the_jobs_package(settings, redis_conn, workers):
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     with pytest.raises(ValueError):
         enqueue(redis_conn, "default", "os.system", "echo pwned")
     # Someone with Redis access bypasses our enqueue: the worker still refuses.
@@ -45,7 +45,7 @@ def test_workers_refuse_functions_outside_the_jobs_package(settings, redis_conn,
 
 
 def test_each_job_is_seeded_from_its_id_so_forked_children_do_not_share_randomness(settings, redis_conn, workers):
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     jobs = [enqueue(redis_conn, "default", "jobs.system.random_draws", job_id=f"seeded-{i % 2}-{i}") for i in range(3)]
     same = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
     again = enqueue(redis_conn, "default", "jobs.system.random_draws", meta={"seed": 7})
@@ -68,7 +68,7 @@ def test_queued_jobs_survive_a_redis_restart_even_a_kill(settings, redis_server,
 
     conn = connect(settings)
     assert queue("default", conn).count == 5
-    workers.start("--queues", "default", conn=conn)
+    workers.start("--queues", "control,default", conn=conn)
     for job in jobs:
         wait_for(lambda job=job: (Job.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status()
                                   == JobStatus.FINISHED), timeout=60, message="a job from before the restart")

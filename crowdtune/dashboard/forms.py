@@ -52,17 +52,18 @@ def config_fields(model: type[BaseModel], key_prefix: str, columns: int = 3, dis
         with grid[index % columns]:
             kind = members[0] if len(members) == 1 else None
             if kind is bool and not optional:
-                values[name] = st.checkbox(label, value=bool(default), key=key, help=help_text, disabled=disabled)
+                values[name] = st.checkbox(label, **_initial(st, key, bool(default)), key=key, help=help_text,
+                                           disabled=disabled)
             elif typing.get_origin(kind) is Literal and not optional:
                 choices = list(typing.get_args(kind))
                 values[name] = st.selectbox(label, choices, index=choices.index(default) if default in choices else 0,
                                             key=key, help=help_text, disabled=disabled)
             elif kind is int and not optional:
-                values[name] = st.number_input(label, value=int(default), step=1, key=key, help=help_text,
-                                               disabled=disabled)
+                values[name] = st.number_input(label, **_initial(st, key, int(default)), step=1, key=key,
+                                               help=help_text, disabled=disabled)
             elif kind is float and not optional:
-                values[name] = st.number_input(label, value=float(default), format="%g", key=key, help=help_text,
-                                               disabled=disabled)
+                values[name] = st.number_input(label, **_initial(st, key, float(default)), format="%g", key=key,
+                                               help=help_text, disabled=disabled)
             elif kind is str and not optional:
                 values[name] = st.text_input(label, value=default or "", key=key, help=help_text, disabled=disabled)
             else:
@@ -71,6 +72,12 @@ def config_fields(model: type[BaseModel], key_prefix: str, columns: int = 3, dis
                                      help=(help_text or "") + " (blank = none; lists as JSON)")
                 values[name] = _parse_loose(text, members, optional)
     return values
+
+
+def _initial(st, key: str, default: Any) -> dict[str, Any]:
+    """The `value` argument of a widget: its default, unless the page already set the widget's value
+    (a default that follows another choice, e.g. the online form's time acceleration follows the face)."""
+    return {} if key in st.session_state else {"value": default}
 
 
 def _parse_loose(text: str, members: list, optional: bool) -> Any:

@@ -15,9 +15,9 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegi
 from rq.serializers import JSONSerializer
 
 from crowdtune.runtime.queues import queue
-from crowdtune.settings import QUEUE_DEFAULT, QUEUE_TRAIN
+from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 
-WORK_QUEUES = (QUEUE_TRAIN, QUEUE_DEFAULT)
+WORK_QUEUES = (QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_CONTROL)
 
 
 @dataclass

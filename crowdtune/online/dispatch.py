@@ -15,7 +15,7 @@ from crowdtune.online import records
 from crowdtune.online.controller import ControllerSnapshot, Decision, OnlineConfig
 from crowdtune.online.schedule import ensure_job, safe_id, schedule_tick
 from crowdtune.runtime import defaults, stop_flags
-from crowdtune.settings import QUEUE_DEFAULT, QUEUE_TRAIN
+from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import UpdateStatus
 from crowdtune.store.writes import StoreWriter, controller_op
 
@@ -69,7 +69,7 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
 def collect_job(conn: redis.Redis, cfg: OnlineConfig, face_id: str, post) -> str:
     """Read one post's reactions at its next maturity window (retried with the publishing backoff)."""
     intervals = [max(1, round(cfg.wall_seconds(m * 60))) for m in cfg.publish_retry_minutes]
-    ensure_job(conn, QUEUE_DEFAULT, "jobs.online.collect_reactions", face_id, post.post_id, post.platform_id,
+    ensure_job(conn, QUEUE_CONTROL, "jobs.online.collect_reactions", face_id, post.post_id, post.platform_id,
                cfg.maturity_seconds, job_id=f"collect-{safe_id(post.post_id)}-{len(post.observed_ages)}",
                retry=Retry(max=3, interval=intervals), timeout=defaults.COLLECT_TIMEOUT,
                result_ttl=defaults.SHORT_RESULT_TTL, description=f"reactions of {post.post_id}")

@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from crowdtune.runtime import defaults
 from crowdtune.runtime.queues import queue
-from crowdtune.settings import QUEUE_DEFAULT, QUEUE_STORE
+from crowdtune.settings import QUEUE_CONTROL, QUEUE_STORE
 from crowdtune.store.writes import utc_now
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def schedule_tick(conn: redis.Redis, face_id: str, at: datetime | None = None) -
                 Job.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
             except Exception:  # it may just have been moved to the queue: then two ticks run, harmlessly
                 log.debug("could not cancel tick %s", job_id)
-    job = enqueue_job(conn, QUEUE_DEFAULT, "jobs.online.tick", face_id,
+    job = enqueue_job(conn, QUEUE_CONTROL, "jobs.online.tick", face_id,
                       job_id=f"tick-{safe_id(face_id)}-{uuid.uuid4().hex[:12]}", at=at,
                       timeout=defaults.TICK_TIMEOUT, result_ttl=defaults.SHORT_RESULT_TTL,
                       description=f"online controller tick of {face_id}")

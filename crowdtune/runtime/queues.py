@@ -17,9 +17,9 @@ from rq.serializers import JSONSerializer
 from crowdtune.errors import RedisUnavailable
 from crowdtune.runtime import defaults
 from crowdtune.runtime.redis_server import socket_path, socket_url
-from crowdtune.settings import QUEUE_DEFAULT, QUEUE_STORE, QUEUE_TRAIN, Settings
+from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_STORE, QUEUE_TRAIN, Settings
 
-ALL_QUEUES = (QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_STORE)
+ALL_QUEUES = (QUEUE_CONTROL, QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_STORE)
 # Only functions from these packages may run on Crowdtune's workers (see worker.py).
 JOB_PACKAGES = ("jobs.",)
 

@@ -20,7 +20,7 @@ def finished(job):
 def running(settings, redis_conn, workers):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     return StoreReader(settings.store_path)
 
 
@@ -116,7 +116,7 @@ def test_an_empty_file_or_a_missing_column_is_reported_clearly(
 def test_an_import_killed_midway_leaves_whole_batches_and_completes_when_rerun(settings, redis_conn, workers, tmp_path):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    first = workers.start("--queues", "default", conn=redis_conn)
+    first = workers.start("--queues", "control,default", conn=redis_conn)
     path = tmp_path / "many.jsonl"
     with path.open("w") as f:
         for i in range(60000):
@@ -134,7 +134,7 @@ def test_an_import_killed_midway_leaves_whole_batches_and_completes_when_rerun(s
     assert partial % BATCH_SIZE == 0
     assert reader.scalar("SELECT count(*) FROM posts p WHERE face_id = 'big' AND NOT EXISTS "
                          "(SELECT 1 FROM reaction_snapshots s WHERE s.post_id = p.post_id)") == 0
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     wait_for(lambda: finished(job), timeout=300, message="the rerun import")
     wait_for(lambda: drained(redis_conn), timeout=120, message="the store queue")
     assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'big'") == 60000

@@ -102,7 +102,7 @@ def write_file(folder, file_format, rows, bad, line_end, bom) -> tuple[str, list
 def store_and_workers(settings, redis_conn, workers):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     return StoreReader(settings.store_path)
 
 
@@ -126,7 +126,7 @@ def test_every_valid_row_lands_once_every_bad_row_is_reported_and_the_cli_counts
 
     done = CliRunner().invoke(app, ["import", "--face", face_id])
     assert done.exit_code == 0, done.output
-    result = json.loads(json.dumps(queue("default", redis_conn).fetch_job(
+    result = json.loads(json.dumps(queue("control", redis_conn).fetch_job(
         re.search(r"Import job (\S+) queued", done.stdout).group(1)).return_value()))
 
     # 1) every valid row's id is in the store once, holding the id's last valid row (text and likes)

@@ -53,7 +53,7 @@ def assert_consistent_after_stop(reader, run_id, sandbox_dir):
 def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_version(
         settings, redis_conn, workers, store, sandbox_dir, tiny_model_dir):
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir))
     reader = store
@@ -101,7 +101,7 @@ def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twi
     from crowdtune.runtime.queues import connect
 
     workers.start("--store", conn=redis_conn)
-    publisher = workers.start("--queues", "default", conn=redis_conn)
+    publisher = workers.start("--queues", "control,default", conn=redis_conn)
     trainer = workers.start("--queues", "train", conn=redis_conn)
     slow_update = {"algorithm": "policy_gradient", "algorithm_settings": {
         "eval_samples": 2, "max_new_tokens": 16, "copy_embedding_threshold": None, "epochs": 40, "minibatch_size": 1}}
@@ -117,7 +117,7 @@ def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twi
     conn = connect(settings)
     # What `crowdtune up` does: start workers again. They requeue the killed jobs and reconcile the
     # controllers from the store.
-    workers.start("--queues", "default", conn=conn)
+    workers.start("--queues", "control,default", conn=conn)
     workers.start("--queues", "train", conn=conn)
 
     wait_for(lambda: scalar(reader, "SELECT count(*) FROM online_updates WHERE run_id = ? AND status = 'completed'",
@@ -139,7 +139,7 @@ def test_a_face_that_cannot_publish_is_retried_with_backoff_and_alerted_on(
     blocker.write_text("a file where the sandbox wants its folder")
     reader = add_face(settings, str(blocker / "sandbox"), fresh_posts[:50])
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, publish_retry_minutes=[120]))
 
     failed = wait_for(lambda: reader.rows("SELECT post_id, reject_reason, inserted_at, updated_at FROM posts "

@@ -41,7 +41,7 @@ def test_a_shared_link_without_login_opens_read_only_and_cannot_change_anything(
         target.proto.disabled = False  # forge the click a browser could not make: it still changes nothing
         target.click().run()
     assert not at.exception
-    for name in ("store", "train", "default"):
+    for name in ("store", "train", "default", "control"):
         assert queue(name, redis_conn).count == 0, name
     assert not stop_flags.stop_requested(redis_conn, "run-b")
 

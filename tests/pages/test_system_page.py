@@ -53,7 +53,7 @@ def test_the_probe_button_enqueues_a_job_that_a_worker_runs(settings, redis_conn
     default = queue("default", redis_conn)
     assert default.count == 1
     job_id = at.session_state["probe_job"]
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     wait_for(lambda: default.fetch_job(job_id).get_status(refresh=True).value == "finished", timeout=60,
              message="the probe job")
     at.run()

@@ -40,7 +40,7 @@ def test_adding_a_face_and_importing_it_enqueue_a_store_write_and_an_import_job(
     at.selectbox[1].set_value("tweets")
     at.number_input[0].set_value(500)
     button(at, "Import").click().run()
-    [job] = queue("default", redis_conn).jobs
+    [job] = queue("control", redis_conn).jobs  # light work: it never waits behind training
     assert job.func_name == "jobs.imports.import_history"
     assert job.args == ["tweets"] and job.kwargs == {"limit": 500}
 
@@ -81,7 +81,7 @@ def test_stop_asks_the_running_run_to_stop(populated_store, redis_conn):
 
 
 def assert_nothing_queued(conn):
-    for name in ("store", "train", "default"):
+    for name in ("store", "train", "default", "control"):
         assert queue(name, conn).count == 0, name
 
 
@@ -112,7 +112,7 @@ def test_starting_online_training_asks_first_then_writes_run_and_controller_and_
     text = page_text(at)
     assert "This publishes." in text and "`sandbox` with reinforce posts to the simulated audience" in text
     assert "about every 120 min" in text and "never from 23:00 to 7:00 UTC" in text
-    assert online_controller(reader, "sandbox") is None and queue("default", redis_conn).count == 0
+    assert online_controller(reader, "sandbox") is None and queue("control", redis_conn).count == 0
 
     button(at, "Yes, start publishing").click().run()
     run_id = at.session_state["training_online_run"]
@@ -124,7 +124,7 @@ def test_starting_online_training_asks_first_then_writes_run_and_controller_and_
     run = online_run(reader, run_id)
     assert (run["kind"], run["face_id"], run["status"]) == ("online", "sandbox", "running")
     assert run["config"]["algorithm"] == "reinforce" and run["base_model"] == "smollm2-135m"
-    [tick] = queue("default", redis_conn).jobs
+    [tick] = queue("control", redis_conn).jobs
     assert tick.func_name == "jobs.online.tick" and tick.args == ["sandbox"]
 
 
@@ -145,7 +145,7 @@ def test_stop_asks_first_then_moves_the_online_controller_to_stopping(online_sto
     assert "Stop requested for `sandbox`" in page_text(at)
     wait_for(lambda: online_controller(reader, "sandbox")["state"] == "STOPPING", message="the controller to stop")
     assert stop_flags.stop_requested(redis_conn, "online-1")
-    [tick] = queue("default", redis_conn).jobs
+    [tick] = queue("control", redis_conn).jobs
     assert tick.func_name == "jobs.online.tick" and tick.args == ["sandbox"]
 
 

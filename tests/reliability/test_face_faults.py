@@ -171,7 +171,7 @@ def test_a_mastodon_face_answering_429_5xx_timeouts_and_garbage_loses_nothing_an
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)  # the workers' environment, as in production
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
     reader = StoreReader(settings.store_path)
     actions.save_face(redis_conn, FACE, "mastodon", {

@@ -172,10 +172,10 @@ def _live_scheduler_holds(conn, queue_name: str) -> bool:
 
 
 def test_a_worker_started_after_a_killed_one_schedules_jobs_at_once(settings, redis_conn, workers):
-    first = workers.start("--queues", "default", conn=redis_conn)
+    first = workers.start("--queues", "control,default", conn=redis_conn)
     wait_for(lambda: _live_scheduler_holds(redis_conn, "default"), timeout=30, message="the first scheduler")
     kill_tree(first.pid)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     wait_for(lambda: _live_scheduler_holds(redis_conn, "default"), timeout=10,
              message="a live scheduler for the default queue after the restart")
 
@@ -186,7 +186,7 @@ def test_a_tick_killed_mid_way_does_not_stall_the_controller(settings, redis_con
 
     initialise(settings.store_path)
     store = workers.start("--store", conn=redis_conn)
-    ticker = workers.start("--queues", "default", conn=redis_conn)
+    ticker = workers.start("--queues", "control,default", conn=redis_conn)
     os.kill(store.pid, signal.SIGSTOP)  # the tick takes its lock, then waits for the store's answer
     try:
         tick_id = schedule_tick(redis_conn, FACE)
@@ -195,7 +195,7 @@ def test_a_tick_killed_mid_way_does_not_stall_the_controller(settings, redis_con
         kill_tree(ticker.pid)
     finally:
         os.kill(store.pid, signal.SIGCONT)
-    workers.start("--queues", "default", conn=redis_conn)  # requeues the killed tick
+    workers.start("--queues", "control,default", conn=redis_conn)  # requeues the killed tick
     wait_for(lambda: _job_status(redis_conn, tick_id) == "finished", timeout=60, message="the requeued tick")
     from rq.job import Job
     from rq.serializers import JSONSerializer
@@ -230,7 +230,7 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
     sandbox_dir = tmp_path / "sandbox"
     reader = add_face(settings, str(sandbox_dir), fresh_posts[:50])
     workers.start("--store", conn=redis_conn)
-    publisher = workers.start("--queues", "default", conn=redis_conn)
+    publisher = workers.start("--queues", "control,default", conn=redis_conn)
     # No RL update in this test (posts_per_update is out of reach): only publishing and collecting.
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1000))
     prefix = f"publish-{_safe(run_id)}-"
@@ -257,7 +257,7 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         kill_tree(publisher.pid)
         hits[moment] = {"slot": slot, "on_sandbox": on_sandbox(slot), "published_record_queued": bool(
             redis_conn.exists(f"rq:job:{_job_id(f'published:{run_id}:{slot}')}"))}
-        publisher, _ = restart(workers, redis_conn, "--queues", "default")
+        publisher, _ = restart(workers, redis_conn, "--queues", "control,default")
         wait_for(lambda slot=slot, job=job: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job),
                  timeout=120, message=f"slot {slot} to be resolved after the kill '{moment}'")
         assert resolved(slot), \
@@ -382,7 +382,7 @@ def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_
     artifacts.mkdir(parents=True, exist_ok=True)
     reader = add_face(settings, str(tmp_path / "sandbox"), fresh_posts[:50])
     workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "default", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
     set_read_only(artifacts, True)  # publishing only reads; the first RL update is the first to write there
     try:

@@ -1,0 +1,57 @@
+"""Light work never waits behind heavy work: the `control` queue and its own worker.
+
+Controller ticks, reaction reads and imports go to `control`; training to `train`, generation to
+`default`. With `make run`'s default workers a tick keeps its time while a model trains.
+"""
+
+from datetime import timedelta
+
+import pytest
+from rq import Worker
+
+from crowdtune import actions
+from crowdtune.online.schedule import schedule_tick
+from crowdtune.runtime.queues import queue
+from crowdtune.settings import Settings
+from crowdtune.store.writes import utc_now
+from crowdtune.testing.processes import wait_for
+from crowdtune.testing.sandbox_run import FACE, add_face, online_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_runs_default_workers_give_light_work_a_worker_of_its_own(settings):
+    default = settings.worker_queues
+    assert default[0] == "control" and all("control" not in e for e in default[1:])
+    assert Settings(worker_queues=["train,default"]).worker_queues == ["train,default", "control"]
+
+
+def test_a_controller_tick_runs_on_time_while_a_training_job_occupies_the_train_worker(
+        settings, redis_conn, workers, tmp_path, fresh_posts, tiny_model_dir):
+    add_face(settings, str(tmp_path / "sandbox"), fresh_posts[:200])
+    workers.start("--store", conn=redis_conn)
+    control = workers.start("--queues", "control", conn=redis_conn)
+    workers.start("--queues", "train,default", conn=redis_conn)
+    run_id, training = actions.start_offline_training(
+        redis_conn, FACE, {"max_steps": 5000, "eval_every": 1000, "batch_size": 4, "block_size": 64,
+                           "eval_samples": 0, "style_metrics": False, "warmup_steps": 1},
+        base_model=tiny_model_dir)
+    wait_for(lambda: (training.get_meta(refresh=True).get("progress") or {}).get("step", 0) >= 2, timeout=300,
+             message="the training run to be under way")
+
+    # The online loop starts: its first tick is due now, the one after at a set time.
+    actions.start_online(redis_conn, FACE, online_config(tiny_model_dir))
+    due = utc_now() + timedelta(seconds=3)
+    tick_id = schedule_tick(redis_conn, "another-face", due)
+    tick = wait_for(lambda: (job := queue("control", redis_conn).fetch_job(tick_id)) and job.ended_at and job,
+                    timeout=30, message="the scheduled tick")
+    # On time: within the scheduler's poll of its due time, and on the control worker.
+    started = tick.started_at.replace(tzinfo=None)  # RQ's times are aware UTC, the store's naive UTC
+    assert tick.get_status() == "finished" and started <= due + timedelta(seconds=4)
+    assert tick.worker_name == next(w.name for w in Worker.all(connection=redis_conn)
+                                    if w.name.endswith(f".{control.pid}"))
+    # The first tick of the loop ran too and handed its post to generation, which waits for the
+    # busy train,default worker: heavy work queues behind heavy work, never light work.
+    wait_for(lambda: queue("default", redis_conn).count == 1, timeout=30, message="the publish job")
+    assert training.get_status(refresh=True) == "started"
+    actions.stop_run(redis_conn, run_id)
