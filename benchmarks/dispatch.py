@@ -118,7 +118,7 @@ def main() -> None:
     server.start()
     try:
         conn = connect(settings)
-        preloaded = measure_dispatch(conn, [sys.executable, "-m", "crowdtune.cli", "worker", "--queues", "control,default"],
+        preloaded = measure_dispatch(conn, [sys.executable, "-m", "crowdtune.cli", "worker", "--queues", "default"],
                                      args.preloaded_jobs, env, tmp / "preloaded.log")
         plain = measure_dispatch(conn, [str(Path(sys.executable).parent / "rq"), "worker", "-u", redis_url(settings),
                                         "-S", "json", "default"], args.plain_jobs, env, tmp / "plain.log")
