@@ -7,6 +7,7 @@ import streamlit as st
 from crowdtune.dashboard.charts import reactions_figure
 from crowdtune.dashboard.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import or_stop
+from crowdtune.dashboard.tables import posts_for_display
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -56,7 +57,7 @@ with or_stop(), reader.session() as session:
     elif posts.empty:
         st.info("No post matches these filters: clear the search or choose another face, version or origin.")
     else:
-        st.dataframe(posts, hide_index=True, width="stretch",
+        st.dataframe(posts_for_display(posts), hide_index=True, width="stretch",
                      column_config={"url": st.column_config.LinkColumn("url", display_text="open"),
                                     "text": st.column_config.TextColumn("text", width="large"),
                                     "score": st.column_config.NumberColumn("score", format="%.3f")})

@@ -49,3 +49,11 @@ def test_reactions_figure_is_valid_plotly_with_a_line_per_kind():
     assert [t.name for t in figure.data] == ["likes", "reposts"]
     assert list(figure.data[0].y) == [3, 9]
     assert figure.layout.xaxis.title.text == "hours since posted"
+
+
+def test_a_metric_with_one_point_is_drawn_as_a_marker_not_an_invisible_line():
+    one = series(1).groupby("run_id").head(1)  # each run has a single evaluation so far
+    figure = validated(metric_figure(one, "loss"))
+    lines = [t for t in figure.data if t.showlegend is not False]
+    assert [t.mode for t in lines] == ["markers", "markers"] and len(lines[0].x) == 1
+    assert {t.mode for t in metric_figure(series(1), "loss").data} == {"lines"}

@@ -50,7 +50,9 @@ def metric_figure(series: pd.DataFrame, name: str, x: str = "step", show_raw: bo
             data.append({"type": "scatter", "x": xs, "y": run_points["value"].to_numpy(), "mode": "lines",
                          "opacity": 0.3, "line": {"color": colour}, "name": f"{run_id} (raw)",
                          "legendgroup": run_id, "showlegend": False})
-        data.append({"type": "scatter", "x": xs, "y": run_points["smoothed"].to_numpy(), "mode": "lines",
+        # A line needs two points: a series of one (a short run's first evaluation) is a marker.
+        data.append({"type": "scatter", "x": xs, "y": run_points["smoothed"].to_numpy(),
+                     "mode": "lines" if len(xs) > 1 else "markers", "marker": {"color": colour, "size": 9},
                      "line": {"color": colour}, "name": run_id, "legendgroup": run_id})
     return _figure({"data": data, "layout": {
         "title": {"text": name}, "height": 320, "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
