@@ -22,6 +22,18 @@ from crowdtune.store.writes import StoreWriter, upsert_op, utc_now
 # Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
 TRAINING_TIMEOUT = defaults.TRAINING_TIMEOUT
 
+QUICK_FIRST_VERSION = {"max_steps": 60, "eval_every": 30, "eval_samples": 8, "eval_max_new_tokens": 32}
+# A newcomer's first steps, in order: the Overview draws them as a checklist with a button each and
+# `make run` prints them with their commands (the bundled `tweets` face, the simulated `sandbox`).
+FIRST_STEPS = (
+    ("Import the bundled posts", "crowdtune import --face tweets"),
+    ("Train a first version (quick)", "crowdtune train offline --face tweets "
+     + " ".join(f"--set {name}={value}" for name, value in QUICK_FIRST_VERSION.items())),
+    ("Generate samples in the Playground", "crowdtune generate --count 5"),
+    ("Make it the publishing version", "the Models page (or the Overview's button)"),
+    ("Start the sandbox online loop", "crowdtune train online --face sandbox"),
+)
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{utc_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"

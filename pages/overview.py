@@ -6,8 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from crowdtune import actions
+from crowdtune.dashboard.checklist import first_steps, next_step, offered
+from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
 from crowdtune.dashboard.links import share_box
-from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.progress import job_progress
 from crowdtune.runtime.queues import connect
@@ -166,5 +169,58 @@ def live_overview():
     st.caption("Details on the System page.")
 
 
+@st.fragment(run_every=5)
+def getting_started(conn, controls_off: bool) -> None:
+    """The first steps as a checklist with one button for the next one; nothing once all are done."""
+    try:
+        facts = views.getting_started(reader)
+        faces = views.faces_frame(reader)
+    except CrowdtuneError as exc:
+        show_error(exc)
+        return
+    history, online = faces_for(faces, Purpose.HISTORY), faces_for(faces, Purpose.ONLINE)
+    history_face, online_face = (history or [None])[0], (online or [None])[0]
+    steps = first_steps(facts, history_face, online_face)
+    if next_step(steps) is None:
+        return
+    buttons = offered(steps)
+    st.subheader("First steps")
+    for index, step in enumerate(steps):
+        mark = ":material/check_circle:" if step.done else ":material/radio_button_unchecked:"
+        text_col, button_col = st.columns([4, 1])
+        text_col.markdown(f"{mark} **{index + 1}. {step.title}** · `{step.command}`")
+        if index in buttons and button_col.button(step.title, key=f"first_step_{index}", type="primary",
+                                                  disabled=controls_off or (index != 2 and not history_face)):
+            try:
+                st.session_state["first_step_note"] = _take_step(conn, index, facts, faces, history_face,
+                                                                 online_face)
+            except CrowdtuneError as exc:
+                show_error(exc)
+    if st.session_state.get("first_step_note"):
+        st.caption(st.session_state["first_step_note"])
+
+
+def _take_step(conn, index: int, facts: dict, faces: pd.DataFrame, history_face: str, online_face: str | None) -> str:
+    """Start step `index` of the checklist; return what was started, for the caption."""
+    if index == 0:
+        job = actions.start_import(conn, history_face)
+        return f"Importing `{history_face}` (job `{job.id}`): the Training page shows the rows written."
+    if index == 1:
+        run_id, _ = actions.start_offline_training(conn, history_face, actions.QUICK_FIRST_VERSION)
+        return f"Training run `{run_id}` queued: its progress shows below under Training."
+    if index == 2:
+        st.switch_page("pages/playground.py")
+    if online_face is None:
+        raise CrowdtuneError("There is no face that can publish.",
+                             "Add a `sandbox` face on the Training page (a simulated audience).")
+    if index == 3:
+        actions.set_active_version(conn, online_face, facts["latest_version"])
+        return f"`{facts['latest_version']}` now publishes on `{online_face}`."
+    run_id = actions.start_online(conn, online_face, {"time_acceleration": time_acceleration_of(faces, online_face)})
+    return f"Online run `{run_id}` started on `{online_face}`: its posts appear under Latest posts."
+
+
+control, controls_off = control_connection(settings)
+getting_started(control, controls_off)
 live_overview()
 share_box("overview", None)

@@ -36,7 +36,11 @@ def test_up_serves_the_app_with_live_workers_and_ctrl_c_stops_everything(setting
         faces = StoreReader(settings.store_path).rows("SELECT face_id, kind FROM faces ORDER BY face_id")
         assert faces == [("sandbox", "sandbox"), ("tweets", "dataset")]  # a working default to start from
         out.seek(0)
-        assert f"Crowdtune is up: http://localhost:{port}" in out.read()
+        printed = out.read()
+        assert f"Crowdtune is up: http://localhost:{port}" in printed
+        # The same next steps as the Overview's checklist, with their commands.
+        assert "1. Import the bundled posts: crowdtune import --face tweets" in printed
+        assert "5. Start the sandbox online loop: crowdtune train online --face sandbox" in printed
         family = [psutil.Process(up.pid), *psutil.Process(up.pid).children(recursive=True)]
         assert len(family) >= 5  # supervisor, redis, store worker, workers, app
     finally:

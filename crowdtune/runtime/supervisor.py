@@ -230,6 +230,16 @@ class Supervisor:
             self.redis.stop()
 
 
+def first_steps_text(app_url: str | None) -> str:
+    """What to do first, as the Overview's checklist says it, with each step's command."""
+    from crowdtune.actions import FIRST_STEPS
+
+    where = f" (the Overview at {app_url} has a button for each)" if app_url else ""
+    lines = [f"  First steps{where}:"]
+    lines += [f"    {n}. {title}: {command}" for n, (title, command) in enumerate(FIRST_STEPS, start=1)]
+    return "\n".join(lines)
+
+
 def run_up(settings: Settings, with_app: bool = True) -> None:
     supervisor = Supervisor(settings, with_app=with_app)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
@@ -239,6 +249,7 @@ def run_up(settings: Settings, with_app: bool = True) -> None:
         where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
         print(f"Crowdtune is up: {where}")
         print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}")
+        print(first_steps_text(where if with_app else None))
         print("  Ctrl-C stops everything.", flush=True)
         supervisor.watch()
     finally:

@@ -479,3 +479,18 @@ def online_schedule(reader: StoreReader, face_ids: list[str], now=None) -> pd.Da
                      "next_reaction_at": reads[0][0] if reads else None,
                      "next_reaction_post": reads[0][1] if reads else None, "note": "; ".join(notes)})
     return pd.DataFrame(rows, columns=SCHEDULE_COLUMNS)
+
+
+def getting_started(reader: StoreReader) -> dict:
+    """What a newcomer has done so far, for the Overview's first-steps checklist.
+
+    Out: {"imported": {face_id: imported posts}, "latest_version": id or None (newest first),
+    "active": {face_id: active version id or None}, "online": {face_id: controller state}}.
+    """
+    with reader.session() as session:  # no store yet: every read is empty
+        imported = dict(session.rows("SELECT face_id, count(*) FROM posts WHERE origin = 'imported' GROUP BY face_id"))
+        latest = session.rows("SELECT version_id FROM model_versions ORDER BY created_at DESC, version_id DESC LIMIT 1")
+        active = dict(session.rows("SELECT face_id, active_version_id FROM faces"))
+        online = dict(session.rows("SELECT face_id, state FROM controllers"))
+    return {"imported": imported, "latest_version": latest[0][0] if latest else None, "active": active,
+            "online": online}
