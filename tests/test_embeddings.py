@@ -78,7 +78,7 @@ def test_texts_embedded_with_keep_false_are_not_kept(tmp_path):
     EmbeddingCache(tmp_path).embed(["a sample of a model"], keep=False)
     before = texts_embedded()
     EmbeddingCache(tmp_path).embed(["a sample of a model"], keep=False)
-    assert texts_embedded() - before == 1 and not (tmp_path / embeddings.MODEL_ID).exists()
+    assert texts_embedded() - before == 1 and not (tmp_path / embeddings.MODEL_ID).exists()  # a new process
 
 
 def test_remote_cache_is_shared_and_copied_to_each_machine(tmp_path):
