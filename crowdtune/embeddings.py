@@ -208,9 +208,11 @@ class EmbeddingCache:
             self.embedded += len(fresh)
             with _count_lock:
                 _cache_misses["kept" if keep else "not_kept"] += len(fresh)
-            if keep and fresh:
-                self._write_shard(fresh)
-                self._vectors.update(fresh)
+            # a text first seen as a sample and now kept (e.g. it was published) is kept without re-embedding
+            promoted = {k: self._recent.pop(k) for k in keys if keep and k in self._recent and k not in self._vectors}
+            if keep and (fresh or promoted):
+                self._write_shard({**promoted, **fresh})
+                self._vectors.update({**promoted, **fresh})
             elif fresh:
                 self._recent.update(fresh)
                 while len(self._recent) > RECENT_SAMPLES:

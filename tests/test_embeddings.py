@@ -81,6 +81,16 @@ def test_texts_embedded_with_keep_false_are_not_kept(tmp_path):
     assert texts_embedded() - before == 1 and not (tmp_path / embeddings.MODEL_ID).exists()  # a new process
 
 
+def test_a_sample_later_kept_is_written_without_embedding_it_again(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.embed(["a sample that got published"], keep=False)
+    before = texts_embedded()
+    cache.embed(["a sample that got published"])
+    assert texts_embedded() == before
+    EmbeddingCache(tmp_path).embed(["a sample that got published"])
+    assert texts_embedded() == before  # another process finds it in the shared shards
+
+
 def test_remote_cache_is_shared_and_copied_to_each_machine(tmp_path):
     url = f"memory://crowdtune-test-{tmp_path.name}/embeddings"
     EmbeddingCache(url, local_dir=tmp_path / "machine-a").embed(TEXTS)
