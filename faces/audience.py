@@ -11,8 +11,11 @@ The sandbox face multiplies that into expected counts. Audiences:
 - `sentiment`: VADER compound score (-1..1): cheerful posts do better.
 - `human`: embeddings + ridge regression on the hutto_tweets human sentiment ratings (-4..4).
 
-Fitting embeds a few thousand posts (~1 minute on 2 cores), so the fitted coefficients are cached
-in `cache_dir` under a name that encodes every fitting setting; later loads take milliseconds.
+Fitting embeds a few thousand posts (~2.5 minutes for 5,700 on 2 loaded cores), so the fitted
+coefficients are cached in `cache_dir` under a name that encodes every fitting setting (later loads
+take milliseconds), and the posts' embeddings go through the shared embedding cache
+(crowdtune.embeddings), so a refit on another machine or with other settings embeds nothing again.
+Call `load_audience` (or `SandboxFace.prepare`) at set-up, with progress, so that no publish job pays.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from crowdtune.embeddings import Progress
 
 # A very lucky or unlucky text cannot get more than e^4 (~55x) the reactions of an average one.
 MAX_ABS_LOG_APPEAL = 4.0
@@ -77,9 +83,10 @@ class FittedRidge:
     n_holdout: int
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        from crowdtune.embeddings import embed
+        from crowdtune.embeddings import cached_embed
 
-        return embed(texts) @ self.coef + self.intercept
+        # keep=False: a text to judge is a sample, seen once (its copy-guard vector is reused in memory)
+        return cached_embed(texts, keep=False) @ self.coef + self.intercept
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,17 +113,19 @@ class FittedRidge:
             return cls(coef=stored["coef"], **meta)
 
 
-def fit_ridge(texts: list[str], targets: np.ndarray, config: AudienceConfig) -> FittedRidge:
-    """Fit ridge on embeddings of `texts` -> `targets`, measuring Spearman on a held-out share."""
+def fit_ridge(texts: list[str], targets: np.ndarray, config: AudienceConfig,
+              on_progress: Progress | None = None) -> FittedRidge:
+    """Fit ridge on embeddings of `texts` -> `targets`, measuring Spearman on a held-out share.
+    on_progress(done, total) follows the embedding of texts not in the shared cache yet."""
     from scipy.stats import spearmanr
     from sklearn.linear_model import Ridge
 
-    from crowdtune.embeddings import embed
+    from crowdtune.embeddings import cached_embed
 
     order = np.random.default_rng(config.fit_seed).permutation(len(texts))
     n_holdout = max(1, int(len(texts) * config.holdout_fraction))
     holdout, train = order[:n_holdout], order[n_holdout:]
-    vectors = embed([texts[i] for i in order])
+    vectors = cached_embed([texts[i] for i in order], on_progress=on_progress)
     position = {index: row for row, index in enumerate(order)}
     train_x = vectors[[position[i] for i in train]]
     holdout_x = vectors[[position[i] for i in holdout]]
@@ -148,7 +157,7 @@ def cache_path(config: AudienceConfig) -> Path:
     return Path(config.cache_dir) / f"{config.kind}-{key}.npz"
 
 
-def fitted_ridge(config: AudienceConfig) -> FittedRidge:
+def fitted_ridge(config: AudienceConfig, on_progress: Progress | None = None) -> FittedRidge:
     """The fitted regression for a `likes` or `human` audience: from the cache, or fitted and cached."""
     path = cache_path(config)
     if path.is_file():
@@ -158,7 +167,7 @@ def fitted_ridge(config: AudienceConfig) -> FittedRidge:
     else:
         texts, targets = human_training_data()
     texts, targets = sample_for_fit(texts, targets, config)
-    ridge = fit_ridge(texts, targets, config)
+    ridge = fit_ridge(texts, targets, config, on_progress)
     ridge.save(path)
     return ridge
 
@@ -216,15 +225,16 @@ _audiences: dict[AudienceConfig, Audience] = {}
 _audiences_lock = threading.Lock()
 
 
-def load_audience(config: AudienceConfig | None = None) -> Audience:
-    """The audience for a config, built once per process (fitting and caching it if needed)."""
+def load_audience(config: AudienceConfig | None = None, on_progress: Progress | None = None) -> Audience:
+    """The audience for a config, built once per process (fitting and caching it if needed; a fit
+    reports on_progress(texts embedded, texts to embed))."""
     config = config or AudienceConfig()
     with _audiences_lock:
         if config not in _audiences:
             if config.kind == "sentiment":
                 _audiences[config] = SentimentAudience(config.sentiment_sensitivity)
             elif config.kind == "likes":
-                _audiences[config] = RidgeAudience(fitted_ridge(config))
+                _audiences[config] = RidgeAudience(fitted_ridge(config, on_progress))
             else:
-                _audiences[config] = RidgeAudience(fitted_ridge(config), config.human_sensitivity)
+                _audiences[config] = RidgeAudience(fitted_ridge(config, on_progress), config.human_sensitivity)
         return _audiences[config]

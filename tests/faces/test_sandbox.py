@@ -13,12 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crowdtune.embeddings import texts_embedded
 from faces.audience import AudienceConfig, FittedRidge, cache_path, fitted_ridge, likes_training_data, load_audience
 from faces.sandbox import SandboxConfig, SandboxFace
 
 T0 = datetime(2026, 11, 1, 12, 0, 0)
 HOUR = timedelta(hours=1)
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache_folder(tmp_path_factory):
+    """The shared embedding cache (under <data_dir>/artifacts) in a temp folder, never in ./data."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CROWDTUNE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        patch.delenv("CROWDTUNE_ARTIFACTS_URL", raising=False)
+        yield
 
 
 def audience_cache(request):
@@ -167,3 +177,21 @@ def test_another_process_reads_the_same_reactions(tmp_path):
     )
     output = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert json.loads(output) == here.counts
+
+
+def test_audience_is_fitted_at_set_up_with_progress_and_publishing_embeds_only_the_post(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_DATA_DIR", str(tmp_path / "data"))  # an empty embedding cache
+    config = AudienceConfig(kind="likes", cache_dir=tmp_path / "fits", fit_max_posts=200)
+    face = sandbox(tmp_path, config)
+    progress: list[tuple[int, int]] = []
+    before = texts_embedded()
+    face.prepare(lambda done, total: progress.append((done, total)))
+    assert texts_embedded() - before == 200 and progress[-1] == (200, 200)
+    # another fit of the same posts (other settings, or another machine) reuses their embeddings
+    before = texts_embedded()
+    refit = fitted_ridge(config.model_copy(update={"ridge_alpha": 1.0}))
+    assert texts_embedded() == before and refit.n_train + refit.n_holdout == 200
+    # publishing judges the new post only: nothing is fitted inside the publish job
+    before = texts_embedded()
+    face.publish("Great rally tonight in Ohio, thank you all!", intent_id="intent-1")
+    assert texts_embedded() - before == 1

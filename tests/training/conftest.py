@@ -10,6 +10,16 @@ from crowdtune.testing.sandbox_run import build_tiny_base, real_tweets
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache_folder(tmp_path_factory):
+    """Keep the shared embedding cache (under <data_dir>/artifacts) out of the working tree, and shared
+    by the session's tests; a test's own `data_dir` fixture points it elsewhere."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CROWDTUNE_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        patch.delenv("CROWDTUNE_ARTIFACTS_URL", raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tweets() -> list[dict]:
     """Real tweets (dslabs trump_tweets, no retweets), oldest first, as post dicts."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from crowdtune.embeddings import cache_misses
 from crowdtune.training.guards import CopyIndex, StyleProbe, distinct_n, guard_metrics
 
 POSTS = [
@@ -61,3 +62,16 @@ def test_style_probe_scores_on_topic_samples_above_off_topic_ones(tweets):
     assert on_topic > off_topic + 0.1
     metrics = guard_metrics(["Thank you Ohio!"], CopyIndex(POSTS), probe)
     assert metrics["copy_rate"] == 1.0 and metrics["style_reference"] == pytest.approx(probe.reference)
+
+
+def test_embedding_test_on_ngram_candidates_matches_every_post_and_embeds_fewer(tweets, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_DATA_DIR", str(tmp_path))  # an empty embedding cache
+    posts = [t["text"] for t in tweets[2000:2300]]
+    edited = [" ".join(w if i != 5 else "really" for i, w in enumerate(p.split())) for p in posts[:40:4]]
+    samples = [*edited, *[t["text"] for t in tweets[2600:2610]]]
+    before = cache_misses()["kept"]
+    by_candidates = CopyIndex(posts).embedding_copies(samples)
+    embedded_for_candidates = cache_misses()["kept"] - before
+    by_all = CopyIndex(posts, candidate_ngram=None).embedding_copies(samples)
+    assert by_candidates == by_all and sum(by_all) >= 5  # the edited copies are found either way
+    assert embedded_for_candidates < len(posts) / 3

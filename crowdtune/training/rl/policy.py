@@ -30,9 +30,6 @@ from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import add_lora, load_base_model, load_version
-from crowdtune.training.rl.state import EmbeddingCache
-
-COPY_EMBEDDINGS_FILE = "copy_guard_embeddings.npz"
 
 
 class RLConfig(BaseModel):
@@ -232,19 +229,10 @@ def guard_figures(model, tokenizer, config: RLConfig, inputs: UpdateInputs, seed
 
 
 def copy_index(inputs: UpdateInputs, config: RLConfig) -> CopyIndex:
-    """The copy guard over the face's imported posts; their embeddings are kept in state_dir, so
-    only the first update of a face pays for embedding them."""
-    embedder = None
-    if config.copy_embedding_threshold is not None:
-        cache = EmbeddingCache(inputs.state_dir / COPY_EMBEDDINGS_FILE)
-        cache.embed(inputs.train_texts)
-        cache.save()
-
-        def embedder(texts: list[str]) -> np.ndarray:
-            return cache.embed(texts, keep=False)
-
+    """The copy guard over the face's imported posts; their embeddings come from the shared cache, so
+    only the first user of a post (an offline run, an update or a publish job) pays for embedding it."""
     return CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram,
-                     embedding_threshold=config.copy_embedding_threshold, embedder=embedder)
+                     embedding_threshold=config.copy_embedding_threshold)
 
 
 def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: dict[str, float], *,

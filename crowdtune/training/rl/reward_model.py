@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from crowdtune.embeddings import EmbeddingCache, shared_cache
 from crowdtune.training.generation import Sample, sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
@@ -41,9 +42,6 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
-from crowdtune.training.rl.state import EmbeddingCache
-
-EMBEDDINGS_FILE = "reward_model_embeddings.npz"
 
 
 class RewardModelConfig(RLConfig):
@@ -151,12 +149,11 @@ def update(config: RewardModelConfig, inputs: UpdateInputs) -> UpdateResult:
     if done is not None:
         return done
     posts = scored_posts(inputs)
-    embeddings = EmbeddingCache(inputs.state_dir / EMBEDDINGS_FILE)
+    embeddings = shared_cache()  # the face's posts were embedded by its offline runs or earlier updates
     metrics = {**reward_figures([float(p["reward"]) for p in inputs.batch if p.get("reward") is not None]),
                "reward_model_posts": float(len(posts))}
     targets = np.log1p(np.maximum(0.0, np.asarray([float(p["score"]) for p in posts], dtype=np.float64)))
     vectors = embeddings.embed([p["text"] for p in posts])
-    embeddings.save()
     agree, n_checked = agreement(vectors, targets, config) if len(posts) >= config.min_fit_posts else (math.nan, 0)
     metrics["reward_model_agreement"] = agree
     metrics["reward_model_checked_posts"] = float(n_checked)

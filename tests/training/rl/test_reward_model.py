@@ -1,5 +1,6 @@
 import math
 
+from crowdtune import embeddings
 from crowdtune.training.rl import run_update
 
 from .conftest import sampled_batch
@@ -41,7 +42,9 @@ def test_a_reward_model_that_tracks_reality_trains_with_rloo(tiny_model_dir, tin
     assert math.isfinite(result.metrics["kl"]) and math.isfinite(result.metrics["loss"])
     assert abs(result.metrics["importance_weight_mean"] - 1) < 1e-2  # RLOO samples are on-policy
     assert (result.adapter_dir / "adapter_config.json").is_file()
-    assert (tmp_path / "state" / "reward_model_embeddings.npz").is_file()
+    before = embeddings.texts_embedded()
+    embeddings.shared_cache().embed([h["text"] for h in history_of(48)])
+    assert embeddings.texts_embedded() == before  # the scored posts' vectors were kept in the shared cache
 
 
 def test_it_pauses_when_fresh_scores_contradict_its_predictions(tiny_model_dir, tiny_policy, tmp_path):
