@@ -49,7 +49,20 @@ def save_face(conn: redis.Redis, face_id: str, kind: str, config: dict[str, Any]
     row = {"face_id": face_id, "kind": kind, "config": config}
     if scorer is not None:
         row["scorer"] = ScorerConfig(**scorer).model_dump()
-    return StoreWriter(conn).upsert("faces", [row])
+    write_id = StoreWriter(conn).upsert("faces", [row])
+    from faces.registry import needs_set_up
+
+    if needs_set_up(kind):
+        prepare_face(conn, face_id)  # queued after the write: the store queue answers its read in order
+    return write_id
+
+
+def prepare_face(conn: redis.Redis, face_id: str) -> Job:
+    """Queue the face's one-time set-up (a sandbox fits its audience) so that its first publish job
+    does not pay for it. It is heavy (minutes of embedding on a fresh data folder), so it goes with
+    generation on `default`, never on the control queue. Progress shows in the job's meta."""
+    return enqueue(conn, QUEUE_DEFAULT, "jobs.system.prepare_face", face_id, timeout=defaults.IMPORT_TIMEOUT,
+                   description=f"set up face {face_id}", meta={"face_id": face_id})
 
 
 def validate_face_config(kind: str, config: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ a prefixed name (e.g. `emoji:👍` on Discord).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -198,6 +198,10 @@ class Face:
     def audience_size(self) -> int | None:
         """How many people can see new posts (followers, members, subscribers), or None if unknown."""
         return None
+
+    def prepare(self, on_progress: Callable[[int, int], None] | None = None) -> None:
+        """Do the slow set-up a face needs once (a sandbox fits its audience), so that no publish job
+        pays for it; on_progress(done, total) follows it. Most faces need none."""
 
     def health(self) -> FaceHealth:
         """Check the face can work now (credentials, reachability, files). Never raises."""

@@ -21,6 +21,11 @@ FACE_KINDS: dict[str, type[Face]] = {
 }
 
 
+def needs_set_up(kind: str) -> bool:
+    """Whether faces of this kind have one-time set-up to do (Face.prepare overridden: the sandbox)."""
+    return kind in FACE_KINDS and FACE_KINDS[kind].prepare is not Face.prepare
+
+
 def build_face(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> Face:
     """Build a face.
 

@@ -37,6 +37,28 @@ def probe_worker() -> dict:
     }
 
 
+def prepare_face(face_id: str) -> dict:
+    """Do a face's one-time set-up now (a sandbox fits its audience), reporting progress in the job's
+    meta, so that no publish job pays for it. Out: the face and the seconds it took."""
+    import time
+
+    from rq import get_current_job
+
+    from crowdtune.runtime.progress import progress_reporter
+    from crowdtune.runtime.queues import connect
+    from crowdtune.settings import load_settings
+    from crowdtune.store.remote import read_via_store_worker
+    from faces.registry import build_face
+
+    record = read_via_store_worker(connect(load_settings()), "face_record", face_id=face_id)
+    if record is None:
+        return {"face_id": face_id, "outcome": "no such face"}
+    report, started = progress_reporter(get_current_job()), time.monotonic()
+    build_face(record["kind"], record["config"]).prepare(
+        lambda done, total: report(done, total, None, None))
+    return {"face_id": face_id, "seconds": round(time.monotonic() - started, 2)}
+
+
 def random_draws() -> list[float]:
     """Three draws from each seeded generator (random, numpy, torch): shows how a job was seeded."""
     import random

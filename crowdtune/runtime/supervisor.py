@@ -158,8 +158,22 @@ class Supervisor:
         self.children = self.plan()
         for child in self.children:
             self._spawn(child)
+        self._prepare_faces()
         if self.with_app:
             self._wait_for_app()
+
+    def _prepare_faces(self) -> None:
+        """Queue every face's one-time set-up (a sandbox fits its audience: minutes for a fresh data
+        folder) on a generation worker, so that the first post is not held up by it."""
+        from crowdtune import actions
+        from crowdtune.runtime.queues import connect
+        from crowdtune.store.reads import StoreReader
+        from faces.registry import needs_set_up
+
+        conn = connect(self.settings)
+        for face_id, kind in StoreReader(self.settings.store_path).rows("SELECT face_id, kind FROM faces"):
+            if needs_set_up(kind):
+                actions.prepare_face(conn, face_id)
 
     def _wait_for_app(self, timeout: float = 60.0) -> None:
         url = f"http://{self.settings.app_host}:{self.settings.app_port}/_stcore/health"

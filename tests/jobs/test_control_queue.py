@@ -55,3 +55,19 @@ def test_a_controller_tick_runs_on_time_while_a_training_job_occupies_the_train_
     wait_for(lambda: queue("default", redis_conn).count == 1, timeout=30, message="the publish job")
     assert training.get_status(refresh=True) == "started"
     actions.stop_run(redis_conn, run_id)
+
+
+def test_a_saved_sandbox_face_is_set_up_by_a_job_not_by_its_first_publish(settings, redis_conn, workers, tmp_path):
+    from crowdtune.store.writer import initialise
+
+    initialise(settings.store_path)
+    workers.start("--store", conn=redis_conn)
+    actions.save_face(redis_conn, "sbx2", "sandbox", {"state_url": str(tmp_path / "s"),
+                                                      "audience": {"kind": "sentiment"}})
+    # Heavy (a likes audience embeds thousands of posts): with generation, never on the control queue.
+    [job] = queue("default", redis_conn).jobs
+    assert job.func_name == "jobs.system.prepare_face" and queue("control", redis_conn).count == 0
+    workers.start("--queues", "default", conn=redis_conn)
+    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=60, message="the set-up")
+    assert job.get_status() == "finished", job.latest_result().exc_string
+    assert job.latest_result().return_value["face_id"] == "sbx2"
