@@ -1,12 +1,12 @@
 """Playground: sample posts from model versions side by side, without publishing anything."""
 
-import pandas as pd
 import streamlit as st
 
 from crowdtune import actions
 from crowdtune.dashboard.forms import config_fields, validate_config
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.dashboard.tables import sample_blocks
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
@@ -78,7 +78,9 @@ def samples():
                 result = job.latest_result()
                 rows = result.return_value if result is not None else None
                 if rows:
-                    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+                    for text, note in sample_blocks(rows):  # in full: a post is short, a cut one says nothing
+                        st.markdown(text)
+                        st.caption(note)
                 else:
                     st.caption("The job returned no samples.")
             elif state == "failed":

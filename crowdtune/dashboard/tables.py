@@ -16,3 +16,18 @@ def posts_for_display(posts: pd.DataFrame) -> pd.DataFrame:
     reactions = [c for c in posts.columns if c not in POST_COLUMNS and c not in ("matching", "latest_reactions")]
     first = [c for c in [*_FIRST, *reactions, *_THEN] if c in posts.columns]
     return posts[first + [c for c in posts.columns if c not in first]]
+
+
+def sample_blocks(samples: list[dict]) -> list[tuple[str, str]]:
+    """The Playground's samples as (text, note) pairs to show in full, kept ones first.
+
+    In: jobs.generate.sample_posts rows. The note says why a rejected sample was rejected beside
+    it (an empty sample shows as "(empty)", never as a blank row), else its length and log-prob.
+    """
+    blocks = []
+    for sample in sorted(samples, key=lambda s: not s["kept"]):
+        text = sample["text"].strip() or "(empty)"
+        figures = f"{sample['tokens']} tokens, log-prob {sample['logprob']:.1f}"
+        note = figures if sample["kept"] else f"rejected: {sample['rejected']} · {figures}"
+        blocks.append((text, note))
+    return blocks
