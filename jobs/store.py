@@ -29,7 +29,10 @@ def apply_write(write_id: str, ops: list[dict]) -> dict:
     def report_wait(holder: str, waited: float) -> None:
         log.warning("store write %s waiting %.0f s: the file is held by %s", write_id, waited, holder)
         if conn is not None:
-            changes.mark_held(conn, time.time() - waited, holder)
+            try:
+                changes.mark_held(conn, time.time() - waited, holder)
+            except redis.RedisError:  # the note is for pages; the write goes on waiting regardless
+                log.warning("could not note the held store file in Redis")
 
     if conn is None:
         return apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds,

@@ -147,11 +147,11 @@ def held_store_notice(settings: Settings) -> None:
     if held is None:
         return
     minutes = max(0, round((dt.datetime.now(dt.UTC).replace(tzinfo=None) - held.since).total_seconds() / 60))
-    holder = f" ({held.holder})" if held.holder else ""
-    st.warning(f"**Writes are waiting: the store file is held by another program{holder} since "
-               f"{held.since:%H:%M} UTC** ({minutes} min ago). Pages show what the store held before; queued "
-               "writes are kept in Redis and land when it lets go. Close the program that holds "
-               f"`{settings.store_path.name}` (e.g. a `duckdb` shell).", icon=":material/lock_clock:")
+    holder = f", {held.holder}" if held.holder else ""
+    st.warning(f"**Writes are waiting: the store file is held by another program since {held.since:%H:%M} UTC** "
+               f"({minutes} min ago{holder}). Pages show what the store held before; queued writes are kept in "
+               f"Redis and land when it lets go. Close the program that holds `{settings.store_path.name}` "
+               "(e.g. a `duckdb` shell).", icon=":material/lock_clock:")
 
 
 @st.fragment(run_every=HELD_NOTICE_EVERY_SECONDS)
