@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+
+import redis
+from rq import get_current_job
 
 from crowdtune.settings import load_settings
+from crowdtune.store import changes
 from crowdtune.store.writer import apply_batch
 
 log = logging.getLogger(__name__)
@@ -14,13 +19,31 @@ def apply_write(write_id: str, ops: list[dict]) -> dict:
     """Apply `ops` exactly once; waits (logging every 30 s) while another process holds the file.
 
     Out: the WriteOutcome as a dict, {"rows", "refused", "already_applied"}: rows the store cannot
-    hold are left out and reported (crowdtune.store.writer), so a batch never fails on its data."""
+    hold are left out and reported (crowdtune.store.writer), so a batch never fails on its data.
+    Pages learn of it from Redis (crowdtune.store.changes): the change counter moves once per applied
+    batch, and a "held since" note stands while the batch waits on a file another program holds."""
     settings = load_settings()
+    job = get_current_job()
+    conn = job.connection if job is not None else None  # called outside a worker (a test): no one to tell
 
     def report_wait(holder: str, waited: float) -> None:
         log.warning("store write %s waiting %.0f s: the file is held by %s", write_id, waited, holder)
+        if conn is not None:
+            try:
+                changes.mark_held(conn, time.time() - waited, holder)
+            except redis.RedisError:  # the note is for pages; the write goes on waiting regardless
+                log.warning("could not note the held store file in Redis")
 
-    outcome = apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait)
+    if conn is None:
+        return apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds,
+                           on_wait=report_wait).as_dict()
+    with changes.noting_a_held_file(conn, settings.store_path):
+        outcome = apply_batch(settings.store_path, write_id, ops, settings.store_lock_wait_seconds, on_wait=report_wait)
+    if not outcome.already_applied:
+        try:
+            changes.record_batch(conn, changes.tables_of(ops))
+        except redis.RedisError:  # the batch landed; pages catch up at their next full read
+            log.warning("store write %s: could not bump the change counter", write_id)
     return outcome.as_dict()
 
 

@@ -4,13 +4,14 @@ import streamlit as st
 
 from crowdtune.dashboard.charts import metric_figure
 from crowdtune.dashboard.links import TIME_RANGES, MetricsView, from_query_params, seed_widgets, share_box
-from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 
 st.title("Metrics")
+METRICS_TABLES = ("metrics",)  # the charts' series and catalog are metrics (and their rollup, written with them)
 
 with or_stop():
     settings = load_settings()
@@ -52,35 +53,45 @@ with or_stop(), reader.session() as session:
     st.session_state["metrics_first_draw"] = (view, read_series(session, view, catalog))
 
 
-@st.fragment(run_every=10)
-def live_charts():
+def read_live_series():
+    """The series for `view`: the page's first draw, else catalog and series afresh, on one open."""
     first_draw = st.session_state.pop("metrics_first_draw", None)
     if first_draw is not None and first_draw[0] == view:
-        series = first_draw[1]
-    else:  # a live refresh (this fragment alone reruns): catalog and series afresh, on one open
-        try:
-            with reader.session() as live:
-                series = read_series(live, view, views.metric_catalog(live))
-        except CrowdtuneError as exc:
-            show_error(exc)
-            return
+        return first_draw[1]
+    with reader.session() as live:
+        return read_series(live, view, views.metric_catalog(live))
+
+
+@st.fragment(run_every=10)
+def live_charts():
+    # A live refresh reads the store only when a metrics batch landed since (one Redis GET to know).
+    try:
+        series = live_reads("metrics", settings, read_live_series, tables=METRICS_TABLES)
+    except CrowdtuneError as exc:
+        show_error(exc)
+        return
     if series.empty:
         st.info("Nothing to draw: choose at least one run and one metric (or widen the time range).")
         return
-    series = views.smooth(series, view.smoothing)
+    # Redrawing the same reads (nothing changed) reuses their smoothing, figures and CSV: building them is the cost.
+    drawn = st.session_state.get("metrics_drawn")
+    if drawn is None or drawn["read"] is not series or drawn["view"] != view:
+        smoothed = views.smooth(series, view.smoothing)
+        drawn = {"read": series, "view": view, "series": smoothed, "csv": smoothed.to_csv(index=False), "figures": {
+            name: metric_figure(smoothed, name, view.x, show_raw=view.smoothing > 0)
+            for name in view.metrics if (smoothed["name"] == name).any()}}
+        st.session_state["metrics_drawn"] = drawn
     columns = st.columns(2)
     for index, name in enumerate(view.metrics):
-        if (series["name"] == name).any():
+        if name in drawn["figures"]:
             with columns[index % 2]:
-                st.plotly_chart(metric_figure(series, name, view.x, show_raw=view.smoothing > 0), width="stretch",
-                                key=f"chart_{name}")
-    downsampled = (series["points"] > 1).any()
+                st.plotly_chart(drawn["figures"][name], width="stretch", key=f"chart_{name}")
+    downsampled = (drawn["series"]["points"] > 1).any()
     st.caption(("Long series are bucketed in the store to at most "
                 f"{views.MAX_POINTS_PER_SERIES} points (mean line, min..max band). " if downsampled else "")
                + "Drag to zoom, double-click to reset.")
-    st.download_button("Download CSV", series.to_csv(index=False), file_name="crowdtune-metrics.csv",
+    st.download_button("Download CSV", drawn["csv"], file_name="crowdtune-metrics.csv",
                        mime="text/csv", on_click="ignore")
-
 
 live_charts()
 share_box("metrics", view)

@@ -10,7 +10,7 @@ from crowdtune import actions
 from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
 from crowdtune.dashboard.links import share_box
-from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.progress import job_progress
 from crowdtune.runtime.queues import connect
@@ -28,9 +28,14 @@ reader = StoreReader.from_settings(settings)
 KEY_METRICS = ("val_loss", "reward_mean", "score_mean")  # score_mean, reward_mean: per online update
 
 
-def small_chart(frame: pd.DataFrame, x: str, y: str, color: str, title: str):
-    figure = px.line(frame, x=x, y=y, color=color, title=title, height=240)
-    figure.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", showlegend=False)
+def small_chart(frame: pd.DataFrame, x: str, y: str, color: str, title: str, built: dict | None = None):
+    """A small line chart; `built` keeps figures by title across redraws of the same reads (px.line is slow)."""
+    figure = (built or {}).get(title)
+    if figure is None:
+        figure = px.line(frame, x=x, y=y, color=color, title=title, height=240)
+        figure.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", showlegend=False)
+        if built is not None:
+            built[title] = figure
     st.plotly_chart(figure, width="stretch", config={"displayModeBar": False})
 
 
@@ -58,21 +63,33 @@ def online_table(controllers: pd.DataFrame, schedule: pd.DataFrame, now: dt.date
     })
 
 
+def read_overview() -> dict:
+    """Everything the live Overview shows from the store (and the system status, which reads it too)."""
+    status = system_status(settings)
+    runs = views.latest_runs(reader, limit=10)
+    catalog = views.metric_catalog(reader)
+    controllers = views.online_controllers(reader)
+    recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
+    series = {name: views.metric_series(reader, recent_runs, [name], max_points=300)
+              if not catalog.empty and (catalog["name"] == name).any() else pd.DataFrame() for name in KEY_METRICS}
+    return dict(status=status, runs=runs, alerts=views.open_alerts(reader), posts=views.latest_posts(reader, limit=10),
+                scores=views.score_by_day(reader), controllers=controllers,
+                schedule=views.online_schedule(reader, controllers["face_id"].tolist(), utc_now()), series=series,
+                figures={})  # filled by the first draw of these reads
+
+
 @st.fragment(run_every=5)
 def live_overview():
-    status = system_status(settings)
+    # The store and the status are read again only when the store changed (one Redis GET to know);
+    # job progress lives in Redis, outside the store, and is read at every tick (one HGET per run).
     try:
-        runs = views.latest_runs(reader, limit=10)
-        alerts = views.open_alerts(reader)
-        posts = views.latest_posts(reader, limit=10)
-        scores = views.score_by_day(reader)
-        catalog = views.metric_catalog(reader)
-        controllers = views.online_controllers(reader)
-        now = utc_now()
-        schedule = views.online_schedule(reader, controllers["face_id"].tolist(), now)
+        read = live_reads("overview", settings, read_overview)
     except CrowdtuneError as exc:
         show_error(exc)
         return
+    status, runs, alerts, posts = read["status"], read["runs"], read["alerts"], read["posts"]
+    scores, controllers, schedule = read["scores"], read["controllers"], read["schedule"]
+    now = utc_now()  # "in 3 h 50 min" counts from the moment drawn, also when the reads were kept
 
     redis_col, workers_col, runs_col, alerts_col = st.columns(4)
     redis_col.metric("Redis", "reachable" if status.redis_ok else "unreachable")
@@ -106,7 +123,7 @@ def live_overview():
         st.caption("No run is training now. Start one on the Training page.")
     for run in offline_running.itertuples():
         progress = None
-        if status.redis_ok and run.job_id:
+        if status.redis_ok and isinstance(run.job_id, str) and run.job_id:  # no job id reads as NaN
             try:
                 progress = job_progress(connect(settings), run.job_id)
             except CrowdtuneError:
@@ -145,16 +162,13 @@ def live_overview():
         if scores.empty:
             st.caption("Score: no scored posts yet (posts get a score when their reactions mature).")
         else:
-            small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day")
-    recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
+            small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day", read["figures"])
     for column, name in zip(chart_cols[1:], KEY_METRICS, strict=True):
         with column:
-            has_metric = not catalog.empty and (catalog["name"] == name).any()
-            series = views.metric_series(reader, recent_runs, [name], max_points=300) if has_metric else pd.DataFrame()
-            if series.empty:
+            if read["series"][name].empty:
                 st.caption(f"{name}: no values yet in the latest runs.")
             else:
-                small_chart(series, "step", "value", "run_id", name)
+                small_chart(read["series"][name], "step", "value", "run_id", name, read["figures"])
 
     st.subheader("Latest posts")
     if posts.empty:

@@ -5,7 +5,7 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.forms import config_fields, validate_config
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
-from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
 from crowdtune.dashboard.tables import sample_blocks
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
@@ -57,9 +57,35 @@ with st.form("generate"):
             }
 
 
-@st.fragment(run_every=2)
+def job_outcome(job_id: str) -> tuple[str, object]:
+    """(state, what to show) of one sampling job: ("finished", rows), ("failed", last error line),
+    ("expired", None), or (a waiting or running state, None)."""
+    job = fetch_job(conn, job_id)
+    if job is None:
+        return "expired", None
+    state = job.get_status(refresh=True)
+    state = getattr(state, "value", state)
+    if state == "finished":
+        result = job.latest_result()
+        return state, result.return_value if result is not None else None
+    if state == "failed":
+        result = job.latest_result()
+        lines = (result.exc_string if result else "") or ""
+        return state, lines.strip().splitlines()[-1] if lines.strip() else "see the System page"
+    return state, None
+
+
+DONE_STATES = ("finished", "failed", "expired")
+jobs = st.session_state.get("playground_jobs") or {}
+done = st.session_state.setdefault("playground_done", {})  # job id -> (state, what to show): never asked again
+for old_job in set(done) - set(jobs.values()):  # an earlier Generate's
+    del done[old_job]
+
+
+# Polls Redis only while a job is pending: once all are done, the page reruns once with a fragment
+# that has no timer, so a page of finished samples costs nothing.
+@st.fragment(run_every=2 if any(job_id not in done for job_id in jobs.values()) else None)
 def samples():
-    jobs = st.session_state.get("playground_jobs") or {}
     if not jobs:
         st.caption("Choose versions and press Generate; samples from each appear in its own column.")
         return
@@ -68,28 +94,23 @@ def samples():
     for column, (choice, job_id) in zip(st.columns(len(jobs)), jobs.items(), strict=True):
         with column:
             st.markdown(f"**{choice}**")
-            job = fetch_job(conn, job_id)
-            if job is None:
+            state, shown = done[job_id] if job_id in done else job_outcome(job_id)
+            if state in DONE_STATES:
+                done[job_id] = (state, shown)
+            if state == "expired":
                 st.warning("The sampling job expired; generate again.")
-                continue
-            state = job.get_status(refresh=True)
-            state = getattr(state, "value", state)
-            if state == "finished":
-                result = job.latest_result()
-                rows = result.return_value if result is not None else None
-                if rows:
-                    for text, note in sample_blocks(rows):  # in full: a post is short, a cut one says nothing
-                        st.markdown(text)
-                        st.caption(note)
-                else:
-                    st.caption("The job returned no samples.")
+            elif state == "finished" and shown:
+                for text, note in sample_blocks(shown):  # in full: a post is short, a cut one says nothing
+                    st.markdown(text)
+                    st.caption(note)
+            elif state == "finished":
+                st.caption("The job returned no samples.")
             elif state == "failed":
-                result = job.latest_result()
-                lines = (result.exc_string if result else "") or ""
-                last = lines.strip().splitlines()[-1] if lines.strip() else "see the System page"
-                st.error(f"Sampling failed: {last}")
+                st.error(f"Sampling failed: {shown}")
             else:
                 st.caption(f"Sampling… ({state}; a worker on the default queue picks it up)")
+    if is_fragment_rerun() and all(job_id in done for job_id in jobs.values()):
+        st.rerun()  # the whole page: samples() is declared again, without its timer
 
 
 samples()

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.status import system_status
 from crowdtune.settings import QUEUE_ROLES, load_settings
@@ -14,9 +14,14 @@ with or_stop():
     settings = load_settings()
 
 
+STATUS_MAX_AGE_SECONDS = 15  # workers and queues live in Redis and move without the store: a dead worker shows soon
+
+
 @st.fragment(run_every=3)
 def live_status():
-    status = system_status(settings)
+    # The status counts the store's rows: read again when the store changed (a job's start and end are
+    # written to it) or after STATUS_MAX_AGE_SECONDS, else drawn from the last read.
+    status = live_reads("system", settings, lambda: system_status(settings), max_age=STATUS_MAX_AGE_SECONDS)
 
     redis_col, workers_col, store_col = st.columns(3)
     redis_col.metric("Redis", "reachable" if status.redis_ok else "unreachable", status.redis_version or "",
