@@ -11,7 +11,7 @@ from crowdtune.dashboard.face_picker import Purpose, faces_for, preselected, tim
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
-from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error
 from crowdtune.errors import CrowdtuneError
 from crowdtune.online.controller import OnlineConfig, parse_online_config
 from crowdtune.runtime.progress import fetch_job, job_progress
@@ -236,13 +236,17 @@ else:
 st.subheader("Runs")
 
 
+def read_runs() -> tuple[pd.DataFrame, ...]:
+    """The store reads of the runs section: active and recent runs, controllers, updates, the job audit."""
+    return (views.runs_with_status(reader, ("queued", "running")), views.latest_runs(reader, limit=20),
+            views.online_controllers(reader), views.online_updates(reader, limit=20), views.training_jobs(reader))
+
+
 @st.fragment(run_every=5)
 def live_runs():
     try:
-        active = views.runs_with_status(reader, ("queued", "running"))
-        recent = views.latest_runs(reader, limit=20)
-        controllers = views.online_controllers(reader)
-        updates = views.online_updates(reader, limit=20)
+        # One Redis read when nothing was written since the last tick (the store writer's change counter).
+        active, recent, controllers, updates, audit = live_reads("training_runs", settings, read_runs)
     except CrowdtuneError as exc:
         show_error(exc)
         return
@@ -306,7 +310,6 @@ def live_runs():
             st.dataframe(pd.DataFrame([vars(row) for row in board]), hide_index=True, width="stretch")
         else:
             st.caption("No queued, running or recent jobs in Redis.")
-    audit = views.training_jobs(reader)
     if not audit.empty:
         st.caption("Job audit in the store (every job a Crowdtune worker ran):")
         st.dataframe(audit, hide_index=True, width="stretch")

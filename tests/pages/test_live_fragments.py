@@ -15,7 +15,7 @@ from crowdtune.runtime import status as runtime_status
 from crowdtune.store import changes, views
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, write_outcome
-from tests.conftest import wait_for
+from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text, rows, write
 from tests.store.test_change_counter import HOLDER
 
@@ -150,3 +150,15 @@ def test_every_page_says_writes_are_waiting_while_another_program_holds_the_stor
         holder.communicate(b"go\n", timeout=30)
     wait_for(lambda: write_outcome(redis_conn, write_id), timeout=60, message="the write to land")
     assert "Writes are waiting" not in page_text(open_page("pages/posts.py"))
+
+
+def test_the_training_page_s_runs_skip_the_store_until_the_change_counter_moves(populated_store, redis_conn,
+                                                                                store_reads):
+    at = open_page("pages/training.py")
+    first = store_reads["latest_runs"]  # the app's first run (the Overview) and the Training page's
+    rerun_fragments(at)
+    rerun_fragments(at)
+    assert store_reads["latest_runs"] == first  # two timer reruns, no store read
+    changes.record_batch(redis_conn, {"runs"})
+    rerun_fragments(at)
+    assert store_reads["latest_runs"] == first + 1
