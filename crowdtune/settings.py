@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         description="a shared Redis for several machines (also plain REDIS_URL); None = the embedded server")
     app_host: str = Field("localhost", description="address the app listens on")
     app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
-    worker_queues: list[str] = Field(default_factory=lambda: ["control", "train,default", "default"],
+    worker_queues: list[str] = Field(default_factory=lambda: ["control", "train", "default"],
                                      description="one preloading worker per entry, serving those queues in order; "
                                                  "a `control` worker is added when no entry serves it")
     store_lock_wait_seconds: float = Field(default=3600.0, gt=0,

@@ -111,9 +111,9 @@ def test_import_train_watch_progress_follow_a_metrics_link_and_stop(crowdtune_up
     reload_until(page, "Start offline training")
     page.get_by_label("At most this many posts (0 = all)").fill("300")
     page.get_by_role("button", name="Import").click()
-    page.get_by_text("Import queued as job").wait_for()
-    wait_for(lambda: reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'tweets'", default=0) == 300,
-             timeout=120, message="300 imported posts")
+    # The page follows the import to the rows written, then says what landed.
+    page.get_by_text("Imported 300 posts into the store").wait_for(timeout=120_000)
+    assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'tweets'", default=0) == 300
 
     # Offline training on a tiny GPT-2: long enough to watch, cheap enough for two shared cores.
     page.reload()

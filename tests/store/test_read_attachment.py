@@ -67,27 +67,27 @@ def test_a_read_ending_keeps_the_file_locked_for_a_read_still_running(store):
     assert outside_writer_gets_in(store), "the file stayed held after every read ended"
 
 
-def test_the_query_page_waits_for_reads_and_reads_wait_for_it(store):
+def test_a_query_runs_beside_this_processs_reads_without_dropping_their_lock(store):
+    """The Query page runs each query in a process of its own: its handle's lock is that process's, so
+    it need not wait for this process's reads, and its ending cannot let a writer in under them."""
     holding, release = threading.Event(), threading.Event()
-    order = []
 
     def long_read():
         with open_for_read(store, 5):
             holding.set()
             release.wait(60)
-            order.append("read ended")
 
     reader = threading.Thread(target=long_read)
     reader.start()
-    assert holding.wait(30)
-    query = threading.Thread(target=lambda: order.append(run_query(store, "SELECT count(*) AS n FROM faces")))
-    query.start()
-    query.join(1.0)
-    assert query.is_alive(), "the Query page opened its own handle while a read held the file"
-    release.set()
-    reader.join(30), query.join(30)
-    assert order[0] == "read ended" and int(order[1].frame["n"][0]) == 1
-    assert StoreReader(store).scalar("SELECT count(*) FROM faces") == 1  # reads go on afterwards
+    try:
+        assert holding.wait(30)
+        result = run_query(store, "SELECT count(*) AS n FROM faces")  # while the read holds the file
+        assert int(result.frame["n"][0]) == 1
+        assert not outside_writer_gets_in(store), "the query's end let a writer in under a running read"
+    finally:
+        release.set()
+        reader.join(30)
+    assert outside_writer_gets_in(store), "the file stayed held after the read and the query ended"
 
 
 def test_a_read_inside_this_threads_own_write_is_refused_not_deadlocked(store):
