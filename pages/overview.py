@@ -11,6 +11,7 @@ from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
 from crowdtune.dashboard.links import share_box
 from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error
+from crowdtune.dashboard.tables import posts_for_display
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.progress import job_progress
 from crowdtune.runtime.queues import connect
@@ -159,10 +160,17 @@ def live_overview():
     st.subheader("Key metrics")
     chart_cols = st.columns(1 + len(KEY_METRICS))
     with chart_cols[0]:
-        if scores.empty:
-            st.caption("Score: no scored posts yet (posts get a score when their reactions mature).")
+        # Generated posts only: imported history (2009-2018 for the bundled tweets) would share the axis
+        # with today's posts and squeeze them into one point at the right.
+        generated, history = scores[scores["origin"] == "generated"], scores[scores["origin"] == "imported"]
+        if generated.empty:
+            st.caption("Score of generated posts: none scored yet (a post gets a score when its reactions mature).")
         else:
-            small_chart(scores.sort_values("day"), "day", "score", "origin", "Mean score per day", read["figures"])
+            small_chart(generated.sort_values("day"), "day", "score", "origin", "Generated posts: mean score per day",
+                        read["figures"])
+        if not history.empty:
+            st.caption(f"Imported history ({history['day'].min():%Y}-{history['day'].max():%Y}) is left out of "
+                       "this chart; the Posts page shows its posts and scores.")
     for column, name in zip(chart_cols[1:], KEY_METRICS, strict=True):
         with column:
             if read["series"][name].empty:
@@ -174,7 +182,7 @@ def live_overview():
     if posts.empty:
         st.info("No posts yet: import a dataset on the Training page or with `crowdtune import --face ...`.")
     else:
-        st.dataframe(posts.drop(columns=["status"]), hide_index=True, width="stretch",
+        st.dataframe(posts_for_display(posts.drop(columns=["status"])), hide_index=True, width="stretch",
                      column_config={"url": st.column_config.LinkColumn("url", display_text="open")})
 
     st.subheader("Workers and queues")

@@ -26,6 +26,13 @@ def test_the_overview_shows_the_running_job_s_progress_alerts_posts_and_charts(p
     assert progress[0].proto.value == 25
     assert "Imported post number 59" in text
     assert len(at.get("plotly_chart")) == 3  # score per day, val_loss, reward_mean
+    # The generated posts' scores apart from the imported history's (which spans other years).
+    score_chart = at.get("plotly_chart")[0].proto.spec
+    assert "Generated posts: mean score per day" in score_chart and '"imported"' not in score_chart
+    assert "Imported history (" in text and "is left out of this chart" in text
+    # What matters first: the score and the reactions before the text.
+    latest = next(df.value for df in at.dataframe if "text" in df.value.columns and "score" in df.value.columns)
+    assert list(latest.columns[:1]) == ["score"] and list(latest.columns).index("text") > 1
 
 
 def test_the_overview_shows_each_online_face_s_state_next_post_next_reaction_read_and_metrics(online_store):
