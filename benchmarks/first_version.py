@@ -145,7 +145,7 @@ def main() -> None:
         # gaps between reports: from the job's start to the first, between reports, the last to the end
         times = [job_started or reports[0][0], *(r[0] for r in reports), ended]
         phases = ["(starting)", *(r[1] for r in reports)]
-        gaps = [(b - a, phase) for a, b, phase in zip(times, times[1:], phases, strict=True)]
+        gaps = [(b - a, phase) for a, b, phase in zip(times[:-1], times[1:], phases, strict=True)]
         longest, longest_phase = max(gaps) if gaps else (0.0, "")
 
         # 3) the version loads (outside the timings)
