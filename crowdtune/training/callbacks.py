@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -107,6 +109,25 @@ class ProgressReport(pl.Callback):
     def phase(self, text: str) -> None:
         """Report what the run is doing now (rank 0), e.g. "evaluating: sampling 16 posts"."""
         self.report(text)
+
+    @contextlib.contextmanager
+    def keep_alive(self, text: str, every: float = 10.0) -> Iterator[None]:
+        """Report `text` now and, for a call that cannot report from inside, again every `every`
+        seconds with the time it has taken so far, until the block ends."""
+        started, done = time.monotonic(), threading.Event()
+
+        def beat() -> None:
+            while not done.wait(every):
+                self.report(f"{text} ({time.monotonic() - started:.0f} s)")
+
+        self.report(text)
+        thread = threading.Thread(target=beat, name="progress-keep-alive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -25,6 +25,7 @@ Running again with the same folder resumes from last.ckpt; step numbers continue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -463,9 +464,11 @@ def train_sft(
     phase: Callable[[str], None] = report.phase if report is not None else _no_phase
 
     # 2) model, data, LoRA
-    phase("loading the base model")
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    model, tokenizer = load_base_model(base_model, cache_dir=model_cache_dir)
+    # one call that cannot report from inside (the first load de-quantizes a GGUF file: ~40 s on 2 busy cores)
+    with report.keep_alive("loading the base model") if report is not None else contextlib.nullcontext():
+        model, tokenizer = load_base_model(base_model, cache_dir=model_cache_dir)
+    phase(f"packing {len(posts):,} posts into blocks of {config.block_size} tokens")
     data = PostsDataModule(posts, tokenizer, block_size=config.block_size, batch_size=config.batch_size,
                            val_fraction=config.val_fraction, lowercase=config.lowercase, num_workers=config.num_workers)
     model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
@@ -530,6 +533,7 @@ def train_sft(
     )
     last = checkpoint_dir / "last.ckpt"
     started = time.monotonic()
+    phase("training: the first step")  # with Lightning's set-up, slower than the steps after it
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
     elapsed = time.monotonic() - started
     timed_evals = report.eval_seconds if report is not None else []
