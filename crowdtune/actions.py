@@ -17,7 +17,7 @@ from crowdtune.runtime import defaults, stop_flags
 from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import ControllerState, RunStatus
-from crowdtune.store.writes import StoreWriter, upsert_op, utc_now
+from crowdtune.store.writes import StoreWriter, update_op, upsert_op, utc_now
 
 # Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
 TRAINING_TIMEOUT = defaults.TRAINING_TIMEOUT
@@ -130,8 +130,11 @@ def start_offline_training(
 
 
 def stop_run(conn: redis.Redis, run_id: str) -> None:
-    """Ask a run to stop gracefully (checkpoint saved, state `stopped`)."""
+    """Ask a run to stop gracefully: it shows `stopping` until it has saved a checkpoint and a version,
+    then `stopped`. A run that has already ended keeps its state."""
     stop_flags.request_stop(conn, run_id)
+    StoreWriter(conn).submit([update_op("runs", {"run_id": run_id, "status": status}, {"status": RunStatus.STOPPING})
+                              for status in (RunStatus.QUEUED, RunStatus.RUNNING)])
 
 
 def set_active_version(conn: redis.Redis, face_id: str, version_id: str | None) -> str:

@@ -21,6 +21,7 @@ class RunStatus(StrEnum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    STOPPING = "stopping"    # a stop was asked; the run saves a checkpoint and a version, then is `stopped`
     COMPLETED = "completed"
     EARLY_STOPPED = "early_stopped"
     STOPPED = "stopped"

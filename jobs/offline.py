@@ -1,8 +1,10 @@
 """Offline training job (queue `train`): supervised LoRA fine-tuning on a face's imported posts.
 
-Reports progress in the job's meta (`progress`: step, total, loss, eta_seconds), writes metrics
-and the resulting model version through the store queue, stops gracefully on a control flag, and
-resumes from its checkpoint when it runs again after its worker was killed.
+Reports progress in the job's meta (`progress`: step, total, loss, eta_seconds, phase), writes
+metrics and the resulting model version through the store queue, stops gracefully on a control
+flag (the run is `stopping` from the request until its version is written), and resumes from its
+checkpoint when it runs again after its worker was killed. The version's metrics carry the run's
+measured speed (tokens_per_second, eval_seconds), which the Training page's cost estimate reads.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
     writer = StoreWriter(conn)
     job = get_current_job()
     base_model = base_model or DEFAULT_BASE_MODEL
-    writer.submit([update_op("runs", {"run_id": run_id}, {"status": RunStatus.RUNNING, "started_at": utc_now(),
+    # a stop asked while the run was queued (or before a retry) still shows until it is honoured
+    starting = RunStatus.STOPPING if stop_flags.stop_requested(conn, run_id) else RunStatus.RUNNING
+    writer.submit([update_op("runs", {"run_id": run_id}, {"status": starting, "started_at": utc_now(),
                                                           "error": None})])
     try:
         sft_config = SFTConfig(**config)
@@ -73,13 +77,16 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         version_id = f"{run_id}-step{result.best_step if result.best_step is not None else result.steps}"
         url = artifacts.version_url(settings.artifacts, version_id)
         best = next((m for m in result.metrics if m.get("step") == result.best_step), {})
+        speed = {"tokens_per_second": result.tokens_per_second, "eval_seconds": result.eval_seconds}
         save_version(result.adapter_dir, url, base_model=base_model,
                      metadata={"version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id})
         writer.submit([
+            # a resumed run that had nothing left to do measured nothing: no zero speed row
+            *([metrics_op(run_id, result.steps, speed)] if all(speed.values()) else []),
             upsert_op("model_versions", [{
                 "version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id,
                 "base_model": base_model, "artifact_url": url, "step": result.best_step or result.steps,
-                "metrics": {k: v for k, v in best.items() if k != "step"},
+                "metrics": {**{k: v for k, v in best.items() if k != "step"}, **speed},
                 "note": f"offline {result.stopped_reason}",
             }]),
             update_op("runs", {"run_id": run_id}, {"status": RunStatus(result.stopped_reason), "ended_at": utc_now()}),
@@ -91,7 +98,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         return {"run_id": run_id, "version_id": version_id, "resumed": resumed, "artifact_url": url,
                 "stopped_reason": result.stopped_reason, "steps": result.steps, "best_step": result.best_step,
                 "best_val_loss": result.best_val_loss, "tokens_per_second": result.tokens_per_second,
-                "data": result.data}
+                "eval_seconds": result.eval_seconds, "data": result.data}
     except Exception as exc:
         _record_failure(writer, job, run_id, face_id, exc)
         raise

@@ -33,6 +33,34 @@ def online_settings_form_part(names: list[str] | tuple[str, ...]) -> type[BaseMo
     return create_model("OnlineSettings", **{name: (fields[name].annotation, fields[name]) for name in names})
 
 
+# What a run costs when no earlier run measured it (tokens/s leave out evaluations): ~180 tokens/s
+# were measured for SmolLM2-135M LoRA on 2 CPU cores (8 x 128 tokens, bf16); the GPU figure is a
+# rough figure for a small GPU. Loading the base model and the guards takes about a minute first.
+DEFAULT_TOKENS_PER_SECOND = {"cpu": 150.0, "gpu": 3000.0}
+DEFAULT_EVAL_SECONDS = {"cpu": 40.0, "gpu": 5.0}
+SETUP_SECONDS = 60.0
+
+
+def run_cost(config, versions: pd.DataFrame, base_model: str) -> str:
+    """The offline form's estimate: steps x tokens per step / tokens per second + evaluations x their
+    time, from the newest version of the same base model that measured them, else the defaults."""
+    device = "cpu" if config.on_cpu() else "gpu"
+    speed, eval_seconds, source = DEFAULT_TOKENS_PER_SECOND[device], DEFAULT_EVAL_SECONDS[device], "a default"
+    same = versions[versions["base_model"] == base_model] if not versions.empty else versions
+    for version_id, metrics in zip(same.get("version_id", []), same.get("metrics", []), strict=False):
+        measured = json.loads(metrics) if isinstance(metrics, str) else {}  # newest first; a missing one is NaN
+        if isinstance(measured, dict) and measured.get("tokens_per_second"):
+            speed, source = float(measured["tokens_per_second"]), f"measured by `{version_id}`"
+            eval_seconds = float(measured.get("eval_seconds") or eval_seconds)
+            break
+    tokens = config.batch_size * config.block_size * config.accumulate_grad_batches
+    evals = config.max_steps // config.eval_every
+    seconds = SETUP_SECONDS + config.max_steps * tokens / speed + evals * eval_seconds
+    return (f"Cost before it starts: about **{seconds / 60:.0f} min** on the {device.upper()}: "
+            f"{config.max_steps} steps x {tokens:,} tokens at {speed:,.0f} tokens/s ({source}) "
+            f"+ {evals} evaluations x {eval_seconds:.0f} s + ~{SETUP_SECONDS / 60:.0f} min to load.")
+
+
 def publishing_summary(face_id: str, kind: str, config: OnlineConfig) -> str:
     """What starting online training will do, in a sentence or three, for the confirmation."""
     audience = "the simulated audience of this sandbox" if kind == "sandbox" else f"**real people** on {kind}"
@@ -148,6 +176,9 @@ else:
         parent = parent_col.selectbox("Continue from version", ["(none: start from the base model)", *version_ids])
         with st.expander("LoRA, optimiser and evaluation settings", expanded=False):
             values = config_fields(SFTConfig, "sft", disabled=controls_off)
+        estimate, estimate_problems = validate_config(SFTConfig, values)
+        if not estimate_problems:
+            st.caption(run_cost(estimate.resolved(), versions, base_model.strip() or DEFAULT_BASE_MODEL))
         if st.form_submit_button("Start training", type="primary", disabled=controls_off) and not controls_off:
             config, problems = validate_config(SFTConfig, values)
             if problems:
@@ -238,7 +269,7 @@ st.subheader("Runs")
 
 def read_runs() -> tuple[pd.DataFrame, ...]:
     """The store reads of the runs section: active and recent runs, controllers, updates, the job audit."""
-    return (views.runs_with_status(reader, ("queued", "running")), views.latest_runs(reader, limit=20),
+    return (views.runs_with_status(reader, ("queued", "running", "stopping")), views.latest_runs(reader, limit=20),
             views.online_controllers(reader), views.online_updates(reader, limit=20), views.training_jobs(reader))
 
 
@@ -261,9 +292,8 @@ def live_runs():
             if progress is None:
                 st.progress(0.0, text=f"`{run.run_id}` on {run.face_id}: {run.status}")
             else:
-                eta = f", ETA {progress.eta_seconds / 60:.1f} min" if progress.eta_seconds is not None else ""
-                st.progress(progress.fraction, text=f"`{run.run_id}` on {run.face_id}: step "
-                                                    f"{progress.step}/{progress.total}{eta}")
+                stopping = " (stopping)" if run.status == "stopping" else ""
+                st.progress(progress.fraction, text=f"`{run.run_id}` on {run.face_id}{stopping}: {progress.summary()}")
         with stop_col, st.popover("Stop", disabled=controls_off):
             st.write("Stop this run? It saves a checkpoint and ends as `stopped`.")
             if st.button("Yes, stop it", key=f"stop_{run.run_id}", type="primary", disabled=controls_off) \

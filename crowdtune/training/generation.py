@@ -15,6 +15,7 @@ log-probability is 0.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +85,8 @@ def _policy_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConf
 
 @torch.no_grad()
 def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, eos: int, pad: int,
-                  generator: torch.Generator | None) -> tuple[list[list[int]], list[list[float]], list[bool]]:
+                  generator: torch.Generator | None, interrupt: Callable[[int], bool] | None = None,
+                  ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     device = next(model.parameters()).device
     batch, width = len(prompts), max(map(len, prompts))
     ids = torch.full((batch, width), pad, dtype=torch.long, device=device)
@@ -104,7 +106,9 @@ def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, eos: i
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
-    for _ in range(cfg.max_new_tokens):
+    for index in range(cfg.max_new_tokens):
+        if interrupt is not None and index and interrupt(index):
+            break  # asked to end early (a stop): the posts so far count as cut off by the limit
         policy = _policy_logits(logits[:, :vocab], seen, cfg)
         if cfg.temperature == 0:
             token = policy.argmax(-1)
@@ -144,11 +148,14 @@ def sample(
     config: GenerationConfig | None = None,
     *,
     prompts: list[str] | None = None,
+    interrupt: Callable[[int], bool] | None = None,
 ) -> list[Sample]:
     """Sample raw posts (no filters): `config.num_samples` of them, or one per prompt.
 
     Returns Samples with text, token ids and per-token sampling-policy log-probabilities.
-    The model is put in eval mode while sampling and restored afterwards.
+    The model is put in eval mode while sampling and restored afterwards. `interrupt(tokens)`,
+    if given, is called before each new token after the first, with the tokens sampled so far in this
+    batch (a place to report progress); True ends sampling there, with the posts cut where they are.
     """
     cfg = config or GenerationConfig()
     prompts = prompts if prompts is not None else [""] * cfg.num_samples
@@ -164,7 +171,7 @@ def sample(
     try:
         for start in range(0, len(encoded), cfg.batch_size):
             chunk = encoded[start : start + cfg.batch_size]
-            ids, lps, finished = _sample_batch(model, chunk, cfg, eos, pad, generator)
+            ids, lps, finished = _sample_batch(model, chunk, cfg, eos, pad, generator, interrupt)
             for i, (row, row_lps, ended) in enumerate(zip(ids, lps, finished, strict=True)):
                 text_ids = row[:-1] if ended else row
                 text = tokenizer.decode(text_ids, skip_special_tokens=True).strip()

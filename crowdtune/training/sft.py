@@ -5,8 +5,14 @@ with LoRA, packs the posts (crowdtune.training.data), runs a Lightning Trainer a
 through plain callbacks, so the RQ job that calls it stays thin:
 
     on_metrics(step, {name: value})            at every evaluation (after its checkpoint is saved)
-    on_progress(step, total, loss, eta_seconds) every `progress_every` optimizer steps
-    should_stop() -> bool                      polled every batch; True stops gracefully
+    on_progress(step, total, loss, eta_seconds, phase)
+                                               every `progress_every` optimizer steps and in every
+                                               phase of an evaluation ("evaluating: sampling 8 posts")
+    should_stop() -> bool                      polled every batch, validation batch and sampled token;
+                                               True stops gracefully (an evaluation under way is dropped)
+
+Some defaults depend on where the run trains (None = auto, see SFTConfig.resolved): on a CPU a
+first version must come in minutes, on a GPU the same minutes buy more steps.
 
 Everything that must survive a crash lives in `checkpoint_dir`:
     last.ckpt            Lightning checkpoint (adapter weights, optimizer, scheduler, loop, monitor state)
@@ -19,6 +25,7 @@ Running again with the same folder resumes from last.ckpt; step numbers continue
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -63,7 +70,7 @@ class SFTConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="blocks per micro-batch (per device)")
     block_size: int = Field(128, ge=8, description="tokens per packed block")
     accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    max_steps: int = Field(200, ge=1, description="optimizer steps")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: 60 on a CPU, 200 on a GPU")
     max_epochs: int | None = Field(None, ge=1, description="also stop after this many passes over the data")
     eval_every: int = Field(20, ge=1, description="optimizer steps between evaluations")
     max_val_batches: int | None = Field(8, ge=1, description="validation micro-batches per evaluation; None = all")
@@ -77,7 +84,8 @@ class SFTConfig(BaseModel):
     accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
     devices: int | str = Field("auto", description="Lightning devices")
     seed: int = Field(1234, description="seeds Lightning (LoRA init, shuffling) and the evaluation samples")
-    eval_samples: int = Field(16, ge=0, description="posts sampled per evaluation for the guards; 0 = none")
+    eval_samples: int | None = Field(
+        None, ge=0, description="posts sampled per evaluation for the guards; 0 = none; None: 8 on a CPU, 16 on a GPU")
     eval_max_new_tokens: int = Field(48, ge=1, description="tokens per evaluation sample at most")
     eval_temperature: float = Field(1.0, ge=0.0, description="temperature of the evaluation samples")
     eval_top_p: float = Field(0.95, gt=0.0, le=1.0, description="top-p of the evaluation samples")
@@ -85,9 +93,21 @@ class SFTConfig(BaseModel):
     copy_embedding_threshold: float | None = Field(
         0.95, gt=0.0, le=1.0, description="cosine that makes a sample a near-copy; None = n-grams only")
     style_metrics: bool = Field(True, description="embed samples to measure style similarity")
-    progress_every: int = Field(5, ge=1, description="optimizer steps between on_progress calls")
+    progress_every: int | None = Field(
+        None, ge=1, description="optimizer steps between on_progress calls; None: 1 on a CPU, 5 on a GPU")
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
     chunked_loss: bool = Field(True, description="compute head + loss in chunks (much less memory, same loss)")
+
+    def on_cpu(self) -> bool:
+        """True when the run will train on the CPU (accelerator "cpu", or "auto" with no GPU)."""
+        if self.accelerator == "cpu":
+            return True
+        return self.accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+    def resolved(self) -> SFTConfig:
+        """A copy with every None-means-auto field set for the accelerator (explicit values are kept)."""
+        defaults = CPU_DEFAULTS if self.on_cpu() else GPU_DEFAULTS
+        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":
@@ -98,6 +118,12 @@ class SFTConfig(BaseModel):
         # bf16 autocast; CPUs that only emulate bf16 gain nothing, so they stay in fp32
         return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
+
+# The auto defaults. On 2 CPU cores (SmolLM2-135M, LoRA, 8 x 128 tokens, bf16) a step takes ~6 s and
+# an evaluation ~30-40 s: 60 steps and 3 evaluations make a first version in ~10 min, progress every
+# step keeps the gap between reports at a step's time. A GPU does the 200 steps of the GPU defaults faster.
+CPU_DEFAULTS = {"max_steps": 60, "eval_samples": 8, "progress_every": 1}
+GPU_DEFAULTS = {"max_steps": 200, "eval_samples": 16, "progress_every": 5}
 
 # Lightning precision -> the dtype its autocast computes matmuls in
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -123,7 +149,9 @@ class SFTResult:
     stopped_reason: "completed" | "early_stopped" | "stopped"
     steps: optimizer steps done in total
     data: sizes and padding of the packed data (PostsDataModule.stats)
-    tokens_per_second: real (non-padding) training tokens per second in this attempt
+    tokens_per_second: real (non-padding) training tokens per second in this attempt, evaluations
+        left out (what a cost estimate multiplies steps by)
+    eval_seconds: mean seconds of an evaluation in this attempt (0.0 if none finished)
     """
 
     adapter_dir: Path
@@ -135,6 +163,7 @@ class SFTResult:
     base_model: str
     data: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
+    eval_seconds: float = 0.0
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
@@ -191,6 +220,7 @@ class SFTModule(AdapterModule):
         self.train_loss_sum = 0.0
         self.train_loss_count = 0
         self.real_tokens = 0
+        self.stopping: Callable[[], bool] = lambda: False  # set by train_sft to the stop flag
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -201,7 +231,9 @@ class SFTModule(AdapterModule):
         self.real_tokens += int(batch["attention_mask"].sum())
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if self.stopping():
+            return None  # Lightning cannot leave a validation loop early: skip the rest of its batches
         # weight each batch by its real tokens so the last, padded block does not count double
         tokens = batch["attention_mask"].sum()
         loss = self.loss(batch)
@@ -236,8 +268,10 @@ class Evaluation(pl.Callback):
     """
 
     def __init__(self, config: SFTConfig, checkpoint_dir: Path, tokenizer, copy_index: CopyIndex,
-                 style: StyleProbe | None, on_metrics: MetricsSink | None):
+                 style: StyleProbe | None, on_metrics: MetricsSink | None,
+                 phase: Callable[[str], None] = lambda text: None, stopping: Callable[[], bool] = lambda: False):
         self.config = config
+        self.phase, self.stopping = phase, stopping
         self.dir = checkpoint_dir
         self.tokenizer = tokenizer
         self.copy_index = copy_index
@@ -277,7 +311,7 @@ class Evaluation(pl.Callback):
         self.emit(trainer)  # evaluations checkpointed by a run that died before emitting them
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.dropped(trainer):
             return
         cfg, step = self.config, trainer.global_step
         val_loss = float(trainer.callback_metrics["val_loss"])
@@ -293,9 +327,16 @@ class Evaluation(pl.Callback):
             generation = GenerationConfig(num_samples=cfg.eval_samples, batch_size=cfg.eval_samples,
                                           max_new_tokens=cfg.eval_max_new_tokens, temperature=cfg.eval_temperature,
                                           top_p=cfg.eval_top_p, seed=cfg.seed + step)
+            self.phase(f"evaluating: sampling {cfg.eval_samples} posts")
             with trainer.precision_plugin.forward_context():  # the frozen layers may be bf16
-                texts = [s.text for s in sample(pl_module.model, self.tokenizer, generation)]
+                texts = [s.text for s in sample(pl_module.model, self.tokenizer, generation,
+                                                interrupt=self.sampling_progress(cfg))]
+            if self.dropped(trainer):
+                return
+            self.phase(f"evaluating: copy and style guards on {len(texts)} posts")
             metrics.update(guard_metrics(texts, self.copy_index, self.style))
+            if self.dropped(trainer):
+                return
 
         improved = self.best_val_loss is None or val_loss < self.best_val_loss - cfg.early_stopping_min_delta
         if improved:
@@ -309,10 +350,36 @@ class Evaluation(pl.Callback):
                 trainer.should_stop = True
         metrics["best_val_loss"] = self.best_val_loss
         self.history.append({"step": step, **metrics})
+        self.phase("evaluating: saving the checkpoint")
         save_checkpoint(trainer, self.dir)
         if trainer.is_global_zero:
             _prune_adapters(self.dir, keep=self.best_step)
         self.emit(trainer)
+
+    def dropped(self, trainer) -> bool:
+        """A stop came during this evaluation: drop it (its figures are partial) and end the run."""
+        if self.stopping():
+            trainer.should_stop = True
+            return True
+        return False
+
+    def sampling_progress(self, cfg: SFTConfig) -> Callable[[int], bool]:
+        """The sampler's interrupt: a progress report every few seconds, and True once a stop is asked."""
+        last = time.monotonic()
+
+        def interrupt(tokens: int) -> bool:
+            nonlocal last
+            if time.monotonic() - last > 5.0:
+                last = time.monotonic()
+                self.phase(f"evaluating: sampling {cfg.eval_samples} posts, "
+                           f"token {tokens} of {cfg.eval_max_new_tokens}")
+            return self.stopping()
+
+        return interrupt
+
+
+def _no_phase(text: str) -> None:
+    return None
 
 
 def _prune_adapters(folder: Path, keep: int | None) -> None:
@@ -340,6 +407,7 @@ def train_sft(
     continues from its last checkpoint. Raises ModelError / DatasetError for unusable settings.
     Returns an SFTResult whose adapter_dir is the best adapter.
     """
+    config = config.resolved()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else Path(tempfile.mkdtemp(prefix="crowdtune-sft-"))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume and (checkpoint_dir / "result.json").is_file():
@@ -349,8 +417,18 @@ def train_sft(
         for path in checkpoint_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+    # 1) progress and stop reach every phase from here on (ProgressReport reports before training, too)
+    stop_flag = StopFlag(should_stop) if should_stop is not None else None
+    stopping = stop_flag.requested if stop_flag else (lambda: False)
+    report = ProgressReport(on_progress, 0, 1) if on_progress is not None else None
+    phase: Callable[[str], None] = report.phase if report is not None else _no_phase
+
+    # 2) model, data, LoRA
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    model, tokenizer = load_base_model(base_model, cache_dir=model_cache_dir)
+    # one call that cannot report from inside (the first load de-quantizes a GGUF file: ~40 s on 2 busy cores)
+    with report.keep_alive("loading the base model") if report is not None else contextlib.nullcontext():
+        model, tokenizer = load_base_model(base_model, cache_dir=model_cache_dir)
+    phase(f"packing {len(posts):,} posts into blocks of {config.block_size} tokens")
     data = PostsDataModule(posts, tokenizer, block_size=config.block_size, batch_size=config.batch_size,
                            val_fraction=config.val_fraction, lowercase=config.lowercase, num_workers=config.num_workers)
     model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
@@ -363,8 +441,13 @@ def train_sft(
     total = (config.max_steps if config.max_epochs is None
              else min(config.max_steps, config.max_epochs * steps_per_epoch))
     module = SFTModule(model, config, total)
+    module.stopping = stopping
 
+    # 3) the guards: n-gram index now, embeddings of candidates only, at each evaluation
+    phase(f"copy guard: indexing {len(data.train_posts):,} training posts")
     train_texts = [p.text for p in data.train_posts]
+    # The embedding test compares a sample only with posts sharing a 4-word run with it (CopyIndex's
+    # candidates): embedding all ~18,700 posts at the first evaluation was a ten-minute stall.
     copy_index = CopyIndex(train_texts, min_ngram=config.copy_min_ngram,
                            embedding_threshold=config.copy_embedding_threshold)
     style = None
@@ -372,12 +455,21 @@ def train_sft(
         # a fixed, seeded subset keeps the probe cheap on large channels
         generator = torch.Generator().manual_seed(config.seed)
         ref = [train_texts[i] for i in torch.randperm(len(train_texts), generator=generator)[:256].tolist()]
-        style = StyleProbe([p.text for p in data.val_posts][-256:], ref)
-    evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, on_metrics)
+        heldout = [p.text for p in data.val_posts][-256:]
+        phase(f"style probe: embedding {len(heldout) + len(ref)} posts")
+        style = StyleProbe(heldout, ref)
+
+    # 4) the trainer; ProgressReport after Evaluation, so that an evaluation's time includes its guards
+    evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, on_metrics, phase, stopping)
     callbacks: list[pl.Callback] = [evaluation]
-    if on_progress is not None:
-        callbacks.append(ProgressReport(on_progress, total, config.progress_every))
-    stop_flag = StopFlag(should_stop) if should_stop is not None else None
+    if report is not None:
+        # until one is timed, an evaluation counts as its validation batches (a forward pass is ~1/3 of
+        # a step) plus sampling (~1 step per 8 new tokens, a guess from 2 CPU cores)
+        val_batches = config.max_val_batches or 8
+        guess = val_batches / 3 + (config.eval_max_new_tokens / 8 if config.eval_samples else 0)
+        report.total, report.every = total, config.progress_every
+        report.eval_every, report.eval_guess_steps = config.eval_every, guess
+        callbacks.append(report)
     if stop_flag:
         callbacks.append(stop_flag)
 
@@ -403,8 +495,12 @@ def train_sft(
     )
     last = checkpoint_dir / "last.ckpt"
     started = time.monotonic()
+    phase("training: the first step")  # with Lightning's set-up, slower than the steps after it
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
     elapsed = time.monotonic() - started
+    timed_evals = report.eval_seconds if report is not None else []
+    eval_seconds = sum(timed_evals) / len(timed_evals) if timed_evals else 0.0
+    train_seconds = elapsed - sum(timed_evals)
 
     if stop_flag and stop_flag.fired:
         reason = "stopped"
@@ -413,6 +509,7 @@ def train_sft(
     else:
         reason = "completed"
     # a checkpoint at the very end, so that a stopped run resumes exactly where it stopped
+    phase("saving the checkpoint")
     save_checkpoint(trainer, checkpoint_dir)
     if evaluation.best_step is not None:
         adapter_dir = checkpoint_dir / f"adapter-step{evaluation.best_step}"
@@ -423,7 +520,8 @@ def train_sft(
     result = SFTResult(
         adapter_dir=adapter_dir, best_step=evaluation.best_step, best_val_loss=evaluation.best_val_loss,
         metrics=list(evaluation.history), stopped_reason=reason, steps=trainer.global_step, base_model=base_model,
-        data=data.stats(), tokens_per_second=module.real_tokens / elapsed if elapsed > 0 else 0.0,
+        data=data.stats(), tokens_per_second=module.real_tokens / train_seconds if train_seconds > 0 else 0.0,
+        eval_seconds=eval_seconds,
     )
     if reason != "stopped" and trainer.is_global_zero:
         write_json(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})

@@ -59,23 +59,55 @@ def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn
     assert any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_a_graceful_stop_ends_in_state_stopped_with_a_loadable_version(settings, redis_conn, workers, store_with_posts,
-                                                                       tiny_model_dir):
+def test_a_stop_during_evaluation_ends_the_run_within_10_s_with_a_loadable_version(
+        settings, redis_conn, workers, store_with_posts, tiny_model_dir):
+    import time
+
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
-    run_id, job = actions.start_offline_training(redis_conn, "tweets", {**SMALL, "max_steps": 5000},
-                                                 base_model=tiny_model_dir)
-    wait_for(lambda: (job.get_meta(refresh=True).get("progress") or {}).get("step", 0) >= 10, timeout=300,
-             message="training progress")
-    progress = job.get_meta()["progress"]
-    assert progress["total"] == 5000 and progress["eta_seconds"] > 0
+    # evaluations long enough to stop in: 32 samples of up to 400 tokens at a temperature that rarely ends a post
+    config = {**SMALL, "max_steps": 5000, "eval_samples": 32, "eval_max_new_tokens": 400, "eval_temperature": 3.0}
+    run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
+
+    def progress():
+        return job.get_meta(refresh=True).get("progress") or {}
+
+    wait_for(lambda: progress().get("step", 0) >= 16 and progress().get("phase", "").startswith("evaluating: sampling"),
+             timeout=300, interval=0.02, message="sampling in the second evaluation")
+    seen = progress()
+    assert seen["total"] == 5000 and seen["eta_seconds"] > 0 and seen["phase"] == "evaluating: sampling 32 posts"
+    asked = time.monotonic()
     actions.stop_run(redis_conn, run_id)
-    wait_for(lambda: job_done(job), timeout=120, message="the stopped job")
+    wait_for(lambda: run_status(store_with_posts, run_id) in ("stopping", "stopped"), timeout=10,
+             message="state stopping")
+    wait_for(lambda: job_done(job), timeout=30, message="the stopped job")
+    assert time.monotonic() - asked <= 10.0
     result = job.latest_result().return_value
-    assert result["stopped_reason"] == "stopped" and result["steps"] < 5000
+    assert result["stopped_reason"] == "stopped" and result["steps"] == seen["step"]
     wait_for(lambda: run_status(store_with_posts, run_id) == "stopped", timeout=60, message="state stopped")
-    url = store_with_posts.scalar("SELECT artifact_url FROM model_versions WHERE run_id = ?", [run_id])
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), url)
+    version = store_with_posts.frame("SELECT * FROM model_versions WHERE run_id = ?", [run_id]).iloc[0]
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), version.artifact_url)
+    assert json.loads(version.metrics)["tokens_per_second"] > 0  # what the form's cost estimate reads
+
+
+def test_a_stop_shows_stopping_until_the_run_has_stopped(settings, redis_conn, workers, store_with_posts,
+                                                         tiny_model_dir):
+    workers.start("--store", conn=redis_conn)
+    run_id, job = actions.start_offline_training(redis_conn, "tweets", SMALL, base_model=tiny_model_dir)
+    wait_for(lambda: run_status(store_with_posts, run_id) == "queued", timeout=60, message="state queued")
+    actions.stop_run(redis_conn, run_id)  # no train worker yet: the run waits in the queue
+    wait_for(lambda: run_status(store_with_posts, run_id) == "stopping", timeout=60, message="state stopping")
+    workers.start("--queues", "train", conn=redis_conn)
+    wait_for(lambda: job_done(job), timeout=300, message="the stopped job")
+    assert job.latest_result().return_value["stopped_reason"] == "stopped"
+    wait_for(lambda: run_status(store_with_posts, run_id) == "stopped", timeout=60, message="state stopped")
+    actions.stop_run(redis_conn, run_id)  # a stop after the end changes nothing
+    finished = run_id
+    other, other_job = actions.start_offline_training(redis_conn, "tweets", {**SMALL, "max_steps": 2},
+                                                      base_model=tiny_model_dir)
+    wait_for(lambda: job_done(other_job), timeout=300, message="a later run")  # the store queue is FIFO
+    wait_for(lambda: run_status(store_with_posts, other) == "completed", timeout=60, message="the later run")
+    assert run_status(store_with_posts, finished) == "stopped"
 
 
 def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redis_conn, workers, store_with_posts,

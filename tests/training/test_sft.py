@@ -68,7 +68,7 @@ def test_copy_rate_catches_a_memorising_model_but_not_a_fresh_one(tiny_model_dir
 
 def test_guard_and_style_metrics_are_reported_at_each_evaluation(tiny_model_dir, fresh_posts, tmp_path):
     config = SFTConfig(**{**FAST, "eval_samples": 4, "style_metrics": True, "copy_embedding_threshold": 0.95},
-                       max_steps=10, eval_every=5, eval_max_new_tokens=16)
+                       max_steps=10, eval_every=5, eval_max_new_tokens=16, progress_every=5)
     progress = []
     result = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
                        on_progress=lambda *args: progress.append(args))
@@ -76,7 +76,9 @@ def test_guard_and_style_metrics_are_reported_at_each_evaluation(tiny_model_dir,
     for name in ["val_loss", "val_ppl", "train_loss", "gap", "copy_rate", "distinct_1", "distinct_2",
                  "style_similarity", "style_reference"]:
         assert name in result.metrics[-1]
-    assert [p[0] for p in progress] == [5, 10] and progress[-1][1] == 10 and progress[-1][3] == 0.0
+    steps = [p for p in progress if p[4] == "training"]
+    assert [p[0] for p in steps] == [5, 5, 10, 10]  # every 5 steps, and once more when an evaluation ends
+    assert steps[-1][1] == 10 and steps[-1][3] == 0.0
     assert result.data["train_padding_fraction"] < 0.05
 
 
@@ -84,13 +86,96 @@ def test_should_stop_leaves_a_loadable_adapter(tiny_model_dir, fresh_posts, tmp_
     steps = []
     config = SFTConfig(**FAST, max_steps=200, eval_every=50, progress_every=1)
     result = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
-                       on_progress=lambda step, *_: steps.append(step), should_stop=lambda: len(steps) >= 7)
+                       on_progress=lambda step, *rest: steps.append(step) if rest[-1] == "training" else 0,
+                       should_stop=lambda: len(steps) >= 7)
     assert result.stopped_reason == "stopped"
-    # Lightning validates once more when stopped mid-epoch: the stop step gets its evaluation
-    assert result.steps == 7 and result.best_step == 7 and [m["step"] for m in result.metrics] == [7]
+    # Lightning validates once more when stopped mid-epoch; a stop skips that evaluation: the adapter is the last step's
+    assert result.steps == 7 and result.best_step is None and result.metrics == []
+    assert result.adapter_dir == tmp_path / "adapter-step7"
     base, _ = load_base_model(tiny_model_dir)
     PeftModel.from_pretrained(base, str(result.adapter_dir))
     assert (tmp_path / "last.ckpt").is_file() and not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("phase", ["evaluating: validation loss", "evaluating: sampling",
+                                   "evaluating: saving the checkpoint"])
+def test_a_stop_during_evaluation_ends_the_run_within_10_s_with_a_loadable_adapter(tiny_model_dir, fresh_posts,
+                                                                                    tmp_path, phase):
+    # a second evaluation long enough to stop in: 32 samples of up to 400 tokens at a temperature that rarely ends
+    config = SFTConfig(**{**FAST, "eval_samples": 32}, max_steps=200, eval_every=5, max_val_batches=None,
+                       eval_max_new_tokens=400, eval_temperature=3.0, progress_every=1)
+    asked: list[float] = []
+    phases: list[tuple[int, str]] = []
+
+    def on_progress(step, total, loss, eta, text):
+        phases.append((step, text))
+        if step == 10 and text.startswith(phase) and not asked:
+            asked.append(time.monotonic())
+
+    result = train_sft(config, fresh_posts[:120], tiny_model_dir, checkpoint_dir=tmp_path, on_progress=on_progress,
+                       should_stop=lambda: bool(asked))
+    ended = time.monotonic()
+    assert asked, f"the run never reached {phase!r} at step 10: {phases[-5:]}"
+    assert ended - asked[0] <= 10.0
+    assert result.stopped_reason == "stopped" and result.steps == 10
+    # the stopped evaluation is dropped (its figures would be partial), unless only its checkpoint was left to write
+    assert [m["step"] for m in result.metrics] == ([5, 10] if "checkpoint" in phase else [5])
+    assert not any(text.startswith("evaluating") for step, text in phases if step > 10)
+    base, _ = load_base_model(tiny_model_dir)
+    PeftModel.from_pretrained(base, str(result.adapter_dir))
+    assert (tmp_path / "last.ckpt").is_file() and not (tmp_path / "result.json").exists()
+
+
+def test_progress_reports_evaluation_phases_and_an_eta_that_counts_evaluations(tiny_model_dir, fresh_posts,
+                                                                                 tmp_path):
+    # evaluations (16 samples of up to 64 tokens) cost far more than the tiny model's steps
+    config = SFTConfig(**{**FAST, "eval_samples": 16}, max_steps=20, eval_every=5, eval_max_new_tokens=64,
+                       eval_temperature=3.0, progress_every=1, early_stopping_patience=None)
+    reports: list[tuple[float, int, float | None, str]] = []
+    result = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
+                       on_progress=lambda step, total, loss, eta, phase: reports.append(
+                           (time.monotonic(), step, eta, phase)))
+    ended = time.monotonic()
+    at_five = [phase for _, step, _, phase in reports if step == 5]
+    for expected in ["evaluating: validation loss, batch 1 of", "evaluating: sampling 16 posts",
+                     "evaluating: copy and style guards on 16 posts", "evaluating: saving the checkpoint"]:
+        assert any(p.startswith(expected) for p in at_five), (expected, at_five)
+    assert at_five[0] == "training" and at_five[-1] == "training"  # step 5 trained, evaluated, went on
+    assert result.eval_seconds > 0
+    # At step 6 the first evaluation has been timed; three more are to come (10, 15, 20). The ETA then
+    # must match the time that was really left, which the 14 steps alone are far from.
+    when, _, eta, _ = next(r for r in reports if r[1] == 6 and r[3] == "training")
+    left = ended - when
+    assert 0.5 * left <= eta <= 2.0 * left, (eta, left)
+    steps_only = 14 / result.tokens_per_second * 4 * 32  # 14 steps of 4 x 32 tokens at the measured speed
+    assert steps_only < 0.5 * left, (steps_only, left)
+
+
+def test_the_copy_guard_embeds_only_candidates_and_still_finds_a_near_copy():
+    from crowdtune.embeddings import embed
+    from crowdtune.training.guards import CopyIndex  # what train_sft builds for its evaluations
+
+    posts = [f"Post number {i} talks about topic {i * 7} and nothing else at all" for i in range(500)]
+    posts.append("The failing New York Times wrote a totally dishonest story about our great rally in Ohio today")
+    embedded: list[int] = []
+
+    def counting(texts):
+        embedded.append(len(texts))
+        return embed(texts)
+
+    index = CopyIndex(posts, embedding_threshold=0.9, embedder=counting)
+    near_copy = "The failing NY Times wrote a totally dishonest story about our big rally in Ohio today!"
+    unrelated = "Sunny weather is expected all week in the mountains"
+    assert index.ngram_copies([near_copy]) == [False]  # small edits break every 12-word run
+    assert index.copy_flags([near_copy, unrelated]) == [True, False]
+    assert sum(embedded) <= 2 + 10  # the samples and their few candidates, not 501 posts
+
+
+def test_auto_defaults_are_small_on_a_cpu_and_explicit_values_stay():
+    config = SFTConfig(accelerator="cpu").resolved()
+    assert (config.max_steps, config.eval_samples, config.progress_every) == (60, 8, 1)
+    explicit = SFTConfig(accelerator="cpu", max_steps=500, eval_samples=0).resolved()
+    assert (explicit.max_steps, explicit.eval_samples) == (500, 0)
 
 
 def test_bad_settings_raise_clear_errors(tiny_model_dir, fresh_posts, tmp_path):
@@ -140,7 +225,7 @@ def test_kill_and_resume_continues_steps_without_repeating_metrics(tiny_model_di
     progress: list[int] = []
     result = train_sft(config, json.loads(posts.read_text()), tiny_model_dir, checkpoint_dir=checkpoints,
                        on_metrics=lambda step, m: second.extend((step, name) for name in m),
-                       on_progress=lambda step, *_: progress.append(step))
+                       on_progress=lambda step, *rest: progress.append(step) if rest[-1] == "training" else 0)
     emitted = [(row["step"], name) for row in first for name in row["names"]] + second
     assert len(emitted) == len(set(emitted)), "a (metric, step) pair was emitted twice"
     assert sorted({step for step, _ in emitted}) == list(range(5, 41, 5))
