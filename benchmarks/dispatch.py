@@ -26,14 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise SystemExit(f"timed out waiting for {what}")
+from crowdtune.testing.processes import wait_for  # noqa: E402 - after the checkout is on sys.path
 
 
 def measure_dispatch(conn, worker_args: list[str], jobs: int, env: dict, log: Path) -> list[float]:
@@ -45,12 +38,14 @@ def measure_dispatch(conn, worker_args: list[str], jobs: int, env: dict, log: Pa
     proc = subprocess.Popen(worker_args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
                             start_new_session=True)
     try:
-        wait(lambda: len({w.name for w in Worker.all(connection=conn)} - before) == 1, 120, "the worker")
+        wait_for(lambda: len({w.name for w in Worker.all(connection=conn)} - before) == 1,
+                 timeout=120, interval=0.01, message="the worker")
         latencies = []
         for _ in range(jobs + 1):  # the first job warms the worker's own connections; not counted
             enqueued = time.time()
             job = enqueue(conn, "default", "jobs.system.probe_worker")
-            wait(lambda job=job: job.get_status(refresh=True).value in ("finished", "failed"), 300, "a probe job")
+            wait_for(lambda job=job: job.get_status(refresh=True).value in ("finished", "failed"),
+                     timeout=300, interval=0.01, message="a probe job")
             result = job.latest_result()
             if result is None or result.return_value is None:
                 raise SystemExit(f"probe job failed: {result.exc_string if result else '?'}")
@@ -89,7 +84,8 @@ def measure_store(settings, conn, batches: int, rows: int, env: dict, log: Path)
                      for i in range(3)]
         for p in producers:
             p.wait()
-        wait(lambda: reader.scalar("SELECT count(*) FROM metrics") == expected, 600, "all rows")
+        wait_for(lambda: reader.scalar("SELECT count(*) FROM metrics") == expected,
+                 timeout=600, interval=0.01, message="all rows")
         elapsed = time.time() - start
         return {"rows": expected, "seconds": round(elapsed, 2), "rows_per_s": round(expected / elapsed, 1),
                 "batches_per_s": round(3 * batches / elapsed, 1)}

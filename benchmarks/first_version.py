@@ -37,18 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from crowdtune.testing.processes import wait_for  # noqa: E402 - after the checkout is on sys.path
+
 GOAL_VERSION_SECONDS = 900.0
 GOAL_GAP_SECONDS = 30.0
 
 
-def wait(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def load() -> list[float]:
@@ -89,21 +83,22 @@ def main() -> None:
             except Exception:  # Redis or the store not up yet
                 return None
 
-        conn = wait(ready, 180, "crowdtune up (Redis, workers, the default faces)", interval=0.5)
+        conn = wait_for(ready, timeout=180, message="crowdtune up (Redis, workers, the default faces)", interval=0.5)
         up_seconds = time.monotonic() - started
         print(f"up: {up_seconds:.1f} s", flush=True)
 
         # 1) import the bundled posts; done when the store holds what the job says it landed
         queued = time.monotonic()
         job = actions.start_import(conn, "tweets", None)
-        wait(lambda: (job.get_status(refresh=True).value in ("finished", "failed")), 600, "the import job")
+        wait_for(lambda: (job.get_status(refresh=True).value in ("finished", "failed")),
+                 timeout=600, message="the import job")
         result = job.latest_result().return_value or {}
         landed = int(result.get("landed") or 0)
 
         def imported():
             return reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'tweets'", default=0) >= landed
 
-        wait(imported, 300, f"{landed:,} posts in the store")
+        wait_for(imported, timeout=300, message=f"{landed:,} posts in the store")
         import_seconds = time.monotonic() - queued
         print(f"import: {landed:,} posts in {import_seconds:.1f} s", flush=True)
 
@@ -137,8 +132,8 @@ def main() -> None:
         if status != "finished":
             raise SystemExit(f"the run's job {status}: {job.latest_result().exc_string}")
         outcome = job.latest_result().return_value
-        wait(lambda: reader.scalar("SELECT count(*) FROM model_versions WHERE version_id = ?",
-                                   [outcome["version_id"]], default=0), 120, "the version row")
+        wait_for(lambda: reader.scalar("SELECT count(*) FROM model_versions WHERE version_id = ?",
+                                       [outcome["version_id"]], default=0), timeout=120, message="the version row")
         version_seconds = time.monotonic() - queued
         total_seconds = time.monotonic() - started
 

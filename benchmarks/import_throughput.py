@@ -29,14 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
+from crowdtune.testing.processes import wait_for  # noqa: E402 - after the checkout is on sys.path
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -61,17 +54,20 @@ def measure_crowdtune(settings, conn, path: Path, rows: int, env: dict, logs: Pa
     try:
         from rq import Worker
 
-        wait(lambda: len(Worker.all(connection=conn)) == 2, 120, "the workers")
+        wait_for(lambda: len(Worker.all(connection=conn)) == 2, timeout=120, message="the workers")
         reader = StoreReader(settings.store_path)
         actions.save_face(conn, "bench", "dataset", {
             "source": str(path), "reaction_columns": {"likes": "likes", "reposts": "reposts"}})
-        wait(lambda: reader.scalar("SELECT count(*) FROM faces WHERE face_id = 'bench'"), 60, "the face")
+        wait_for(lambda: reader.scalar("SELECT count(*) FROM faces WHERE face_id = 'bench'"),
+                 timeout=60, message="the face")
         start = time.monotonic()
         job = actions.start_import(conn, "bench")
-        wait(lambda: job.get_status(refresh=True).value in ("finished", "failed"), 3600, "the import")
+        wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"),
+                 timeout=3600, message="the import")
         if job.get_status().value != "finished":
             raise SystemExit(f"the import failed: {job.latest_result().exc_string}")
-        wait(lambda: reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'bench'") == rows, 3600, "all rows")
+        wait_for(lambda: reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'bench'") == rows,
+                 timeout=3600, message="all rows")
         elapsed = time.monotonic() - start
         result = job.latest_result().return_value
         print(f"crowdtune: {result['summary']}")

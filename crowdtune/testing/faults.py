@@ -11,6 +11,9 @@ import ctypes
 import os
 import stat
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CAP_DAC_OVERRIDE = 1
@@ -48,3 +51,27 @@ def set_read_only(folder: Path, read_only: bool) -> None:
             path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) if read_only else mode | stat.S_IWUSR)
         except FileNotFoundError:  # renamed or removed by a writer meanwhile
             continue
+
+
+_HOLDER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)   # like a user's `duckdb -readonly` session
+print("holding", flush=True)
+sys.stdin.readline()                                 # until the caller lets go
+con.close()
+"""
+
+
+@contextmanager
+def store_held_by_another_program(path) -> Iterator[None]:
+    """Hold the store file read-only from another process for the block (writers then wait), as a
+    user's `duckdb -readonly` shell does. Another process, because DuckDB's file locks belong to the
+    process: a handle in the caller's would lose its lock when one of its own reads detaches the file."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        if holder.stdout.readline().strip() != b"holding":
+            raise RuntimeError(f"could not hold {path}")
+        yield
+    finally:
+        holder.communicate(b"go\n", timeout=30)

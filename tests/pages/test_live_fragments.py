@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 
 import pytest
 from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
@@ -15,9 +13,9 @@ from crowdtune.runtime import status as runtime_status
 from crowdtune.store import changes, views
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, write_outcome
+from crowdtune.testing.faults import store_held_by_another_program
 from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text, rows, write
-from tests.store.test_change_counter import HOLDER
 
 
 def rerun_fragments(at: AppTest) -> AppTest:
@@ -136,18 +134,13 @@ def test_every_page_says_writes_are_waiting_while_another_program_holds_the_stor
     # detaches the file (DuckDB's locks belong to the process, see crowdtune.store.connection).
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"holding"
+    with store_held_by_another_program(settings.store_path):
         write_id = StoreWriter(redis_conn).insert("runs", [{"run_id": "r", "kind": "offline", "status": "running"}])
         held = wait_for(lambda: changes.held(redis_conn), timeout=30, message="the held note")
         for page in ("pages/posts.py", "pages/settings.py"):  # pages without a live fragment of their own too
             text = page_text(open_page(page))
             assert f"Writes are waiting: the store file is held by another program since {held.since:%H:%M} UTC" \
                 in text, page
-    finally:
-        holder.communicate(b"go\n", timeout=30)
     wait_for(lambda: write_outcome(redis_conn, write_id), timeout=60, message="the write to land")
     assert "Writes are waiting" not in page_text(open_page("pages/posts.py"))
 

@@ -5,24 +5,14 @@ a file that another program holds."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
-import textwrap
 import time
 
 from crowdtune.store import changes
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
 from crowdtune.store.writes import StoreWriter, write_outcome
-from tests.conftest import wait_for
-
-HOLDER = textwrap.dedent("""
-    import sys, duckdb
-    con = duckdb.connect(sys.argv[1], read_only=True)   # like a user's `duckdb -readonly` session
-    print("holding", flush=True)
-    sys.stdin.readline()                                 # until the test lets go
-    con.close()
-""")
+from crowdtune.testing.faults import store_held_by_another_program
+from crowdtune.testing.processes import wait_for
 
 
 def test_each_applied_batch_bumps_the_change_counter_once_and_a_repeated_one_not_at_all(settings, redis_conn,
@@ -50,18 +40,13 @@ def test_each_applied_batch_bumps_the_change_counter_once_and_a_repeated_one_not
 def test_a_write_waiting_on_a_held_file_notes_since_when_and_clears_it_when_it_lands(settings, redis_conn, workers):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline().strip() == b"holding"
+    with store_held_by_another_program(settings.store_path):
         before = time.time()
         write_id = StoreWriter(redis_conn).insert("runs", [{"run_id": "r", "kind": "offline", "status": "running"}])
         held = wait_for(lambda: changes.held(redis_conn), timeout=30, message="the held note")
         assert abs(held.since.replace(tzinfo=dt.UTC).timestamp() - before) < 5  # since the batch began to wait
         assert write_outcome(redis_conn, write_id) is None  # still waiting
         assert changes.version(redis_conn) == 0
-    finally:
-        holder.communicate(b"go\n", timeout=30)
     wait_for(lambda: write_outcome(redis_conn, write_id), timeout=60, message="the write to land")
     assert changes.held(redis_conn) is None
     assert changes.version(redis_conn) == 1
