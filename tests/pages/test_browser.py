@@ -120,8 +120,9 @@ def test_import_train_watch_progress_follow_a_metrics_link_and_stop(crowdtune_up
     # The offline form comes first; the online form below has fields of the same names.
     page.get_by_role("textbox", name="Base model", exact=True).first.fill(str(tiny))
     page.get_by_text("LoRA, optimiser and evaluation settings").first.click()
-    for role, label, value in (("spinbutton", "max steps", "100000"), ("spinbutton", "eval every", "10"),
-                               ("spinbutton", "eval samples", "0"),  # no samples: no embedding model
+    # max steps and eval samples are text boxes: blank means auto (CPU and GPU defaults differ)
+    for role, label, value in (("textbox", "max steps", "100000"), ("spinbutton", "eval every", "10"),
+                               ("textbox", "eval samples", "0"),  # no samples: no embedding model
                                ("spinbutton", "batch size", "4"), ("spinbutton", "block size", "32"),
                                ("textbox", "copy embedding threshold", ""),
                                ("textbox", "early stopping patience", "")):  # blank = never stop early
