@@ -262,7 +262,8 @@ def _here() -> _ProcessFiles:
 @contextmanager
 def holding_alone(path: Path) -> Iterator[None]:
     """Use the store file with no read of this process holding it (and none starting) meanwhile:
-    for a handle of its own, e.g. a write or the Query page's sandboxed instance."""
+    for a handle of its own, such as a write. (The Query page runs its queries in a process of
+    its own, whose lock is separate, so it needs none.)"""
     with _here().file(Path(path)).exclusive():
         yield
 

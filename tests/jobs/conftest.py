@@ -1,2 +1,17 @@
+"""Fixtures shared by the job tests: real workers on a real Redis and store."""
+
+import pytest
+
+from crowdtune.store.reads import StoreReader
+from crowdtune.store.writer import initialise
 from tests.faces.conftest import fake_api  # noqa: F401  the local fake social-network API
 from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  shared fixtures
+
+
+@pytest.fixture
+def running(settings, redis_conn, workers):
+    """A new store with its single writer and a worker for light work and generation; a reader of it."""
+    initialise(settings.store_path)
+    workers.start("--store", conn=redis_conn)
+    workers.start("--queues", "control,default", conn=redis_conn)
+    return StoreReader(settings.store_path)

@@ -16,14 +16,6 @@ def finished(job):
     return job.get_status(refresh=True).value in ("finished", "failed")
 
 
-@pytest.fixture
-def running(settings, redis_conn, workers):
-    initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
-    return StoreReader(settings.store_path)
-
-
 def run_import(conn, face_id, limit=None):
     job = actions.start_import(conn, face_id, limit)
     wait_for(lambda: finished(job), timeout=300, message=f"import of {face_id}")

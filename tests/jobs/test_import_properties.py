@@ -25,8 +25,6 @@ from typer.testing import CliRunner
 from crowdtune import actions
 from crowdtune.cli import app
 from crowdtune.runtime.queues import queue
-from crowdtune.store.reads import StoreReader
-from crowdtune.store.writer import initialise
 from crowdtune.testing.processes import wait_for
 
 MAX_ID_CHARS = 64  # the faces below set it, so a too-long id needs 65 characters, not 20 MB
@@ -98,14 +96,6 @@ def write_file(folder, file_format, rows, bad, line_end, bom) -> tuple[str, list
     return str(path), lines
 
 
-@pytest.fixture
-def store_and_workers(settings, redis_conn, workers):
-    initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
-    return StoreReader(settings.store_path)
-
-
 face_numbers = itertools.count()
 
 
@@ -115,9 +105,9 @@ face_numbers = itertools.count()
                                                                   HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_valid_row_lands_once_every_bad_row_is_reported_and_the_cli_counts_the_store(
-        file_format, data, store_and_workers, redis_conn, tmp_path_factory):
+        file_format, data, running, redis_conn, tmp_path_factory):
     file_format, rows, bad, line_end, bom = data.draw(files(file_format))
-    reader = store_and_workers
+    reader = running
     face_id = f"p{next(face_numbers)}"
     path, lines = write_file(tmp_path_factory.mktemp(face_id), file_format, rows, bad, line_end, bom)
     actions.save_face(redis_conn, face_id, "dataset", {
