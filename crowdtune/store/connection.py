@@ -69,32 +69,58 @@ def _unusable(path: Path, exc: Exception) -> StoreUnavailable:
 WRITE_WANTED_FRESH_SECONDS = 2.0
 STEP_ASIDE_SECONDS = 0.4
 STEP_ASIDE_PAUSE_SECONDS = 5.0  # after stepping aside in vain: while someone else holds the file
+# The other way round, a reader that meets a held file leaves a read-wanted note, and a writer about
+# to open the file lets it in first (for at most READ_TURN_SECONDS). Why: a backlog of writes
+# applied back to back leaves gaps of milliseconds, which a reader retrying every 0.25 s misses:
+# a query during a large catch-up starved for a minute.
+READ_TURN_SECONDS = 0.5
 
 
 def write_wanted_note(path: Path) -> Path:
     return path.with_name(path.name + ".write-wanted")
 
 
-def write_is_waiting(path: Path) -> bool:
+def read_wanted_note(path: Path) -> Path:
+    return path.with_name(path.name + ".read-wanted")
+
+
+def _note_is_fresh(note: Path) -> bool:
     try:
-        return time.time() - write_wanted_note(path).stat().st_mtime < WRITE_WANTED_FRESH_SECONDS
+        return time.time() - note.stat().st_mtime < WRITE_WANTED_FRESH_SECONDS
     except OSError:
         return False
 
 
-def _announce_write_wanted(path: Path) -> bool:
+def write_is_waiting(path: Path) -> bool:
+    return _note_is_fresh(write_wanted_note(path))
+
+
+def read_is_waiting(path: Path) -> bool:
+    return _note_is_fresh(read_wanted_note(path))
+
+
+def _announce(note: Path) -> bool:
     try:
-        write_wanted_note(path).touch()
+        note.touch()
         return True
-    except OSError:  # a read-only folder: readers just won't step aside
+    except OSError:  # a read-only folder: the other side just won't step aside
         return False
+
+
+def _let_waiting_readers_in(path: Path) -> None:
+    """Before a write opens the file: wait (at most READ_TURN_SECONDS) while a reader says it waits."""
+    deadline = time.monotonic() + READ_TURN_SECONDS
+    while read_is_waiting(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writing: bool = False):
     """attempt() until it stops failing on another process's lock on the file, for at most
     `wait_seconds`; any other failure is named at once (see _unusable). A `writing` attempt asks
-    readers to step aside meanwhile (write_wanted_note)."""
+    readers to step aside meanwhile (write_wanted_note), a read asks the next writer to let it in
+    first (read_wanted_note)."""
     deadline = time.monotonic() + wait_seconds
+    note = write_wanted_note(path) if writing else read_wanted_note(path)
     delay = 0.001
     last_report = time.monotonic()
     announced = False
@@ -112,8 +138,7 @@ def with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writ
                         "Close other programs that hold the file (e.g. a `duckdb` shell) and try again; "
                         "queued writes are kept in Redis and catch up by themselves.",
                     ) from None
-                if writing:
-                    announced = _announce_write_wanted(path) or announced
+                announced = _announce(note) or announced
                 if on_wait is not None and now - last_report > 30:
                     on_wait(_holder(exc), now - (deadline - wait_seconds))
                     last_report = now
@@ -124,7 +149,7 @@ def with_lock_retry(path: Path, wait_seconds: float, attempt, on_wait=None, writ
                 raise _unusable(path, exc) from None
     finally:
         if announced:
-            write_wanted_note(path).unlink(missing_ok=True)
+            note.unlink(missing_ok=True)
 
 
 def _connect_with_retry(path: Path, read_only: bool, wait_seconds: float, on_wait=None) -> duckdb.DuckDBPyConnection:
@@ -312,6 +337,7 @@ def open_for_write(path: Path, wait_seconds: float, on_wait=None) -> Iterator[du
     except OSError as exc:
         raise _unusable(path, exc) from None
     with holding_alone(path):
+        _let_waiting_readers_in(path)
         con = _connect_with_retry(path, read_only=False, wait_seconds=wait_seconds, on_wait=on_wait)
         try:
             migrate(con, path)

@@ -181,3 +181,42 @@ def test_reads_step_aside_briefly_for_a_waiting_writer_and_ignore_a_stale_note(s
     apply_write(store, "w2", [{"op": "insert", "table": "faces", "rows": [
         {"face_id": "f2", "kind": "sandbox", "config": "{}"}]}], 10)
     assert note.exists()  # the writer got the file at once: it never announced, and leaves others' notes
+
+
+# Another process applying long writes back to back (each holds the file ~0.3 s, with no pause in
+# between), until the file named by argv[2] exists.
+BACKLOG_LOOP = textwrap.dedent("""
+    import pathlib, sys, time
+    from crowdtune.store.connection import open_for_write
+    stop, i = pathlib.Path(sys.argv[2]), 0
+    while not stop.exists():
+        with open_for_write(sys.argv[1], 60) as con:
+            con.execute("INSERT INTO faces (face_id, kind, config) VALUES (?, 'sandbox', '{}')", [f"b-{i}"])
+            time.sleep(0.3)
+        i += 1
+""")
+
+
+def test_a_read_gets_in_between_writes_applied_back_to_back(store, tmp_path):
+    """A backlog of writes leaves gaps of milliseconds: without the read-wanted note, a read
+    retrying every 0.25 s missed them for a minute (the store worker catching up after a restart)."""
+    import time
+
+    from crowdtune.store.connection import read_wanted_note
+
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", BACKLOG_LOOP, str(store), str(stop)])
+    try:
+        time.sleep(2.0)  # the backlog is running
+        reader = StoreReader(store, wait_seconds=20)
+        waits = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert reader.scalar("SELECT count(*) FROM faces WHERE face_id LIKE 'b-%'") >= 1
+            waits.append(time.monotonic() - started)
+        assert writer.poll() is None, "the backlog stopped early"
+        assert max(waits) < 3.0, waits  # a write or two, then the read's turn
+    finally:
+        stop.touch()
+        assert writer.wait(60) == 0
+    assert not read_wanted_note(store).exists()  # the reader took its note away
