@@ -33,6 +33,7 @@ class PostStatus(StrEnum):
 
     IMPORTED = "imported"
     REJECTED = "rejected"        # a sample a guard refused; never published
+    CANDIDATE = "candidate"      # a best-of-N sample that passed the guards but was not chosen
     PUBLISHING = "publishing"    # the intent is recorded, the face was (maybe) called
     PUBLISHED = "published"
     FAILED = "failed"

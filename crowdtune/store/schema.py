@@ -168,6 +168,29 @@ MIGRATIONS: list[str] = [
     rollup.TABLES_SQL + rollup.BACKFILL_SQL + latest_reactions.BACKFILL_SQL + """
     CREATE INDEX reaction_snapshots_post ON reaction_snapshots (post_id);
     """,
+    # 5: learning from every reaction: the reward model fitted per face on its history and its scored
+    # posts (crowdtune.training.rl.predictor), and the candidates of a best-of-N slot with what the
+    # reward model predicted for each and how likely the exploring rule was to pick it
+    """
+    ALTER TABLE posts ADD COLUMN predicted_reward DOUBLE;
+    ALTER TABLE posts ADD COLUMN predicted_reward_std DOUBLE;
+    ALTER TABLE posts ADD COLUMN selection_probability DOUBLE;
+    ALTER TABLE posts ADD COLUMN candidate_of VARCHAR;
+    ALTER TABLE posts ADD COLUMN reward_model_id VARCHAR;
+    CREATE TABLE reward_models (
+        model_id VARCHAR PRIMARY KEY,
+        face_id VARCHAR NOT NULL,
+        fitted_at TIMESTAMP,
+        artifact_url VARCHAR,
+        history_posts INTEGER,
+        generated_posts INTEGER,
+        validation_spearman DOUBLE,
+        validation_posts INTEGER,
+        figures JSON,
+        config JSON,
+        updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -185,4 +208,5 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "state": ("key",),
     "controllers": ("face_id",),
     "online_updates": ("update_id",),
+    "reward_models": ("model_id",),
 }

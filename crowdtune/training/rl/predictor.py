@@ -1,0 +1,213 @@
+"""A reward model per face: what the channel's audience rewards, learnt from every reaction it had.
+
+    PredictorConfig                 its settings (each field: default and help)
+    fit_predictor(posts, vectors, config) -> RewardPredictor
+    RewardPredictor.predict(vectors, texts, hours) -> (mean, std)   reward units, per text
+    time_split_validation(posts, vectors, config) -> dict           honest figures, stored with each fit
+    RewardPredictor.save(url) / load_predictor(url)                 under artifacts_url: any worker loads it
+
+In: scored posts of one face, oldest first, each {"text", "reward", "origin" ("imported" or
+"generated"), "posted_at" (datetime or ISO text, may be None)}; their MiniLM vectors
+(crowdtune.embeddings, [n, 384]). The rewards are era-normalised (training/rl/rewards.py), so an
+imported post of 2009 and a post published today are on one scale.
+
+Features fit short posts: the embedding, plus cheap text features an embedding blurs (log length
+in characters and words, question mark, exclamation mark, links, hashtags, mentions, and the hour
+of day as a point on a circle; an unknown hour is the circle's centre).
+
+Model: a bootstrap ensemble of ridge regressions, solved in closed form (numpy: milliseconds for
+thousands of posts). Each member is fitted on a weighted resample of the posts; the prediction is
+the members' mean and the uncertainty their spread, which is what an exploring choice needs (it is
+wide where the posts are few or disagree, e.g. far from anything the channel ever wrote). Generated
+posts weigh `generated_weight` times an imported one: they are what the policy writes now, and
+their reactions were observed the way new posts' will be.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from datetime import datetime
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+_LINK = re.compile(r"https?://|www\.", re.IGNORECASE)
+_HASHTAG = re.compile(r"(?:^|\s)#\w")
+_MENTION = re.compile(r"(?:^|\s)@\w")
+TEXT_FEATURES = ("log_chars", "log_words", "question", "exclamation", "link", "hashtag", "mention",
+                 "hour_sin", "hour_cos")
+
+
+class PredictorConfig(BaseModel):
+    """How a face's reward model is fitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(16, ge=2, le=256, description="ridge models in the bootstrap ensemble (the uncertainty)")
+    ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of each member")
+    generated_weight: float = Field(4.0, gt=0.0, description="weight of a scored generated post, "
+                                                             "relative to an imported one")
+    min_posts: int = Field(16, ge=4, description="fewer scored posts than this: no reward model")
+    validation_share: float = Field(0.2, gt=0.0, lt=0.9, description="newest share of the posts held out "
+                                                                     "by the time-split validation")
+    seed: int = Field(0, description="seed of the bootstrap resamples")
+
+
+def text_features(texts: list[str], hours: list[float | None] | None = None) -> np.ndarray:
+    """[n, len(TEXT_FEATURES)] cheap features of short posts (module docstring)."""
+    hours = hours if hours is not None else [None] * len(texts)
+    rows = []
+    for text, hour in zip(texts, hours, strict=True):
+        angle = None if hour is None or (isinstance(hour, float) and math.isnan(hour)) else 2 * math.pi * hour / 24
+        rows.append([
+            math.log1p(len(text)), math.log1p(len(text.split())), float("?" in text), float("!" in text),
+            float(bool(_LINK.search(text))), float(bool(_HASHTAG.search(text))), float(bool(_MENTION.search(text))),
+            0.0 if angle is None else math.sin(angle), 0.0 if angle is None else math.cos(angle),
+        ])
+    return np.asarray(rows, dtype=np.float64).reshape(len(texts), len(TEXT_FEATURES))
+
+
+def hour_of(posted_at) -> float | None:
+    """Hour of day (0-24, UTC) of a datetime or ISO text; None when unknown."""
+    if posted_at is None:
+        return None
+    if not isinstance(posted_at, datetime):
+        try:
+            posted_at = datetime.fromisoformat(str(posted_at))
+        except ValueError:
+            return None
+    return posted_at.hour + posted_at.minute / 60
+
+
+def _design(vectors: np.ndarray, texts: list[str], hours) -> np.ndarray:
+    return np.hstack([np.asarray(vectors, dtype=np.float64).reshape(len(texts), -1), text_features(texts, hours)])
+
+
+class RewardPredictor:
+    """A fitted ensemble: standardisation of the features, and one (coefficients, intercept) per member."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coefs: np.ndarray, intercepts: np.ndarray,
+                 config: PredictorConfig, figures: dict | None = None, noise: float = 0.0):
+        self.mean, self.scale, self.coefs, self.intercepts = mean, scale, coefs, intercepts
+        self.config, self.figures = config, dict(figures or {})
+        self.noise = float(noise)  # std of a real reward around the prediction (what no model foresees)
+
+    def member_predictions(self, vectors: np.ndarray, texts: list[str], hours=None) -> np.ndarray:
+        """[members, n] each member's predicted reward."""
+        if not texts:
+            return np.zeros((len(self.intercepts), 0))
+        x = (_design(vectors, texts, hours) - self.mean) / self.scale
+        return self.coefs @ x.T + self.intercepts[:, None]
+
+    def predict(self, vectors: np.ndarray, texts: list[str], hours=None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) predicted reward of each text, in reward units. The std is the ensemble's
+        disagreement (what more data would settle, what exploring needs); a real reward also varies
+        by `noise` around the mean."""
+        members = self.member_predictions(vectors, texts, hours)
+        return members.mean(axis=0), members.std(axis=0)
+
+    def save(self, url: str) -> None:
+        """Write the model to `url` (a folder under artifacts_url: any fsspec URL) as npz + json."""
+        import fsspec
+
+        from crowdtune.artifacts import join
+
+        fs, root = fsspec.core.url_to_fs(url)
+        fs.makedirs(root, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, scale=self.scale, coefs=self.coefs, intercepts=self.intercepts,
+                 noise=np.float64(self.noise))
+        with fs.open(join(root, "predictor.npz"), "wb") as out:
+            out.write(buffer.getvalue())
+        with fs.open(join(root, "predictor.json"), "w") as out:  # written last: its presence means complete
+            json.dump({"config": self.config.model_dump(), "figures": self.figures}, out)
+
+
+def load_predictor(url: str) -> RewardPredictor:
+    """The model RewardPredictor.save wrote to `url`; FileNotFoundError when there is none."""
+    import fsspec
+
+    from crowdtune.artifacts import join
+
+    fs, root = fsspec.core.url_to_fs(url)
+    with fs.open(join(root, "predictor.json")) as handle:
+        meta = json.load(handle)
+    with fs.open(join(root, "predictor.npz"), "rb") as handle:
+        arrays = np.load(io.BytesIO(handle.read()))
+        return RewardPredictor(arrays["mean"], arrays["scale"], arrays["coefs"], arrays["intercepts"],
+                               PredictorConfig(**meta["config"]), meta.get("figures"), float(arrays["noise"]))
+
+
+def _weights(posts: list[dict], config: PredictorConfig) -> np.ndarray:
+    return np.asarray([config.generated_weight if p.get("origin") == "generated" else 1.0 for p in posts])
+
+
+def fit_predictor(posts: list[dict], vectors: np.ndarray, config: PredictorConfig | None = None) -> RewardPredictor:
+    """Fit the ensemble on scored posts and their vectors (module docstring); ValueError if too few."""
+    config = config or PredictorConfig()
+    if len(posts) < config.min_posts:
+        raise ValueError(f"{len(posts)} scored post(s); a reward model needs at least {config.min_posts}")
+    texts = [p["text"] for p in posts]
+    x = _design(vectors, texts, [hour_of(p.get("posted_at")) for p in posts])
+    y = np.asarray([float(p["reward"]) for p in posts])
+    weights = _weights(posts, config)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = (x - mean) / scale
+    rng = np.random.default_rng(config.seed)
+    n, d = z.shape
+    coefs, intercepts = np.zeros((config.members, d)), np.zeros(config.members)
+    probabilities = weights / weights.sum()
+    for member in range(config.members):
+        # A weighted bootstrap: n draws with replacement, generated posts drawn more often.
+        counts = np.bincount(rng.choice(n, size=n, p=probabilities), minlength=n).astype(np.float64)
+        total = counts.sum()
+        x_mean = counts @ z / total
+        y_mean = counts @ y / total
+        zc, yc = z - x_mean, y - y_mean
+        gram = (zc * counts[:, None]).T @ zc + config.ridge_alpha * np.eye(d)
+        coefs[member] = np.linalg.solve(gram, (zc * counts[:, None]).T @ yc)
+        intercepts[member] = y_mean - x_mean @ coefs[member]
+    fitted = (coefs @ z.T + intercepts[:, None]).mean(axis=0)
+    noise = math.sqrt(float(weights @ (y - fitted) ** 2 / weights.sum()))
+    return RewardPredictor(mean, scale, coefs, intercepts, config, noise=noise)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation; NaN when either side is constant or there are fewer than 2."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a), np.asarray(b)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def time_split_validation(posts: list[dict], vectors: np.ndarray, config: PredictorConfig | None = None) -> dict:
+    """Fit on the oldest posts, predict the newest `validation_share` (posts are oldest first).
+
+    Out: {"validation_spearman", "validation_posts", "validation_mae", "validation_coverage" (share
+    of held-out rewards within 2 predictive std, sqrt(std^2 + noise^2), of the mean),
+    "validation_generated_spearman" (on the generated posts among them, NaN with fewer than 4)};
+    NaN figures when the posts are too few for both sides.
+    """
+    config = config or PredictorConfig()
+    n_new = int(round(len(posts) * config.validation_share))
+    nan = {"validation_spearman": math.nan, "validation_posts": 0, "validation_mae": math.nan,
+           "validation_coverage": math.nan, "validation_generated_spearman": math.nan}
+    if n_new < 4 or len(posts) - n_new < config.min_posts:
+        return nan
+    older, newer = posts[:-n_new], posts[-n_new:]
+    model = fit_predictor(older, vectors[:-n_new], config)
+    mean, std = model.predict(vectors[-n_new:], [p["text"] for p in newer],
+                              [hour_of(p.get("posted_at")) for p in newer])
+    real = np.asarray([float(p["reward"]) for p in newer])
+    generated = np.asarray([p.get("origin") == "generated" for p in newer])
+    return {"validation_spearman": spearman(mean, real), "validation_posts": n_new,
+            "validation_mae": float(np.abs(mean - real).mean()),
+            "validation_coverage": float((np.abs(mean - real) <= 2 * np.sqrt(std ** 2 + model.noise ** 2)).mean()),
+            "validation_generated_spearman": spearman(mean[generated], real[generated])
+            if generated.sum() >= 4 else math.nan}
