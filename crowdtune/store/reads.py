@@ -304,7 +304,15 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
             "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published}
 
 
+def latest_reward_model(reader: StoreReader, face_id: str) -> dict | None:
+    """The face's newest reward_models row (figures and config parsed), or None before its first fit."""
+    rows = _dicts(reader, "SELECT * FROM reward_models WHERE face_id = ? ORDER BY fitted_at DESC NULLS LAST, "
+                          "model_id DESC LIMIT 1", [face_id])
+    return _parsed(rows[0], "figures", "config") if rows else None
+
+
 NAMED_READS.update({
+    "latest_reward_model": latest_reward_model,
     "online_controller": online_controller,
     "online_run": online_run,
     "online_faces": online_faces,
