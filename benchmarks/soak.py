@@ -380,7 +380,7 @@ class Soak:
         """Quick counts for progress lines (the full accounting runs at the end)."""
         try:
             rows = self.reader().rows("""
-                SELECT (SELECT count(*) FROM posts WHERE origin = 'generated'),
+                SELECT (SELECT count(*) FROM posts WHERE origin = 'generated' AND status <> 'candidate'),
                        (SELECT count(*) FROM posts WHERE status = 'published'),
                        (SELECT count(*) FROM reaction_snapshots),
                        (SELECT count(*) FROM online_updates WHERE status = 'completed'),

@@ -3,8 +3,9 @@
     tick(face_id)              queue `default`, scheduled with enqueue_at: read the store, decide
                                (crowdtune.online.controller.decide), carry the decision out
                                (crowdtune.online.dispatch), schedule the next tick
-    publish_post(face, run, slot)   queue `default`: generate with the active version, guard, record the
-                               intent, publish; a retry first asks the face whether the post went out
+    publish_post(face, run, slot)   queue `default`: sample N candidates with the active version, guard,
+                               choose one (crowdtune.online.candidates), record the intent and the
+                               candidates, publish; a retry first asks the face whether the post went out
     collect_reactions(...)     queue `default`: one reaction snapshot of a post; its score at maturity
     rl_update(update_id)       queue `train`: one RL update -> a new model version, made active unless paused
     reconcile()                queue `store`: schedule a tick for every face with work (store worker start-up)
@@ -17,7 +18,6 @@ happens twice. What each write records is spelled once, in crowdtune.online.reco
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from crowdtune.runtime.queues import connect
 from crowdtune.settings import Settings, load_settings
 from crowdtune.states import ControllerState, PostStatus, UpdateStatus
 from crowdtune.store.remote import read_via_store_worker
-from crowdtune.store.writes import StoreWriter, upsert_op, utc_now
+from crowdtune.store.writes import StoreWriter, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,12 @@ class _Slot:
 def publish_post(face_id: str, run_id: str, slot: int) -> dict:
     """Publish the post of one slot of an online run, at most once.
 
-    First run: sample with the active version (or the base model), drop empty posts and copies of
-    training posts (each rejected sample is logged with its reason), record the post as
-    `publishing` with its intent id through the store queue, then call face.publish. A re-run (RQ
+    First run: sample `candidates` posts with the active version (or the base model) in one batch,
+    drop empty posts, filtered ones and copies of training posts or of the face's own published
+    posts (each rejected sample is recorded with its reason), choose one by the exploring rule on the
+    face's reward model (crowdtune.online.candidates), record it as `publishing` with its intent id
+    and the other candidates (status `candidate`) in one write through the store queue, then call
+    face.publish. A re-run (RQ
     retry, a requeue after a crash, a tick finding the slot unresolved) finds that row and asks
     face.find_published first; only a post the face does not know is sent again, with the same
     intent id. Final failure: the post is `failed` and an alert says why.
@@ -181,9 +184,10 @@ def _record_publish_failure(at: _Slot, job, exc: Exception) -> None:
 
 
 def _generate(at: _Slot) -> dict | None:
-    """Sample until a post passes the guards; log every sample; record the kept one as `publishing`."""
-    from crowdtune.training.generation import GenerationConfig, generate_posts
-    from crowdtune.training.guards import CopyIndex
+    """Sample the slot's candidates, guard them and choose one (crowdtune.online.candidates); record the
+    rejected samples, then the chosen post as `publishing` with the other candidates in one write."""
+    from crowdtune.online.candidates import SlotIds, draft_slot, guard_indexes, load_reward_model
+    from crowdtune.training.generation import GenerationConfig
     from crowdtune.training.models import DEFAULT_BASE_MODEL, load_base_model, load_version
 
     cfg, cache = at.cfg, at.settings.data_dir / "models"
@@ -194,34 +198,25 @@ def _generate(at: _Slot) -> dict | None:
         model, tokenizer = load_base_model((at.inputs.get("run") or {}).get("base_model") or cfg.base_model
                                            or DEFAULT_BASE_MODEL, cache_dir=cache)
     model.eval()
-    sampling = cfg.sampling()
-    copy_index = None
-    if GenerationConfig(**sampling).drop_copies:
-        texts = [p["text"] for p in read_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]
-        copy_index = CopyIndex(texts, embedding_threshold=cfg.copy_embedding_threshold) if texts else None
-    prompt = cfg.prompts[at.slot % len(cfg.prompts)] if cfg.prompts else ""
-    common = {"face_id": at.face_id, "origin": "generated", "run_id": at.run_id, "publish_slot": at.slot,
-              "prompt": prompt, "model_version_id": version["version_id"] if version else None}
-    for attempt in range(cfg.max_generation_attempts):
-        seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{at.intent_id}:{attempt}".encode()).digest()[:4], "little")
-        gen = GenerationConfig(**{**sampling, "num_samples": 1, "seed": seed})
-        result = generate_posts(model, tokenizer, gen, prompts=[prompt] if prompt else None, copy_index=copy_index)
-        sample = (result.kept or result.rejected)[0]
-        row = {**common, "text": sample.text, "sampling": gen.model_dump(mode="json"), "token_ids": sample.token_ids,
-               "token_logprobs": sample.logprobs, "logprob": float(sum(sample.logprobs))}
-        if sample.rejected is not None:
-            rejected_id = f"{at.post_id}r{attempt}"
-            at.writer.submit([upsert_op("posts", [{**row, "post_id": rejected_id, "status": PostStatus.REJECTED,
-                                                   "reject_reason": sample.rejected}])],
-                             write_id=f"rejected:{rejected_id}")
-            continue
-        row = {**row, "post_id": at.post_id, "status": PostStatus.PUBLISHING, "intent_id": at.intent_id}
-        # Recorded through the store queue before the face is called: a crash after publishing
-        # leaves a `publishing` row that the next attempt checks with find_published.
-        at.record([upsert_op("posts", [row])], "intent")
-        at.row = {**row, "inserted_at": utc_now().isoformat()}
-        return at.row
-    return None
+    training = []
+    if GenerationConfig(**cfg.sampling()).drop_copies:
+        training = [p["text"] for p in read_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]
+    guards = guard_indexes(training, at.inputs.get("published_texts") or [], cfg.copy_embedding_threshold)
+    now = utc_now()
+    draft = draft_slot(model, tokenizer, cfg, SlotIds(at.face_id, at.run_id, at.slot), guards=guards,
+                       reward_model=load_reward_model(at.inputs.get("reward_model")),
+                       version_id=version["version_id"] if version else None, hour=now.hour + now.minute / 60)
+    if draft.reward_model_problem:
+        at.record([records.reward_model_unusable(at.face_id, draft.reward_model_problem)], "reward-model-unusable")
+    if draft.rejected:
+        at.record(records.samples_rejected(draft.rejected), "rejected")
+    if draft.chosen is None:
+        return None
+    # Recorded through the store queue before the face is called: a crash after publishing
+    # leaves a `publishing` row that the next attempt checks with find_published.
+    at.record(records.slot_drafted(draft.chosen, draft.candidates), "intent")
+    at.row = {**draft.chosen, "inserted_at": now.isoformat()}
+    return at.row
 
 
 def _record_published(at: _Slot, face, result) -> None:

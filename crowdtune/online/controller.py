@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -74,7 +74,15 @@ class OnlineConfig(BaseModel):
         default_factory=dict, description="GenerationConfig settings (max_new_tokens, drop_copies, "
                                           "offensive_threshold ...) except the sampling policy")
     prompts: list[str] = Field(default_factory=list, description="contexts to post after, cycled; [] = free posts")
-    max_generation_attempts: int = Field(4, ge=1, description="samples tried per post before the slot is skipped")
+    candidates: int = Field(8, ge=1, le=64, description="posts sampled per slot in one batch (best-of-N); the "
+                                                        "selection rule publishes one of those the guards keep, the "
+                                                        "others are stored as candidates; 1 = publish the one sample")
+    selection: Literal["thompson", "greedy", "uniform"] = Field(
+        "thompson", description="how the published candidate is chosen on the face's reward model: thompson (draw "
+                                "one ensemble member, publish its best: explores where the model is unsure), greedy "
+                                "(best mean prediction), uniform (any); uniform while the face has no reward model")
+    max_generation_attempts: int = Field(4, ge=1, description="batches of candidates tried per slot when the guards "
+                                                              "reject every sample, before the slot is skipped")
     copy_embedding_threshold: float | None = Field(
         None, gt=0.0, le=1.0, description="near-copy guard by embeddings (cosine); None = n-gram guard only")
     publish_retries: int = Field(3, ge=0, description="attempts after a failed publish ...")

@@ -65,6 +65,23 @@ def run_stopped(face_id: str, run_id: str) -> list[dict]:
 # --- Publishing --------------------------------------------------------------------------------
 
 
+def samples_rejected(rows: list[dict]) -> list[dict]:
+    """Samples the guards refused (status `rejected` with the reason): kept for the record, never published."""
+    return [upsert_op("posts", rows)]
+
+
+def slot_drafted(chosen: dict, candidates: list[dict]) -> list[dict]:
+    """The slot's intent (its post, `publishing`) and its other candidates, together: one write, so that
+    a crash leaves either none of them (a re-run samples the same again) or all (it publishes `chosen`)."""
+    return [upsert_op("posts", [chosen, *candidates])]
+
+
+def reward_model_unusable(face_id: str, problem: str) -> dict:
+    """Publishing chose uniformly because the face's reward model could not be used (one alert per face)."""
+    return alert_op(f"reward-model-unusable:{face_id}", "warning", f"online {face_id}",
+                    f"Publishing on {face_id} chose among the candidates at random: {problem}"[:2000])
+
+
 def published(face_id: str, slot: int, post_id: str, result, audience: int | None) -> list[dict]:
     """The face took the post: its platform id, address and time, and the slot is resolved."""
     return [post_op(post_id, status=PostStatus.PUBLISHED, platform_id=result.platform_id, url=result.url,

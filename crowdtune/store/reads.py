@@ -248,13 +248,19 @@ def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
 
 
 def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
-    """What publishing one slot needs: controller, face, the run, the active version and the slot's post rows."""
+    """What publishing one slot needs: controller, face, the run, the active version, the slot's post rows
+    (its post, candidates and rejected samples), `published_texts` (the face's own generated posts that
+    went out or may have: the copy guard's second index) and `reward_model` (latest_reward_model)."""
     face = face_record(reader, face_id)
     active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
     slot_posts = [_parsed(p, "sampling") for p in _dicts(
         reader, "SELECT * FROM posts WHERE run_id = ? AND publish_slot = ? ORDER BY post_id", [run_id, slot])]
+    published = [r[0] for r in reader.rows(
+        "SELECT text FROM posts WHERE face_id = ? AND origin = 'generated' AND status IN ('published', 'publishing') "
+        "ORDER BY post_id", [face_id])]
     return {"controller": online_controller(reader, face_id), "face": face, "run": online_run(reader, run_id),
-            "active_version": active, "slot_posts": slot_posts}
+            "active_version": active, "slot_posts": slot_posts, "published_texts": published,
+            "reward_model": latest_reward_model(reader, face_id)}
 
 
 def collect_inputs(reader: StoreReader, post_id: str) -> dict | None:

@@ -46,10 +46,12 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
     """Count everything and check it adds up exactly. Call it once the system has settled.
 
     Returns figures (posts by status, reactions, versions, rows, lost, duplicates) and `problems`,
-    a list of sentences, empty when everything adds up.
+    a list of sentences, empty when everything adds up. Best-of-N candidates that were not chosen are
+    counted apart (`candidates`), never as generated posts.
       lost:       a sandbox post the store does not record as published, a published post without
                   reaction snapshots (or score, with `scored`), a version that does not load, a
-                  completed update or version folder without its model_versions row
+                  completed update or version folder without its model_versions row, a candidate
+                  whose slot post is missing
       duplicates: two rows with one primary key, one platform post or intent recorded twice,
                   two published posts for one slot
     """
@@ -68,7 +70,16 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
             problems.append(f"{doubled} duplicate key(s) in {table}")
 
     by_status = dict(reader.rows("SELECT status, count(*) FROM posts WHERE origin = 'generated' GROUP BY status"))
+    # Candidates a slot did not publish are bookkeeping of its choice, not posts: each must belong to a slot post.
+    candidates = by_status.pop("candidate", 0)
     generated = sum(by_status.values())
+    orphans = [r[0] for r in reader.rows(
+        "SELECT c.post_id FROM posts c LEFT JOIN posts p ON p.post_id = c.candidate_of AND p.run_id = c.run_id "
+        "AND p.publish_slot = c.publish_slot AND p.status IN ('publishing', 'published', 'failed') "
+        "WHERE c.status = 'candidate' AND p.post_id IS NULL")]
+    if orphans:
+        lost += len(orphans)
+        problems.append(f"{len(orphans)} candidate(s) without their slot's post: {orphans[:5]}")
     published, rejected = by_status.get("published", 0), by_status.get("rejected", 0)
     failed, publishing = by_status.get("failed", 0), by_status.get("publishing", 0)
     if generated != published + rejected + failed:
@@ -140,7 +151,7 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
     if publishing:
         problems.append(f"{publishing} post(s) stuck in publishing")
     return {"posts": {"generated": generated, "published": published, "rejected": rejected, "failed": failed,
-                      "publishing": publishing, "imported": imported},
+                      "publishing": publishing, "imported": imported, "candidates": candidates},
             "sandbox_posts": sandbox_posts, "reactions": rows["reaction_snapshots"],
             "observed_posts": count(reader, "SELECT count(DISTINCT post_id) FROM reaction_snapshots"),
             "versions": len(versions), "updates": updates,
