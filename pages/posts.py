@@ -1,4 +1,5 @@
-"""Posts: imported and generated posts with their reactions and score, filtered, sorted, a page at a time."""
+"""Posts: imported and generated posts with their reactions and score, filtered, sorted, a page at a time;
+the chosen post's best-of-N candidates with their predictions beside its real score."""
 
 import math
 
@@ -72,6 +73,19 @@ with or_stop(), reader.session() as session:
             st.caption("No reaction snapshots for this post yet.")
         else:
             st.plotly_chart(reactions_figure(snapshots), width="stretch")
+
+        candidates = shown.candidates
+        if not candidates.empty:
+            st.subheader("Candidates it was chosen among")
+            st.caption(f"Best-of-{len(candidates)}: the reward model's prediction of each candidate, the chance "
+                       "the selection rule had to pick it, and the published post's real score once mature.")
+            st.dataframe(candidates.drop(columns="reward_model_id"), hide_index=True, width="stretch",
+                         column_config={
+                             "text": st.column_config.TextColumn("text", width="large"),
+                             "predicted_reward": st.column_config.NumberColumn("predicted", format="%.3f"),
+                             "predicted_reward_std": st.column_config.NumberColumn("± std", format="%.3f"),
+                             "selection_probability": st.column_config.NumberColumn("P(chosen)", format="%.3f"),
+                             "score": st.column_config.NumberColumn("real score", format="%.3f")})
 
 view = PostsView(face=face, version=version, origin=origin, q=text, sort=sort, page=int(page),
                  post=st.session_state.get("posts_post") or "")

@@ -256,7 +256,8 @@ _POST_ORDER = {
 
 
 def _post_where(filters: PostFilters) -> tuple[str, list]:
-    clauses, params = [], []
+    # A best-of-N candidate that was not chosen is shown with its slot's post (post_candidates), not as a post.
+    clauses, params = ["p.status <> 'candidate'"], []
     if filters.face:
         clauses.append("p.face_id = ?")
         params.append(filters.face)
@@ -312,13 +313,15 @@ def post_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", p
 class PostsPage:
     """What the Posts page shows: `total` matching posts, page number `page` (clamped to the last
     page) of them with their latest reactions (post_page's columns), and `reactions`, the reaction
-    snapshots of one of them, `post` (reactions_over_age's columns; None and empty on an empty page)."""
+    snapshots of one of them, `post` (reactions_over_age's columns; None and empty on an empty page), and
+    the candidates `post` was chosen among (post_candidates' columns)."""
 
     total: int
     page: int
     posts: pd.DataFrame
     post: str | None
     reactions: pd.DataFrame
+    candidates: pd.DataFrame  # post_candidates of `post` (empty when it was not chosen among candidates)
 
 
 def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", page: int = 1,
@@ -337,10 +340,31 @@ def posts_page(reader: StoreReader, filters: PostFilters, sort: str = "newest", 
             rows = _page_rows(session, filters, sort, page, page_size)
         posts = rows.drop(columns="matching")
         if posts.empty:
-            return PostsPage(total, page, posts, None, pd.DataFrame(columns=SNAPSHOT_COLUMNS))
+            return PostsPage(total, page, posts, None, pd.DataFrame(columns=SNAPSHOT_COLUMNS),
+                             pd.DataFrame(columns=CANDIDATE_COLUMNS))
         post = post if post in set(posts["post_id"]) else posts["post_id"].iloc[0]
         created_at = posts.loc[posts["post_id"] == post, "created_at"].iloc[0]
-        return PostsPage(total, page, posts, post, reactions_over_age(session, post, created_at))
+        return PostsPage(total, page, posts, post, reactions_over_age(session, post, created_at),
+                         post_candidates(session, post))
+
+
+CANDIDATE_COLUMNS = ["post_id", "chosen", "text", "predicted_reward", "predicted_reward_std", "selection_probability",
+                     "score", "reward_model_id"]
+
+
+def post_candidates(reader: StoreReader, post_id: str) -> pd.DataFrame:
+    """The candidates a published post was chosen among (best-of-N, crowdtune.online.candidates): the post
+    itself (`chosen` true, with its real score once mature) and the others (`chosen` false, never published,
+    so no score), each with the reward model's prediction and its selection probability; best prediction
+    first. Empty for a post that was not chosen among several (an imported post, a single sample)."""
+    return _frame(reader, """
+        SELECT post_id, post_id = ? AS chosen, text, predicted_reward, predicted_reward_std, selection_probability,
+               score, reward_model_id
+        FROM posts
+        WHERE (post_id = ? OR candidate_of = ?)
+          AND EXISTS (SELECT 1 FROM posts c WHERE c.candidate_of = ? AND c.status = 'candidate')
+        ORDER BY predicted_reward DESC NULLS LAST, selection_probability DESC, post_id""",
+                  [post_id] * 4, CANDIDATE_COLUMNS)
 
 
 def latest_posts(reader: StoreReader, limit: int = 10) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The Posts page: a page of posts at a time, filters and sort in SQL, reactions over age, links."""
 
-from tests.pages.conftest import open_page, page_text
+from tests.pages.conftest import NOW, open_page, page_text, rows, write
 
 PAGE = "pages/posts.py"
 
@@ -49,3 +49,23 @@ def test_a_page_number_beyond_the_last_page_shows_the_last_page(populated_store)
     at = open_page(PAGE, query={"page": "99"})
     assert at.number_input(key="posts_page").value == 3
     assert len(at.dataframe[0].value) == 11
+
+
+def test_a_published_post_shows_the_candidates_it_was_chosen_among_beside_its_real_score(populated_store):
+    chosen = {"post_id": "run:p0", "face_id": "sandbox", "origin": "generated", "status": "published",
+              "run_id": "run", "publish_slot": 0, "text": "The chosen one", "created_at": NOW, "score": 7.25,
+              "predicted_reward": 0.4, "predicted_reward_std": 0.2, "selection_probability": 0.625,
+              "reward_model_id": "rm-1"}
+    others = [{**chosen, "post_id": f"run:p0c{i}", "status": "candidate", "candidate_of": "run:p0", "score": None,
+               "text": f"Candidate {i}", "predicted_reward": 1.0 - 0.5 * i, "selection_probability": p}
+              for i, p in ((1, 0.375), (2, 0.0))]
+    write(populated_store, rows("posts", chosen, *others))
+    at = open_page(PAGE, query={"face": "sandbox", "post": "run:p0"})
+    # Candidates are not posts of their own: only the chosen one is listed.
+    assert sorted(at.dataframe[0].value["post_id"]) == ["gen-1", "run:p0"]
+    assert "Candidates it was chosen among" in page_text(at)
+    table = at.dataframe[1].value
+    assert table["post_id"].tolist() == ["run:p0c1", "run:p0", "run:p0c2"]  # best prediction first
+    assert table["chosen"].tolist() == [False, True, False]
+    assert table["selection_probability"].sum() == 1.0
+    assert table.loc[table["chosen"], "score"].item() == 7.25
