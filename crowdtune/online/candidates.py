@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -57,11 +56,9 @@ from crowdtune.training.guards import CopyIndex, words
 
 log = logging.getLogger(__name__)
 
-SelectionRule = Literal["thompson", "greedy", "uniform"]
-
-
 def derived_seed(*parts) -> int:
-    """A 32-bit seed from the parts (the same parts give the same seed on every machine)."""
+    """A 32-bit seed from the parts (the same parts give the same seed on every machine; with one
+    candidate, (seed, intent id, attempt) samples the very post single-sample publishing did)."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little")
 
 
