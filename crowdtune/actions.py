@@ -159,10 +159,12 @@ def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str
 
     `config` is validated as crowdtune.online.controller.OnlineConfig (a SettingsError names every bad
     setting). The face must exist, be able to publish and observe reactions, and not be online
-    already. Returns the new run id; the controller's first tick is queued at once.
+    already. Returns the new run id; the controller's first tick is queued at once, after the fit
+    of the face's reward model when its scores changed since the last one.
     """
     from crowdtune.errors import SettingsError
     from crowdtune.online.controller import parse_online_config
+    from crowdtune.online.reward_fits import refit_if_behind
     from crowdtune.online.schedule import schedule_tick
     from crowdtune.store.remote import read_via_store_worker
     from faces.registry import FACE_KINDS
@@ -194,6 +196,8 @@ def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str
             "updates_at_offline": 0, "paused_reason": None}]),
     ], write_id=f"start:{run_id}")
     stop_flags.clear_stop(conn, run_id)
+    # Day 0: a reward model fitted on the face's history before the first post (queued ahead of it).
+    refit_if_behind(conn, face_id)
     schedule_tick(conn, face_id)
     return run_id
 

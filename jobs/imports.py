@@ -3,7 +3,8 @@
 Posts are upserted by platform id (`<face_id>:<platform_id>`), so a second import updates them in
 place; each import adds a new set of reaction snapshots. Each batch is one atomic store write with
 an id derived from the job, so a worker killed mid-import leaves whole batches only, and the
-re-run job skips the batches that already landed.
+re-run job skips the batches that already landed. Once every batch landed, the face's reward model
+is refitted on the new scores (crowdtune.online.reward_fits.refit_if_behind, queue `default`).
 
 An import is done when its rows are in the store: the job waits for the store worker to apply
 every batch it queued (at most MAX_IN_FLIGHT batches ahead of it), reports the rows WRITTEN as its
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from rq import get_current_job
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.online.reward_fits import refit_if_behind
 from crowdtune.runtime.queues import connect
 from crowdtune.scoring import ScorerConfig, score_at_maturity
 from crowdtune.settings import load_settings
@@ -186,6 +188,11 @@ def _import(face_id: str, limit: int | None, job) -> dict:
             flush()
     flush()
     settle(wait_for_all=True)
+    # Its scores are in the store: the face's reward model learns from them (from day 0 of online training).
+    try:
+        refit_if_behind(conn, face_id)
+    except Exception:  # the posts are imported either way; the controller asks again at its next tick
+        log.warning("could not queue the reward model fit of %s", face_id, exc_info=True)
 
     # 3) what was not imported, in line order, and an alert when anything was not
     problems = [{"line": p.line, "reason": p.reason} for p in getattr(face, "problems", [])] + store_problems

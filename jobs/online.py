@@ -8,6 +8,8 @@
                                candidates, publish; a retry first asks the face whether the post went out
     collect_reactions(...)     queue `default`: one reaction snapshot of a post; its score at maturity
     rl_update(update_id)       queue `train`: one RL update -> a new model version, made active unless paused
+    fit_reward_model(face_id)  queue `default`: the face's reward model on its scored posts, validated and
+                               recorded (crowdtune.online.reward_fits); queued once per count of scored posts
     reconcile()                queue `store`: schedule a tick for every face with work (store worker start-up)
 
 Redis holds only the queues and the schedule (crowdtune.online.schedule). Everything a tick decides
@@ -313,3 +315,27 @@ def rl_update(update_id: str) -> dict:
         raise
     finally:
         schedule_tick(conn, update["face_id"])
+
+
+# --------------------------------------------------------------------------------------------
+# Reward models
+
+
+def fit_reward_model(face_id: str) -> dict:
+    """Fit the face's reward model on its scored posts and record it, with its honest figures.
+
+    Steps (crowdtune.online.reward_fits): read the inputs, fit (era rewards, MiniLM vectors through the
+    shared cache, time-split validation, online agreement), save under artifacts_url and record the
+    `reward_models` row and its metrics. Fewer scored posts than a model needs: nothing is recorded.
+    """
+    from crowdtune.online.reward_fits import fit_model, read_fit_inputs, record_fit
+
+    settings = load_settings()
+    conn = connect(settings)
+    inputs = read_fit_inputs(conn, face_id)
+    if len(inputs.posts) < inputs.predictor.min_posts:
+        return {"face_id": face_id, "outcome": f"{len(inputs.posts)} scored post(s): too few for a reward model"}
+    report = progress_reporter(get_current_job())
+    fitted = fit_model(settings, inputs, on_progress=lambda done, total: report(done, total, None, None, "embedding"))
+    url = record_fit(settings, conn, fitted)
+    return {"face_id": face_id, "model_id": fitted.model_id, "artifact_url": url, **fitted.figures}

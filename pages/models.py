@@ -1,8 +1,12 @@
-"""Models: every saved version with its lineage and metrics; choose what publishes, or roll back."""
+"""Models: every saved version with its lineage and metrics; choose what publishes, or roll back;
+each face's reward model and how well it predicts."""
+
+import math
 
 import streamlit as st
 
 from crowdtune import actions
+from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop
 from crowdtune.settings import load_settings
@@ -74,5 +78,31 @@ if len(chain) > 1:
             else:
                 actions.set_active_version(conn, face, chain[1])
                 st.success(f"`{face}` rolls back to `{chain[1]}`.")
+
+st.subheader(f"Reward model of `{face}`")
+with or_stop():
+    fits = views.reward_model_fits(reader, face)
+if fits.empty:
+    st.caption("No reward model yet: one is fitted once the face has 16 scored posts (an import with reactions, "
+               "or online posts as they mature), and again whenever new scores mature.")
+else:
+    latest = fits.iloc[-1]
+
+    def shown(value, form="{:.2f}") -> str:
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else form.format(value)
+
+    columns = st.columns(5)
+    columns[0].metric("Posts fitted (history / generated)",
+                      f"{int(latest.history_posts):,} / {int(latest.generated_posts):,}")
+    columns[1].metric("Time-split Spearman", shown(latest.validation_spearman),
+                      help=f"on the newest {int(latest.validation_posts or 0)} posts, by a model fitted on the older")
+    columns[2].metric("MAE (reward units)", shown(latest.validation_mae))
+    columns[3].metric("Coverage (2 std)", shown(latest.validation_coverage, "{:.0%}"))
+    columns[4].metric("Online agreement", shown(latest.online_agreement),
+                      help="Spearman of the predictions made at publishing against the real rewards, over the "
+                           f"newest {int(latest.online_agreement_posts or 0)} predicted posts (– with fewer than 8)")
+    st.caption(f"`{latest.model_id}`, fitted at {latest.fitted_at:%Y-%m-%d %H:%M} UTC "
+               f"on {int(latest.scored_posts or 0):,} scored posts.")
+    st.plotly_chart(reward_model_figure(fits), width="stretch")
 
 share_box("models", ModelsView(face=face))

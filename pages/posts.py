@@ -5,7 +5,7 @@ import math
 
 import streamlit as st
 
-from crowdtune.dashboard.charts import reactions_figure
+from crowdtune.dashboard.charts import reactions_figure, reward_histogram
 from crowdtune.dashboard.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import or_stop
 from crowdtune.dashboard.tables import posts_for_display
@@ -86,6 +86,18 @@ with or_stop(), reader.session() as session:
                              "predicted_reward_std": st.column_config.NumberColumn("± std", format="%.3f"),
                              "selection_probability": st.column_config.NumberColumn("P(chosen)", format="%.3f"),
                              "score": st.column_config.NumberColumn("real score", format="%.3f")})
+
+    st.subheader("Rewards of the history")
+    if not face:
+        st.caption("Choose a face to see the rewards its scored posts get in training.")
+    else:
+        history, clip = views.history_rewards(session, face)
+        if history.empty:
+            st.caption(f"`{face}` has no scored posts yet: import posts with reactions, or let online posts mature.")
+        else:
+            st.caption(f"{len(history):,} scored posts of `{face}`, each against the posts of its own era "
+                       "(the same reactions count for more when the channel had fewer readers).")
+            st.plotly_chart(reward_histogram(history, clip), width="stretch")
 
 view = PostsView(face=face, version=version, origin=origin, q=text, sort=sort, page=int(page),
                  post=st.session_state.get("posts_post") or "")

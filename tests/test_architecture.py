@@ -136,7 +136,7 @@ QUEUED_BY_EARLIER_VERSIONS = [
     "jobs.online.tick", "jobs.online.publish_post", "jobs.online.collect_reactions", "jobs.online.rl_update",
     "jobs.online.reconcile", "jobs.offline.train_offline", "jobs.imports.import_history",
     "jobs.generate.sample_posts", "jobs.store.apply_write", "jobs.store.read_named",
-    "jobs.system.probe_worker", "jobs.system.random_draws",
+    "jobs.system.probe_worker", "jobs.system.random_draws", "jobs.online.fit_reward_model",
 ]
 
 

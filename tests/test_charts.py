@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from crowdtune.dashboard.charts import metric_figure, reactions_figure
+from crowdtune.dashboard.charts import metric_figure, reactions_figure, reward_histogram, reward_model_figure
 
 
 def series(points: int) -> pd.DataFrame:
@@ -57,3 +57,19 @@ def test_a_metric_with_one_point_is_drawn_as_a_marker_not_an_invisible_line():
     lines = [t for t in figure.data if t.showlegend is not False]
     assert [t.mode for t in lines] == ["markers", "markers"] and len(lines[0].x) == 1
     assert {t.mode for t in metric_figure(series(1), "loss").data} == {"lines"}
+
+
+def test_the_reward_histogram_bins_each_origin_over_the_clip_range():
+    history = pd.DataFrame({"origin": ["imported"] * 5 + ["generated"], "reward": [-3.0, -1, 0, 0.1, 3, 2]})
+    figure = validated(reward_histogram(history, clip=3.0, bins=6))
+    assert [t.name for t in figure.data] == ["generated", "imported"]
+    assert list(figure.data[1].y) == [1, 0, 1, 2, 0, 1] and sum(figure.data[0].y) == 1  # 3.0 in the last bin
+    assert figure.data[0].x[0] == -2.5 and figure.data[0].x[-1] == 2.5
+
+
+def test_the_reward_model_figure_shows_both_spearmans_over_the_fits():
+    fits = pd.DataFrame({"scored_posts": [160, 170], "validation_spearman": [0.3, 0.4],
+                         "online_agreement": [float("nan"), 0.2]})
+    figure = validated(reward_model_figure(fits))
+    assert [t.name for t in figure.data] == ["time-split Spearman", "online agreement"]
+    assert list(figure.data[0].y) == [0.3, 0.4] and figure.data[0].mode == "lines+markers"

@@ -221,3 +221,15 @@ def test_bad_settings_give_a_clear_error(values, message):
     assert message in error.value.problem
     assert "OnlineConfig" in error.value.fix
 
+
+
+def test_the_reward_model_is_refitted_once_per_change_of_the_scored_posts_in_every_state():
+    assert decide(snapshot(scored_posts=40, reward_model_scored=None), T0).fit_reward_model == 40  # the first fit
+    assert decide(snapshot(scored_posts=40, reward_model_scored=40), T0).fit_reward_model is None  # current
+    assert decide(snapshot(scored_posts=41, reward_model_scored=40), T0).fit_reward_model == 41    # a new score
+    assert decide(snapshot(ControllerState.IDLE, scored_posts=41, reward_model_scored=40), T0).fit_reward_model == 41
+    assert decide(snapshot(scored_posts=15, reward_model_scored=None), T0).fit_reward_model is None  # too few
+    raw = {"controller": {"face_id": "f", "state": "ONLINE", "config": {}},
+           "reward_model": {"scored_posts": 41, "fitted_scored_posts": 40}}
+    snap = ControllerSnapshot.from_read(raw)
+    assert (snap.scored_posts, snap.reward_model_scored) == (41, 40)

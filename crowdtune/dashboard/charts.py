@@ -68,3 +68,34 @@ def reactions_figure(snapshots: pd.DataFrame) -> go.Figure:
         "height": 320, "margin": {"l": 10, "r": 10, "t": 20, "b": 10},
         "xaxis": {"title": {"text": "hours since posted"}}, "yaxis": {"title": {"text": "count"}},
         "showlegend": True, "legend": {"title": {"text": "kind"}}}})
+
+
+def reward_histogram(history: pd.DataFrame, clip: float, bins: int = 24) -> go.Figure:
+    """How a face's scored posts are rewarded (views.history_rewards output): a bar per bin of
+    [-clip, clip], imported and generated posts side by side. Binned here, so a history of 20,000
+    posts sends 2 x `bins` numbers to the browser, not 20,000."""
+    edges = np.linspace(-clip, clip, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    data = [{"type": "bar", "x": centres, "y": np.histogram(of_origin["reward"].to_numpy(dtype=float), edges)[0],
+             "name": origin, "width": edges[1] - edges[0]}
+            for origin, of_origin in history.groupby("origin", sort=True)]
+    return _figure({"data": data, "layout": {
+        "height": 280, "margin": {"l": 10, "r": 10, "t": 20, "b": 10}, "barmode": "overlay",
+        "xaxis": {"title": {"text": "reward (against the posts of its era)"}}, "yaxis": {"title": {"text": "posts"}},
+        "legend": {"orientation": "h"}}})
+
+
+def reward_model_figure(fits: pd.DataFrame) -> go.Figure:
+    """A face's reward-model quality over its fits (views.reward_model_fits output): the time-split
+    validation Spearman and the online agreement, against the scored posts each fit had."""
+    xs = fits["scored_posts"].to_numpy()
+    mode = "lines+markers" if len(fits) > 1 else "markers"
+    data = [{"type": "scatter", "x": xs, "y": fits[column].to_numpy(dtype=float), "mode": mode, "name": name,
+             "marker": {"size": 8}}
+            for column, name in (("validation_spearman", "time-split Spearman"),
+                                 ("online_agreement", "online agreement"))]
+    return _figure({"data": data, "layout": {
+        "height": 280, "margin": {"l": 10, "r": 10, "t": 20, "b": 10},
+        "xaxis": {"title": {"text": "scored posts at the fit"}}, "yaxis": {"title": {"text": "Spearman"},
+                                                                        "range": [-1, 1]},
+        "legend": {"orientation": "h"}}})

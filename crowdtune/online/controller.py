@@ -251,6 +251,8 @@ class ControllerSnapshot:
     updates_at_offline: int = 0                # completed updates when the last offline phase began
     posts: list[PostView] = field(default_factory=list)
     updates: list[UpdateView] = field(default_factory=list)
+    scored_posts: int = 0                      # the face's scored posts, imported and published
+    reward_model_scored: int | None = None     # how many it had at its reward model's last fit (None: never)
 
     @classmethod
     def from_read(cls, data: dict) -> ControllerSnapshot:
@@ -266,6 +268,7 @@ class ControllerSnapshot:
         ) for p in data.get("posts") or []]
         updates = [UpdateView(u["update_id"], u["step"], u["status"], u.get("metrics") or {})
                    for u in data.get("updates") or []]
+        reward_model = data.get("reward_model") or {}
         return cls(
             face_id=c["face_id"], state=c["state"], config=OnlineConfig(**(c.get("config") or {})),
             run_id=c.get("run_id"), started_at=_time(c.get("started_at")), publish_slot=c.get("publish_slot") or 0,
@@ -274,6 +277,8 @@ class ControllerSnapshot:
             paused_reason=c.get("paused_reason"), offline_run_id=c.get("offline_run_id"),
             offline_status=((offline.get("run") or {}).get("status")), offline_version_id=offline.get("version_id"),
             updates_at_offline=c.get("updates_at_offline") or 0, posts=posts, updates=updates,
+            scored_posts=reward_model.get("scored_posts") or 0,
+            reward_model_scored=reward_model.get("fitted_scored_posts"),
         )
 
 
@@ -300,6 +305,7 @@ class Decision:
     collect: posts whose reactions to read now
     update: an RL update to start; resume_updates: updates in flight whose jobs must exist
     go_offline: start an offline phase (with the reason); end_offline: "completed" or "failed"
+    fit_reward_model: refit the face's reward model, keyed by this count of scored posts (once per change)
     finish_stop: the run has nothing in flight any more: end it and go IDLE
     publish_at: when the next post is due (wall clock), when publishing is on
     wake_at: when to tick next (naive UTC wall clock), None = only when something happens
@@ -312,6 +318,7 @@ class Decision:
     resume_updates: list[str] = field(default_factory=list)
     go_offline: str | None = None
     end_offline: str | None = None
+    fit_reward_model: int | None = None
     finish_stop: bool = False
     publish_at: datetime | None = None
     wake_at: datetime | None = None
@@ -420,6 +427,14 @@ def poll_seconds(cfg: OnlineConfig) -> float:
 MAX_SLEEP_SECONDS = 3600.0
 
 
+def reward_model_due(scored_posts: int, fitted_scored_posts: int | None) -> bool:
+    """Whether a face's reward model should be (re)fitted: it has enough scored posts for one and their
+    count changed since the last fit (new scores matured, or an import added or replaced some)."""
+    from crowdtune.training.rl.predictor import PredictorConfig
+
+    return scored_posts >= PredictorConfig().min_posts and scored_posts != fitted_scored_posts
+
+
 def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
     """What the controller does at wall-clock `now` (naive UTC), given the store's facts."""
     cfg = snap.config
@@ -438,6 +453,10 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
             wakes.append(poll)
         else:
             wakes.append(due)
+
+    # The reward model follows the scores in every state, so it is current whenever publishing resumes.
+    if reward_model_due(snap.scored_posts, snap.reward_model_scored):
+        decision.fit_reward_model = snap.scored_posts
 
     if snap.state == ControllerState.IDLE:
         decision.wake_at = min(wakes, default=None)

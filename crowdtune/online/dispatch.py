@@ -13,6 +13,7 @@ from rq import Retry
 from crowdtune.actions import start_offline_training
 from crowdtune.online import records
 from crowdtune.online.controller import ControllerSnapshot, Decision, OnlineConfig
+from crowdtune.online.reward_fits import ensure_reward_fit
 from crowdtune.online.schedule import ensure_job, safe_id, schedule_tick
 from crowdtune.runtime import defaults, stop_flags
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
@@ -27,6 +28,9 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
     active = (raw.get("face") or {}).get("active_version_id")
     done: dict = {"collect": [collect_job(conn, cfg, face_id, post) for post in decision.collect],
                   "publish": None, "update": None}
+    # Before any publish job: on the `default` queue a fresh reward model is ready for the slot.
+    if decision.fit_reward_model is not None:
+        done["fit_reward_model"] = ensure_reward_fit(conn, face_id, decision.fit_reward_model)
 
     if decision.resume_slot is not None:
         publish_job(conn, cfg, face_id, run_id, decision.resume_slot)

@@ -6,6 +6,7 @@ columns it takes live here, once.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
@@ -160,3 +161,18 @@ def update_failed(update: dict, message: str) -> list[dict]:
                  f"RL update {step} of {face_id} failed: {message}. Online training is paused; "
                  "stop and restart it once fixed."),
     ]
+
+
+# --- Reward models -----------------------------------------------------------------------------
+
+
+def reward_model_run_id(face_id: str) -> str:
+    """The run id under which a face's reward-model fits log their figures (the Metrics page charts them)."""
+    return f"reward-model:{face_id}"
+
+
+def reward_model_fitted(row: dict, metrics: dict[str, float], scored_posts: int) -> list[dict]:
+    """A face's new reward model: its `reward_models` row, and its figures as metrics of
+    reward_model_run_id at step `scored_posts` (the face's scored posts at the fit: one step per fit)."""
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    return [upsert_op("reward_models", [row]), metrics_op(reward_model_run_id(row["face_id"]), scored_posts, finite)]

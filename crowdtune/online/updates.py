@@ -89,14 +89,15 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
 
 
 def batch_rewards(inputs: StoredUpdate) -> tuple[list[float], list[float], list[float]]:
-    """(scores, rewards) of the batch against the face's earlier posts, and the history's rewards."""
-    from crowdtune.training.rl.rewards import RewardConfig, rewards_for
+    """(scores, rewards) of the batch against the face's earlier posts, and the history's rewards,
+    each history post against its own era (rewards.era_rewards: old posts had fewer readers)."""
+    from crowdtune.training.rl.rewards import RewardConfig, era_rewards, rewards_for
 
     reward_config = RewardConfig(**inputs.cfg.reward)
     scores = [float(p["score"]) for p in inputs.batch]
     rewards = rewards_for(scores, inputs.baseline_scores, reward_config)
-    history_rewards = (rewards_for([float(h["score"]) for h in inputs.history], [], reward_config)
-                       if inputs.history else [])
+    history_rewards = era_rewards([float(h["score"]) for h in inputs.history],
+                                  [h.get("published_at") for h in inputs.history], reward_config)
     return scores, rewards, history_rewards
 
 

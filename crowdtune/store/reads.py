@@ -244,7 +244,8 @@ def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
                    "version_id": reader.scalar("SELECT version_id FROM model_versions WHERE run_id = ? "
                                                "ORDER BY created_at DESC LIMIT 1", [controller["offline_run_id"]])}
     return {"controller": controller, "face": face_record(reader, face_id), "posts": posts, "updates": updates,
-            "offline": offline, "run": online_run(reader, run_id) if run_id else None}
+            "offline": offline, "run": online_run(reader, run_id) if run_id else None,
+            "reward_model": reward_model_status(reader, face_id)}
 
 
 def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
@@ -317,8 +318,35 @@ def latest_reward_model(reader: StoreReader, face_id: str) -> dict | None:
     return _parsed(rows[0], "figures", "config") if rows else None
 
 
+# A face's scored posts, the reward model's data: imported ones and the generated ones it published.
+_SCORED_POSTS = "face_id = ? AND score IS NOT NULL AND status IN ('imported', 'published')"
+
+
+def reward_model_inputs(reader: StoreReader, face_id: str) -> list[dict]:
+    """The face's scored posts (imported and published), oldest first: post_id, origin, text, score,
+    posted_at (coalesce(published_at, created_at); posts without a time first), and for generated
+    posts the reward model's predicted_reward and reward_model_id when publishing recorded one."""
+    return _dicts(reader, f"""
+        SELECT post_id, origin, text, score, coalesce(published_at, created_at) AS posted_at,
+               predicted_reward, reward_model_id
+        FROM posts WHERE {_SCORED_POSTS}
+        ORDER BY coalesce(published_at, created_at) NULLS FIRST, post_id""", [face_id])
+
+
+def reward_model_status(reader: StoreReader, face_id: str) -> dict:
+    """Whether the face's reward model is behind its scores: {"scored_posts": the face's scored posts
+    now, "fitted_scored_posts": how many it had when its newest reward model was fitted (None before
+    the first fit)}. Cheap (a count and one row): the controller reads it at every tick."""
+    scored = reader.scalar(f"SELECT count(*) FROM posts WHERE {_SCORED_POSTS}", [face_id], default=0)
+    latest = latest_reward_model(reader, face_id)
+    fitted = ((latest or {}).get("figures") or {}).get("scored_posts") if latest else None
+    return {"scored_posts": int(scored), "fitted_scored_posts": None if fitted is None else int(fitted)}
+
+
 NAMED_READS.update({
     "latest_reward_model": latest_reward_model,
+    "reward_model_inputs": reward_model_inputs,
+    "reward_model_status": reward_model_status,
     "online_controller": online_controller,
     "online_run": online_run,
     "online_faces": online_faces,

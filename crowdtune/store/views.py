@@ -518,3 +518,41 @@ def getting_started(reader: StoreReader) -> dict:
         online = dict(session.rows("SELECT face_id, state FROM controllers"))
     return {"imported": imported, "latest_version": latest[0][0] if latest else None, "active": active,
             "online": online}
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards and reward models (crowdtune.training.rl.rewards, crowdtune.online.reward_fits)
+
+HISTORY_REWARD_COLUMNS = ["origin", "posted_at", "score", "reward"]
+REWARD_FIT_COLUMNS = ["model_id", "fitted_at", "scored_posts", "history_posts", "generated_posts",
+                      "validation_spearman", "validation_posts", "validation_mae", "validation_coverage",
+                      "online_agreement", "online_agreement_posts", "artifact_url"]
+
+
+def history_rewards(reader: StoreReader, face_id: str) -> tuple[pd.DataFrame, float]:
+    """The rewards a face's scored posts (imported and published) get in training, each against its
+    own era (rewards.era_rewards, with the reward settings of the face's online run if it has one).
+
+    Out: (HISTORY_REWARD_COLUMNS oldest first, the clip bounding the rewards)."""
+    from crowdtune.training.rl.rewards import RewardConfig, era_rewards
+
+    with reader.session() as session:
+        posts = _frame(session, "SELECT origin, coalesce(published_at, created_at) AS posted_at, score FROM posts "
+                                "WHERE face_id = ? AND score IS NOT NULL AND status IN ('imported', 'published') "
+                                "ORDER BY posted_at NULLS FIRST, post_id", [face_id], HISTORY_REWARD_COLUMNS[:3])
+        config = session.scalar("SELECT config FROM controllers WHERE face_id = ?", [face_id])
+    reward = RewardConfig(**((json.loads(config) if isinstance(config, str) else config or {}).get("reward") or {}))
+    posts["reward"] = era_rewards(posts["score"].tolist(), posts["posted_at"].tolist(), reward) if len(posts) else []
+    return posts[HISTORY_REWARD_COLUMNS], reward.clip
+
+
+def reward_model_fits(reader: StoreReader, face_id: str) -> pd.DataFrame:
+    """Every fit of a face's reward model, oldest first, with its figures as columns (REWARD_FIT_COLUMNS;
+    NaN where a figure could not be computed, e.g. no online agreement before 8 predicted posts)."""
+    figures = ", ".join(f"TRY_CAST(figures ->> '{name}' AS DOUBLE) AS {name}"
+                        for name in ("scored_posts", "validation_mae", "validation_coverage", "online_agreement",
+                                     "online_agreement_posts"))
+    return _frame(reader, f"SELECT model_id, fitted_at, history_posts, generated_posts, validation_spearman, "
+                          f"validation_posts, artifact_url, {figures} FROM reward_models WHERE face_id = ? "
+                          "ORDER BY fitted_at NULLS FIRST, model_id", [face_id], REWARD_FIT_COLUMNS
+                  ).reindex(columns=REWARD_FIT_COLUMNS)

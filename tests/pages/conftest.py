@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -42,6 +45,16 @@ def page_text(at: AppTest) -> str:
     parts += [str(m.value) + m.label for m in at.metric]
     parts += [df.value.to_string() for df in at.dataframe]
     return "\n".join(str(p) for p in parts)
+
+
+def chart_data(chart) -> list[dict]:
+    """The traces of a drawn plotly chart as the browser gets them, typed arrays ({"dtype", "bdata"}) decoded."""
+    def decoded(value):
+        if isinstance(value, dict) and "bdata" in value:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+        return value
+
+    return [{key: decoded(value) for key, value in trace.items()} for trace in json.loads(chart.proto.spec)["data"]]
 
 
 def write(settings, *ops: dict) -> None:

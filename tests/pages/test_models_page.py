@@ -1,7 +1,9 @@
 """The Models page: versions with lineage; choosing and rolling back what publishes, with confirmation."""
 
+import datetime as dt
+
 from crowdtune.runtime.queues import queue
-from tests.pages.conftest import open_page, page_text
+from tests.pages.conftest import NOW, chart_data, open_page, page_text, rows, write
 
 PAGE = "pages/models.py"
 
@@ -46,3 +48,30 @@ def test_roll_back_sets_the_parent_version(populated_store, redis_conn):
     button(at, "Roll back").click().run()
     assert store_writes(redis_conn)[-1][0]["set"] == {"active_version_id": "v1"}
     assert at.query_params["face"] == "tweets"
+
+
+def test_a_face_s_reward_model_shows_its_figures_and_its_spearman_over_fits(populated_store):
+    fit = {"face_id": "tweets", "artifact_url": "/a/rm", "validation_posts": 12, "config": {}}
+    write(populated_store, rows("reward_models",
+          {**fit, "model_id": "tweets-50-a", "fitted_at": NOW - dt.timedelta(hours=2), "history_posts": 50,
+           "generated_posts": 0, "validation_spearman": 0.31,
+           "figures": {"scored_posts": 50, "validation_mae": 0.9, "validation_coverage": 0.88,
+                       "online_agreement": None, "online_agreement_posts": 0}},
+          {**fit, "model_id": "tweets-60-b", "fitted_at": NOW, "history_posts": 52, "generated_posts": 8,
+           "validation_spearman": 0.42,
+           "figures": {"scored_posts": 60, "validation_mae": 0.75, "validation_coverage": 0.93,
+                       "online_agreement": 0.55, "online_agreement_posts": 8}}))
+    at = open_page(PAGE, query={"face": "tweets"})
+    shown = {m.label: m.value for m in at.metric}
+    assert shown == {"Posts fitted (history / generated)": "52 / 8", "Time-split Spearman": "0.42",
+                     "MAE (reward units)": "0.75", "Coverage (2 std)": "93%", "Online agreement": "0.55"}
+    assert "`tweets-60-b`, fitted at 2026-11-20 12:00 UTC on 60 scored posts." in page_text(at)
+    [chart] = at.get("plotly_chart")
+    spearman, agreement = chart_data(chart)
+    assert spearman["y"] == [0.31, 0.42] and spearman["x"] == [50, 60]
+    assert agreement["y"][1] == 0.55
+
+
+def test_a_face_without_a_reward_model_says_when_it_gets_one(populated_store):
+    at = open_page(PAGE, query={"face": "sandbox"})
+    assert "No reward model yet: one is fitted once the face has 16 scored posts" in page_text(at)

@@ -1,6 +1,6 @@
 """The Posts page: a page of posts at a time, filters and sort in SQL, reactions over age, links."""
 
-from tests.pages.conftest import NOW, open_page, page_text, rows, write
+from tests.pages.conftest import NOW, chart_data, open_page, page_text, rows, write
 
 PAGE = "pages/posts.py"
 
@@ -69,3 +69,13 @@ def test_a_published_post_shows_the_candidates_it_was_chosen_among_beside_its_re
     assert table["chosen"].tolist() == [False, True, False]
     assert table["selection_probability"].sum() == 1.0
     assert table.loc[table["chosen"], "score"].item() == 7.25
+
+
+def test_a_face_s_history_shows_how_its_posts_are_rewarded_against_their_era(populated_store):
+    at = open_page(PAGE, query={"face": "tweets"})
+    assert "60 scored posts of `tweets`, each against the posts of its own era" in page_text(at)
+    bars = [trace for chart in at.get("plotly_chart") for trace in chart_data(chart) if trace["type"] == "bar"]
+    assert [b["name"] for b in bars] == ["imported"] and sum(bars[0]["y"]) == 60
+    # Scores rise steadily with time, so each post is about as good as its era: no reward is clipped.
+    assert bars[0]["y"][0] == bars[0]["y"][-1] == 0
+    assert "Choose a face to see the rewards" in page_text(open_page(PAGE))

@@ -13,8 +13,8 @@ Algorithms (one module each):
                      (rl/reward_model.py)
 
 Rewards come from crowdtune.training.rl.rewards.rewards_for (scores at maturity, log-scaled,
-normalised against the face's recent posts, clipped); the caller puts them in each post's
-"reward".
+normalised against the face's recent posts, clipped), the history's from era_rewards (each post
+against the channel's posts of its own era); the caller puts them in each post's "reward".
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ class PredictorConfig(BaseModel):
     validation_share: float = Field(0.2, gt=0.0, lt=0.9, description="newest share of the posts held out "
                                                                      "by the time-split validation")
     seed: int = Field(0, description="seed of the bootstrap resamples")
+    max_posts: int = Field(4000, ge=16, description="the newest scored posts a fit uses (crowdtune.online."
+                                                    "reward_fits): older ones say less about today's audience, "
+                                                    "and the first fit embeds each once (~20 ms a post)")
 
 
 def text_features(texts: list[str], hours: list[float | None] | None = None) -> np.ndarray:
