@@ -394,6 +394,7 @@ CONFIGS = {
     "SFTConfig": "crowdtune.training.sft:SFTConfig",
     "GenerationConfig": "crowdtune.training.generation:GenerationConfig",
     "OnlineConfig": "crowdtune.online.controller:OnlineConfig",
+    "GuidedConfig": "crowdtune.training.rl:GuidedConfig",
     "ReinforceConfig": "crowdtune.training.rl:ReinforceConfig",
     "PolicyGradientConfig": "crowdtune.training.rl:PolicyGradientConfig",
     "RewardModelConfig": "crowdtune.training.rl:RewardModelConfig",

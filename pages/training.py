@@ -201,7 +201,7 @@ if not publishing:
 else:
     with st.spinner("Loading the online settings…"):
         from crowdtune.training.models import DEFAULT_BASE_MODEL
-        from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM
+        from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
     online_face = st.selectbox("Face to train online", publishing, key="online_face",
                                index=preselected(publishing, view.online_face),
                                help="Sandbox and network faces can publish and read reactions.")
@@ -215,26 +215,33 @@ else:
     if busy:
         st.caption(f"`{online_face}` is {online_states[online_face]}: "
                    "stop it (below) before starting another online run.")
+    # Outside the form: the algorithm's own settings (in the form) follow the choice at once.
+    algorithms = list(ALGORITHMS)
+    algorithm = st.selectbox("Algorithm", algorithms, index=algorithms.index(DEFAULT_ALGORITHM),
+                             key="online_algorithm", help=field_help(OnlineConfig, "algorithm"))
     with st.form("online_training"):
-        algorithm_col, model_col = st.columns(2)
-        algorithms = list(ALGORITHMS)
-        algorithm = algorithm_col.selectbox("Algorithm", algorithms, index=algorithms.index(DEFAULT_ALGORITHM),
-                                            key="online_algorithm", help=field_help(OnlineConfig, "algorithm"))
         base_model = ""
         if active_version:
-            model_col.markdown(f"Starts from the face's active version `{active_version}` (chosen on the Models page).")
+            st.markdown(f"Starts from the face's active version `{active_version}` (chosen on the Models page).")
         else:
-            base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL, key="online_base_model",
-                                              help=field_help(OnlineConfig, "base_model"))
+            base_model = st.text_input("Base model", DEFAULT_BASE_MODEL, key="online_base_model",
+                                       help=field_help(OnlineConfig, "base_model"))
         st.markdown("**Schedule** (in audience time: minutes, hours of the day in UTC)")
         values = config_fields(online_settings_form_part(ONLINE_SCHEDULE), "online", disabled=controls_off)
-        with st.expander("Algorithm, reward, generation, retry and offline-phase settings", expanded=False):
-            others = [n for n in OnlineConfig.model_fields if n not in (*ONLINE_SCHEDULE, "algorithm", "base_model")]
+        settings_model = ALGORITHMS[algorithm]
+        with st.expander(f"{algorithm} settings ({settings_model.__name__}: learning, guards, sampling policy)",
+                         expanded=False):
+            algorithm_values = config_fields(settings_model, f"online_{algorithm}", disabled=controls_off)
+        with st.expander("Reward, generation, retry and offline-phase settings", expanded=False):
+            others = [n for n in OnlineConfig.model_fields
+                      if n not in (*ONLINE_SCHEDULE, "algorithm", "algorithm_settings", "base_model")]
             values |= config_fields(online_settings_form_part(others), "online", disabled=controls_off)
         if st.form_submit_button("Review and start", type="primary", disabled=controls_off or busy) \
                 and not controls_off and not busy:
             try:
-                online = parse_online_config({**values, "algorithm": algorithm,
+                # Only what differs from the defaults is kept in the run's config: it reads as the choices made.
+                chosen = algorithm_config(algorithm, algorithm_values).model_dump(mode="json", exclude_defaults=True)
+                online = parse_online_config({**values, "algorithm": algorithm, "algorithm_settings": chosen,
                                               "base_model": base_model.strip() or None})
                 st.session_state["online_pending"] = {"face": online_face, "config": online.model_dump(mode="json")}
             except CrowdtuneError as exc:

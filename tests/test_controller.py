@@ -209,7 +209,7 @@ def test_idle_only_collects_what_is_still_maturing_and_then_sleeps():
 
 @pytest.mark.parametrize("values, message", [
     ({"interval_minutes": 5, "min_gap_minutes": 30}, "interval 5 min is below the minimum gap 30 min"),
-    ({"algorithm": "ppo"}, "unknown algorithm 'ppo'; choose reinforce, policy_gradient or reward_model"),
+    ({"algorithm": "ppo"}, "unknown algorithm 'ppo'; choose guided, reinforce, policy_gradient or reward_model"),
     ({"maturity_windows_hours": [6, 1]}, "increasing order"),
     ({"generation": {"temperature": 0.5}}, "set them in algorithm_settings"),
     ({"algorithm": "reinforce", "algorithm_settings": {"learning_rate": -1}}, "learning_rate"),
@@ -233,3 +233,32 @@ def test_the_reward_model_is_refitted_once_per_change_of_the_scored_posts_in_eve
            "reward_model": {"scored_posts": 41, "fitted_scored_posts": 40}}
     snap = ControllerSnapshot.from_read(raw)
     assert (snap.scored_posts, snap.reward_model_scored) == (41, 40)
+
+
+def test_a_warm_starting_run_queues_an_update_without_posts_and_publishes_only_once_it_has_ended():
+    with_model = {"scored_posts": 40, "reward_model_scored": 40}
+    first = decide(snapshot(**with_model), T0)
+    assert first.update.update_id == "run-u0" and first.update.step == 0 and first.update.post_ids == []
+    assert first.publish_slot is None and "publishing waits for the warm start" in first.notes
+    running = decide(snapshot(updates=[UpdateView("run-u0", 0, "running")], **with_model), T0 + MIN)
+    assert running.publish_slot is None and running.update is None and running.resume_updates == ["run-u0"]
+    for ended in ("completed", "failed", "stopped"):  # failed: the start model publishes (the alert is the job's)
+        decision = decide(snapshot(updates=[UpdateView("run-u0", 0, ended)], **with_model), T0 + MIN)
+        assert decision.publish_slot == 0 and decision.update is None, ended
+
+
+def test_no_warm_start_without_a_reward_model_or_for_an_algorithm_that_does_not_warm_start():
+    assert decide(snapshot(scored_posts=10), T0).publish_slot == 0  # no reward model yet
+    for cfg in (config(algorithm="policy_gradient"), config(algorithm_settings={"warm_start_steps": 0})):
+        decision = decide(snapshot(config=cfg, scored_posts=40, reward_model_scored=40), T0)
+        assert decision.publish_slot == 0 and decision.update is None
+    started = decide(snapshot(posts=[scored(0, T0)], last_resolved_at=T0, scored_posts=40, reward_model_scored=40),
+                     T0 + 3 * HOUR)  # the run has published already: no warm start mid-run
+    assert started.update is None and started.publish_slot == 1
+
+
+def test_after_a_warm_start_the_first_real_update_is_step_one():
+    posts = [published(i, T0 + i * 2 * HOUR, ages=[3700, 22000], score=float(i)) for i in range(3)]
+    decision = decide(snapshot(posts=posts, updates=[UpdateView("run-u0", 0, "completed")],
+                               last_resolved_at=T0 + 4 * HOUR), T0 + 7 * HOUR)
+    assert decision.update.update_id == "run-u1" and decision.update.step == 1

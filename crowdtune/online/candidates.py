@@ -30,10 +30,12 @@ bootstrap ensemble, crowdtune.training.rl.predictor) evaluated on the candidates
   `greedy` do while the face has no reward model yet, or when it cannot be loaded or applied (an
   alert says why); then predictions stay empty.
 
-Not built here: the RL update does not yet correct for the choice (importance weights against the
-sampling policy, the unpublished candidates in an RLOO group); the update learns from the published
-post as if it had been sampled alone. The stored selection probabilities and candidate rows are what
-that later step needs.
+What the update does with them: the `guided` algorithm (crowdtune.training.rl.guided) trains on each
+published post together with its candidates, re-encoded from their stored token ids, as one RLOO group
+with a doubly-robust reward estimate (the stored predictions, plus the published one's real-reward
+correction divided by its selection probability) and importance weights against the stored
+log-probabilities; its docstring says under which assumptions that is unbiased. The other algorithms
+learn from the published post alone, as if it had been sampled alone.
 """
 
 from __future__ import annotations

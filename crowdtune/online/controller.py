@@ -15,7 +15,10 @@ States of a face's controller (table `controllers`):
                                                          IDLE
 
 ONLINE publishes on schedule, collects reactions at the maturity windows and runs an update when
-`posts_per_update` posts have matured; OFFLINE waits for the offline training run (publishing
+`posts_per_update` posts have matured. When the run's algorithm warm-starts (guided) and the face has a
+reward model, the first thing it does is an update with no posts (step 0, `<run>-u0`), and nothing is
+published until that has ended (completed: its version is active; failed: the start model publishes and
+an alert says so); OFFLINE waits for the offline training run (publishing
 paused, reactions still collected); STOPPING publishes nothing new, lets the in-flight publish
 resolve and the in-flight update stop, then ends the run. IDLE still collects the reactions of
 posts that have not matured yet, so no evaluation is lost.
@@ -51,11 +54,12 @@ class OnlineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: str = Field("policy_gradient",
-                           description="reinforce | policy_gradient | reward_model (crowdtune.training.rl)")
+    algorithm: str = Field("guided", description="guided | reinforce | policy_gradient | reward_model "
+                                                 "(crowdtune.training.rl)")
     algorithm_settings: dict[str, Any] = Field(
-        default_factory=dict, description="that algorithm's config (ReinforceConfig, PolicyGradientConfig, "
-                                          "RewardModelConfig); it owns the sampling policy (temperature, top_p, ...)")
+        default_factory=dict, description="that algorithm's config (GuidedConfig, ReinforceConfig, "
+                                          "PolicyGradientConfig, RewardModelConfig); it owns the sampling policy "
+                                          "(temperature, top_p, ...)")
     reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig settings")
     base_model: str | None = Field(None, description="base of the first policy when the face has no active version "
                                                      "(None: smollm2-135m); later the active version's base")
@@ -179,6 +183,12 @@ class OnlineConfig(BaseModel):
 
         policy = algorithm_config(self.algorithm, self.algorithm_settings)
         return {**self.generation, **{k: getattr(policy, k) for k in POLICY_SETTINGS if hasattr(policy, k)}}
+
+    def warm_start_steps(self) -> int:
+        """Steps the algorithm takes against the face's reward model before the run's first post (0: none)."""
+        from crowdtune.training.rl import warm_start_steps
+
+        return warm_start_steps(self.algorithm, self.algorithm_settings)
 
     def publish_retry_intervals(self) -> list[int]:
         """RQ retry intervals in wall seconds (at least 1), one per retry."""
@@ -435,6 +445,14 @@ def reward_model_due(scored_posts: int, fitted_scored_posts: int | None) -> bool
     return scored_posts >= PredictorConfig().min_posts and scored_posts != fitted_scored_posts
 
 
+def warm_start_due(snap: ControllerSnapshot) -> bool:
+    """Whether the run should warm-start now: its algorithm warm-starts, the face has a reward model, the
+    run has published nothing and had no update yet (a warm start that ended, however, is not repeated)."""
+    return (snap.state == ControllerState.ONLINE and not snap.paused_reason and not snap.updates
+            and snap.publish_slot == 0 and snap.reward_model_scored is not None
+            and snap.config.warm_start_steps() > 0)
+
+
 def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
     """What the controller does at wall-clock `now` (naive UTC), given the store's facts."""
     cfg = snap.config
@@ -511,17 +529,26 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
             decision.wake_at = poll
             return decision
 
-    if not snap.paused_reason and not in_flight:
+    # The warm start: before the run's first post, the policy practises against the face's reward model.
+    warm_start_pending = any(u.step == 0 for u in in_flight)
+    if warm_start_due(snap) and not in_flight and decision.resume_slot is None:
+        decision.update = UpdatePlan(f"{snap.run_id}-u0", 0, [])
+        warm_start_pending = True
+        wakes.append(poll)
+    if warm_start_pending:
+        decision.notes.append("publishing waits for the warm start")
+
+    if not snap.paused_reason and not in_flight and decision.update is None:
         ready = sorted((p for p in snap.posts if p.run_id == snap.run_id and p.status == PostStatus.PUBLISHED
                         and p.score is not None and p.update_id is None),
                        key=lambda p: (p.published_at, p.post_id))
         if len(ready) >= cfg.posts_per_update:
-            step = len(snap.updates) + 1
+            step = max((u.step for u in snap.updates), default=0) + 1
             decision.update = UpdatePlan(f"{snap.run_id}-u{step}", step,
                                          [p.post_id for p in ready[:cfg.posts_per_update]])
             wakes.append(poll)
 
-    if not snap.paused_reason and decision.resume_slot is None:
+    if not snap.paused_reason and decision.resume_slot is None and not warm_start_pending:
         at = decision.publish_at = next_publish_time(snap, clock)
         if at <= now:
             decision.publish_slot = snap.publish_slot

@@ -131,9 +131,16 @@ def update_set(update_id: str, **values: Any) -> dict:
     return update_op("online_updates", {"update_id": update_id}, values)
 
 
+def guard_tripped(update: dict, guard: str, message: str) -> dict:
+    """A guard against reward hacking (KL leash, copy guard, diversity floor ...) tripped in an update."""
+    return alert_op(f"guard-{guard}:{update['update_id']}", "warning", f"online {update['face_id']}",
+                    f"Update {update['step']} of {update['face_id']}: {message}")
+
+
 def update_finished(update: dict, version: dict, metrics: dict[str, float], note: str,
-                    pause_reason: str | None) -> list[dict]:
-    """The update's version registered; made the face's active one unless the update asked to pause."""
+                    pause_reason: str | None, alerts: list[dict] = ()) -> list[dict]:
+    """The update's version registered, with an alert per tripped guard (`alerts`: {"guard", "message"});
+    made the face's active one unless the update asked to pause."""
     run_id, face_id, step, update_id = update["run_id"], update["face_id"], update["step"], update["update_id"]
     ops = [
         upsert_op("model_versions", [{**version, "run_id": run_id, "step": step, "metrics": metrics, "note": note}]),
@@ -141,6 +148,7 @@ def update_finished(update: dict, version: dict, metrics: dict[str, float], note
                    parent_version_id=version["parent_version_id"], metrics=metrics,
                    paused=pause_reason is not None, ended_at=utc_now(), error=None),
         metrics_op(run_id, step, metrics),
+        *(guard_tripped(update, a["guard"], a["message"]) for a in alerts),
     ]
     if pause_reason is not None:
         return [*ops, controller_op(face_id, paused_reason=f"update {step}: {pause_reason}"[:1000]),
@@ -152,8 +160,14 @@ def update_finished(update: dict, version: dict, metrics: dict[str, float], note
 
 
 def update_failed(update: dict, message: str) -> list[dict]:
-    """The update gave up: it is failed, the controller pauses, and an error alert says why."""
+    """The update gave up: it is failed, the controller pauses, and an error alert says why. A failed warm
+    start (step 0) does not pause: publishing starts with the start model, and a warning says so."""
     face_id, step, update_id = update["face_id"], update["step"], update["update_id"]
+    if step == 0:
+        return [update_set(update_id, status=UpdateStatus.FAILED, error=message[:2000], ended_at=utc_now()),
+                alert_op(f"update-failed:{update_id}", "warning", f"online {face_id}",
+                         f"The warm start of {face_id} against its reward model failed: {message}. Publishing "
+                         "starts with the start model; later updates learn as usual.")]
     return [
         update_set(update_id, status=UpdateStatus.FAILED, error=message[:2000], ended_at=utc_now()),
         controller_op(face_id, paused_reason=f"update {step} failed: {message}"[:1000]),

@@ -33,6 +33,7 @@ class StoredUpdate:
     history: list[dict]      # earlier scored posts (the reward model's data)
     train_texts: list[str]   # the face's training posts (for the copy guard)
     published_count: int
+    reward_model: dict | None = None  # the face's newest reward_models row (its artifact_url), if any
 
     @property
     def base_model(self) -> str:
@@ -52,7 +53,7 @@ def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:
     return StoredUpdate(update=update, run=raw["run"], cfg=OnlineConfig(**raw["run"]["config"]),
                         active=raw.get("active_version"), batch=raw["batch"], baseline_scores=raw["baseline_scores"],
                         history=raw["history"], train_texts=train_texts,
-                        published_count=raw.get("published_count", 0))
+                        published_count=raw.get("published_count", 0), reward_model=raw.get("reward_model"))
 
 
 def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable, should_stop: Callable[[], bool],
@@ -76,12 +77,15 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         cfg.algorithm, cfg.algorithm_settings, base_model=inputs.base_model,
         policy_url=(inputs.active or {}).get("artifact_url"),
         batch=[{"post_id": p["post_id"], "prompt": p["prompt"] or "", "text": p["text"], "token_ids": p["token_ids"],
-                "logprob": p["logprob"], "score": s, "reward": r}
+                "logprob": p["logprob"], "score": s, "reward": r, "predicted_reward": p.get("predicted_reward"),
+                "selection_probability": p.get("selection_probability"),
+                "candidates": [{**c, "prompt": c.get("prompt") or ""} for c in p.get("candidates") or []]}
                for p, s, r in zip(inputs.batch, scores, rewards, strict=True)],
         history=[{**h, "reward": r} for h, r in zip(inputs.history, history_rewards, strict=True)],
         state_dir=base_dir / "state", checkpoint_dir=base_dir / checkpoint_name,
         model_cache_dir=settings.data_dir / "models", train_texts=inputs.train_texts,
         on_progress=on_progress, should_stop=should_stop, seed=cfg.seed * 1000 + update["step"],
+        reward_model_url=(inputs.reward_model or {}).get("artifact_url"),
     )
     if mirrored:
         artifacts.mirror_up(base_dir, remote)
@@ -108,11 +112,12 @@ def update_metrics(inputs: StoredUpdate, result) -> dict[str, float]:
     scores, rewards, _ = batch_rewards(inputs)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-    metrics.update({"score_mean": float(np.mean(scores)), "score_max": float(np.max(scores)),
-                    "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
-                    "batch_posts": float(len(inputs.batch))})
-    metrics.setdefault("mean_length", float(np.mean([len(p["text"].split()) for p in inputs.batch])))
-    if "copy_rate" not in metrics and inputs.train_texts:
+    metrics["batch_posts"] = float(len(inputs.batch))
+    if inputs.batch:  # a warm start (step 0) has no posts, only the algorithm's figures
+        metrics.update({"score_mean": float(np.mean(scores)), "score_max": float(np.max(scores)),
+                        "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards))})
+        metrics.setdefault("mean_length", float(np.mean([len(p["text"].split()) for p in inputs.batch])))
+    if "copy_rate" not in metrics and inputs.train_texts and inputs.batch:
         metrics["copy_rate"] = CopyIndex(inputs.train_texts, embedding_threshold=None).copy_rate(
             [p["text"] for p in inputs.batch])
     started = inputs.run.get("started_at")
@@ -137,7 +142,8 @@ def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate,
     version = {"version_id": version_id, "parent_version_id": parent, "base_model": inputs.base_model,
                "artifact_url": url}
     pause_reason = (result.pause_reason or "the update asked to pause") if result.pause else None
-    note = f"online {cfg.algorithm} update {update['step']} on {len(inputs.batch)} posts"
-    writer.submit(records.update_finished(update, version, metrics, note, pause_reason),
+    note = f"online {cfg.algorithm} update {update['step']} on {len(inputs.batch)} posts" if inputs.batch \
+        else f"online {cfg.algorithm} warm start against the face's reward model"
+    writer.submit(records.update_finished(update, version, metrics, note, pause_reason, result.alerts),
                   write_id=f"update-finish:{version_id}")
     return version_id, metrics

@@ -280,9 +280,11 @@ def collect_inputs(reader: StoreReader, post_id: str) -> dict | None:
 
 
 def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000) -> dict | None:
-    """What one RL update needs: its row, run, controller, face, active version, batch posts (with tokens
-    and scores), the scores of the face's earlier generated posts (the reward baseline), and the face's
-    scored history (imported and generated posts, oldest first, at most `history_limit`)."""
+    """What one RL update needs: its row, run, controller, face, active version, batch posts (with tokens,
+    scores, the reward model's prediction and selection probability, and `candidates`: the other kept
+    candidates of each post's slot), the scores of the face's earlier generated posts (the reward
+    baseline), the face's scored history (imported and generated posts, oldest first, at most
+    `history_limit`) and its newest reward model (latest_reward_model)."""
     rows = _dicts(reader, "SELECT * FROM online_updates WHERE update_id = ?", [update_id])
     if not rows:
         return None
@@ -290,9 +292,15 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
     face = face_record(reader, update["face_id"])
     active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
     ids = update["post_ids"] or []
-    batch = _dicts(reader, "SELECT post_id, prompt, text, token_ids, token_logprobs, logprob, score, published_at "
+    batch = _dicts(reader, "SELECT post_id, prompt, text, token_ids, token_logprobs, logprob, score, published_at, "
+                           "predicted_reward, selection_probability "
                            "FROM posts WHERE post_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY published_at, post_id",
                    [ids])
+    candidates = _dicts(reader, "SELECT candidate_of, post_id, prompt, text, token_ids, logprob, predicted_reward, "
+                                "selection_probability FROM posts WHERE status = 'candidate' "
+                                "AND candidate_of IN (SELECT unnest(?::VARCHAR[])) ORDER BY post_id", [ids])
+    for post in batch:
+        post["candidates"] = [c for c in candidates if c["candidate_of"] == post["post_id"]]
     first = min((p["published_at"] for p in batch if p["published_at"] is not None), default=None)
     baseline = [r[0] for r in reader.rows(
         "SELECT score FROM posts WHERE face_id = ? AND origin = 'generated' AND score IS NOT NULL "
@@ -308,7 +316,8 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
                               [update["run_id"]], default=0)
     return {"update": update, "run": online_run(reader, update["run_id"]),
             "controller": online_controller(reader, update["face_id"]), "face": face, "active_version": active,
-            "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published}
+            "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published,
+            "reward_model": latest_reward_model(reader, update["face_id"])}
 
 
 def latest_reward_model(reader: StoreReader, face_id: str) -> dict | None:

@@ -167,6 +167,6 @@ def test_bad_settings_are_refused_with_a_clear_error_before_anything_starts(redi
     with pytest.raises(SettingsError, match="interval 5 min is below the minimum gap 30 min"):
         actions.start_online(redis_conn, FACE, {"interval_minutes": 5, "min_gap_minutes": 30})
     with pytest.raises(SettingsError,
-                       match="unknown algorithm 'ppo'; choose reinforce, policy_gradient or reward_model"):
+                       match="unknown algorithm 'ppo'; choose guided, reinforce, policy_gradient or reward_model"):
         actions.start_online(redis_conn, FACE, {"algorithm": "ppo"})
     assert not Worker.all(connection=redis_conn) and redis_conn.keys("rq:job:*") == []

@@ -128,6 +128,24 @@ def test_starting_online_training_asks_first_then_writes_run_and_controller_and_
     assert tick.func_name == "jobs.online.tick" and tick.args == ["sandbox"]
 
 
+def test_the_online_form_defaults_to_guided_with_its_settings_and_keeps_the_changed_ones(populated_store, redis_conn,
+                                                                                         workers):
+    workers.start("--store", conn=redis_conn)  # the controls are on only while the store has its writer
+    at = open_page(PAGE)
+    assert at.selectbox(key="online_algorithm").value == "guided"
+    assert at.number_input(key="online_guided_warm_start_steps").value == 8
+    assert at.number_input(key="online_guided_diversity_floor").value == 0.8
+    at.number_input(key="online_guided_warm_start_steps").set_value(3)
+    at.number_input(key="online_guided_max_kl").set_value(0.5)
+    button(at, "Review and start").click().run()
+    pending = at.session_state["online_pending"]["config"]
+    assert pending["algorithm"] == "guided"
+    assert pending["algorithm_settings"] == {"warm_start_steps": 3, "max_kl": 0.5}  # only what was changed
+    at.selectbox(key="online_algorithm").set_value("reinforce").run()  # the settings follow the algorithm
+    assert at.number_input(key="online_reinforce_window").value == 64
+    assert not any(n.key == "online_guided_warm_start_steps" for n in at.number_input)
+
+
 def test_the_page_shows_each_online_face_with_its_counts_and_updates(online_store):
     text = page_text(open_page(PAGE))
     assert "**sandbox** is ONLINE (run `online-1`): 3 published, 1 scored, 1 RL update." in text

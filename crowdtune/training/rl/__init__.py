@@ -1,11 +1,15 @@
 """Online RL on audience reactions: pick an algorithm by name, run one update.
 
     ALGORITHMS           name -> typed config (pydantic; each field carries its default and help)
-    DEFAULT_ALGORITHM    "policy_gradient"
+    DEFAULT_ALGORITHM    "guided"
     algorithm_config(name, values) -> config, or SettingsError naming the problem and the fix
     run_update(algorithm, config, ...) -> UpdateResult (adapter_dir, metrics, stopped, pause)
 
 Algorithms (one module each):
+    guided           the default: the face's fitted reward model steers the policy (a warm start before
+                     the first post, RLOO distillation in every update), real rewards correct it through a
+                     doubly-robust estimate over each best-of-N slot's candidates, and guards (KL leash,
+                     copy guard, diversity floor, agreement) alert or pause (rl/guided.py)
     reinforce        the classic loop, the baseline to beat (rl/reinforce.py)
     policy_gradient  learned baseline, clipped importance weights, replay, KL (rl/policy_gradient.py)
     reward_model     ridge reward model on embeddings + many RLOO steps against it, with an
@@ -26,7 +30,8 @@ from pydantic import BaseModel, ValidationError
 
 from crowdtune.errors import SettingsError
 from crowdtune.training.callbacks import MetricsSink, ProgressSink
-from crowdtune.training.rl import policy_gradient, reinforce, reward_model
+from crowdtune.training.rl import guided, policy_gradient, reinforce, reward_model
+from crowdtune.training.rl.guided import GuidedConfig
 from crowdtune.training.rl.policy import UpdateInputs, UpdateResult
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 from crowdtune.training.rl.reinforce import ReinforceConfig
@@ -34,16 +39,18 @@ from crowdtune.training.rl.reward_model import RewardModelConfig
 from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 
 ALGORITHMS: dict[str, type[BaseModel]] = {
+    "guided": GuidedConfig,
     "reinforce": ReinforceConfig,
     "policy_gradient": PolicyGradientConfig,
     "reward_model": RewardModelConfig,
 }
-DEFAULT_ALGORITHM = "policy_gradient"
-_UPDATES = {"reinforce": reinforce.update, "policy_gradient": policy_gradient.update,
+DEFAULT_ALGORITHM = "guided"
+_UPDATES = {"guided": guided.update, "reinforce": reinforce.update, "policy_gradient": policy_gradient.update,
             "reward_model": reward_model.update}
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "PolicyGradientConfig", "ReinforceConfig", "RewardConfig",
-           "RewardModelConfig", "UpdateResult", "algorithm_config", "rewards_for", "run_update"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "GuidedConfig", "PolicyGradientConfig", "ReinforceConfig", "RewardConfig",
+           "RewardModelConfig", "UpdateResult", "algorithm_config", "rewards_for", "run_update",
+           "warm_start_steps"]
 
 
 def algorithm_config(name: str, values: dict | BaseModel | None = None) -> BaseModel:
@@ -70,6 +77,12 @@ def algorithm_config(name: str, values: dict | BaseModel | None = None) -> BaseM
                             "default.") from None
 
 
+def warm_start_steps(name: str, values: dict | BaseModel | None = None) -> int:
+    """How many steps algorithm `name` takes against the face's reward model before a run's first post
+    (0: it does not warm start)."""
+    return int(getattr(algorithm_config(name, values), "warm_start_steps", 0))
+
+
 def run_update(
     algorithm: str,
     config: dict | BaseModel | None,
@@ -86,6 +99,7 @@ def run_update(
     on_progress: ProgressSink | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
+    reward_model_url: str | None = None,
 ) -> UpdateResult:
     """Run one update of `algorithm` on newly matured posts and return the updated policy.
 
@@ -96,7 +110,10 @@ def run_update(
     "text", "score", "reward", "published_at"}); local folders for the algorithm's state across
     updates and for this update's checkpoint; the face's imported posts for the copy guard;
     callbacks on_metrics(step, metrics), on_progress(step, total, loss, eta_seconds),
-    should_stop() -> bool; a seed.
+    should_stop() -> bool; a seed; the URL of the face's fitted reward model (reads.latest_reward_model's
+    artifact_url; None before its first fit), which `guided` learns from. A `guided` batch post may also
+    carry "predicted_reward", "selection_probability" and "candidates" (the unpublished candidates of its
+    slot: {"post_id", "prompt", "text", "token_ids", "logprob", "predicted_reward", "selection_probability"}).
     Out: UpdateResult. Running again with the same checkpoint_dir resumes a killed update or
     returns the finished one's result without training.
     """
@@ -111,6 +128,6 @@ def run_update(
         base_model=base_model, policy_url=policy_url, batch=list(batch), history=list(history),
         state_dir=state_dir, checkpoint_dir=checkpoint_dir, model_cache_dir=Path(model_cache_dir),
         train_texts=list(train_texts), on_metrics=on_metrics, on_progress=on_progress,
-        should_stop=should_stop, seed=seed,
+        should_stop=should_stop, seed=seed, reward_model_url=reward_model_url,
     )
     return _UPDATES[algorithm](settings, inputs)

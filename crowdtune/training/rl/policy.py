@@ -84,8 +84,10 @@ class UpdateResult:
         importance_weight_mean, clip_fraction, steps, and per algorithm more
         (reward_model_agreement for reward_model)
     stopped: should_stop fired (no result.json is written: running again continues)
-    pause: the reward model disagrees with reality; the controller pauses and alerts
+    pause: the reward model disagrees with reality (or a guard asks to stop); the controller pauses and alerts
     pause_reason: why, in words, when pause is True
+    alerts: guards that tripped, each {"guard": its name (kl, copy, diversity ...), "message": what and why};
+        the update is recorded as usual and each becomes a dashboard alert
     """
 
     adapter_dir: Path
@@ -93,6 +95,7 @@ class UpdateResult:
     stopped: bool
     pause: bool = False
     pause_reason: str | None = None
+    alerts: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -111,7 +114,7 @@ class UpdateInputs:
     on_progress: ProgressSink | None = None
     should_stop: Callable[[], bool] | None = None
     seed: int = 0
-
+    reward_model_url: str | None = None  # the face's fitted reward model (predictor.load_predictor), if any
 
 
 def load_policy(inputs: UpdateInputs, config: RLConfig):
@@ -236,14 +239,17 @@ def copy_index(inputs: UpdateInputs, config: RLConfig) -> CopyIndex:
 
 
 def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: dict[str, float], *,
-           stopped: bool, pause: bool = False, pause_reason: str | None = None) -> UpdateResult:
-    """Save the adapter, add the guard figures, emit metrics, write result.json (unless stopped)."""
+           stopped: bool, pause: bool = False, pause_reason: str | None = None,
+           alerts: list[dict] | None = None) -> UpdateResult:
+    """Save the adapter, add the guard figures (unless the algorithm measured copy_rate and mean_length
+    itself), emit metrics, write result.json (unless stopped)."""
     folder = inputs.checkpoint_dir
     adapter_dir = folder / "adapter"
     save_adapter(model, adapter_dir, tokenizer)
-    metrics = {**metrics, **guard_figures(model, tokenizer, config, inputs, inputs.seed)}
+    if not {"copy_rate", "mean_length"} <= metrics.keys():
+        metrics = {**metrics, **guard_figures(model, tokenizer, config, inputs, inputs.seed)}
     metrics = {k: float(v) for k, v in metrics.items()}
-    result = UpdateResult(adapter_dir, metrics, stopped, pause, pause_reason)
+    result = UpdateResult(adapter_dir, metrics, stopped, pause, pause_reason, list(alerts or []))
     if inputs.on_metrics is not None:
         inputs.on_metrics(int(metrics.get("steps", 0)), metrics)
     if not stopped:

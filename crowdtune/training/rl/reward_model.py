@@ -8,10 +8,10 @@ against that model between real reactions.
    `agreement_posts` matured posts predicts those, and the Spearman correlation with their real
    scores is `reward_model_agreement`. Below `agreement_threshold` the update trains nothing
    and returns pause=True with a reason: the controller pauses the face and alerts.
-3. Take `rloo_steps` on-policy steps: sample `rloo_samples` posts for each of `rloo_prompts`
-   prompts from the current policy, score them with the reward model, and push up each post by
-   its leave-one-out advantage A_i = r_i - mean_{j != i} r_j (in units of the score spread),
-   with a KL penalty to the reference model:
+3. Take `rloo_steps` on-policy steps (crowdtune.training.rl.rloo): sample `rloo_samples` posts
+   for each of `rloo_prompts` prompts from the current policy, score them with the reward model,
+   and push up each post by its leave-one-out advantage A_i = r_i - mean_{j != i} r_j (in units
+   of the score spread), with a KL penalty to the reference model:
 
        loss = -sum_i(A_i * log pi(post_i)) / (n_samples * max_new_tokens) + kl_coef * KL
 
@@ -24,16 +24,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from crowdtune.embeddings import EmbeddingCache, shared_cache
-from crowdtune.training.generation import Sample, sample, trim_unfinished_sentence
+from crowdtune.embeddings import shared_cache
 from crowdtune.training.guards import CopyIndex
-from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
 from crowdtune.training.rl.policy import (
-    PolicyModule,
-    RLConfig,
     UpdateInputs,
     UpdateResult,
     finish,
@@ -42,10 +37,11 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
+from crowdtune.training.rl.rloo import RLOOModule, RLOOSettings, floored_rewards
 
 
-class RewardModelConfig(RLConfig):
-    """Settings of a reward-model update (and every RLConfig setting)."""
+class RewardModelConfig(RLOOSettings):
+    """Settings of a reward-model update (and every RLOOSettings and RLConfig setting)."""
 
     ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of the reward model")
     min_fit_posts: int = Field(16, ge=2, description="fewer scored posts than this: no reward model, no training")
@@ -55,10 +51,6 @@ class RewardModelConfig(RLConfig):
     agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0,
                                        description="Spearman below this: pause=True, nothing is trained")
     rloo_steps: int = Field(8, ge=1, description="optimizer steps against the reward model per update")
-    rloo_prompts: int = Field(4, ge=1, description="prompts per step (the batch's prompts; the empty prompt when none)")
-    rloo_samples: int = Field(4, ge=2, description="samples per prompt (the leave-one-out group)")
-    kl_coef: float = Field(0.05, ge=0.0, description="weight of KL(policy || reference) in the loss")
-    trim_unfinished: bool = Field(True, description="trim samples to their last full sentence, as published")
     learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
@@ -101,48 +93,6 @@ def agreement(vectors: np.ndarray, targets: np.ndarray, config: RewardModelConfi
     return spearman(model.predict(vectors[-n_new:]), targets[-n_new:]), n_new
 
 
-class RLOOModule(PolicyModule):
-    def __init__(self, model, tokenizer, config: RewardModelConfig, reward_model: RewardModel,
-                 embeddings: EmbeddingCache, prompts: list[str], copy_index: CopyIndex | None, seed: int):
-        super().__init__(model, tokenizer, config)
-        self.reward_model, self.embeddings, self.prompts = reward_model, embeddings, prompts or [""]
-        self.copy_index, self.seed = copy_index, seed
-
-    def rewards(self, texts: list[str]) -> np.ndarray:
-        predicted = self.reward_model.predict(self.embeddings.embed(texts, keep=False))
-        bad = [not t.strip() for t in texts]
-        if self.copy_index is not None:
-            bad = [b or c for b, c in zip(bad, self.copy_index.ngram_copies(texts), strict=True)]
-        return np.where(bad, self.reward_model.floor, predicted)
-
-    def training_step(self, index, batch_idx):
-        cfg, step = self.config, int(index)
-        start = step * cfg.rloo_prompts
-        prompts = [self.prompts[(start + i) % len(self.prompts)] for i in range(cfg.rloo_prompts)]
-        grouped = [p for p in prompts for _ in range(cfg.rloo_samples)]
-        generation = cfg.generation(batch_size=len(grouped), seed=self.seed * 100_003 + step)
-        samples = sample(self.model, self.tokenizer, generation, prompts=grouped)
-        if cfg.trim_unfinished:
-            trimmed = [trim_unfinished_sentence(s, self.tokenizer) for s in samples]
-            # a sample trimmed to nothing keeps its first token, so that it can be pushed down
-            samples = [t if t.token_ids else Sample(t.text, s.token_ids[:1], s.logprobs[:1], s.prompt)
-                       for s, t in zip(samples, trimmed, strict=True)]
-        rewards = self.rewards([s.text for s in samples]).reshape(cfg.rloo_prompts, cfg.rloo_samples)
-        k = cfg.rloo_samples
-        leave_one_out = (rewards.sum(1, keepdims=True) - rewards) / (k - 1)
-        advantages = torch.tensor(((rewards - leave_one_out) / self.reward_model.spread).reshape(-1),
-                                  dtype=torch.float32, device=self.device)
-        rollouts = encode_rollouts(self.tokenizer, grouped, [s.token_ids for s in samples]).to(self.device)
-        stats = sequence_stats(self.model, rollouts, cfg, eos=self.tokenizer.eos_token_id, reference=cfg.kl_coef > 0)
-        loss = -(advantages * stats.logprob).sum() / (len(samples) * cfg.max_new_tokens) + cfg.kl_coef * stats.kl
-        recorded = torch.tensor([sum(s.logprobs) for s in samples], device=self.device)
-        weights = importance_weights(stats.logprob.detach(), recorded, stats.n_tokens)
-        self.record(loss, kl=stats.kl, entropy=stats.entropy, importance_weight_mean=weights.mean(),
-                    clip_fraction=0.0, predicted_reward=float(rewards.mean()),
-                    sample_length=float(stats.n_tokens.float().mean()))
-        return loss
-
-
 def update(config: RewardModelConfig, inputs: UpdateInputs) -> UpdateResult:
     """Fit the reward model, check it against fresh scores, then RLOO against it (module docstring)."""
     done = stored_result(inputs.checkpoint_dir)
@@ -171,7 +121,9 @@ def update(config: RewardModelConfig, inputs: UpdateInputs) -> UpdateResult:
         copy_index = CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram, embedding_threshold=None) \
             if inputs.train_texts else None
         prompts = sorted({p.get("prompt", "") or "" for p in inputs.batch}) or [""]
-        module = RLOOModule(model, tokenizer, config, reward_model, embeddings, prompts, copy_index, inputs.seed)
+        reward = floored_rewards(lambda texts: reward_model.predict(embeddings.embed(texts, keep=False)),
+                                 reward_model.floor, copy_index)
+        module = RLOOModule(model, tokenizer, config, reward, reward_model.spread, prompts, inputs.seed)
         stopped = fit(module, config.rloo_steps, inputs)
         figures = module.mean_step_metrics()
         metrics.update(figures)

@@ -6,8 +6,8 @@ from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 
 
 def test_every_algorithm_has_a_typed_config_with_defaults():
-    assert set(ALGORITHMS) == {"reinforce", "policy_gradient", "reward_model"}
-    assert DEFAULT_ALGORITHM == "policy_gradient"
+    assert set(ALGORITHMS) == {"guided", "reinforce", "policy_gradient", "reward_model"}
+    assert DEFAULT_ALGORITHM == "guided"
     for name, cls in ALGORITHMS.items():
         config = algorithm_config(name)
         assert isinstance(config, cls)
