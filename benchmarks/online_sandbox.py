@@ -180,6 +180,8 @@ def online_config(args, algorithm: str, seed: int, candidates: int | None = None
               "generation": {"max_new_tokens": args.max_new_tokens}, "seed": seed}
     if candidates is not None:
         values["candidates"] = candidates
+    if args.posts_per_update is not None:
+        values["posts_per_update"] = args.posts_per_update
     return OnlineConfig(**values)
 
 
@@ -299,8 +301,8 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     from crowdtune.online.schedule import safe_id
     from crowdtune.training.models import save_version
 
-    step = len(run.updates)
-    update = {"update_id": f"{run.run_id}:u{step}", "run_id": run.run_id, "face_id": FACE, "step": step}
+    step = len(run.updates) + 1  # numbered as the controller numbers them (UpdatePlan): its seed is seed * 1000 + step
+    update = {"update_id": f"{run.run_id}-u{step}", "run_id": run.run_id, "face_id": FACE, "step": step}
     first = min(p.row["published_at"] for p in batch)
     baseline = [p.score for p in run.posts if p.score is not None and p not in batch and p.row["published_at"] < first]
     generated = [{"post_id": p.row["post_id"], "text": p.row["text"], "score": p.score,
@@ -511,7 +513,8 @@ def goals(summary: dict, algorithm: str) -> dict | None:
 def settings_of(args) -> dict:
     """What makes two runs of one (arm, audience, seed) the same run."""
     return {"model": args.model, "posts": args.posts, "history": args.history, "sft_steps": args.sft_steps,
-            "max_new_tokens": args.max_new_tokens, "fit_every": args.fit_every, "start_posts": args.start_posts,
+            "max_new_tokens": args.max_new_tokens, "fit_every": args.fit_every,
+            "posts_per_update": args.posts_per_update, "start_posts": args.start_posts,
             "base_posts": args.base_posts,
             "audience_files": args.audience_file}
 
@@ -553,6 +556,8 @@ def parse_args(argv=None):
                                                                     "(default: the product's default)")
     parser.add_argument("--start-posts", type=int, default=None, help="posts measuring the start (>= 256)")
     parser.add_argument("--base-posts", type=int, default=256, help="posts measuring the bare base")
+    parser.add_argument("--posts-per-update", type=int, default=None,
+                        help="matured posts per RL update (default: OnlineConfig's)")
     parser.add_argument("--fit-every", type=int, default=4, help="refit the reward model after this many new "
                                                                  "scores (the controller: 1)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
