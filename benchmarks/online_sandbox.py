@@ -363,7 +363,7 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
                 active = new
                 model, tokenizer = load_policy(active["artifact_url"], args)
             u = run.updates[-1]
-            print(f"    {algorithm} {audience_name} s{seed} update {len(run.updates) - 1} after {slot} posts: "
+            print(f"    {algorithm} {audience_name} s{seed} update {len(run.updates)} after {slot} posts: "
                   f"batch score {u['score_mean']:.1f}, kl {u.get('kl', math.nan):.4f}"
                   + (" PAUSE" if u["pause"] else "") + f" ({time.monotonic() - started:.0f} s)", flush=True)
         # 4) the slot (the publish job): N candidates, the guards, the exploring choice, then publish
