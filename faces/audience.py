@@ -10,6 +10,13 @@ The sandbox face multiplies that into expected counts. Audiences:
   (measured: 4,546 tweets to fit, 1,136 held out).
 - `sentiment`: VADER compound score (-1..1): cheerful posts do better.
 - `human`: embeddings + ridge regression on the hutto_tweets human sentiment ratings (-4..4).
+- `rules`: hand-written rules over surface features, no embeddings and no fit: a preferred length
+  (a bell curve in log words), questions, topic words, and dislikes for links, hashtags and
+  shouting, with an interaction (an exclamation helps only a short post). Nonlinear in its features
+  and not a function of MiniLM vectors, so a reward model of embeddings + ridge cannot share its form.
+
+`load_audience_file("path/to/file.py:NAME")` plugs in an audience written elsewhere: any object
+with `log_appeal(texts) -> float array` (a class is instantiated without arguments).
 
 Fitting embeds a few thousand posts (~2.5 minutes for 5,700 on 2 loaded cores), so the fitted
 coefficients are cached in `cache_dir` under a name that encodes every fitting setting (later loads
@@ -50,7 +57,8 @@ class AudienceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["likes", "sentiment", "human"] = Field("likes", description="likes | sentiment | human")
+    kind: Literal["likes", "sentiment", "human", "rules"] = Field("likes",
+                                                                  description="likes | sentiment | human | rules")
     cache_dir: Path = Field(default_factory=default_cache_dir,
                             description="$CROWDTUNE_CACHE_DIR/audiences, else ~/.cache/crowdtune/audiences")
     fit_since: str = Field("2016-01-01", description="likes: learn from tweets created on or after this date")
@@ -221,6 +229,67 @@ class SentimentAudience:
         return np.clip(self.sensitivity * compound, -MAX_ABS_LOG_APPEAL, MAX_ABS_LOG_APPEAL)
 
 
+class RulesAudience:
+    """Appeal from surface rules (module docstring): deterministic, pure Python, ~10 us a text."""
+
+    PREFERRED_WORDS = 18        # the length this crowd likes best ...
+    LENGTH_TOLERANCE = 0.7      # ... within about this many log-words (a Gaussian bell: 9 or 36 words cost ~0.5)
+    QUESTION = 0.35             # asking the crowd something
+    TOPIC_WORD = 0.3            # per distinct topic word, at most TOPIC_CAP of them
+    TOPIC_CAP = 3
+    TOPICS = frozenset({"jobs", "economy", "workers", "family", "families", "veterans", "farmers", "school",
+                        "schools", "health", "future", "community", "together", "thank", "congratulations"})
+    SHORT_EXCLAMATION = 0.4     # "!" on a post of at most SHORT_WORDS words; on longer ones it costs ...
+    LONG_EXCLAMATION = -0.2     # ... this (shouting at length)
+    SHORT_WORDS = 12
+    LINK = -0.6                 # this crowd does not click away
+    HASHTAG = -0.25
+    SHOUTED_WORD = -0.15        # per ALL-CAPS word of 3+ letters, at most 4 of them
+
+    def log_appeal(self, texts: list[str]) -> np.ndarray:
+        import math
+        import re
+
+        out = np.empty(len(texts), dtype=np.float64)
+        for i, text in enumerate(texts):
+            tokens = text.split()
+            words = [re.sub(r"[^a-z]", "", t.lower()) for t in tokens]
+            n = max(1, len(tokens))
+            appeal = -((math.log(n) - math.log(self.PREFERRED_WORDS)) / self.LENGTH_TOLERANCE) ** 2 / 2
+            appeal += self.QUESTION * ("?" in text)
+            appeal += self.TOPIC_WORD * min(self.TOPIC_CAP, len(self.TOPICS.intersection(words)))
+            if "!" in text:
+                appeal += self.SHORT_EXCLAMATION if n <= self.SHORT_WORDS else self.LONG_EXCLAMATION
+            appeal += self.LINK * bool(re.search(r"https?://|www\.", text))
+            appeal += self.HASHTAG * any(t.startswith("#") for t in tokens)
+            appeal += self.SHOUTED_WORD * min(4, sum(len(t) >= 3 and t.isalpha() and t.isupper() for t in tokens))
+            out[i] = appeal
+        return np.clip(out, -MAX_ABS_LOG_APPEAL, MAX_ABS_LOG_APPEAL)
+
+
+def load_audience_file(spec: str) -> Audience:
+    """The audience `NAME` defined in a Python file, from "PATH:NAME": an object with log_appeal, or a
+    class (or function) called without arguments to make one. ValueError when it is neither."""
+    import importlib.util
+
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise ValueError(f"audience file {spec!r}: expected PATH:NAME, e.g. my_audience.py:MyAudience")
+    module_spec = importlib.util.spec_from_file_location(f"crowdtune_audience_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"audience file {path!r} cannot be loaded as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    audience = getattr(module, name, None)
+    if audience is None:
+        raise ValueError(f"audience file {path!r} defines no {name!r}")
+    if isinstance(audience, type) or (not hasattr(audience, "log_appeal") and callable(audience)):
+        audience = audience()
+    if not callable(getattr(audience, "log_appeal", None)):
+        raise ValueError(f"{spec}: {name} has no log_appeal(texts) method")
+    return audience
+
+
 _audiences: dict[AudienceConfig, Audience] = {}
 _audiences_lock = threading.Lock()
 
@@ -233,6 +302,8 @@ def load_audience(config: AudienceConfig | None = None, on_progress: Progress | 
         if config not in _audiences:
             if config.kind == "sentiment":
                 _audiences[config] = SentimentAudience(config.sentiment_sensitivity)
+            elif config.kind == "rules":
+                _audiences[config] = RulesAudience()
             elif config.kind == "likes":
                 _audiences[config] = RidgeAudience(fitted_ridge(config, on_progress))
             else:

@@ -15,6 +15,12 @@ log-normal factor fixed per post, and the growth curve only rises, so reading tw
 moment gives the same numbers and counts never decrease with age. The audience lives in
 accelerated time: age = wall-clock age * time_acceleration (3600 => a real second is an hour),
 so a day of reactions passes in seconds in tests and demos.
+
+History (`history_posts` > 0): the face's history also holds that many real bundled posts (the
+newest non-retweets of trump_tweets, with their real posting times), each with the reactions this
+face's own audience gives it once fully grown (the formula above, same noise). A reward model
+fitted on that history learns the audience the face really has, whichever it is, as it would from
+a real channel's imported posts.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import fsspec
 import numpy as np
 from pydantic import Field
 
-from faces.audience import AudienceConfig, load_audience
+from faces.audience import Audience, AudienceConfig, load_audience
 from faces.base import (
     Capabilities,
     Face,
@@ -44,6 +50,7 @@ from faces.base import (
 )
 
 POST_ID_PREFIX = "sbx-"
+HISTORY_ID_PREFIX = "hist-"
 
 
 class SandboxConfig(FaceConfig):
@@ -51,7 +58,7 @@ class SandboxConfig(FaceConfig):
 
     state_url: str = Field("data/sandbox", description='fsspec URL of the folder holding the posts (the "server")')
     audience: AudienceConfig = Field(
-        default_factory=AudienceConfig, description="which audience reacts (likes | sentiment | human)")
+        default_factory=AudienceConfig, description="which audience reacts (likes | sentiment | human | rules)")
     audience_size: int = Field(default=1000, ge=0,
                                description="followers; reported by audience_size() and scales all counts")
     time_acceleration: float = Field(
@@ -64,6 +71,9 @@ class SandboxConfig(FaceConfig):
     noise_sigma: float = Field(default=0.3, ge=0, description="spread of the per-post log-normal noise")
     growth_tau_hours: float = Field(
         default=3.0, gt=0, description="audience hours until 63% of a post's reactions have arrived")
+    history_posts: int = Field(
+        default=0, ge=0, description="real bundled posts in the face's history, with reactions from its own "
+                                     "audience (module docstring); 0 = only the posts published to it")
 
 
 def post_id_for_intent(intent_id: str) -> str:
@@ -100,6 +110,25 @@ def counts_at_age(log_appeal: float, text: str, age_seconds: float, config: Sand
     return {kind: math.floor(final * fraction) for kind, final in finals.items()}
 
 
+def bundled_history(config: SandboxConfig, audience: Audience) -> list[HistoryPost]:
+    """The face's `history_posts` bundled posts, newest first, each with its fully grown reactions from
+    `audience` (module docstring). The audience judges them all in one call (one batch of embeddings)."""
+    from faces.dataset import DatasetFace
+
+    if config.history_posts == 0:
+        return []
+    real = [p for p in DatasetFace().fetch_history() if not p.text.startswith("RT @")]  # retweets: not the channel's
+    real.sort(key=lambda p: p.created_at, reverse=True)
+    chosen = real[:config.history_posts]
+    appeals = audience.log_appeal([p.text for p in chosen])
+    return [HistoryPost(platform_id=HISTORY_ID_PREFIX + p.platform_id, text=p.text, created_at=p.created_at,
+                        url=f"sandbox://{HISTORY_ID_PREFIX}{p.platform_id}", author="sandbox",
+                        reactions={kind: math.floor(final) for kind, final
+                                   in expected_final_counts(float(a), p.text, config).items()},
+                        audience_size=config.audience_size)
+            for p, a in zip(chosen, appeals, strict=True)]
+
+
 class SandboxFace(Face):
     """Publishes into a folder and simulates the audience's reactions."""
 
@@ -107,15 +136,24 @@ class SandboxFace(Face):
     Config = SandboxConfig
     capabilities = Capabilities(fetch_history=True, publish=True, reactions=True)
 
-    def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], datetime] = utc_now):
+    def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], datetime] = utc_now,
+                 audience: Audience | None = None):
+        """`audience`: an object with log_appeal(texts) that replaces the configured one (a benchmark's
+        audience from a file); None = the config's audience."""
         super().__init__(config)
         self.clock = clock  # wall clock, naive UTC; tests pass a fixed one
         self.fs, self.root = fsspec.core.url_to_fs(self.config.state_url)
+        self._audience = audience
+        self._history: list[HistoryPost] | None = None
+
+    def audience(self, on_progress: Callable[[int, int], None] | None = None) -> Audience:
+        """The audience that reacts: the one given at construction, else the config's (loaded once per process)."""
+        return self._audience if self._audience is not None else load_audience(self.config.audience, on_progress)
 
     def prepare(self, on_progress: Callable[[int, int], None] | None = None) -> None:
         """Fit (or load) the audience now, at set-up, so that no publish job pays for it.
         on_progress(done, total) follows the embedding of the posts it learns from."""
-        load_audience(self.config.audience, on_progress)
+        self.audience(on_progress)
 
     def _path(self, platform_id: str) -> str:
         return f"{self.root.rstrip('/')}/{platform_id}.json"
@@ -137,7 +175,7 @@ class SandboxFace(Face):
             return self._published(existing)
         # The audience judges the text once, at posting time, so reading reactions later is cheap
         # and does not need the embedding model.
-        appeal = float(load_audience(self.config.audience).log_appeal([text])[0])
+        appeal = float(self.audience().log_appeal([text])[0])
         record = {
             "platform_id": platform_id,
             "intent_id": intent_id,
@@ -185,30 +223,37 @@ class SandboxFace(Face):
     def fetch_history(
         self, limit: int | None = None, before: datetime | None = None, after: datetime | None = None
     ) -> Iterator[HistoryPost]:
-        """Yield the sandbox's posts newest first, with their reactions now."""
+        """Yield the sandbox's posts newest first, with their reactions now, then its bundled history
+        (`history_posts`, module docstring), also newest first."""
         try:
             paths = [path for path in self.fs.ls(self.root, detail=False) if path.endswith(".json")]
         except FileNotFoundError:
-            return
+            paths = []
         records = [json.loads(self.fs.cat_file(path)) for path in paths]
         records.sort(key=lambda record: record["published_at"], reverse=True)
         yielded = 0
-        for record in records:
-            created_at = datetime.fromisoformat(record["published_at"])
-            if (before is not None and created_at >= before) or (after is not None and created_at <= after):
+        for post in self._published_history(records):
+            if (before is not None and post.created_at >= before) or (after is not None and post.created_at <= after):
                 continue
+            yield post
+            yielded += 1
+            if limit is not None and yielded >= limit:
+                return
+
+    def _published_history(self, records: list[dict]) -> Iterator[HistoryPost]:
+        for record in records:
             yield HistoryPost(
                 platform_id=record["platform_id"],
                 text=record["text"],
-                created_at=created_at,
+                created_at=datetime.fromisoformat(record["published_at"]),
                 url=f"sandbox://{record['platform_id']}",
                 author="sandbox",
                 reactions=self.reactions(record["platform_id"]).counts,
                 audience_size=self.config.audience_size,
             )
-            yielded += 1
-            if limit is not None and yielded >= limit:
-                return
+        if self._history is None:  # judged once per face object: the audience may embed thousands of posts
+            self._history = bundled_history(self.config, self.audience())
+        yield from self._history
 
     def audience_size(self) -> int | None:
         return self.config.audience_size

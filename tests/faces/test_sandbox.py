@@ -140,6 +140,55 @@ def test_sentiment_audience_likes_cheerful_posts_more(tmp_path):
     assert cheerful_likes > 2 * gloomy_likes
 
 
+def test_rules_audience_prefers_its_length_questions_and_topics_and_dislikes_links():
+    from faces.audience import RulesAudience
+
+    preferred = "What does the future hold for the workers and families of our town, and how can we help them grow?"
+    long_shout = ("THIS is a VERY long post that goes on and on about nothing in particular, with many words and "
+                  "no point at all, written in a hurry, and still going on and on and on for even more words "
+                  "than before! https://t.co/x #news")
+    thanks = "Thank you to all the farmers who came out today, a great crowd and a great day for our state!"
+    appeal = load_audience(AudienceConfig(kind="rules")).log_appeal([preferred, long_shout, thanks])
+    assert appeal[0] > appeal[2] > appeal[1]
+    # Nonlinear in length: a bell around the preferred length, not "longer is better" or "shorter is better".
+    by_length = RulesAudience().log_appeal([" ".join(["word"] * n) for n in (4, 18, 60)])
+    assert by_length[1] > by_length[0] and by_length[1] > by_length[2]
+
+
+def test_history_posts_are_real_posts_with_reactions_from_the_faces_own_audience(tmp_path):
+    face = sandbox(tmp_path, AudienceConfig(kind="rules"), history_posts=300)
+    face.publish("A post of the face itself", intent_id="own")
+    posts = list(face.fetch_history())
+    assert len(posts) == 301 and posts[0].platform_id.startswith("sbx-")
+    history = posts[1:]
+    assert all(p.platform_id.startswith("hist-") for p in history)
+    assert [p.created_at for p in history] == sorted((p.created_at for p in history), reverse=True)
+    assert history[0].created_at.year == 2018  # the newest bundled tweets
+    # The likes follow the face's audience (up to its per-post noise), not the tweets' real likes.
+    appeal = load_audience(AudienceConfig(kind="rules")).log_appeal([p.text for p in history])
+    likes = np.asarray([p.reactions["likes"] for p in history])
+    from scipy.stats import spearmanr
+
+    assert spearmanr(appeal, likes).statistic > 0.8
+    assert list(face.fetch_history(limit=1))[0].platform_id.startswith("sbx-")
+
+
+def test_an_audience_from_a_file_reacts_in_place_of_the_configured_one(tmp_path):
+    from faces.audience import load_audience_file
+
+    source = tmp_path / "crowd.py"
+    source.write_text("import numpy as np\n\nclass LovesCats:\n"
+                      "    def log_appeal(self, texts):\n"
+                      "        return np.array([2.0 if 'cat' in t else -2.0 for t in texts])\n")
+    audience = load_audience_file(f"{source}:LovesCats")
+    face = SandboxFace(SandboxConfig(state_url=str(tmp_path / "sandbox")), clock=lambda: T0, audience=audience)
+    cat, dog = face.publish("my cat", intent_id="c"), face.publish("my dog", intent_id="d")
+    later = SandboxFace(SandboxConfig(state_url=str(tmp_path / "sandbox")), clock=lambda: T0 + 24 * HOUR)
+    assert later.reactions(cat.platform_id).counts["likes"] > 10 * later.reactions(dog.platform_id).counts["likes"]
+    with pytest.raises(ValueError, match="no 'Missing'"):
+        load_audience_file(f"{source}:Missing")
+
+
 def test_human_audience_learns_the_hutto_ratings(request):
     config = AudienceConfig(kind="human", cache_dir=audience_cache(request), fit_max_posts=800)
     ridge = fitted_ridge(config)
