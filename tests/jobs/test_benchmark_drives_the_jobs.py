@@ -91,6 +91,7 @@ def test_one_slot_fit_and_update_through_the_jobs_call_what_the_benchmark_calls(
     settle(redis_conn)
     outcome = rl_update(f"{run_id}-u1")
     assert outcome.get("version_id") == f"{run_id}-u1", outcome
+    settle(redis_conn)  # the update's own writes go through the store queue
     assert reader.scalar("SELECT status FROM online_updates WHERE update_id = ?", [f"{run_id}-u1"]) == "completed"
     job_calls = set(recorder)
 
