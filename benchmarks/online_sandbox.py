@@ -274,6 +274,8 @@ class OnlineRun:
     fits: list[dict] = field(default_factory=list)
     drawn: int = 0
     copies: int = 0
+    reward_model: dict | None = None  # the newest fit's reward_models row, as the update job reads it
+    warm_started: bool = False
 
 
 def fit_reward_model(settings, cfg, history: list[dict], run: OnlineRun):
@@ -288,6 +290,7 @@ def fit_reward_model(settings, cfg, history: list[dict], run: OnlineRun):
                          "reward_model_id": p.row.get("reward_model_id")} for p in run.posts if p.score is not None]
     inputs = reward_fits.FitInputs(FACE, scored, RewardConfig(**cfg.reward), PredictorConfig())
     fitted = reward_fits.fit_model(settings, inputs)
+    run.reward_model = reward_fits.save_fit(settings, fitted)  # what the update job reads (its artifact_url)
     run.fits.append({k: fitted.figures.get(k) for k in ("validation_spearman", "online_agreement", "scored_posts")})
     return candidates.SlotRewardModel(fitted.model, fitted.model_id)
 
@@ -301,10 +304,13 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     from crowdtune.online.schedule import safe_id
     from crowdtune.training.models import save_version
 
-    step = len(run.updates) + 1  # numbered as the controller numbers them (UpdatePlan): its seed is seed * 1000 + step
+    # Numbered as the controller numbers them (UpdatePlan; a warm start is step 0): the seed is seed * 1000 + step.
+    step = len(run.updates) + (0 if run.warm_started else 1) if batch else 0
     update = {"update_id": f"{run.run_id}-u{step}", "run_id": run.run_id, "face_id": FACE, "step": step}
-    first = min(p.row["published_at"] for p in batch)
+    first = min((p.row["published_at"] for p in batch), default=None)
     baseline = [p.score for p in run.posts if p.score is not None and p not in batch and p.row["published_at"] < first]
+    if not batch:
+        run.warm_started = True
     generated = [{"post_id": p.row["post_id"], "text": p.row["text"], "score": p.score,
                   "published_at": p.row["published_at"]} for p in run.posts if p.score is not None]
     scored_history = ([{"post_id": h["post_id"], "text": h["text"], "score": h["score"], "published_at": h["posted_at"]}
@@ -312,7 +318,8 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     stored = updates.StoredUpdate(
         update=update, run={"run_id": run.run_id, "base_model": args.model, "started_at": None}, cfg=cfg,
         active=active, batch=[{**p.row, "score": p.score} for p in batch], baseline_scores=baseline,
-        history=scored_history, train_texts=train_texts, published_count=len(run.posts))
+        history=scored_history, train_texts=train_texts, published_count=len(run.posts),
+        reward_model=run.reward_model)
     result = updates.train_update(settings, stored, on_progress=lambda *a, **k: None, should_stop=lambda: False,
                                   checkpoint_name=safe_id(update["update_id"]))
     metrics = updates.update_metrics(stored, result)
@@ -329,6 +336,7 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
     """Drive one algorithm for --posts slots (module docstring). Returns its figures."""
     from crowdtune import artifacts
     from crowdtune.online import candidates
+    from crowdtune.training.rl import warm_start_steps
 
     cfg = online_config(args, algorithm, seed)
     run = OnlineRun(f"{algorithm}-{audience_name.replace(':', '_')}-s{seed}")
@@ -340,6 +348,10 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
     model, tokenizer = load_policy(start_url, args)
     reward_model, fitted_at = fit_reward_model(settings, cfg, history, run), 0  # day 0: the history's model
     started = time.monotonic()
+    if warm_start_steps(cfg.algorithm, cfg.algorithm_settings) > 0:
+        # As the controller does (warm_start_due): an update with no posts before the first slot.
+        active = update_policy(settings, cfg, args, run, [], history, train_texts, active)
+        model, tokenizer = load_policy(active["artifact_url"], args)
     for slot in range(args.posts):
         channel.now = START_TIME + timedelta(minutes=cfg.interval_minutes * slot)
         # 1) reactions: every post whose maturity has passed gets its score (collect_reactions)

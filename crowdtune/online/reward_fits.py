@@ -3,6 +3,7 @@
     read_fit_inputs(conn, face_id) -> FitInputs             its scored posts and settings, via the store worker
     fit_model(settings, inputs) -> FittedRewardModel        era rewards, MiniLM vectors, time-split validation,
                                                             the fit, and the online agreement
+    save_fit(settings, fitted) -> dict                     the model saved under artifacts_url; its reward_models row
     record_fit(settings, conn, fitted) -> str               the model saved under artifacts_url, its
                                                             reward_models row and metrics written
     ensure_reward_fit(conn, face_id, scored_posts)          queue the job, once per count of scored posts
@@ -132,17 +133,23 @@ def reward_model_url(settings: Settings, model_id: str) -> str:
     return artifacts.join(settings.artifacts, "reward_models", model_id)
 
 
-def record_fit(settings: Settings, conn: redis.Redis, fitted: FittedRewardModel) -> str:
-    """Save the model, write its reward_models row and metrics, and wait until they are in the store
-    (at most RECORD_WAIT_SECONDS), so that the next tick sees this fit. Returns the artifact's URL."""
+def save_fit(settings: Settings, fitted: FittedRewardModel) -> dict:
+    """Save the model under artifacts_url; return its reward_models row (what updates and publishing read)."""
     url = reward_model_url(settings, fitted.model_id)
     fitted.model.figures = fitted.figures
     fitted.model.save(url)
     figures = fitted.figures
-    row = {"model_id": fitted.model_id, "face_id": fitted.face_id, "fitted_at": utc_now(), "artifact_url": url,
-           "history_posts": figures["history_posts"], "generated_posts": figures["generated_posts"],
-           "validation_spearman": figures["validation_spearman"], "validation_posts": figures["validation_posts"],
-           "figures": figures, "config": fitted.config}
+    return {"model_id": fitted.model_id, "face_id": fitted.face_id, "fitted_at": utc_now(), "artifact_url": url,
+            "history_posts": figures["history_posts"], "generated_posts": figures["generated_posts"],
+            "validation_spearman": figures["validation_spearman"], "validation_posts": figures["validation_posts"],
+            "figures": figures, "config": fitted.config}
+
+
+def record_fit(settings: Settings, conn: redis.Redis, fitted: FittedRewardModel) -> str:
+    """Save the model (save_fit), write its reward_models row and metrics, and wait until they are in the
+    store (at most RECORD_WAIT_SECONDS), so that the next tick sees this fit. Returns the artifact's URL."""
+    row = save_fit(settings, fitted)
+    url, figures = row["artifact_url"], fitted.figures
     metrics = {name: figures[name] for name in ("validation_spearman", "validation_mae", "validation_coverage",
                                                 "validation_generated_spearman", "online_agreement")}
     metrics["posts_fitted"] = float(len(fitted.fitted))
