@@ -92,10 +92,10 @@ class OnlineConfig(BaseModel):
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, value: str) -> str:
-        from crowdtune.training.rl import ALGORITHMS
+        from crowdtune.training.configs import ALGORITHM_NAMES  # torch-free: the dashboard builds this config
 
-        if value not in ALGORITHMS:
-            names = list(ALGORITHMS)
+        if value not in ALGORITHM_NAMES:
+            names = list(ALGORITHM_NAMES)
             choices = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
             raise ValueError(f"unknown algorithm {value!r}; choose {choices}")
         return value
@@ -138,7 +138,7 @@ class OnlineConfig(BaseModel):
         if clash:
             raise ValueError(f"generation setting(s) {clash} define the sampling policy: "
                              "set them in algorithm_settings")
-        from crowdtune.training.generation import GenerationConfig
+        from crowdtune.training.configs import GenerationConfig
         from crowdtune.training.rl import algorithm_config
         from crowdtune.training.rl.rewards import RewardConfig
 

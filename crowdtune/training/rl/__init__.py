@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from crowdtune.errors import SettingsError
 from crowdtune.training.callbacks import MetricsSink, ProgressSink
+from crowdtune.training.configs import DEFAULT_ALGORITHM  # kept torch-free for the dashboard's form
 from crowdtune.training.rl import policy_gradient, reinforce, reward_model
 from crowdtune.training.rl.policy import UpdateInputs, UpdateResult
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
@@ -38,7 +39,6 @@ ALGORITHMS: dict[str, type[BaseModel]] = {
     "policy_gradient": PolicyGradientConfig,
     "reward_model": RewardModelConfig,
 }
-DEFAULT_ALGORITHM = "policy_gradient"
 _UPDATES = {"reinforce": reinforce.update, "policy_gradient": policy_gradient.update,
             "reward_model": reward_model.update}
 

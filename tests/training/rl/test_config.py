@@ -1,12 +1,14 @@
 import pytest
 
 from crowdtune.errors import SettingsError
+from crowdtune.training.configs import ALGORITHM_NAMES
 from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config, run_update
 from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
 
 
 def test_every_algorithm_has_a_typed_config_with_defaults():
     assert set(ALGORITHMS) == {"reinforce", "policy_gradient", "reward_model"}
+    assert tuple(ALGORITHMS) == ALGORITHM_NAMES  # the torch-free names the dashboard's form offers
     assert DEFAULT_ALGORITHM == "policy_gradient"
     for name, cls in ALGORITHMS.items():
         config = algorithm_config(name)
