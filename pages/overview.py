@@ -208,12 +208,20 @@ def live_overview():
     st.caption("Details on the System page.")
 
 
+FIRST_STEPS_TABLES = ("posts", "model_versions", "faces", "controllers")  # what the checklist's reads read
+
+
+def read_first_steps() -> tuple[dict, pd.DataFrame]:
+    """The checklist's store reads: what was done so far, and the faces."""
+    return views.getting_started(reader), views.faces_frame(reader)
+
+
 @st.fragment(run_every=5)
 def getting_started(conn, controls_off: bool) -> None:
     """The first steps as a checklist with one button for the next one; nothing once all are done."""
     try:
-        facts = views.getting_started(reader)
-        faces = views.faces_frame(reader)
+        # Two store opens a tick were most of an idle Overview's cost: read again only when those tables changed.
+        facts, faces = live_reads("first_steps", settings, read_first_steps, tables=FIRST_STEPS_TABLES)
     except CrowdtuneError as exc:
         show_error(exc)
         return
