@@ -17,7 +17,7 @@ in two set-ups:
 - `baseline`: `crowdtune up --no-app` plus `streamlit run app.py` with the file watcher on (its
   default) and CROWDTUNE_DASHBOARD_ALWAYS_READ=1 (benchmark only: fragments read at every tick).
 
-    python benchmarks/dashboard_idle.py [--seconds 60] [--quiet-seconds 30] [--only up] [--python PY]
+    python benchmarks/dashboard_idle.py [--seconds 60] [--quiet-seconds 30] [--only up] [--pages metrics,training]
 
 `--python` is the interpreter that runs Crowdtune (default: this one). Streamlit's watcher watches
 every imported module below the app's folder, so its cost depends on where the venv is: pass the
@@ -169,8 +169,9 @@ def drained(conn) -> bool:
 
 
 def measure_mode(mode: str, seconds: float, quiet_seconds: float, out: Path, python: str,
-                 screenshots: bool = False) -> dict:
-    """{page: {"training": CPU s/min, "quiet": CPU s/min}} for one set-up, on a fresh data folder."""
+                 screenshots: bool = False, pages: list[str] | None = None) -> dict:
+    """{page: {"training": CPU s/min, "quiet": CPU s/min}} for one set-up, on a fresh data folder;
+    `pages` (url paths of PAGES) are visited in that order, in one app process (default: all)."""
     from playwright.sync_api import sync_playwright
 
     data_dir = out / mode / "data"
@@ -188,13 +189,15 @@ def measure_mode(mode: str, seconds: float, quiet_seconds: float, out: Path, pyt
         writer.start()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-            for path, title in PAGES.items():
+            for path in pages or list(PAGES):
+                title = PAGES[path]
                 writer.writing.set()
                 tab = browser.new_page()
                 tab.goto(f"http://127.0.0.1:{port}/{path}")
                 tab.get_by_role("heading", name=title).first.wait_for(timeout=120_000)
                 time.sleep(SETTLE_SECONDS)
-                results[path] = {}
+                label = path if path not in results else f"{path}-again"  # e.g. metrics,training,metrics
+                results[label] = {}
                 for phase, length in (("training", seconds), ("quiet", quiet_seconds)):
                     if length <= 0:
                         continue
@@ -207,8 +210,8 @@ def measure_mode(mode: str, seconds: float, quiet_seconds: float, out: Path, pyt
                     time.sleep(length)
                     used, elapsed = cpu_seconds(app) - before, time.monotonic() - started
                     moves = changes.version(conn) - moves
-                    results[path][phase] = round(used / elapsed * 60, 2)
-                    print(f"{mode:8s} {path:9s} {phase:8s}: {used:6.2f} CPU s in {elapsed:5.1f} s "
+                    results[label][phase] = round(used / elapsed * 60, 2)
+                    print(f"{mode:8s} {label:9s} {phase:8s}: {used:6.2f} CPU s in {elapsed:5.1f} s "
                           f"= {used / elapsed * 60:6.2f} CPU s/min; store changed {moves} times "
                           f"(load {os.getloadavg()[0]:.2f})", flush=True)
                 if screenshots:  # what the tab showed at the end, to check the page drew (--keep)
@@ -227,17 +230,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="length of each page's `training` phase")
     parser.add_argument("--quiet-seconds", type=float, default=30, help="length of each page's `quiet` phase")
     parser.add_argument("--only", choices=["up", "baseline"], help="measure one set-up only")
+    parser.add_argument("--pages", type=lambda text: text.split(","), default=list(PAGES),
+                        help=f"the pages to visit, in this order, comma-separated (default: {','.join(PAGES)}); "
+                             "a page's cost can depend on what an earlier one imported into the app process")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs Crowdtune (see above)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data folders, logs and a screenshot of each page under benchmarks/out/")
     args = parser.parse_args()
+    unknown = sorted(set(args.pages) - set(PAGES))
+    if unknown:
+        raise SystemExit(f"unknown page(s) {unknown}; choose from {', '.join(PAGES)}")
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
     out = ROOT / "benchmarks" / "out" / f"dashboard-idle-{os.getpid()}"
     load_before = os.getloadavg()
     modes = [args.only] if args.only else ["up", "baseline"]
     try:
-        results = {mode: measure_mode(mode, args.seconds, args.quiet_seconds, out, args.python, args.keep)
+        results = {mode: measure_mode(mode, args.seconds, args.quiet_seconds, out, args.python, args.keep, args.pages)
                    for mode in modes}
     finally:
         if not args.keep:
@@ -250,7 +259,8 @@ def main() -> None:
     print(json.dumps({
         "cpu_seconds_per_minute": results, "baseline_over_up": ratios,
         "goal_quiet_under_3": bool(quiet_up) and max(quiet_up) < 3,
-        "seconds": args.seconds, "quiet_seconds": args.quiet_seconds, "python": args.python, "cores": os.cpu_count(),
+        "pages": args.pages, "seconds": args.seconds, "quiet_seconds": args.quiet_seconds, "python": args.python,
+        "cores": os.cpu_count(),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
     }))
 

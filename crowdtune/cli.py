@@ -279,7 +279,7 @@ def train_offline(
 
     from crowdtune.actions import start_offline_training
     from crowdtune.runtime.queues import connect
-    from crowdtune.training.sft import SFTConfig
+    from crowdtune.training.configs import SFTConfig
 
     overrides = parse_assignments(set_)
     try:
@@ -391,8 +391,8 @@ def generate(
 # Every config a user sets, in the order docs/CONFIG.md shows them: name -> "module:class".
 CONFIGS = {
     "Settings": "crowdtune.settings:Settings",
-    "SFTConfig": "crowdtune.training.sft:SFTConfig",
-    "GenerationConfig": "crowdtune.training.generation:GenerationConfig",
+    "SFTConfig": "crowdtune.training.configs:SFTConfig",
+    "GenerationConfig": "crowdtune.training.configs:GenerationConfig",
     "OnlineConfig": "crowdtune.online.controller:OnlineConfig",
     "GuidedConfig": "crowdtune.training.rl:GuidedConfig",
     "ReinforceConfig": "crowdtune.training.rl:ReinforceConfig",

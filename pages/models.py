@@ -9,6 +9,7 @@ from crowdtune import actions
 from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.dashboard.tables import metrics_for_display
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -30,8 +31,8 @@ else:
     st.dataframe(versions, hide_index=True, width="stretch")
     metrics = views.version_metrics(versions)
     if len(metrics.columns) > 1:
-        st.caption("Metrics at save time:")
-        st.dataframe(metrics, hide_index=True, width="stretch")
+        st.caption("Metrics at save time (— where a version has none or stored NaN):")
+        st.dataframe(metrics_for_display(metrics), hide_index=True, width="stretch")
     inspect = st.selectbox("Lineage of", versions["version_id"].tolist())
     st.write(" ← ".join(f"`{v}`" for v in views.lineage(versions, inspect)) + " ← base model")
 

@@ -11,6 +11,7 @@ from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+from crowdtune.training.configs import DEFAULT_BASE_MODEL, GenerationConfig
 
 BASE_MODEL_CHOICE = "(base model)"
 
@@ -32,9 +33,6 @@ view.versions = [v for v in view.versions if v in choices] or choices[1:2] or [B
 seed_widgets("playground", view)
 
 with st.form("generate"):
-    with st.spinner("Loading the generation settings…"):
-        from crowdtune.training.generation import GenerationConfig
-        from crowdtune.training.models import DEFAULT_BASE_MODEL
     chosen = st.multiselect("Versions side by side", choices, key="playground_versions")
     base_col, count_col = st.columns([3, 1])
     base_model = base_col.text_input("Base model (for the base-model column)", DEFAULT_BASE_MODEL)

@@ -19,6 +19,8 @@ from crowdtune.settings import load_settings
 from crowdtune.states import ControllerState
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+from crowdtune.training.configs import DEFAULT_BASE_MODEL, SFTConfig
+from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
 from faces.registry import FACE_KINDS
 
 # The online form shows the schedule; every other OnlineConfig setting waits in an expander.
@@ -164,9 +166,6 @@ st.subheader("Start offline training")
 if not face_ids:
     st.caption("Add a face and import its posts first.")
 else:
-    with st.spinner("Loading the training settings…"):
-        from crowdtune.training.models import DEFAULT_BASE_MODEL
-        from crowdtune.training.sft import SFTConfig
     with st.form("offline_training"):
         face_col, model_col, parent_col = st.columns(3)
         train_face = face_col.selectbox("Face", history_faces, index=preselected(history_faces, view.face))
@@ -199,9 +198,6 @@ if not publishing:
     st.caption("To train online, add a face that can publish: a `sandbox` face (a simulated audience) above, "
                "or a network face (mastodon, bluesky, discord, reddit).")
 else:
-    with st.spinner("Loading the online settings…"):
-        from crowdtune.training.models import DEFAULT_BASE_MODEL
-        from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
     online_face = st.selectbox("Face to train online", publishing, key="online_face",
                                index=preselected(publishing, view.online_face),
                                help="Sandbox and network faces can publish and read reactions.")

@@ -1,6 +1,9 @@
-"""How post tables are laid out on the pages: what matters first (score, reactions, text)."""
+"""How tables are laid out on the pages: posts with what matters first (score, reactions, text), and
+numbers that read the same whether they are finite, infinite or missing."""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -31,3 +34,21 @@ def sample_blocks(samples: list[dict]) -> list[tuple[str, str]]:
         note = figures if sample["kept"] else f"rejected: {sample['rejected']} · {figures}"
         blocks.append((text, note))
     return blocks
+
+
+MISSING = "—"  # a metric a version lacks, or stored as NaN or null
+
+
+def metric_text(value) -> str:
+    """One metric as the tables show it: "2.1034", "1.5e+30", "∞", "-∞", or "—" when missing or NaN."""
+    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+        return MISSING
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.6g}"
+
+
+def metrics_for_display(metrics: pd.DataFrame) -> pd.DataFrame:
+    """views.version_metrics' frame with every metric column as text (metric_text): the table shows
+    "—" for a missing or NaN value rather than an empty-looking "None", and any float, however large."""
+    return metrics.assign(**{name: metrics[name].map(metric_text) for name in metrics.columns if name != "version_id"})

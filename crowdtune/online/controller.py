@@ -104,7 +104,7 @@ class OnlineConfig(BaseModel):
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, value: str) -> str:
-        from crowdtune.training.rl import ALGORITHMS
+        from crowdtune.training.rl.configs import ALGORITHMS  # torch-free: the dashboard builds this config
 
         if value not in ALGORITHMS:
             names = list(ALGORITHMS)
@@ -150,7 +150,7 @@ class OnlineConfig(BaseModel):
         if clash:
             raise ValueError(f"generation setting(s) {clash} define the sampling policy: "
                              "set them in algorithm_settings")
-        from crowdtune.training.generation import GenerationConfig
+        from crowdtune.training.configs import GenerationConfig
         from crowdtune.training.rl import algorithm_config
         from crowdtune.training.rl.rewards import RewardConfig
 

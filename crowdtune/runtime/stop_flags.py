@@ -23,3 +23,10 @@ def stop_requested(conn: redis.Redis, run_id: str) -> bool:
 
 def clear_stop(conn: redis.Redis, run_id: str) -> None:
     conn.delete(_STOP.format(run_id=run_id))
+
+
+def seconds_since_stop_request(conn: redis.Redis, run_id: str) -> float | None:
+    """How long ago the run was asked to stop (from its flag's remaining TTL, to the second), or None
+    when it was not asked."""
+    remaining = conn.ttl(_STOP.format(run_id=run_id))
+    return None if remaining is None or remaining < 0 else float(_STOP_TTL - remaining)

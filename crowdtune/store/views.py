@@ -423,16 +423,49 @@ def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
     return chain
 
 
+def _is_metric(value) -> bool:
+    """Whether a stored metric value belongs in the table: a number (NaN and inf included) or None."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _metric_number(value: int | float | None) -> float:
+    """A metric value as a float: None as NaN, inf kept, an int beyond float's range as ±inf."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:  # json.loads reads a 1 followed by 400 digits as an int
+        return math.copysign(math.inf, value)
+
+
+def _metrics_object(metrics) -> dict:
+    """A version's `metrics` cell as a dict: {} when it is NULL (pandas reads it as NaN, which is truthy,
+    so `metrics or {}` would keep it), not JSON, or JSON that is no object (a list, a number)."""
+    if isinstance(metrics, dict):
+        return metrics
+    if not isinstance(metrics, str):
+        return {}
+    try:
+        values = json.loads(metrics)  # Python's json reads NaN and Infinity, as the writer's json.dumps writes them
+    except ValueError:
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 def version_metrics(versions: pd.DataFrame) -> pd.DataFrame:
-    """The `metrics` JSON of each version spread into columns, for a comparison table."""
+    """The `metrics` JSON of each version spread into columns, for a comparison table.
+
+    In: model_versions' frame (`version_id`, `metrics` as JSON text or NULL). Out: one row per version,
+    `version_id` then one float column per metric name some version stores as a number or null (text and
+    nested values are left out); NaN where a version lacks it or stored NaN or null; inf as stored."""
     rows = []
     for version_id, metrics in zip(versions.get("version_id", []), versions.get("metrics", []), strict=False):
-        try:
-            values = json.loads(metrics) if isinstance(metrics, str) else (metrics or {})
-        except ValueError:
-            values = {}
-        rows.append({"version_id": version_id, **{k: v for k, v in values.items() if isinstance(v, (int, float))}})
-    return pd.DataFrame(rows)
+        values = _metrics_object(metrics)
+        rows.append({"version_id": version_id,
+                     **{name: _metric_number(value) for name, value in values.items()
+                        if _is_metric(value) and name != "version_id"}})
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["version_id"])
+    return frame.astype({name: "float64" for name in frame.columns if name != "version_id"})
 
 
 def training_jobs(reader: StoreReader, limit: int = 50) -> pd.DataFrame:

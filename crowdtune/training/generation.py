@@ -19,27 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, Field
 from transformers import PreTrainedTokenizerBase
 
+from crowdtune.training.configs import GenerationConfig
 from crowdtune.training.guards import CopyIndex
-
-
-class GenerationConfig(BaseModel):
-    """How to sample posts and which filters apply."""
-
-    num_samples: int = Field(8, ge=1, description="samples when no prompts are given (else one per prompt)")
-    batch_size: int = Field(8, ge=1, description="sequences sampled together")
-    max_new_tokens: int = Field(64, ge=1, description="sampled tokens per post at most (EOS ends a post earlier)")
-    temperature: float = Field(0.9, ge=0.0, description="0 = greedy")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling; 1.0 = off")
-    top_k: int = Field(0, ge=0, description="0 = off")
-    repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style, over prompt and sampled tokens; 1.0 = off")
-    trim_unfinished: bool = Field(True, description="cut a post that hit max_new_tokens back to its last full sentence")
-    drop_copies: bool = Field(True, description="reject samples that copy a training post (needs a CopyIndex)")
-    offensive_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="reject when alt-profanity-check's probability >= this; None = off")
-    seed: int | None = Field(None, description="seed of the sampler's own generator; None = torch's global RNG")
 
 
 @dataclass

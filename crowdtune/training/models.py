@@ -29,8 +29,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.pytorch_utils import Conv1D
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.training.configs import DEFAULT_BASE_MODEL
 
-DEFAULT_BASE_MODEL = "smollm2-135m"
 DEFAULT_MODEL_CACHE = Path("data/models")
 VERSION_FILE = "crowdtune_version.json"
 

@@ -11,6 +11,7 @@ through plain callbacks, so the RQ job that calls it stays thin:
     should_stop() -> bool                      polled every batch, validation batch and sampled token;
                                                True stops gracefully (an evaluation under way is dropped)
 
+SFTConfig lives in crowdtune.training.configs, free of torch, for the dashboard's form.
 Some defaults depend on where the run trains (None = auto, see SFTConfig.resolved): on a CPU a
 first version must come in minutes, on a GPU the same minutes buy more steps.
 
@@ -37,11 +38,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pydantic import BaseModel, Field
 
 from crowdtune.training.adapter_module import AdapterModule
 from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
+from crowdtune.training.configs import SFTConfig
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
@@ -53,89 +54,8 @@ from crowdtune.training.models import (
     store_frozen_layers_in,
 )
 
-
-class SFTConfig(BaseModel):
-    """Settings of one supervised fine-tuning run."""
-
-    lora_rank: int = Field(8, ge=1, description="LoRA rank")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / rank multiplies the update)")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    lora_targets: str | list[str] = Field("all-linear",
-                                          description='or a list of module names (e.g. ["q_proj", "v_proj"])')
-    learning_rate: float = Field(2e-4, gt=0.0, description="peak, reached after warm-up")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW")
-    warmup_steps: int = Field(10, ge=0, description="linear warm-up, then cosine decay to min_lr_ratio * peak")
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="the learning rate at the end, as a share of the peak")
-    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; None = off")
-    batch_size: int = Field(8, ge=1, description="blocks per micro-batch (per device)")
-    block_size: int = Field(128, ge=8, description="tokens per packed block")
-    accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: 60 on a CPU, 200 on a GPU")
-    max_epochs: int | None = Field(None, ge=1, description="also stop after this many passes over the data")
-    eval_every: int = Field(20, ge=1, description="optimizer steps between evaluations")
-    max_val_batches: int | None = Field(8, ge=1, description="validation micro-batches per evaluation; None = all")
-    early_stopping_patience: int | None = Field(
-        3, ge=1, description="evaluations without improvement before stopping; None = off")
-    early_stopping_min_delta: float = Field(0.0, ge=0.0, description="improvement in val_loss that counts")
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="newest share of posts held out for validation")
-    lowercase: bool = Field(False, description="lowercase the posts before training")
-    precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs and CPUs with native bf16 '
-                                               '(avx512_bf16/AMX), else "32-true"')
-    accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
-    devices: int | str = Field("auto", description="Lightning devices")
-    seed: int = Field(1234, description="seeds Lightning (LoRA init, shuffling) and the evaluation samples")
-    eval_samples: int | None = Field(
-        None, ge=0, description="posts sampled per evaluation for the guards; 0 = none; None: 8 on a CPU, 16 on a GPU")
-    eval_max_new_tokens: int = Field(48, ge=1, description="tokens per evaluation sample at most")
-    eval_temperature: float = Field(1.0, ge=0.0, description="temperature of the evaluation samples")
-    eval_top_p: float = Field(0.95, gt=0.0, le=1.0, description="top-p of the evaluation samples")
-    copy_min_ngram: int = Field(12, ge=2, description="words in common that make a sample a copy")
-    copy_embedding_threshold: float | None = Field(
-        0.95, gt=0.0, le=1.0, description="cosine that makes a sample a near-copy; None = n-grams only")
-    style_metrics: bool = Field(True, description="embed samples to measure style similarity")
-    progress_every: int | None = Field(
-        None, ge=1, description="optimizer steps between on_progress calls; None: 1 on a CPU, 5 on a GPU")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers")
-    chunked_loss: bool = Field(True, description="compute head + loss in chunks (much less memory, same loss)")
-
-    def on_cpu(self) -> bool:
-        """True when the run will train on the CPU (accelerator "cpu", or "auto" with no GPU)."""
-        if self.accelerator == "cpu":
-            return True
-        return self.accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
-
-    def resolved(self) -> SFTConfig:
-        """A copy with every None-means-auto field set for the accelerator (explicit values are kept)."""
-        defaults = CPU_DEFAULTS if self.on_cpu() else GPU_DEFAULTS
-        return self.model_copy(update={k: v for k, v in defaults.items() if getattr(self, k) is None})
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        if torch.cuda.is_available():
-            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-        # measured on a 2-core Zen 4: a LoRA step of SmolLM2-135M took ~1.9x less CPU time under
-        # bf16 autocast; CPUs that only emulate bf16 gain nothing, so they stay in fp32
-        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-
-
-# The auto defaults. On 2 CPU cores (SmolLM2-135M, LoRA, 8 x 128 tokens, bf16) a step takes ~6 s and
-# an evaluation ~30-40 s: 60 steps and 3 evaluations make a first version in ~10 min, progress every
-# step keeps the gap between reports at a step's time. A GPU does the 200 steps of the GPU defaults faster.
-CPU_DEFAULTS = {"max_steps": 60, "eval_samples": 8, "progress_every": 1}
-GPU_DEFAULTS = {"max_steps": 200, "eval_samples": 16, "progress_every": 5}
-
 # Lightning precision -> the dtype its autocast computes matmuls in
 MIXED_PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if the CPU multiplies bf16 natively (x86 avx512_bf16 or AMX; read from /proc/cpuinfo)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass

@@ -32,7 +32,7 @@ def rerun_fragments(at: AppTest) -> AppTest:
 @pytest.fixture
 def store_reads(monkeypatch):
     """Counts of the store reads the live pages make, by the function that makes them (the real ones run)."""
-    counts = {"latest_runs": 0, "metric_series": 0, "summary": 0}
+    counts = {"latest_runs": 0, "metric_series": 0, "summary": 0, "getting_started": 0}
 
     def counted(module, name):
         real = getattr(module, name)
@@ -46,6 +46,7 @@ def store_reads(monkeypatch):
 
     counted(views, "latest_runs")
     counted(views, "metric_series")
+    counted(views, "getting_started")
     counted(runtime_status, "summary")
     return counts
 
@@ -67,6 +68,25 @@ def test_the_overview_s_timer_rerun_skips_the_store_until_the_change_counter_mov
     assert store_reads["latest_runs"] == 2
     runs_table = next(df.value for df in at.dataframe if "kind" in df.value.columns)
     assert "run-c" in runs_table["run_id"].tolist()
+
+
+def test_the_overview_s_first_steps_read_again_only_when_their_tables_changed(settings, redis_conn, store_reads):
+    initialise(settings.store_path)
+    write(settings, rows("faces", {"face_id": "tweets", "kind": "dataset", "config": {"source": "trump_tweets"}}))
+    at = open_page()
+    assert store_reads["getting_started"] == 1 and "First steps" in page_text(at)
+
+    rerun_fragments(at)
+    changes.record_batch(redis_conn, {"metrics", "runs"})  # tables the checklist does not read
+    rerun_fragments(at)
+    assert store_reads["getting_started"] == 1
+
+    write(settings, rows("posts", {"post_id": "tweets:1", "face_id": "tweets", "origin": "imported",
+                                   "status": "imported", "text": "an imported post"}))
+    changes.record_batch(redis_conn, {"posts"})
+    rerun_fragments(at)
+    assert store_reads["getting_started"] == 2
+    assert ":material/check_circle: **1. " in page_text(at)  # the import step is ticked
 
 
 def test_the_metrics_charts_read_again_only_when_a_metrics_batch_landed(populated_store, redis_conn, store_reads):

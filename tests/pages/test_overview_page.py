@@ -1,6 +1,9 @@
 """The Overview page (the default page): training state, progress, alerts, posts, metrics, health."""
 
+from crowdtune import actions
 from crowdtune.runtime.queues import enqueue
+from crowdtune.store.reads import StoreReader
+from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text
 
 
@@ -22,7 +25,7 @@ def test_the_overview_shows_the_running_job_s_progress_alerts_posts_and_charts(p
     assert "Reactions are 3 hours late" in text
     assert "No worker is alive" in text
     progress = at.get("progress")
-    assert progress and "step 50/200, loss 2.250, ETA 10 min" in progress[0].proto.text
+    assert progress and "`run-b` (tweets): step 50/200, ETA 10.0 min, loss 2.250" in progress[0].proto.text
     assert progress[0].proto.value == 25
     assert "Imported post number 59" in text
     assert len(at.get("plotly_chart")) == 3  # score per day, val_loss, reward_mean
@@ -33,6 +36,31 @@ def test_the_overview_shows_the_running_job_s_progress_alerts_posts_and_charts(p
     # What matters first: the score and the reactions before the text.
     latest = next(df.value for df in at.dataframe if "text" in df.value.columns and "score" in df.value.columns)
     assert list(latest.columns[:1]) == ["score"] and list(latest.columns).index("text") > 1
+
+
+def test_the_overview_shows_what_a_run_does_now_and_that_it_is_stopping_after_stop(populated_store, redis_conn,
+                                                                                   workers):
+    enqueue(redis_conn, "train", "jobs.offline.train_offline", "run-b", "tweets", {}, job_id="run-b",
+            meta={"progress": {"step": 20, "total": 60, "loss": 2.5, "eta_seconds": 252,
+                               "phase": "evaluating: sampling 8 posts"}})
+    at = open_page()
+    (bar,) = at.get("progress")
+    assert bar.proto.text == "`run-b` (tweets): step 20/60, evaluating: sampling 8 posts, ETA 4.2 min, loss 2.500"
+    assert next(m for m in at.metric if m.label == "Running runs").value == "1"
+
+    workers.start("--store", conn=redis_conn)
+    actions.stop_run(redis_conn, "run-b")  # what the Training page's Stop does
+    reader = StoreReader(populated_store.store_path)
+    wait_for(lambda: reader.scalar("SELECT status FROM runs WHERE run_id = 'run-b'") == "stopping",
+             message="the run to be stopping")
+    at.run()
+    (bar,) = at.get("progress")
+    assert bar.proto.text.startswith("`run-b` (tweets) is stopping (asked ")
+    assert ("s ago): it saves a checkpoint and a version, then ends as `stopped`. "
+            "Now: evaluating: sampling 8 posts (step 20/60).") in bar.proto.text
+    assert next(m for m in at.metric if m.label == "Running runs").value == "1"  # still running until it saved
+    assert "stopping" in next(df.value for df in at.dataframe if "run_id" in df.value.columns
+                              and "kind" in df.value.columns).set_index("run_id").loc["run-b", "status"]
 
 
 def test_the_overview_shows_each_online_face_s_state_next_post_next_reaction_read_and_metrics(online_store):

@@ -1,14 +1,19 @@
 """The pages' reads: series downsampled in DuckDB, one open per view, smoothing, a page of posts."""
 
 import datetime as dt
+import itertools
+import math
 
+import hypothesis
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as hyp
 
 from crowdtune.store import connection, views
 from crowdtune.store.reads import StoreReader, StoreSession
-from crowdtune.store.writer import apply_write
+from crowdtune.store.writer import apply_batch, apply_write
 
 START = dt.datetime(2026, 1, 1)
 
@@ -172,3 +177,54 @@ def test_the_posts_view_shows_the_last_page_for_a_page_beyond_it(posts_store):
     nothing = views.posts_page(posts_store, views.PostFilters(text="horses"), page=3)
     assert nothing.total == 0 and nothing.page == 1 and nothing.posts.empty and nothing.reactions.empty
     assert nothing.post is None
+
+
+# --- Version metrics: whatever a run stored, the comparison table reads it -----------------------
+_metric_values = hyp.one_of(hyp.none(), hyp.floats(allow_nan=True, allow_infinity=True),
+                            hyp.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 10**30, -10**400, 0]),
+                            hyp.integers(), hyp.booleans(), hyp.text(max_size=4))
+_metric_names = hyp.sampled_from(["val_loss", "agreement", "tokens_per_second", "eval_seconds", "copy_rate"])
+version_metric_cells = hyp.one_of(hyp.none(), hyp.dictionaries(_metric_names, _metric_values, max_size=5))
+_stores = itertools.count()
+
+
+def expected_number(value) -> float:
+    """What the comparison table holds for a stored number: NaN for None or NaN, ±inf beyond float's range."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+@hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=hyp.lists(version_metric_cells, min_size=1, max_size=4))
+def test_version_metrics_read_any_stored_metrics_without_crashing_nan_and_null_as_nan(tmp_path, cells):
+    path = tmp_path / f"versions-{next(_stores)}.duckdb"
+    outcome = apply_batch(path, "versions", [{"op": "upsert", "table": "model_versions", "rows": [
+        {"version_id": f"v{i}", "run_id": "r", "base_model": "b", "artifact_url": f"/a/v{i}", "step": i,
+         "metrics": metrics, "created_at": START + dt.timedelta(minutes=i)} for i, metrics in enumerate(cells)]}], 5)
+    assert outcome.refused == []  # the store holds whatever a run reports: NaN, inf, null, a 400-digit int
+    versions = views.model_versions(StoreReader(path))
+
+    table = views.version_metrics(versions).set_index("version_id")
+
+    assert sorted(table.index) == sorted(versions["version_id"])
+    assert all(dtype == np.float64 for dtype in table.dtypes)
+    for i, metrics in enumerate(cells):
+        numbers = {name: value for name, value in (metrics or {}).items()
+                   if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))}
+        for name in table.columns:
+            shown = table.loc[f"v{i}", name]
+            if name not in numbers or math.isnan(expected_number(numbers[name])):
+                assert math.isnan(shown), (name, metrics)
+            else:
+                assert shown == pytest.approx(expected_number(numbers[name]), rel=1e-12), (name, metrics)
+        assert set(numbers) <= set(table.columns)  # text and bools are left out, numbers and nulls kept
+
+
+@pytest.mark.parametrize("cell", [None, math.nan, "not json", "[1, 2]", "3", "null", {"nested": {"a": 1}}])
+def test_version_metrics_of_a_cell_that_holds_no_json_object_is_an_empty_row(cell):
+    table = views.version_metrics(pd.DataFrame({"version_id": ["v1"], "metrics": [cell]}))
+    assert table["version_id"].tolist() == ["v1"] and list(table.columns) == ["version_id"]

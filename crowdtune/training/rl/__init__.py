@@ -25,62 +25,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from crowdtune.errors import SettingsError
-from crowdtune.training.callbacks import MetricsSink, ProgressSink
-from crowdtune.training.rl import guided, policy_gradient, reinforce, reward_model
-from crowdtune.training.rl.guided import GuidedConfig
-from crowdtune.training.rl.policy import UpdateInputs, UpdateResult
-from crowdtune.training.rl.policy_gradient import PolicyGradientConfig
-from crowdtune.training.rl.reinforce import ReinforceConfig
-from crowdtune.training.rl.reward_model import RewardModelConfig
+# The configs and names are torch-free (rl/configs.py): the dashboard's form imports this package.
+from crowdtune.training.rl.configs import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    GuidedConfig,
+    PolicyGradientConfig,
+    ReinforceConfig,
+    RewardModelConfig,
+    algorithm_config,
+    warm_start_steps,
+)
 from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 
-ALGORITHMS: dict[str, type[BaseModel]] = {
-    "guided": GuidedConfig,
-    "reinforce": ReinforceConfig,
-    "policy_gradient": PolicyGradientConfig,
-    "reward_model": RewardModelConfig,
-}
-DEFAULT_ALGORITHM = "guided"
-_UPDATES = {"guided": guided.update, "reinforce": reinforce.update, "policy_gradient": policy_gradient.update,
-            "reward_model": reward_model.update}
+if TYPE_CHECKING:
+    from crowdtune.training.callbacks import MetricsSink, ProgressSink
+    from crowdtune.training.rl.policy import UpdateResult
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "GuidedConfig", "PolicyGradientConfig", "ReinforceConfig", "RewardConfig",
-           "RewardModelConfig", "UpdateResult", "algorithm_config", "rewards_for", "run_update",
-           "warm_start_steps"]
+           "RewardModelConfig", "algorithm_config", "rewards_for", "run_update", "warm_start_steps"]
 
 
-def algorithm_config(name: str, values: dict | BaseModel | None = None) -> BaseModel:
-    """The typed config of algorithm `name` from plain values (None = all defaults).
+def _update_function(algorithm: str):
+    """The algorithm's update(config, inputs), imported when an update runs (it loads torch)."""
+    from crowdtune.training.rl import guided, policy_gradient, reinforce, reward_model
 
-    Raises SettingsError for an unknown name (listing the valid ones) or invalid values
-    (naming each bad field and what it must be).
-    """
-    if name not in ALGORITHMS:
-        raise SettingsError(f"Unknown RL algorithm {name!r}.",
-                            f"Use one of: {', '.join(ALGORITHMS)} (default {DEFAULT_ALGORITHM}).")
-    cls = ALGORITHMS[name]
-    if isinstance(values, cls):
-        return values
-    if isinstance(values, BaseModel):
-        values = values.model_dump()
-    try:
-        return cls(**(values or {}))
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']} (got {e.get('input')!r})"
-                             for e in error.errors())
-        raise SettingsError(f"Invalid {name} settings: {problems}.",
-                            f"Fix those fields; `crowdtune config-docs {cls.__name__}` lists every setting and its "
-                            "default.") from None
-
-
-def warm_start_steps(name: str, values: dict | BaseModel | None = None) -> int:
-    """How many steps algorithm `name` takes against the face's reward model before a run's first post
-    (0: it does not warm start)."""
-    return int(getattr(algorithm_config(name, values), "warm_start_steps", 0))
+    return {"guided": guided.update, "reinforce": reinforce.update, "policy_gradient": policy_gradient.update,
+            "reward_model": reward_model.update}[algorithm]
 
 
 def run_update(
@@ -119,6 +94,8 @@ def run_update(
     """
     import pytorch_lightning as pl
 
+    from crowdtune.training.rl.policy import UpdateInputs
+
     settings = algorithm_config(algorithm, config)
     checkpoint_dir, state_dir = Path(checkpoint_dir), Path(state_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -130,4 +107,4 @@ def run_update(
         train_texts=list(train_texts), on_metrics=on_metrics, on_progress=on_progress,
         should_stop=should_stop, seed=seed, reward_model_url=reward_model_url,
     )
-    return _UPDATES[algorithm](settings, inputs)
+    return _update_function(algorithm)(settings, inputs)

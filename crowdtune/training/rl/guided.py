@@ -64,10 +64,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from crowdtune.training.generation import sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex, distinct_n
+from crowdtune.training.rl.configs import GuidedConfig
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
 from crowdtune.training.rl.policy import (
     UpdateInputs,
@@ -80,38 +80,12 @@ from crowdtune.training.rl.policy import (
 )
 from crowdtune.training.rl.policy_gradient import minibatch_order
 from crowdtune.training.rl.rewards import RewardConfig
-from crowdtune.training.rl.rloo import RLOOModule, RLOOSettings, TextReward, floored_rewards
+from crowdtune.training.rl.rloo import RLOOModule, TextReward, floored_rewards
 from crowdtune.training.rl.state import read_state, write_state
 
 STATE_FILE = "guided.json"
 WORST_REWARD = -RewardConfig().clip  # what empty samples and copies earn in distillation: the worst real reward
 START_SEED = 7_919  # the start model's diversity samples: one fixed draw, measured once per face
-
-
-class GuidedConfig(RLOOSettings):
-    """Settings of a guided update (and every RLOOSettings and RLConfig setting)."""
-
-    warm_start_steps: int = Field(8, ge=0, description="RLOO steps against the reward model before the run's first "
-                                                       "post (an update with no posts); 0 = no warm start")
-    distil_steps: int = Field(4, ge=0, description="RLOO steps on fresh samples against the reward model in each "
-                                                   "update, after the real-reward steps")
-    real_epochs: int = Field(2, ge=1, description="passes over the batch's best-of-N groups (real rewards, "
-                                                  "doubly robust)")
-    groups_per_step: int = Field(4, ge=1, description="best-of-N groups (a published post and its candidates) per "
-                                                      "optimizer step")
-    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="importance weights are clipped to [1 - eps, 1 + eps]")
-    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0, description="the reward model's online agreement "
-                                       "(Spearman) below this: pause, nothing is trained")
-    max_kl: float = Field(1.0, gt=0.0, description="KL leash: KL per token of fresh samples to the reference (the "
-                                                   "base, adapter off) above this trips an alert")
-    max_copy_rate: float = Field(0.01, ge=0.0, le=1.0, description="copy guard: share of fresh samples copying a "
-                                 "training post or one of the face's earlier posts above this trips an alert")
-    diversity_floor: float = Field(0.8, ge=0.0, le=1.0, description="diversity floor: distinct-2 of fresh samples "
-                                   "below this share of the start model's pauses the face and alerts")
-    guard_samples: int = Field(32, ge=4, description="fresh samples of the updated policy the guards measure")
-    eval_samples: int = Field(0, ge=0, description="unused: the guards measure copy_rate and mean_length on "
-                                                   "guard_samples")
-    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
 # --------------------------------------------------------------------------------------------

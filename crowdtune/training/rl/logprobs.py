@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crowdtune.training.rl.policy import RLConfig
+from crowdtune.training.rl.configs import RLConfig
 
 
 def usable_posts(batch: list[dict]) -> list[dict]:

@@ -22,57 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from crowdtune.training.adapter_module import AdapterModule
 from crowdtune.training.callbacks import CheckpointEvery, MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
-from crowdtune.training.generation import GenerationConfig, sample
+from crowdtune.training.generation import sample
 from crowdtune.training.guards import CopyIndex
 from crowdtune.training.models import add_lora, load_base_model, load_version
-
-
-class RLConfig(BaseModel):
-    """Settings every algorithm has; each algorithm's config adds its own (and may change a default)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(1e-4, gt=0.0, description="AdamW, constant")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW")
-    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; None = off")
-    # LoRA: only used when there is no current policy (policy_url None)
-    lora_rank: int = Field(8, ge=1, description="LoRA rank of a fresh policy")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha of a fresh policy")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout of a fresh policy")
-    lora_targets: str | list[str] = Field("all-linear", description="LoRA modules of a fresh policy")
-    # The sampling policy: it must match the GenerationConfig the posts were sampled with (its defaults),
-    # so that recorded and recomputed log-probabilities agree.
-    temperature: float = Field(0.9, gt=0.0, description="sampling policy: temperature")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="sampling policy: nucleus sampling; 1.0 = off")
-    top_k: int = Field(0, ge=0, description="sampling policy: top-k; 0 = off")
-    repetition_penalty: float = Field(1.0, gt=0.0, description="sampling policy: repetition penalty; 1.0 = off")
-    max_new_tokens: int = Field(40, ge=1, description="tokens per post sampled inside the update (samples, evaluation)")
-    eval_samples: int = Field(8, ge=0, description="fresh samples of the updated policy for copy_rate and mean_length; "
-                                                   "0 = measure the batch's posts instead")
-    copy_min_ngram: int = Field(12, ge=2, description="words in common that make a sample a copy (guards.CopyIndex)")
-    copy_embedding_threshold: float | None = Field(
-        0.95, gt=0.0, le=1.0, description="cosine that makes a sample a near-copy; None = n-grams only")
-    precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs that support it, else "32-true"')
-    accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
-    checkpoint_every: int = Field(1, ge=1, description="optimizer steps between checkpoints (resume after a kill)")
-
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-        return "32-true"
-
-    def generation(self, **overrides) -> GenerationConfig:
-        """The GenerationConfig of this sampling policy (no filters)."""
-        values = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                      repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_new_tokens)
-        return GenerationConfig(**{**values, **overrides})
+from crowdtune.training.rl.configs import RLConfig
 
 
 @dataclass

@@ -22,12 +22,11 @@ import math
 import random
 
 import torch
-from pydantic import Field
 
+from crowdtune.training.rl.configs import PolicyGradientConfig
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
 from crowdtune.training.rl.policy import (
     PolicyModule,
-    RLConfig,
     UpdateInputs,
     UpdateResult,
     finish,
@@ -39,19 +38,6 @@ from crowdtune.training.rl.policy import (
 from crowdtune.training.rl.state import read_state, write_state
 
 STATE_FILE = "policy_gradient.json"
-
-
-class PolicyGradientConfig(RLConfig):
-    """Settings of a policy-gradient update (and every RLConfig setting)."""
-
-    epochs: int = Field(4, ge=1, description="passes over (batch + replay) per update")
-    minibatch_size: int = Field(16, ge=1, description="posts per optimizer step")
-    replay_posts: int = Field(64, ge=0, description="earlier posts kept in state_dir and trained on again; 0 = off")
-    clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="importance weights are clipped to [1 - eps, 1 + eps]")
-    kl_coef: float = Field(0.05, ge=0.0, description="weight of KL(policy || reference) in the loss")
-    baseline_rate: float = Field(0.1, gt=0.0, le=1.0,
-                                 description="how fast the learned baseline follows rewards (per post)")
-    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
 class PolicyGradientModule(PolicyModule):

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
 
+from crowdtune.training.rl.configs import ReinforceConfig
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
 from crowdtune.training.rl.policy import (
     PolicyModule,
-    RLConfig,
     UpdateInputs,
     UpdateResult,
     finish,
@@ -28,13 +27,6 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
-
-
-class ReinforceConfig(RLConfig):
-    """Settings of a REINFORCE update (and every RLConfig setting)."""
-
-    window: int = Field(64, ge=2, description="z-score the batch's rewards against the last `window` rewards of the "
-                                              "face (history) plus the batch itself")
 
 
 def z_scores(rewards: list[float], window: list[float]) -> list[float]:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pydantic import Field
 
 from crowdtune.embeddings import shared_cache
 from crowdtune.training.guards import CopyIndex
+from crowdtune.training.rl.configs import RewardModelConfig
 from crowdtune.training.rl.policy import (
     UpdateInputs,
     UpdateResult,
@@ -37,21 +37,7 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
-from crowdtune.training.rl.rloo import RLOOModule, RLOOSettings, floored_rewards
-
-
-class RewardModelConfig(RLOOSettings):
-    """Settings of a reward-model update (and every RLOOSettings and RLConfig setting)."""
-
-    ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of the reward model")
-    min_fit_posts: int = Field(16, ge=2, description="fewer scored posts than this: no reward model, no training")
-    agreement_posts: int = Field(32, ge=2, description="newest matured posts the agreement check predicts")
-    min_agreement_posts: int = Field(
-        8, ge=2, description="fewer (or too few older posts to fit on): agreement is NaN, no pause")
-    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0,
-                                       description="Spearman below this: pause=True, nothing is trained")
-    rloo_steps: int = Field(8, ge=1, description="optimizer steps against the reward model per update")
-    learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
+from crowdtune.training.rl.rloo import RLOOModule, floored_rewards
 
 
 class RewardModel:

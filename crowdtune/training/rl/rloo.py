@@ -19,23 +19,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from crowdtune.training.generation import Sample, sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex
+from crowdtune.training.rl.configs import RLOOSettings
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
-from crowdtune.training.rl.policy import PolicyModule, RLConfig
+from crowdtune.training.rl.policy import PolicyModule
 
 TextReward = Callable[[list[str]], np.ndarray]  # texts -> (n,) rewards
-
-
-class RLOOSettings(RLConfig):
-    """Settings of RLOO steps against a reward function (and every RLConfig setting)."""
-
-    rloo_prompts: int = Field(4, ge=1, description="prompts per step (the batch's prompts; the empty prompt when none)")
-    rloo_samples: int = Field(4, ge=2, description="samples per prompt (the leave-one-out group)")
-    kl_coef: float = Field(0.05, ge=0.0, description="weight of KL(policy || reference) in the loss")
-    trim_unfinished: bool = Field(True, description="trim samples to their last full sentence, as published")
 
 
 def floored_rewards(predict: TextReward, floor: float, copy_index: CopyIndex | None) -> TextReward:
