@@ -45,7 +45,8 @@ TID_EPOCH_START_US = int(datetime(2023, 1, 1).timestamp() * 1_000_000)
 TID_SPREAD_US = 365 * 24 * 3600 * 1_000_000
 PASSWORD_FIX = (
     "Create an app password (Settings > Privacy and security > App passwords) and set "
-    "CROWDTUNE_BLUESKY_APP_PASSWORD; check `handle` in the Bluesky face config."
+    "CROWDTUNE_FACE_<NAME>_APP_PASSWORD or CROWDTUNE_BLUESKY_APP_PASSWORD (or save it on the Settings page); "
+    "check `handle` in the Bluesky face config."
 )
 MALFORMED_FIX = (
     "Check that service_url in the face config is your PDS or https://bsky.social itself (not a proxy, login or "
@@ -59,7 +60,8 @@ class BlueskyConfig(FaceConfig):
     service_url: str = Field("https://bsky.social", description="the PDS / entryway (xrpc is appended)")
     handle: str = Field("", description='the account, e.g. "crowdtune.bsky.social"')
     app_password: SecretStr | None = Field(
-        None, description="an app password (secret: CROWDTUNE_BLUESKY_APP_PASSWORD)")
+        None, description="an app password (secret: CROWDTUNE_FACE_<NAME>_APP_PASSWORD or "
+                                "CROWDTUNE_BLUESKY_APP_PASSWORD)")
     page_size: int = Field(default=50, ge=1, le=100, description="posts per history page (Bluesky allows up to 100)")
     request_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")

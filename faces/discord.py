@@ -44,7 +44,8 @@ from faces.base import (
 )
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, timed_out
 
-TOKEN_FIX = "Reset the bot token (Developer Portal > your app > Bot > Reset Token) and set CROWDTUNE_DISCORD_TOKEN."
+TOKEN_FIX = ("Reset the bot token (Developer Portal > your app > Bot > Reset Token) and save it on the Settings page "
+             "(or set CROWDTUNE_FACE_<NAME>_TOKEN or CROWDTUNE_DISCORD_TOKEN).")
 MALFORMED_FIX = (
     "Check that api_url in the face config is Discord's API (https://discord.com/api/v10, not a proxy, login or "
     "maintenance page); if it is, Discord may be having trouble (discordstatus.com): try again later."
@@ -62,7 +63,8 @@ class DiscordConfig(FaceConfig):
     """One Discord channel, posted to by a bot."""
 
     api_url: str = Field("https://discord.com/api/v10", description="the REST API base")
-    token: SecretStr | None = Field(None, description="the bot token (secret: CROWDTUNE_DISCORD_TOKEN)")
+    token: SecretStr | None = Field(None, description="the bot token (secret: CROWDTUNE_FACE_<NAME>_TOKEN or "
+                          "CROWDTUNE_DISCORD_TOKEN)")
     channel_id: int = Field(0, description="the text channel to read and post in")
     guild_id: int | None = Field(None, description="its server, for the member count; None = audience unknown")
     page_size: int = Field(default=100, ge=1, le=100, description="messages per history page (Discord's maximum)")

@@ -39,7 +39,8 @@ from faces.base import (
 )
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
-TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
+TOKEN_FIX = ("Create a new token with scopes read write (Preferences > Development) and save it on the Settings page "
+             "(or set CROWDTUNE_FACE_<NAME>_TOKEN or CROWDTUNE_MASTODON_TOKEN).")
 MALFORMED_FIX = (
     "Check that api_base_url in the face config is the Mastodon instance itself (https://your.instance, not a "
     "proxy, login or maintenance page); if it is, the instance may be mid-upgrade: try again later."
@@ -54,7 +55,8 @@ class MastodonConfig(FaceConfig):
 
     api_base_url: str = Field("https://mastodon.social", description="the instance")
     token: SecretStr | None = Field(
-        None, description="access token with scopes read write (secret: CROWDTUNE_MASTODON_TOKEN)")
+        None, description="access token with scopes read write (secret: CROWDTUNE_FACE_<NAME>_TOKEN or "
+                          "CROWDTUNE_MASTODON_TOKEN)")
     account_id: str | None = Field(None, description="whose statuses to read; None = the token's own account")
     visibility: Literal["public", "unlisted", "private"] = Field(
         "public", description="of published statuses: public | unlisted | private")

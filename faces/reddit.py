@@ -62,9 +62,11 @@ class RedditConfig(FaceConfig):
     """One Reddit account posting to one subreddit (a "script" app)."""
 
     client_id: str = Field("", description="the script app's id")
-    client_secret: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_CLIENT_SECRET")
+    client_secret: SecretStr | None = Field(
+        None, description="secret: CROWDTUNE_FACE_<NAME>_CLIENT_SECRET or CROWDTUNE_REDDIT_CLIENT_SECRET")
     username: str = Field("", description="the account that posts")
-    password: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_PASSWORD")
+    password: SecretStr | None = Field(
+        None, description="secret: CROWDTUNE_FACE_<NAME>_PASSWORD or CROWDTUNE_REDDIT_PASSWORD")
     subreddit: str = Field("", description="where to post, and whose subscribers are the audience")
     history_of: Literal["user", "subreddit"] = Field(
         "user", description="read the user's own submissions, or the subreddit's new posts")

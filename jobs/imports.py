@@ -121,7 +121,7 @@ def _import(face_id: str, limit: int | None, job) -> dict:
     if record is None:
         raise CrowdtuneError(f"There is no face called {face_id!r}.",
                              "Add it first on the Settings page or with `crowdtune face add`.")
-    face = build_face(record["kind"], record["config"])
+    face = build_face(record["kind"], record["config"], name=face_id)
     scorer = ScorerConfig(**(record.get("scorer") or {}))
     observed_at = utc_now()
     audience = face.audience_size() if face.capabilities.publish else None
