@@ -9,6 +9,7 @@
 - Sessions: one per account, reused by every job (faces.sessions keeps its tokens in a file under the
   data folder, owner-only); the SDK refreshes the access token with refreshSession before it
   expires, and a session the server refuses is created anew once (createSession).
+- Requests, sign-ins and posts wait for their turn under the documented limits (faces.limits).
 - Rate limits and 5xx follow faces.retry; a 429's Retry-After (or ratelimit-reset) is honoured.
   A timeout (no answer within request_timeout) is retried like a 5xx.
 - Answers that are not the XRPC API (an HTML page, a cut-off body, JSON the SDK's models refuse, a
@@ -39,6 +40,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
+from faces.limits import Covers, RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 from faces.sessions import SessionFile
 
@@ -104,6 +106,8 @@ class BlueskyFace(Face):
         self._answers = AnswerCheck("Bluesky", self.config.service_url, MALFORMED_FIX)
         self._sessions = SessionFile("bluesky", f"{self.config.service_url}|{self.config.handle}")
         self._reused_session = False
+        self._budget = RequestBudget("bluesky", f"{self.config.service_url}|{self.config.handle}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -195,13 +199,17 @@ class BlueskyFace(Face):
             )
         return None
 
-    def _call(self, action: str, operation, before_retry=None, signed_in: bool = True, limit: str = "request"):
+    def _call(self, action: str, operation, before_retry=None, signed_in: bool = True, limit: Covers = "request"):
         if signed_in:
             self._api()
 
+        def counted():
+            self._budget.wait_for_turn(limit, action)  # before the request, so it is not refused
+            return operation()
+
         def attempt():
             return call_with_retries(
-                operation,
+                counted,
                 classify=lambda error: self._classify(error, action),
                 policy=self.config.retry,
                 network="Bluesky",
@@ -295,7 +303,7 @@ class BlueskyFace(Face):
         response = self._call(
             "publishing a post",
             lambda: client.com.atproto.repo.create_record(data=data),
-            before_retry=lambda: self.find_published(intent_id, text, since),
+            before_retry=lambda: self.find_published(intent_id, text, since), limit="post",
         )
         if isinstance(response, Published):
             return response

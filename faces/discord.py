@@ -42,6 +42,7 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
+from faces.limits import RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, timed_out
 
 TOKEN_FIX = ("Reset the bot token (Developer Portal > your app > Bot > Reset Token) and save it on the Settings page "
@@ -87,6 +88,9 @@ class DiscordFace(Face):
         super().__init__(config)
         self._answers = AnswerCheck("Discord", self.config.api_url, MALFORMED_FIX)
         self._read_an_answer = False
+        bot = self.config.guild_id or self.config.channel_id
+        self._budget = RequestBudget("discord", f"{self.config.api_url}|{bot}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -170,8 +174,12 @@ class DiscordFace(Face):
         if not self.config.channel_id:
             raise FaceConfigError("The Discord face has no channel_id.",
                                   "Set channel_id (Developer Mode > right-click the channel > Copy ID).")
+        def counted():
+            self._budget.wait_for_turn("request", action)  # before the request, so it is not refused
+            return asyncio.run(self._with_rest(operation))
+
         return call_with_retries(
-            lambda: asyncio.run(self._with_rest(operation)),
+            counted,
             classify=lambda error: self._classify(error, action),
             policy=self.config.retry,
             network="Discord",
