@@ -173,7 +173,7 @@ def start_online(conn: redis.Redis, face_id: str, config: dict[str, Any]) -> str
     face = read_via_store_worker(conn, "face_record", face_id=face_id, timeout=60)
     if face is None:
         raise SettingsError(f"There is no face called {face_id!r}.",
-                            "Add it first on the Settings page or with `crowdtune face add`.")
+                            "Add it first on the Training page or with `crowdtune face add`.")
     capabilities = FACE_KINDS[face["kind"]].capabilities
     if not (capabilities.publish and capabilities.reactions):
         raise SettingsError(f"The face {face_id!r} ({face['kind']}) cannot publish and read reactions.",

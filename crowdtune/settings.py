@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     training_retry_seconds: list[Annotated[int, Field(ge=0, le=7 * 24 * 3600)]] = Field(
         default_factory=lambda: [60, 300, 900], max_length=20,
         description="waits before an offline run that failed on a transient error (disk, network, memory) runs again")
+    secrets_file: Path | None = Field(
+        None, description="the TOML file of face tokens (also CROWDTUNE_SECRETS_FILE, see faces.secrets); "
+                          "None = `<data_dir>/secrets.toml`, created by the Settings page, owner-only")
     login_password: str | None = Field(None, description="set to require a password for the control pages")
     allow_readonly_links: bool = Field(True, description="without login, shared links open read-only")
 
@@ -99,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.db_path if self.db_path is not None else self.data_dir / "crowdtune.duckdb"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_file if self.secrets_file is not None else self.data_dir / "secrets.toml"
 
     @property
     def artifacts(self) -> str:

@@ -6,6 +6,10 @@
   we also ask for that record (com.atproto.repo.getRecord).
 - Reactions: likeCount, repostCount, replyCount, quoteCount of app.bsky.feed.getPosts;
   audience = followersCount of app.bsky.actor.getProfile.
+- Sessions: one per account, reused by every job (faces.sessions keeps its tokens in a file under the
+  data folder, owner-only); the SDK refreshes the access token with refreshSession before it
+  expires, and a session the server refuses is created anew once (createSession).
+- Requests, sign-ins and posts wait for their turn under the documented limits (faces.limits).
 - Rate limits and 5xx follow faces.retry; a 429's Retry-After (or ratelimit-reset) is honoured.
   A timeout (no answer within request_timeout) is retried like a 5xx.
 - Answers that are not the XRPC API (an HTML page, a cut-off body, JSON the SDK's models refuse, a
@@ -36,7 +40,9 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
+from faces.limits import Covers, RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
+from faces.sessions import SessionFile
 
 POST_COLLECTION = "app.bsky.feed.post"
 TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
@@ -45,7 +51,8 @@ TID_EPOCH_START_US = int(datetime(2023, 1, 1).timestamp() * 1_000_000)
 TID_SPREAD_US = 365 * 24 * 3600 * 1_000_000
 PASSWORD_FIX = (
     "Create an app password (Settings > Privacy and security > App passwords) and set "
-    "CROWDTUNE_BLUESKY_APP_PASSWORD; check `handle` in the Bluesky face config."
+    "CROWDTUNE_FACE_<NAME>_APP_PASSWORD or CROWDTUNE_BLUESKY_APP_PASSWORD (or save it on the Settings page); "
+    "check `handle` in the Bluesky face config."
 )
 MALFORMED_FIX = (
     "Check that service_url in the face config is your PDS or https://bsky.social itself (not a proxy, login or "
@@ -59,7 +66,8 @@ class BlueskyConfig(FaceConfig):
     service_url: str = Field("https://bsky.social", description="the PDS / entryway (xrpc is appended)")
     handle: str = Field("", description='the account, e.g. "crowdtune.bsky.social"')
     app_password: SecretStr | None = Field(
-        None, description="an app password (secret: CROWDTUNE_BLUESKY_APP_PASSWORD)")
+        None, description="an app password (secret: CROWDTUNE_FACE_<NAME>_APP_PASSWORD or "
+                                "CROWDTUNE_BLUESKY_APP_PASSWORD)")
     page_size: int = Field(default=50, ge=1, le=100, description="posts per history page (Bluesky allows up to 100)")
     request_timeout: float = Field(default=30.0, gt=0, description="seconds per HTTP request")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="see faces.retry")
@@ -96,6 +104,10 @@ class BlueskyFace(Face):
         self._client = None
         self._did: str | None = None
         self._answers = AnswerCheck("Bluesky", self.config.service_url, MALFORMED_FIX)
+        self._sessions = SessionFile("bluesky", f"{self.config.service_url}|{self.config.handle}")
+        self._reused_session = False
+        self._budget = RequestBudget("bluesky", f"{self.config.service_url}|{self.config.handle}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -108,17 +120,31 @@ class BlueskyFace(Face):
                 raise FaceConfigError("The Bluesky face needs a handle and an app password.", PASSWORD_FIX)
             request = Request(timeout=self.config.request_timeout, event_hooks={"response": [self._remember_answer]})
             client = Client(base_url=self.config.service_url, request=request)
-            self._call(
-                "signing in",
-                lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(),
-                                     fetch_bsky_profile=False),
-                signed_in=False,
-            )
-            self._did = client._session.did  # the repo we write to; the SDK keeps it on the session
-            if not self._did:
-                raise self._answers.malformed("signing in", "a session without a did")
+            # The SDK refreshes the access token itself (refreshSession, 15 min before it expires) and
+            # tells us, so every new pair of tokens is stored for the next job (faces.sessions).
+            client.on_session_change(lambda event, session: self._sessions.save(
+                session.encode(), self.config.app_password.get_secret_value()))
+            stored = self._sessions.load(self.config.app_password.get_secret_value())
+            if stored is not None:
+                client.login(session_string=stored, fetch_bsky_profile=False)  # no request: the tokens are kept
+                self._reused_session, self._did = True, client._session.did
+            else:
+                self._create_session(client)
             self._client = client
         return self._client
+
+    def _create_session(self, client) -> None:
+        """com.atproto.server.createSession: the one call Bluesky limits hardest (30 per 5 min, 300 a day)."""
+        self._call(
+            "signing in",
+            lambda: client.login(self.config.handle, self.config.app_password.get_secret_value(),
+                                 fetch_bsky_profile=False),
+            signed_in=False, limit="session",
+        )
+        self._reused_session = False
+        self._did = client._session.did  # the repo we write to; the SDK keeps it on the session
+        if not self._did:
+            raise self._answers.malformed("signing in", "a session without a did")
 
     def _remember_answer(self, response) -> None:
         # The SDK's ModelError does not carry the response: keep what a message needs from it.
@@ -173,17 +199,34 @@ class BlueskyFace(Face):
             )
         return None
 
-    def _call(self, action: str, operation, before_retry=None, signed_in: bool = True):
+    def _call(self, action: str, operation, before_retry=None, signed_in: bool = True, limit: Covers = "request"):
         if signed_in:
             self._api()
-        return call_with_retries(
-            operation,
-            classify=lambda error: self._classify(error, action),
-            policy=self.config.retry,
-            network="Bluesky",
-            action=action,
-            before_retry=before_retry,
-        )
+
+        def counted():
+            self._budget.wait_for_turn(limit, action)  # before the request, so it is not refused
+            return operation()
+
+        def attempt():
+            return call_with_retries(
+                counted,
+                classify=lambda error: self._classify(error, action),
+                policy=self.config.retry,
+                network="Bluesky",
+                action=action,
+                before_retry=before_retry,
+            )
+
+        try:
+            return attempt()
+        except FaceAuthError:
+            if not (signed_in and self._reused_session):
+                raise
+            # The stored session was refused (revoked, or its refresh token already used by another
+            # worker): sign in anew, once, on the same client that the operation holds.
+            self._sessions.forget()
+            self._create_session(self._client)
+            return attempt()
 
     # -- the face -----------------------------------------------------------------------------
 
@@ -260,7 +303,7 @@ class BlueskyFace(Face):
         response = self._call(
             "publishing a post",
             lambda: client.com.atproto.repo.create_record(data=data),
-            before_retry=lambda: self.find_published(intent_id, text, since),
+            before_retry=lambda: self.find_published(intent_id, text, since), limit="post",
         )
         if isinstance(response, Published):
             return response

@@ -42,9 +42,11 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
+from faces.limits import RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, timed_out
 
-TOKEN_FIX = "Reset the bot token (Developer Portal > your app > Bot > Reset Token) and set CROWDTUNE_DISCORD_TOKEN."
+TOKEN_FIX = ("Reset the bot token (Developer Portal > your app > Bot > Reset Token) and save it on the Settings page "
+             "(or set CROWDTUNE_FACE_<NAME>_TOKEN or CROWDTUNE_DISCORD_TOKEN).")
 MALFORMED_FIX = (
     "Check that api_url in the face config is Discord's API (https://discord.com/api/v10, not a proxy, login or "
     "maintenance page); if it is, Discord may be having trouble (discordstatus.com): try again later."
@@ -62,7 +64,8 @@ class DiscordConfig(FaceConfig):
     """One Discord channel, posted to by a bot."""
 
     api_url: str = Field("https://discord.com/api/v10", description="the REST API base")
-    token: SecretStr | None = Field(None, description="the bot token (secret: CROWDTUNE_DISCORD_TOKEN)")
+    token: SecretStr | None = Field(None, description="the bot token (secret: CROWDTUNE_FACE_<NAME>_TOKEN or "
+                          "CROWDTUNE_DISCORD_TOKEN)")
     channel_id: int = Field(0, description="the text channel to read and post in")
     guild_id: int | None = Field(None, description="its server, for the member count; None = audience unknown")
     page_size: int = Field(default=100, ge=1, le=100, description="messages per history page (Discord's maximum)")
@@ -85,6 +88,9 @@ class DiscordFace(Face):
         super().__init__(config)
         self._answers = AnswerCheck("Discord", self.config.api_url, MALFORMED_FIX)
         self._read_an_answer = False
+        bot = self.config.guild_id or self.config.channel_id
+        self._budget = RequestBudget("discord", f"{self.config.api_url}|{bot}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -168,8 +174,12 @@ class DiscordFace(Face):
         if not self.config.channel_id:
             raise FaceConfigError("The Discord face has no channel_id.",
                                   "Set channel_id (Developer Mode > right-click the channel > Copy ID).")
+        def counted():
+            self._budget.wait_for_turn("request", action)  # before the request, so it is not refused
+            return asyncio.run(self._with_rest(operation))
+
         return call_with_retries(
-            lambda: asyncio.run(self._with_rest(operation)),
+            counted,
             classify=lambda error: self._classify(error, action),
             policy=self.config.retry,
             network="Discord",

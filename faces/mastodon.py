@@ -4,6 +4,7 @@
 - Publish: POST /api/v1/statuses with an Idempotency-Key header = intent_id, so the server itself
   drops a repeated attempt; before any retry we also look for the status among our own.
 - Reactions: favourites -> likes, reblogs -> reposts, replies -> replies; audience = followers_count.
+- Requests wait for their turn under the documented limits (faces.limits) before they are sent.
 - Rate limits and 5xx follow faces.retry (Mastodon.py's own waiting is switched off with
   ratelimit_method="throw" so there is one retry policy, and a 429's Retry-After is read from
   the response). A timeout (no answer within request_timeout) is retried like a 5xx.
@@ -37,9 +38,11 @@ from faces.base import (
     as_naive_utc,
     utc_now,
 )
+from faces.limits import Covers, RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
-TOKEN_FIX = "Create a new token with scopes read write (Preferences > Development) and set CROWDTUNE_MASTODON_TOKEN."
+TOKEN_FIX = ("Create a new token with scopes read write (Preferences > Development) and save it on the Settings page "
+             "(or set CROWDTUNE_FACE_<NAME>_TOKEN or CROWDTUNE_MASTODON_TOKEN).")
 MALFORMED_FIX = (
     "Check that api_base_url in the face config is the Mastodon instance itself (https://your.instance, not a "
     "proxy, login or maintenance page); if it is, the instance may be mid-upgrade: try again later."
@@ -54,7 +57,8 @@ class MastodonConfig(FaceConfig):
 
     api_base_url: str = Field("https://mastodon.social", description="the instance")
     token: SecretStr | None = Field(
-        None, description="access token with scopes read write (secret: CROWDTUNE_MASTODON_TOKEN)")
+        None, description="access token with scopes read write (secret: CROWDTUNE_FACE_<NAME>_TOKEN or "
+                          "CROWDTUNE_MASTODON_TOKEN)")
     account_id: str | None = Field(None, description="whose statuses to read; None = the token's own account")
     visibility: Literal["public", "unlisted", "private"] = Field(
         "public", description="of published statuses: public | unlisted | private")
@@ -107,6 +111,8 @@ class MastodonFace(Face):
         self._account_id: str | None = self.config.account_id
         self._last_retry_after: float | None = None
         self._answers = AnswerCheck("Mastodon", self.config.api_base_url, MALFORMED_FIX)
+        self._budget = RequestBudget("mastodon", f"{self.config.api_base_url}|{self.config.account_id or 'token'}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -178,9 +184,13 @@ class MastodonFace(Face):
             )
         return None
 
-    def _call(self, action: str, operation, before_retry=None):
+    def _call(self, action: str, operation, before_retry=None, covers: Covers = "request"):
+        def counted():
+            self._budget.wait_for_turn(covers, action)  # before the request, so it is not refused
+            return operation()
+
         return call_with_retries(
-            operation,
+            counted,
             classify=self._classify,
             policy=self.config.retry,
             network="Mastodon",
@@ -255,7 +265,7 @@ class MastodonFace(Face):
         status = self._call(
             "publishing a status",
             lambda: self._api().status_post(text, idempotency_key=intent_id, visibility=self.config.visibility),
-            before_retry=lambda: self.find_published(intent_id, text, since),
+            before_retry=lambda: self.find_published(intent_id, text, since), covers="post",
         )
         if isinstance(status, Published):
             return status

@@ -40,6 +40,7 @@ from faces.base import (
     ReactionSnapshot,
     utc_now,
 )
+from faces.limits import RequestBudget
 from faces.retry import AnswerCheck, Retryable, RetryPolicy, call_with_retries, retry_after_seconds, timed_out
 
 CREDENTIALS_FIX = (
@@ -62,9 +63,11 @@ class RedditConfig(FaceConfig):
     """One Reddit account posting to one subreddit (a "script" app)."""
 
     client_id: str = Field("", description="the script app's id")
-    client_secret: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_CLIENT_SECRET")
+    client_secret: SecretStr | None = Field(
+        None, description="secret: CROWDTUNE_FACE_<NAME>_CLIENT_SECRET or CROWDTUNE_REDDIT_CLIENT_SECRET")
     username: str = Field("", description="the account that posts")
-    password: SecretStr | None = Field(None, description="secret: CROWDTUNE_REDDIT_PASSWORD")
+    password: SecretStr | None = Field(
+        None, description="secret: CROWDTUNE_FACE_<NAME>_PASSWORD or CROWDTUNE_REDDIT_PASSWORD")
     subreddit: str = Field("", description="where to post, and whose subscribers are the audience")
     history_of: Literal["user", "subreddit"] = Field(
         "user", description="read the user's own submissions, or the subreddit's new posts")
@@ -104,6 +107,8 @@ class RedditFace(Face):
         super().__init__(config)
         self._client = None
         self._answers = AnswerCheck("Reddit", self.config.oauth_url, MALFORMED_FIX)
+        self._budget = RequestBudget("reddit", f"{self.config.oauth_url}|{self.config.client_id}",
+                                     self.config.retry.max_retry_after_seconds)
 
     # -- client and errors ----------------------------------------------------------------
 
@@ -192,8 +197,12 @@ class RedditFace(Face):
         return None
 
     def _call(self, action: str, operation, before_retry=None):
+        def counted():
+            self._budget.wait_for_turn("request", action)  # before the request, so it is not refused
+            return operation()
+
         return call_with_retries(
-            operation, classify=self._classify, policy=self.config.retry, network="Reddit", action=action,
+            counted, classify=self._classify, policy=self.config.retry, network="Reddit", action=action,
             before_retry=before_retry,
         )
 

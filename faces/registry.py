@@ -26,19 +26,21 @@ def needs_set_up(kind: str) -> bool:
     return kind in FACE_KINDS and FACE_KINDS[kind].prepare is not Face.prepare
 
 
-def build_face(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None) -> Face:
+def build_face(kind: str, config: Mapping[str, Any], secrets: Mapping[str, str] | None = None, *,
+               name: str | None = None) -> Face:
     """Build a face.
 
     In: the kind name (a key of FACE_KINDS), its config as plain data (e.g. from TOML or a form),
-    and its secrets by config field name; when `secrets` is None they are loaded from the
-    environment / secrets file (faces.secrets). Out: the face, not yet connected.
+    its secrets by config field name, and the face's name (its face_id); when `secrets` is None they
+    are loaded from the environment / secrets file, the face's own before its kind's (faces.secrets).
+    Out: the face, not yet connected.
     Raises FaceConfigError naming the valid kinds, or every invalid field and why (never its value).
     """
     face_class = FACE_KINDS.get(kind)
     if face_class is None:
         raise FaceConfigError(f"There is no face of kind {kind!r}.", f"Use one of: {', '.join(sorted(FACE_KINDS))}.")
     if secrets is None:
-        secrets = load_face_secrets(kind, face_class.secret_fields)
+        secrets = load_face_secrets(kind, face_class.secret_fields, face_name=name)
     unknown_secrets = set(secrets) - set(face_class.secret_fields)
     if unknown_secrets:
         raise FaceConfigError(

@@ -120,8 +120,8 @@ def _import(face_id: str, limit: int | None, job) -> dict:
     record = read_via_store_worker(conn, "face_record", face_id=face_id)
     if record is None:
         raise CrowdtuneError(f"There is no face called {face_id!r}.",
-                             "Add it first on the Settings page or with `crowdtune face add`.")
-    face = build_face(record["kind"], record["config"])
+                             "Add it first on the Training page or with `crowdtune face add`.")
+    face = build_face(record["kind"], record["config"], name=face_id)
     scorer = ScorerConfig(**(record.get("scorer") or {}))
     observed_at = utc_now()
     audience = face.audience_size() if face.capabilities.publish else None

@@ -155,7 +155,7 @@ def _publish(at: _Slot) -> dict:
     if row is None and not publishing:
         at.record([records.slot_resolved(at.face_id, at.slot)], "resolve")
         return {"slot": at.slot, "outcome": f"skipped ({controller['state']})"}
-    face = build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"])
+    face = build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"], name=at.face_id)
     if row is None:
         row = _generate(at)
         if row is None:
@@ -252,7 +252,7 @@ def collect_reactions(face_id: str, post_id: str, platform_id: str, maturity_sec
         return {"post_id": post_id, "outcome": "nothing to do"}
     post, record = inputs["post"], inputs["face"]
     try:
-        snap = build_face(record["kind"], record["config"]).reactions(platform_id)
+        snap = build_face(record["kind"], record["config"], name=face_id).reactions(platform_id)
     except Exception as exc:
         if job is None or not job.retries_left:
             writer.submit([alert_op(f"collect-failed:{post_id}", "warning", f"online {face_id}",

@@ -54,7 +54,7 @@ def prepare_face(face_id: str) -> dict:
     if record is None:
         return {"face_id": face_id, "outcome": "no such face"}
     report, started = progress_reporter(get_current_job()), time.monotonic()
-    build_face(record["kind"], record["config"]).prepare(
+    build_face(record["kind"], record["config"], name=face_id).prepare(
         lambda done, total: report(done, total, None, None))
     return {"face_id": face_id, "seconds": round(time.monotonic() - started, 2)}
 

@@ -1,10 +1,5 @@
 """Settings: face credentials (write-only) and the app's settings (read-only)."""
 
-import json
-import os
-import tomllib
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
@@ -16,7 +11,7 @@ from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from faces.registry import FACE_KINDS
-from faces.secrets import SECRETS_FILE_ENV, load_face_secrets, secret_env_var
+from faces.secrets import configured_secrets_file, load_face_secrets, secret_sources, write_secret
 
 st.title("Settings")
 
@@ -25,71 +20,63 @@ with or_stop():
     faces = views.faces_frame(StoreReader.from_settings(settings))
 
 
-def write_secret(path: Path, kind: str, field: str, value: str) -> None:
-    """Merge one secret into the TOML secrets file, readable by its owner only."""
-    data = tomllib.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(kind, {})[field] = value
-    # JSON strings are valid TOML basic strings (same escapes), so no TOML writer is needed.
-    text = "".join(f"[{table}]\n" + "".join(f"{key} = {json.dumps(str(v))}\n" for key, v in values.items()) + "\n"
-                   for table, values in data.items() if isinstance(values, dict))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-
-
-def save_credentials(kind: str, fields: tuple[str, ...], may_control: bool) -> None:
-    """Form callback: store what was typed, then empty the boxes so no secret stays in the session."""
-    typed = {f: st.session_state.get(f"secret_{kind}_{f}") or "" for f in fields}
+def save_credentials(form: str, kind: str, face_name: str | None, may_control: bool) -> None:
+    """Form callback: store what was typed in the face's own table (or its kind's when `face_name` is
+    None), then empty the boxes so no secret stays in the session."""
+    fields = FACE_KINDS[kind].secret_fields
+    typed = {f: st.session_state.get(f"secret_{form}_{f}") or "" for f in fields}
     for f in fields:
-        st.session_state[f"secret_{kind}_{f}"] = ""
+        st.session_state[f"secret_{form}_{f}"] = ""
     new = {f: v for f, v in typed.items() if v}
-    secrets_file = os.environ.get(SECRETS_FILE_ENV)
     if not may_control:
         result = ("warn", "Read-only: log in to change credentials.")
     elif not new:
         result = ("warn", "Nothing typed: nothing changed.")
-    elif secrets_file:
-        for field, value in new.items():
-            write_secret(Path(secrets_file), kind, field, value)
-        result = ("ok", f"Saved {', '.join(new)} to the secrets file. "
-                        "Restart the workers (`make run`) so they read it.")
     else:
-        result = ("warn", "No secrets file is configured, so the app cannot store this. Either set "
-                  + ", ".join(f"`{secret_env_var(kind, f)}`" for f in new)
-                  + f" in the workers' environment, or set `{SECRETS_FILE_ENV}` to a file path "
-                  "(for the app and the workers) and save here again.")
-    st.session_state[f"secrets_message_{kind}"] = result
+        path, _ = configured_secrets_file()
+        for field, value in new.items():
+            write_secret(path, field, value, kind=None if face_name else kind, face_name=face_name)
+        result = ("ok", f"Saved {', '.join(new)} to the secrets file. The next job of this face uses it.")
+    st.session_state[f"secrets_message_{form}"] = result
+
+
+def credentials_form(form: str, kind: str, face_name: str | None, title: str, may_control: bool) -> None:
+    """One write-only form: which secrets are set (and where they are looked for), boxes never pre-filled."""
+    fields = FACE_KINDS[kind].secret_fields
+    try:
+        found = load_face_secrets(kind, fields, face_name=face_name)
+    except CrowdtuneError as exc:
+        show_error(exc)
+        found = {}
+    with st.form(f"secrets_{form}"):
+        st.markdown(f"**{title}**: " + ", ".join(f"`{f}` {'✅ set' if f in found else '⚠️ not set'}" for f in fields))
+        for f in fields:
+            st.text_input(f, type="password", key=f"secret_{form}_{f}", placeholder="type a new value to replace it",
+                          help="Looked for in " + ", then ".join(secret_sources(kind, f, face_name)) + ".")
+        st.form_submit_button("Save credentials", disabled=not may_control, on_click=save_credentials,
+                              args=(form, kind, face_name, may_control))
+    message = st.session_state.pop(f"secrets_message_{form}", None)
+    if message:
+        (st.success if message[0] == "ok" else st.warning)(message[1])
 
 
 st.subheader("Face credentials")
 may_control = readonly_notice(settings)
-secrets_file = os.environ.get(SECRETS_FILE_ENV)
-kinds_in_use = set(faces["kind"]) if not faces.empty else set()
-# Every kind that needs credentials, those in use first: tokens can be set before adding the face.
-kinds_with_secrets = sorted((k for k, face in FACE_KINDS.items() if face.secret_fields),
-                            key=lambda k: (k not in kinds_in_use, k))
-for kind in kinds_with_secrets:
-    fields = FACE_KINDS[kind].secret_fields
-    try:
-        found = load_face_secrets(kind, fields)
-    except CrowdtuneError as exc:
-        show_error(exc)
-        found = {}
-    with st.form(f"secrets_{kind}"):
-        st.markdown(f"**{kind}**{' (in use)' if kind in kinds_in_use else ''}: " + ", ".join(
-            f"`{f}` {'✅ set' if f in found else '⚠️ not set'}" for f in fields))
-        # Write-only: never pre-filled, never shown back; a blank box leaves the secret as it is.
-        for f in fields:
-            st.text_input(f, type="password", key=f"secret_{kind}_{f}", placeholder="type a new value to replace it")
-        st.form_submit_button("Save credentials", disabled=not may_control, on_click=save_credentials,
-                              args=(kind, fields, may_control))
-    message = st.session_state.pop(f"secrets_message_{kind}", None)
-    if message:
-        (st.success if message[0] == "ok" else st.warning)(message[1])
-st.caption(f"Secrets file: `{secrets_file}`" if secrets_file else
-           f"Secrets come from environment variables (`CROWDTUNE_<KIND>_<FIELD>`); set `{SECRETS_FILE_ENV}` "
-           "to let this page write them to a file.")
+secrets_path, _ = configured_secrets_file()
+network_faces = faces[faces["kind"].map(lambda k: bool(getattr(FACE_KINDS.get(k), "secret_fields", ())))] \
+    if not faces.empty else faces
+if network_faces.empty:
+    st.caption("No face needs credentials yet. Add a Mastodon, Bluesky, Discord or Reddit face on the Training "
+               "page (\"Add or update a face\"), then give it its token here.")
+# Each face's own credentials first: two accounts of one network each keep theirs.
+for face in network_faces.itertuples():
+    credentials_form(f"face_{face.face_id}", face.kind, face.face_id, f"{face.face_id} ({face.kind})", may_control)
+with st.expander("Shared by every face of a kind (used when a face has none of its own)"):
+    for kind in sorted(k for k, face_class in FACE_KINDS.items() if face_class.secret_fields):
+        credentials_form(kind, kind, None, kind, may_control)
+st.caption(f"Secrets file: `{secrets_path}` ({'exists' if secrets_path.exists() else 'created on the first save'}, "
+           "readable by its owner only). Environment variables `CROWDTUNE_FACE_<NAME>_<FIELD>` and "
+           "`CROWDTUNE_<KIND>_<FIELD>` win over it.")
 
 st.subheader("App settings (read-only)")
 shown = settings.model_dump()

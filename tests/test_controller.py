@@ -1,6 +1,6 @@
 """The online controller's decisions, on a fake clock: schedule, maturity, updates, phases, stopping."""
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -262,3 +262,82 @@ def test_after_a_warm_start_the_first_real_update_is_step_one():
     decision = decide(snapshot(posts=posts, updates=[UpdateView("run-u0", 0, "completed")],
                                last_resolved_at=T0 + 4 * HOUR), T0 + 7 * HOUR)
     assert decision.update.update_id == "run-u1" and decision.update.step == 1
+
+
+def run_timetable(cfg: OnlineConfig, start: datetime, days: int) -> list[datetime]:
+    """Drive decide() from `start` (naive UTC) for `days`, publishing whenever it says so at the moment it
+    said; out: the naive UTC times of the posts."""
+    posts: list[PostView] = []
+    now, end = start, start + timedelta(days=days)
+    while now < end:
+        snap = ControllerSnapshot(face_id="f", state=ControllerState.ONLINE, config=cfg, run_id="run",
+                                  started_at=start, publish_slot=len(posts), resolved_slot=len(posts) - 1,
+                                  last_resolved_at=posts[-1].published_at if posts else None, posts=list(posts))
+        decision = decide(snap, now)
+        if decision.publish_slot is not None:
+            posts.append(scored(decision.publish_slot, now))
+            now += timedelta(seconds=30)  # the publish job takes a moment
+        else:
+            now = max(decision.publish_at, now + timedelta(seconds=1))
+    return [p.published_at for p in posts]
+
+
+@pytest.mark.parametrize("timezone, spring, autumn, missing, twice", [
+    ("Europe/Paris", datetime(2026, 3, 29), datetime(2026, 10, 25), "02:30", "02:30"),
+    ("America/New_York", datetime(2026, 3, 8), datetime(2026, 11, 1), "02:30", "01:30"),
+])
+def test_post_times_are_kept_in_local_time_across_both_daylight_saving_changes(timezone, spring, autumn, missing,
+                                                                               twice):
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(timezone)
+    # `missing` does not exist on the spring day (clocks jump to 03:00); `twice` happens twice in autumn.
+    times = sorted({"09:00", "13:00", "18:30", missing, twice})
+    cfg = config(post_times=times, timezone=timezone, min_gap_minutes=30, daily_cap=10)  # a 23-hour day holds 6
+    for change in (spring, autumn):
+        start = change - timedelta(days=2)
+        posted = run_timetable(cfg, start, days=4)
+        local = [p.replace(tzinfo=UTC).astimezone(tz) for p in posted]
+        days = [(start + timedelta(days=d)).date() for d in range(4)]
+        assert sorted({p.date() for p in local}) == days
+        for day in days:
+            of_day = [p.strftime("%H:%M") for p in local if p.date() == day]
+            expected = times
+            if day == spring.date():
+                expected = sorted(["03:00" if t == missing else t for t in times])
+            assert of_day == expected, (timezone, day, of_day)
+        assert len(posted) == len(set(posted)) == 4 * len(times)  # nothing skipped, nothing doubled
+
+
+def test_a_cron_timetable_posts_on_weekdays_at_nine_local_and_quiet_hours_are_local_too():
+    cfg = config(cron="0 9 * * 1-5", timezone="Europe/Paris")
+    monday = datetime(2026, 11, 2, 0, 0)  # UTC; Paris is UTC+1 in November
+    posted = run_timetable(cfg, monday, days=7)
+    assert posted == [datetime(2026, 11, d, 8, 0) for d in (2, 3, 4, 5, 6)]
+    # Quiet hours 22..7 in Paris: a post due at 23:30 Paris waits until 07:00 Paris (06:00 UTC).
+    late = datetime(2026, 11, 2, 20, 0)  # 21:00 Paris
+    snap = snapshot(config=config(quiet_hours=(22, 7), timezone="Europe/Paris", interval_minutes=150),
+                    posts=[scored(0, late)], last_resolved_at=late)
+    assert decide(snap, late + HOUR).publish_at == datetime(2026, 11, 3, 6, 0)
+
+
+def test_a_timetable_starts_at_its_next_listed_time_and_skips_listed_times_in_quiet_hours():
+    cfg = config(post_times=["06:00", "09:00", "13:00"], quiet_hours=(22, 7))
+    assert decide(snapshot(config=cfg), T0 - MIN).publish_at == T0  # the run starts at 09:00 UTC (T0)
+    assert decide(snapshot(config=cfg), T0 + 10 * MIN).publish_slot == 0  # a late tick still takes its slot
+    snap = snapshot(config=cfg, posts=[scored(0, T0 + 10 * MIN)], last_resolved_at=T0 + 10 * MIN)
+    assert decide(snap, T0 + HOUR).publish_at == T0 + 4 * HOUR  # ... and the next keeps its listed time
+    snap = snapshot(config=cfg, posts=[scored(0, T0 + 4 * HOUR)], last_resolved_at=T0 + 4 * HOUR)
+    assert decide(snap, T0 + 5 * HOUR).publish_at == T0 + 24 * HOUR  # 06:00 is quiet: the next day's 09:00
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"post_times": ["9am"]}, "is not HH:MM"),
+    ({"cron": "0 9 * *"}, "is not 5 fields"),
+    ({"timezone": "Mars/Olympus"}, "unknown time zone"),
+    ({"post_times": ["09:00"], "cron": "0 9 * * *"}, "not both"),
+])
+def test_bad_timetables_are_refused_naming_the_setting(values, message):
+    with pytest.raises(SettingsError) as raised:
+        parse_online_config({**values})
+    assert message in raised.value.problem

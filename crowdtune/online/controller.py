@@ -26,7 +26,8 @@ posts that have not matured yet, so no evaluation is lost.
 Time. Schedule settings and maturity windows are in "audience time". `time_acceleration` maps
 it to the wall clock from the moment the run started (3600: an audience hour per wall second), to
 match an accelerated sandbox in tests and demos. Quiet hours and the daily cap apply to the
-audience clock (UTC).
+audience clock; quiet hours, `post_times` and `cron` are read in the run's `timezone`
+(crowdtune.online.timetable), so daylight-saving changes neither skip nor double a post.
 """
 
 from __future__ import annotations
@@ -67,9 +68,18 @@ class OnlineConfig(BaseModel):
     jitter_minutes: float = Field(30.0, ge=0, description="... plus or minus up to this much (deterministic per post)")
     min_gap_minutes: float = Field(60.0, ge=0, description="never two posts closer than this")
     daily_cap: int = Field(6, ge=1, description="at most this many posts in any 24 audience hours")
+    post_times: list[str] = Field(
+        default_factory=list, description='local times of day to post at, "HH:MM" in `timezone`, e.g. ["09:00", '
+                                          '"13:00", "18:30"]; replaces interval_minutes and jitter_minutes; '
+                                          "[] = post every interval")
+    cron: str | None = Field(
+        None, description='a 5-field cron expression in `timezone` (minute hour day month weekday, e.g. "0 9 * * '
+                          '1-5"); replaces the interval like post_times; None = none')
+    timezone: str = Field("UTC", description='IANA time zone of post_times, cron and quiet_hours, e.g. '
+                                             '"Europe/Paris"; daylight-saving changes neither skip nor double a post')
     quiet_hours: tuple[int, int] | None = Field(
-        None, description="[start, end) hours of the day (UTC, audience clock) without posts, e.g. [23, 7]; "
-                          "None = post at any hour")
+        None, description="[start, end) hours of the day (in `timezone`, audience clock) without posts, e.g. "
+                          "[23, 7]; None = post at any hour")
     maturity_windows_hours: list[float] = Field(
         default_factory=lambda: [1.0, 6.0, 24.0], description="ages at which reactions are read; the last one is "
                                                               "the maturity at which a post is scored (its reward)")
@@ -121,6 +131,28 @@ class OnlineConfig(BaseModel):
             raise ValueError(f"quiet hours {list(value)} start and end at the same hour; use None for no quiet hours")
         return value
 
+    @field_validator("post_times")
+    @classmethod
+    def _times_of_day(cls, value: list[str]) -> list[str]:
+        from crowdtune.online.timetable import parse_post_time
+
+        return sorted({parse_post_time(t).strftime("%H:%M") for t in value})
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_expression(cls, value: str | None) -> str | None:
+        from crowdtune.online.timetable import check_cron
+
+        return None if value is None else check_cron(value.strip())
+
+    @field_validator("timezone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        from crowdtune.online.timetable import zone
+
+        zone(value)
+        return value
+
     @field_validator("maturity_windows_hours")
     @classmethod
     def _windows(cls, value: list[float]) -> list[float]:
@@ -137,6 +169,8 @@ class OnlineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> OnlineConfig:
+        if self.post_times and self.cron:
+            raise ValueError("set post_times or cron, not both")
         if self.interval_minutes < self.min_gap_minutes:
             raise ValueError(f"interval {self.interval_minutes:g} min is below the minimum gap "
                              f"{self.min_gap_minutes:g} min")
@@ -166,6 +200,14 @@ class OnlineConfig(BaseModel):
         return self
 
     # Durations in audience seconds.
+    def timetable(self):
+        """The run's Timetable (crowdtune.online.timetable), or None when it posts every interval."""
+        from crowdtune.online.timetable import Timetable
+
+        if not self.post_times and self.cron is None:
+            return None
+        return Timetable(self.timezone, tuple(self.post_times), self.cron)
+
     @property
     def interval_seconds(self) -> float:
         return self.interval_minutes * 60.0
@@ -360,31 +402,21 @@ def jitter_seconds(config: OnlineConfig, run_id: str, slot: int) -> float:
     return (2 * unit - 1) * config.jitter_minutes * 60.0
 
 
-def _after_quiet_hours(moment: datetime, quiet: tuple[int, int] | None) -> datetime:
-    """The first moment at or after `moment` outside the quiet hours [start, end)."""
-    if quiet is None:
-        return moment
-    start, end = quiet
-    hour = moment.hour
-    inside = start <= hour < end if start < end else (hour >= start or hour < end)
-    if not inside:
-        return moment
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    resume = day + timedelta(hours=end)
-    return resume if resume > moment else resume + timedelta(days=1)
-
-
 def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetime:
-    """When the next post may go out (wall clock): interval + jitter after the last post, at least
-    the minimum gap, no more than the daily cap in any 24 audience hours, never in quiet hours, and
-    backing off (doubling, up to a day) after consecutive failed slots."""
+    """When the next post may go out (wall clock): interval + jitter after the last post (or, with a
+    timetable, the first listed time after it), at least the minimum gap, no more than the daily cap
+    in any 24 audience hours, never in quiet hours, and backing off (doubling, up to a day) after
+    consecutive failed slots."""
+    from crowdtune.online.timetable import after_quiet_hours, in_quiet_hours
+
     cfg = snap.config
+    timetable = cfg.timetable()
     run_posts = [p for p in snap.posts if p.run_id == snap.run_id]
     published = sorted(clock.audience(p.published_at) for p in run_posts
                        if p.status == PostStatus.PUBLISHED and p.published_at)
     moment = clock.audience(snap.started_at)
     anchors = published[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
-    if anchors:  # the last slot's outcome: a post, a failure or a slot whose samples were all rejected
+    if anchors and timetable is None:  # the last slot's outcome: a post, a failure or all samples rejected
         gap = max(cfg.interval_seconds + jitter_seconds(cfg, snap.run_id or "", snap.publish_slot),
                   cfg.min_gap_minutes * 60)
         moment = max(moment, max(anchors) + timedelta(seconds=gap))
@@ -403,8 +435,18 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
         moment = max(moment, max(anchors) + timedelta(seconds=backoff))
     if len(published) >= cfg.daily_cap:
         moment = max(moment, published[-cfg.daily_cap] + timedelta(days=1, seconds=1))
-    moment = _after_quiet_hours(moment, cfg.quiet_hours)
-    return clock.wall(moment)
+    if timetable is None:
+        return clock.wall(after_quiet_hours(moment, cfg.quiet_hours, cfg.timezone))
+    # A listed time at or after every bound, after the last slot's outcome, outside quiet hours; a year
+    # of days bounds the search (a cron of 29 February, quiet hours covering all its times).
+    after = max([moment - timedelta(microseconds=1), *anchors])
+    for count, slot in enumerate(timetable.slots_after(after)):
+        if not in_quiet_hours(slot, cfg.quiet_hours, cfg.timezone):
+            return clock.wall(slot)
+        if count > 366 * 24 * 60:
+            break
+    raise SettingsError(f"The timetable of face {snap.face_id} has no time outside its quiet hours.",
+                        "Change post_times, cron or quiet_hours.")
 
 
 # --------------------------------------------------------------------------------------------

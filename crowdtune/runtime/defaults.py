@@ -35,6 +35,7 @@ STORE_LEASE_KEY = KEY_PREFIX + "store-writer"       # held by the single store w
 STORE_LEASE_SECONDS = 30
 STORE_CHANGES_KEY = KEY_PREFIX + "store-changes"    # bumped once per applied batch: pages read again only then
 STORE_TABLE_CHANGES_KEY = KEY_PREFIX + "store-changes:tables"  # hash: table -> batches that touched it
+RATE_LIMIT_PREFIX = KEY_PREFIX + "rate:"            # token buckets of the networks' limits (faces.limits)
 STORE_HELD_KEY = KEY_PREFIX + "store-held"          # "held since": a write waits on a file another program holds
 STORE_HELD_TTL = 60                                 # refreshed every few s while it waits: a killed writer's note ends
 STORE_HELD_AFTER_SECONDS = 3.0                      # a shorter wait is readers taking turns, not a held file

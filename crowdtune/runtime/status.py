@@ -68,8 +68,15 @@ class SystemStatus:
 
 
 def _last_error_line(text: str | None) -> str:
+    """The exception's own message from a traceback: its trailing unindented lines, joined, so a
+    CrowdtuneError keeps its problem sentence and not only its last line ("Fix: ...")."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no error text)"
+    message: list[str] = []
+    for line in reversed(lines):
+        if line.startswith((" ", "\t")):  # a frame of the traceback: the message is below it
+            break
+        message.insert(0, line.strip())
+    return " ".join(message) if message else "(no error text)"
 
 
 def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:

@@ -146,6 +146,7 @@ class PreloadedWorker(_AuditMixin, Worker):
         kwargs.setdefault("name", _worker_name("worker"))
         super().__init__(*args, **kwargs)
         preload()
+        use_shared_rate_limits(self.connection)
 
     def main_work_horse(self, job, queue):
         # RQ puts the horse in its own process group: without this, a SIGKILLed worker would
@@ -159,6 +160,14 @@ class PreloadedWorker(_AuditMixin, Worker):
         requeue_orphans(self.connection)
         _request_reconcile(self.connection)
         return super().work(*args, **kwargs)
+
+
+def use_shared_rate_limits(conn) -> None:
+    """Network faces in this worker and its job processes count their requests in Redis, so every
+    worker of an account keeps one limit together (faces.limits)."""
+    from faces.limits import RedisBuckets, use_budget
+
+    use_budget(RedisBuckets(conn, defaults.RATE_LIMIT_PREFIX))
 
 
 def _request_reconcile(conn) -> None:

@@ -27,6 +27,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def own_data_folder(tmp_path, monkeypatch):
+    # Faces keep sessions under the data folder (faces.sessions): each test starts with none.
+    monkeypatch.setenv("CROWDTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CROWDTUNE_CONFIG", str(tmp_path / "crowdtune.toml"))
+
+
 @dataclass
 class SeenRequest:
     method: str

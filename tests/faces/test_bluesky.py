@@ -301,5 +301,5 @@ def test_a_wrong_shaped_feed_sign_in_or_publish_answer_is_named_not_a_model_erro
 
     fake_api.route("POST", r"/xrpc/com.atproto.server.createSession", fake_api.reply(200, {"ok": True}))
     expected = r"Bluesky \(http://127.0.0.1:\d+\) answered signing in with JSON of another shape"
-    with pytest.raises(FaceMalformedAnswerError, match=expected):
-        list(make_face(fake_api).fetch_history())
+    with pytest.raises(FaceMalformedAnswerError, match=expected):  # other credentials: no stored session fits
+        list(make_face(fake_api, password="another-app-password").fetch_history())

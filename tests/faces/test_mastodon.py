@@ -19,8 +19,8 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_seconds=0.01, max_delay_seco
 class FakeMastodon:
     """The account, its statuses and the endpoints the face uses."""
 
-    def __init__(self, api, statuses: int = 5):
-        self.api = api
+    def __init__(self, api, statuses: int = 5, token: str = TOKEN):
+        self.api, self.token = api, token
         self.account = {"id": "109", "username": "crowd", "acct": "crowd", "followers_count": 250}
         start = datetime(2026, 11, 1, 12, 0, 0)
         # Mastodon ids are snowflakes that grow with time; newest first like the API.
@@ -49,7 +49,7 @@ class FakeMastodon:
         }
 
     def authorized(self, request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {TOKEN}"
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
 
     def verify_credentials(self, request, match):
         if not self.authorized(request):

@@ -2,7 +2,7 @@
 
 import tomllib
 
-from tests.pages.conftest import open_page, page_text
+from tests.pages.conftest import open_page, page_text, rows, write
 
 PAGE = "pages/settings.py"
 
@@ -35,9 +35,32 @@ def test_a_credential_goes_to_the_secrets_file_and_is_never_shown_back(settings,
     assert "`token` ✅ set" in page_text(at)
 
 
-def test_without_a_secrets_file_the_page_names_the_environment_variable(settings, monkeypatch):
+def test_with_no_set_up_a_token_lands_in_an_owner_only_file_under_the_data_folder(settings, monkeypatch):
     monkeypatch.delenv("CROWDTUNE_SECRETS_FILE", raising=False)
     at = open_page(PAGE)
     at.text_input(key="secret_bluesky_app_password").input("abcd-efgh")
     next(b for b in at.button if b.form_id == "secrets_bluesky").click().run()
-    assert "CROWDTUNE_BLUESKY_APP_PASSWORD" in page_text(at)
+    path = settings.data_dir / "secrets.toml"
+    assert tomllib.loads(path.read_text())["bluesky"]["app_password"] == "abcd-efgh"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "Saved app_password to the secrets file" in page_text(at) and "abcd-efgh" not in page_text(at)
+
+
+def test_each_network_face_gets_its_own_write_only_credentials(settings, monkeypatch):
+    monkeypatch.delenv("CROWDTUNE_SECRETS_FILE", raising=False)
+    write(settings, rows("faces", {"face_id": "work", "kind": "mastodon", "config": {"api_base_url": "https://a.social"}},
+                         {"face_id": "home", "kind": "mastodon", "config": {"api_base_url": "https://b.social"}},
+                         {"face_id": "tweets", "kind": "dataset", "config": {"source": "trump_tweets"}}))
+    at = open_page(PAGE)
+    assert "work (mastodon)" in page_text(at) and "home (mastodon)" in page_text(at)
+    assert "tweets (dataset)" not in page_text(at)  # nothing to set for a dataset
+    for face, token in (("work", "work-token-1"), ("home", "home-token-2")):
+        at.text_input(key=f"secret_face_{face}_token").input(token)
+        next(b for b in at.button if b.form_id == f"secrets_face_{face}").click().run()
+    saved = tomllib.loads((settings.data_dir / "secrets.toml").read_text())
+    assert saved["faces"] == {"work": {"token": "work-token-1"}, "home": {"token": "home-token-2"}}
+    at.run()
+    text = page_text(at)
+    assert "work-token-1" not in text and "home-token-2" not in text
+    assert at.text_input(key="secret_face_work_token").value == ""
+    assert "CROWDTUNE_FACE_WORK_TOKEN" in at.text_input(key="secret_face_work_token").help

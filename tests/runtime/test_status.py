@@ -1,0 +1,18 @@
+"""What the System page and the Overview say about a failed job."""
+
+import traceback
+
+from crowdtune.runtime.status import _last_error_line
+from faces.base import FaceConfigError
+
+
+def test_a_failed_jobs_error_keeps_its_problem_sentence_not_only_the_fix():
+    try:
+        raise FaceConfigError("The Mastodon face has no access token.", "Save it on the Settings page.")
+    except FaceConfigError as error:
+        text = "".join(traceback.format_exception(error))
+    shown = _last_error_line(text)
+    assert shown == ("faces.base.FaceConfigError: The Mastodon face has no access token. "
+                     "Fix: Save it on the Settings page.")
+    assert _last_error_line("ValueError: plain") == "ValueError: plain"
+    assert _last_error_line(None) == "(no error text)"
