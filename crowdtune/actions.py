@@ -150,6 +150,15 @@ def generate_samples(conn: redis.Redis, version_id: str | None, base_model: str 
                    description=f"samples from {version_id or base_model or 'the default model'}")
 
 
+def export_version(conn: redis.Redis, version_id: str, merged: bool = False, hub_repo: str | None = None) -> Job:
+    """Export a version under `<artifacts_url>/exports/` (adapter or merged, with a model card), and push it to
+    the hub repo `hub_repo` if given. A job on the default queue: it runs where the artifacts are reachable,
+    also when they are remote (s3://...); the job returns {"export_url", "hub_url"}."""
+    return enqueue(conn, QUEUE_DEFAULT, "jobs.export.export_version", version_id, merged, hub_repo,
+                   timeout=defaults.EXPORT_TIMEOUT,
+                   description=f"export {version_id} ({'merged' if merged else 'adapter'})")
+
+
 # --------------------------------------------------------------------------------------------
 # Online training (crowdtune.online.controller decides, jobs.online acts)
 

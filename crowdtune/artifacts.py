@@ -3,6 +3,7 @@
 Layout:
     <artifacts_url>/versions/<version_id>/       a PEFT adapter folder (+ crowdtune_version.json)
     <artifacts_url>/checkpoints/<run_id>/        what a run needs to resume on any worker
+    <artifacts_url>/exports/<version_id>-adapter/   a version exported with its model card (or -merged/)
 
 With a local artifacts folder a run checkpoints straight into it. With a remote one (s3://...)
 it checkpoints to a local folder and mirrors that folder up after each evaluation, so a run
@@ -28,6 +29,10 @@ def version_url(artifacts_url: str, version_id: str) -> str:
 
 def checkpoint_url(artifacts_url: str, run_id: str) -> str:
     return join(artifacts_url, "checkpoints", run_id)
+
+
+def export_url(artifacts_url: str, version_id: str, merged: bool) -> str:
+    return join(artifacts_url, "exports", f"{version_id}-{'merged' if merged else 'adapter'}")
 
 
 def is_local(url: str) -> bool:

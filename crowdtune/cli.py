@@ -388,6 +388,33 @@ def generate(
         mark = "" if post["kept"] else f"  [rejected: {post['rejected']}]"
         typer.echo(f"{i}. {post['text']}{mark}")
 
+@app.command("export")
+@friendly
+def export_(
+    version: str = typer.Argument(..., help="The model version id (see the Models page)."),
+    out: Path = typer.Option(..., "--out", help="The folder to write (created if missing)."),
+    merged: bool = typer.Option(False, "--merged", help="Merge the adapter into the base model: loads with plain "
+                                                        "transformers, no peft."),
+    hub: str | None = typer.Option(None, "--hub", help="Also push the folder to this hub repo (e.g. me/my-channel); "
+                                                       "the token comes from HF_TOKEN or `hf auth login`."),
+):
+    """Export a version with a model card: the LoRA adapter, or with --merged the base model with it merged in.
+    Runs here, reading the store file and the artifacts from this machine (the Models page's button runs it on a
+    worker instead)."""
+    from crowdtune.store.reads import StoreReader, version_card
+    from crowdtune.training.export import VersionCard, push_to_hub, write_export
+
+    settings = load_settings()
+    answer = version_card(StoreReader.from_settings(settings), version)
+    if answer is None:
+        raise CrowdtuneError(f"There is no model version {version!r}.", "See the version ids on the Models page.")
+    write_export(answer["version"]["artifact_url"], out, VersionCard.from_read(answer), merged=merged,
+                 cache_dir=settings.data_dir / "models")
+    typer.echo(f"Exported {version} ({'merged' if merged else 'adapter'}) to {out}, with its model card README.md.")
+    if hub:
+        typer.echo(f"Pushed to {push_to_hub(out, hub)}.")
+
+
 # Every config a user sets, in the order docs/CONFIG.md shows them: name -> "module:class".
 CONFIGS = {
     "Settings": "crowdtune.settings:Settings",

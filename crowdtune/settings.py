@@ -12,7 +12,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(
         None, description="the TOML file of face tokens (also CROWDTUNE_SECRETS_FILE, see faces.secrets); "
                           "None = `<data_dir>/secrets.toml`, created by the Settings page, owner-only")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|(cuda|gpu)(:\d+)?)$",
+                        description='the one device this machine\'s workers train on: "cpu", "cuda", "cuda:1", "mps"; '
+                                    '"auto" = the first GPU if there is one, else the CPU')
+    loggers: list[Literal["tensorboard", "csv", "mlflow", "wandb"]] = Field(
+        default_factory=list, description='trackers every run also logs to, e.g. ["tensorboard", "csv"]; '
+                                          'each but csv needs its extra: pip install -e ".[tensorboard]"')
+    tracking_dir: Path | None = Field(
+        None, description="the trackers' folder (`<dir>/tensorboard`, `<dir>/csv`, `<dir>/mlruns`); "
+                          "None = `<data_dir>/tracking`")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="an MLflow server or store for the `mlflow` logger; "
+                          "None = a file store in `<tracking_dir>/mlruns`")
+    wandb_project: str = Field("crowdtune", description="the W&B project of the `wandb` logger (`wandb login` first, "
+                                                         "or WANDB_MODE=offline)")
     login_password: str | None = Field(None, description="set to require a password for the control pages")
     allow_readonly_links: bool = Field(True, description="without login, shared links open read-only")
 
@@ -110,6 +124,11 @@ class Settings(BaseSettings):
     @property
     def artifacts(self) -> str:
         return self.artifacts_url if self.artifacts_url else str((self.data_dir / "artifacts").absolute())
+
+    @property
+    def tracking(self) -> Path:
+        """The trackers' folder (tracking_dir, or `<data_dir>/tracking`)."""
+        return self.tracking_dir if self.tracking_dir is not None else self.data_dir / "tracking"
 
     @property
     def redis_dir(self) -> Path:

@@ -24,6 +24,7 @@ from crowdtune.settings import load_settings
 from crowdtune.states import RunStatus
 from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
+from crowdtune.training.loggers import StoreLogger, run_trackers
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
 from crowdtune.training.sft import SFTConfig, train_sft
 
@@ -58,20 +59,20 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                 artifacts.mirror_down(remote_checkpoints, checkpoint_dir)
         resumed = (checkpoint_dir / "last.ckpt").exists()
 
-        def on_metrics(step: int, values: dict[str, float]) -> None:
-            # A deterministic write id: a step re-emitted after a crash is applied once.
-            writer.submit([metrics_op(run_id, step, values)], write_id=f"metrics:{run_id}:{step}")
-            if mirrored:
-                artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
+        def mirror() -> None:  # after each evaluation's metrics: its checkpoint is complete by then
+            artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
 
+        # the store (exactly once per step, see StoreLogger), then the trackers the `loggers` setting names
+        loggers = [StoreLogger(writer, run_id, after_write=mirror if mirrored else None),
+                   *run_trackers(settings, face_id, run_id)]
         on_progress = progress_reporter(job)
 
         result = train_sft(
             sft_config, posts, base_model,
             model_cache_dir=settings.data_dir / "models",
-            on_metrics=on_metrics, on_progress=on_progress,
+            loggers=loggers, on_progress=on_progress,
             should_stop=lambda: stop_flags.stop_requested(conn, run_id),
-            checkpoint_dir=checkpoint_dir, resume=True,
+            checkpoint_dir=checkpoint_dir, resume=True, device=settings.device,
         )
 
         version_id = f"{run_id}-step{result.best_step if result.best_step is not None else result.steps}"
@@ -79,7 +80,10 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
         best = next((m for m in result.metrics if m.get("step") == result.best_step), {})
         speed = {"tokens_per_second": result.tokens_per_second, "eval_seconds": result.eval_seconds}
         save_version(result.adapter_dir, url, base_model=base_model,
-                     metadata={"version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id})
+                     metadata={"version_id": version_id, "run_id": run_id, "parent_version_id": parent_version_id,
+                               # what a model card says it learnt from (posts are oldest first)
+                               "face_id": face_id, "posts": len(posts),
+                               "data_span": [posts[0]["created_at"], posts[-1]["created_at"]]})
         writer.submit([
             # a resumed run that had nothing left to do measured nothing: no zero speed row
             *([metrics_op(run_id, result.steps, speed)] if all(speed.values()) else []),

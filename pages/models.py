@@ -8,8 +8,9 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
-from crowdtune.dashboard.page_setup import control_connection, or_stop
+from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
 from crowdtune.dashboard.tables import metrics_for_display
+from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
@@ -79,6 +80,54 @@ if len(chain) > 1:
             else:
                 actions.set_active_version(conn, face, chain[1])
                 st.success(f"`{face}` rolls back to `{chain[1]}`.")
+
+st.subheader("Export a version")
+if not version_ids:
+    st.caption("Nothing to export yet: versions appear here once a run saved one.")
+else:
+    with st.form("export"):
+        to_export = st.selectbox("Version", version_ids, key="models_export_version")
+        merged = st.checkbox("Merge the adapter into the base model (loads with plain transformers, no peft)",
+                             key="models_export_merged")
+        hub_repo = st.text_input("Also push to the hub repo (optional, e.g. me/my-channel; the worker needs HF_TOKEN)",
+                                 key="models_export_hub")
+        if st.form_submit_button("Export", disabled=controls_off) and not controls_off:
+            job = actions.export_version(conn, to_export, merged, hub_repo.strip() or None)
+            st.session_state["models_export_job"] = job.id
+    st.caption("A worker on the default queue writes the folder, with its model card, under "
+               f"`{settings.artifacts}/exports/`; `crowdtune export VERSION --out DIR [--merged]` does it here.")
+    export_job = st.session_state.get("models_export_job")
+    finished = st.session_state.setdefault("models_export_done", {})  # job id -> (state, what to show)
+
+    def export_outcome(job_id: str) -> tuple[str, str]:
+        """(state, message) of the export job: finished or failed with what to say, else still waiting."""
+        job = fetch_job(conn, job_id)
+        if job is None:
+            return "expired", "The export job expired; export again."
+        state = getattr(job.get_status(refresh=True), "value", "queued")
+        result = job.latest_result() if state in ("finished", "failed") else None
+        if state == "finished" and result is not None:
+            done = result.return_value
+            return state, (f"Exported `{done['version_id']}` to `{done['export_url']}`"
+                           + (f", pushed to {done['hub_url']}." if done.get("hub_url") else "."))
+        if state == "failed":
+            lines = ((result.exc_string if result else "") or "").strip().splitlines()
+            return state, f"The export failed: {lines[-1] if lines else 'see the System page'}"
+        return state, f"Exporting… ({state}; a worker on the default queue picks it up)"
+
+    # Polls Redis only while the export runs; once it ended, the page reruns once without the timer.
+    @st.fragment(run_every=3 if export_job and export_job not in finished and conn is not None else None)
+    def export_status():
+        if not export_job or conn is None:
+            return
+        state, message = finished.get(export_job) or export_outcome(export_job)
+        {"finished": st.success, "failed": st.error, "expired": st.warning}.get(state, st.caption)(message)
+        if state in ("finished", "failed", "expired") and export_job not in finished:
+            finished[export_job] = (state, message)
+            if is_fragment_rerun():
+                st.rerun()
+
+    export_status()
 
 st.subheader(f"Reward model of `{face}`")
 with or_stop():

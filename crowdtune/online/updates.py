@@ -3,10 +3,12 @@
     read_update_inputs(conn, update_id) -> StoredUpdate   what the store holds for it, via the store worker
     train_update(settings, inputs, ...) -> UpdateResult   rewards, then the algorithm's Lightning update
     record_update(settings, writer, inputs, result)       the new version saved and registered, its metrics written
+                                                          (the store, then the trackers of the `loggers` setting)
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +22,8 @@ from crowdtune.online.controller import OnlineConfig
 from crowdtune.settings import Settings
 from crowdtune.store.remote import read_via_store_worker
 from crowdtune.store.writes import StoreWriter, utc_now
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +89,8 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         state_dir=base_dir / "state", checkpoint_dir=base_dir / checkpoint_name,
         model_cache_dir=settings.data_dir / "models", train_texts=inputs.train_texts,
         on_progress=on_progress, should_stop=should_stop, seed=cfg.seed * 1000 + update["step"],
-        reward_model_url=(inputs.reward_model or {}).get("artifact_url"),
+        reward_model_url=(inputs.reward_model or {}).get("artifact_url"), device=settings.device,
+        # no loggers: record_update logs the update's figures with the batch's, at the update's step
     )
     if mirrored:
         artifacts.mirror_up(base_dir, remote)
@@ -128,10 +133,14 @@ def update_metrics(inputs: StoredUpdate, result) -> dict[str, float]:
 
 
 def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate, result) -> tuple[str, dict]:
-    """Save the update's adapter as a version, register it with its metrics; return (version id, metrics)."""
+    """Save the update's adapter as a version, register it with its metrics and log them to the trackers
+    (one point per update, at the update's step); return (version id, metrics)."""
+    from crowdtune.training.loggers import log_figures, run_trackers
     from crowdtune.training.models import save_version
 
     update, cfg = inputs.update, inputs.cfg
+    # built first: a tracker whose extra is missing fails the update before anything is recorded
+    trackers = run_trackers(settings, update["face_id"], update["run_id"])
     metrics = update_metrics(inputs, result)
     version_id = update["update_id"]
     url = artifacts.version_url(settings.artifacts, version_id)
@@ -146,4 +155,8 @@ def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate,
         else f"online {cfg.algorithm} warm start against the face's reward model"
     writer.submit(records.update_finished(update, version, metrics, note, pause_reason, result.alerts),
                   write_id=f"update-finish:{version_id}")
+    try:
+        log_figures(trackers, update["step"], metrics)
+    except Exception:  # the version is registered: an unreachable tracker must not fail the update now
+        log.warning("update %s: could not log to the trackers %s", version_id, settings.loggers, exc_info=True)
     return version_id, metrics

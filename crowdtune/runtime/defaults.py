@@ -16,6 +16,7 @@ TICK_TIMEOUT = 600                   # a controller tick (reads the store, enque
 COLLECT_TIMEOUT = 600                # one reaction snapshot of one post
 IMPORT_TIMEOUT = 6 * 3600            # a face's whole history
 GENERATE_TIMEOUT = 3600              # a Playground batch of samples
+EXPORT_TIMEOUT = 3600                # a version exported (merging loads the base model) and pushed
 UPDATE_TIMEOUT = 24 * 3600           # one RL update on the train queue
 REWARD_FIT_TIMEOUT = 3 * 3600        # a face's reward model: the first fit embeds its history (~20 ms a post)
 TRAINING_TIMEOUT = 30 * 24 * 3600    # an offline run: long runs on CPU are normal, stop flags end them

@@ -6,6 +6,7 @@ sandboxed ad-hoc SQL is the one exception, see crowdtune.store.sandbox).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,11 +165,37 @@ def model_version(reader: StoreReader, version_id: str) -> dict | None:
     return None if df.empty else df.astype(object).where(df.notna(), None).iloc[0].to_dict()
 
 
+def version_card(reader: StoreReader, version_id: str) -> dict | None:
+    """What a model card says of a version, or None if there is no such version: {"version": its row (metrics
+    parsed), "lineage": the rows from it back through its parents (newest first), "face_id": the face its run
+    trained on, "data_span": [first, last] created_at (ISO text) of that face's imported posts, "posts": their
+    count}. Timestamps are ISO text, so the answer travels as JSON."""
+    chain: list[dict] = []
+    current = version_id
+    while current and current not in {row["version_id"] for row in chain}:
+        row = model_version(reader, current)
+        if row is None:
+            break
+        row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+        row["metrics"] = json.loads(row["metrics"]) if isinstance(row.get("metrics"), str) else row.get("metrics") or {}
+        chain.append(row)
+        current = row.get("parent_version_id")
+    if not chain:
+        return None
+    face = reader.scalar("SELECT face_id FROM runs WHERE run_id = ?", [chain[0].get("run_id")])
+    first, last, count = reader.rows(
+        "SELECT min(created_at)::VARCHAR, max(created_at)::VARCHAR, count(*) FROM posts "
+        "WHERE face_id = ? AND origin = 'imported'", [face])[0] if face else (None, None, 0)
+    return {"version": chain[0], "lineage": chain, "face_id": face,
+            "data_span": [first, last] if first else None, "posts": int(count or 0)}
+
+
 # Reads that workers on other machines may ask the store worker for (see crowdtune.store.remote).
 NAMED_READS = {
     "training_posts": training_posts,
     "face_record": face_record,
     "model_version": model_version,
+    "version_card": version_card,
 }
 
 

@@ -69,7 +69,8 @@ class SFTConfig(BaseModel):
     precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs and CPUs with native bf16 '
                                                '(avx512_bf16/AMX), else "32-true"')
     accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
-    devices: int | str = Field("auto", description="Lightning devices")
+    devices: int | str = Field(1, description="Lightning devices; a worker trains on exactly one (the `device` "
+                                              "setting picks it): several only outside RQ (README, Devices)")
     seed: int = Field(1234, description="seeds Lightning (LoRA init, shuffling) and the evaluation samples")
     eval_samples: int | None = Field(
         None, ge=0, description="posts sampled per evaluation for the guards; 0 = none; None: 8 on a CPU, 16 on a GPU")

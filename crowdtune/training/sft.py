@@ -2,9 +2,12 @@
 
 `train_sft(config, posts, base_model, ...)` is the whole thing: it loads the base model, wraps it
 with LoRA, packs the posts (crowdtune.training.data), runs a Lightning Trainer and reports
-through plain callbacks, so the RQ job that calls it stays thin:
+through Lightning loggers and plain callbacks, so the RQ job that calls it stays thin:
 
-    on_metrics(step, {name: value})            at every evaluation (after its checkpoint is saved)
+    loggers                                    Lightning Loggers (crowdtune.training.loggers: the store,
+                                               TensorBoard, CSV ...): log_metrics(figures, step) at every
+                                               evaluation, after its checkpoint is saved
+    on_metrics(step, {name: value})            the same, as a plain callable (wrapped in a SinkLogger)
     on_progress(step, total, loss, eta_seconds, phase)
                                                every `progress_every` optimizer steps and in every
                                                phase of an evaluation ("evaluating: sampling 8 posts")
@@ -18,7 +21,7 @@ first version must come in minutes, on a GPU the same minutes buy more steps.
 Everything that must survive a crash lives in `checkpoint_dir`:
     last.ckpt            Lightning checkpoint (adapter weights, optimizer, scheduler, loop, monitor state)
     adapter-step<N>/     the best adapter so far (a plain PEFT adapter folder)
-    emitted.json         the last step whose metrics reached on_metrics
+    emitted.json         the last step whose metrics reached the loggers
     result.json          written when the run has finished (completed or early-stopped)
 Running again with the same folder resumes from last.ckpt; step numbers continue and no
 (metric, step) pair is emitted twice. A finished run returns its stored result at once.
@@ -32,20 +35,24 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 
+from crowdtune.errors import CrowdtuneError
 from crowdtune.training.adapter_module import AdapterModule
 from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.configs import SFTConfig
 from crowdtune.training.data import PostsDataModule
+from crowdtune.training.devices import asks_for_several, one_device
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
+from crowdtune.training.loggers import SinkLogger
 from crowdtune.training.models import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_CACHE,
@@ -72,6 +79,7 @@ class SFTResult:
     tokens_per_second: real (non-padding) training tokens per second in this attempt, evaluations
         left out (what a cost estimate multiplies steps by)
     eval_seconds: mean seconds of an evaluation in this attempt (0.0 if none finished)
+    device: the device this attempt trained on ("cpu", "cuda:1") and strategy: Lightning's strategy class
     """
 
     adapter_dir: Path
@@ -84,6 +92,8 @@ class SFTResult:
     data: dict = field(default_factory=dict)
     tokens_per_second: float = 0.0
     eval_seconds: float = 0.0
+    device: str = ""
+    strategy: str = ""
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
@@ -144,7 +154,8 @@ class SFTModule(AdapterModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # logger=False: loggers get the evaluations' rows (Evaluation.emit), as the store always has
+        self.log("train_loss", loss, on_step=True, prog_bar=True, logger=False, batch_size=batch["input_ids"].shape[0])
         self.last_loss = loss.item()
         self.train_loss_sum += self.last_loss
         self.train_loss_count += 1
@@ -157,7 +168,7 @@ class SFTModule(AdapterModule):
         # weight each batch by its real tokens so the last, padded block does not count double
         tokens = batch["attention_mask"].sum()
         loss = self.loss(batch)
-        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=int(tokens))
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, logger=False, batch_size=int(tokens))
         return loss
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,7 +191,8 @@ class SFTModule(AdapterModule):
 
 
 class Evaluation(pl.Callback):
-    """After each validation: guard metrics, early stopping, best adapter, checkpoint, emission.
+    """After each validation: guard metrics, early stopping, best adapter, checkpoint, emission to the
+    trainer's loggers.
 
     Order matters for crash safety: the best adapter and last.ckpt are written before the
     metrics are emitted, and emitted.json records what was emitted, so a resumed run neither
@@ -188,7 +200,7 @@ class Evaluation(pl.Callback):
     """
 
     def __init__(self, config: SFTConfig, checkpoint_dir: Path, tokenizer, copy_index: CopyIndex,
-                 style: StyleProbe | None, on_metrics: MetricsSink | None,
+                 style: StyleProbe | None,
                  phase: Callable[[str], None] = lambda text: None, stopping: Callable[[], bool] = lambda: False):
         self.config = config
         self.phase, self.stopping = phase, stopping
@@ -196,7 +208,6 @@ class Evaluation(pl.Callback):
         self.tokenizer = tokenizer
         self.copy_index = copy_index
         self.style = style
-        self.on_metrics = on_metrics
         # state saved in checkpoints
         self.best_val_loss: float | None = None
         self.best_step: int | None = None
@@ -217,14 +228,15 @@ class Evaluation(pl.Callback):
         return json.loads(path.read_text())["step"] if path.is_file() else -1
 
     def emit(self, trainer) -> None:
-        """Send every evaluation not yet emitted, oldest first (rank 0 only)."""
+        """Log every evaluation not yet emitted to each of the trainer's loggers, oldest first (rank 0 only)."""
         if not trainer.is_global_zero:
             return
         done = self.emitted_step
         for row in self.history:
             if row["step"] > done:
-                if self.on_metrics is not None:
-                    self.on_metrics(row["step"], {k: v for k, v in row.items() if k != "step"})
+                figures = {k: v for k, v in row.items() if k != "step" and v is not None}
+                for logger in trainer.loggers:
+                    logger.log_metrics(figures, row["step"])
                 write_json(self.dir / "emitted.json", {"step": row["step"]})
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -314,19 +326,33 @@ def train_sft(
     base_model: str = DEFAULT_BASE_MODEL,
     *,
     model_cache_dir: str | Path = DEFAULT_MODEL_CACHE,
+    loggers: Sequence[Logger] = (),
     on_metrics: MetricsSink | None = None,
     on_progress: ProgressSink | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    device: str | None = None,
 ) -> SFTResult:
     """Fine-tune `base_model` with LoRA on `posts` (dicts with text and created_at).
 
-    Sinks are described in the module docstring. `checkpoint_dir` (a local folder; a fresh temp
-    folder if None) holds checkpoints and the best adapter; with `resume`, a run killed earlier
-    continues from its last checkpoint. Raises ModelError / DatasetError for unusable settings.
+    Loggers and sinks are described in the module docstring. `checkpoint_dir` (a local folder; a fresh
+    temp folder if None) holds checkpoints and the best adapter; with `resume`, a run killed earlier
+    continues from its last checkpoint. `device` (the `device` setting, as RQ workers pass it) trains on
+    exactly that one device; None leaves `config.accelerator` and `config.devices` to Lightning (a script
+    under torchrun). Raises ModelError / DatasetError / CrowdtuneError for unusable settings.
     Returns an SFTResult whose adapter_dir is the best adapter.
     """
+    if device is not None:
+        if asks_for_several(config.devices):
+            raise CrowdtuneError(
+                f"devices={config.devices!r} asks for several devices, but a worker trains on exactly one.",
+                "Leave devices at 1 (the `device` setting picks which), or train on several GPUs outside RQ "
+                "with torchrun (README, Devices).")
+        placement = one_device(device, config.accelerator)
+        config = config.model_copy(update={"accelerator": placement["accelerator"]})
+    else:
+        placement = {"accelerator": config.accelerator, "devices": config.devices}
     config = config.resolved()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else Path(tempfile.mkdtemp(prefix="crowdtune-sft-"))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +406,7 @@ def train_sft(
         style = StyleProbe(heldout, ref)
 
     # 4) the trainer; ProgressReport after Evaluation, so that an evaluation's time includes its guards
-    evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, on_metrics, phase, stopping)
+    evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, phase, stopping)
     callbacks: list[pl.Callback] = [evaluation]
     if report is not None:
         # until one is timed, an evaluation counts as its validation batches (a forward pass is ~1/3 of
@@ -393,9 +419,9 @@ def train_sft(
     if stop_flag:
         callbacks.append(stop_flag)
 
+    loggers = [*loggers, *([SinkLogger(on_metrics)] if on_metrics is not None else [])]
     trainer = pl.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
+        **placement,
         precision=config.resolved_precision(),
         max_steps=config.max_steps,
         max_epochs=config.max_epochs if config.max_epochs is not None else -1,
@@ -407,7 +433,7 @@ def train_sft(
         limit_val_batches=config.max_val_batches,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        logger=False,
+        logger=loggers or False,
         enable_checkpointing=False,  # Evaluation writes last.ckpt and the best adapter itself
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -415,6 +441,8 @@ def train_sft(
     )
     last = checkpoint_dir / "last.ckpt"
     started = time.monotonic()
+    for logger in loggers:
+        logger.log_hyperparams({"base_model": base_model, **config.model_dump(mode="json")})
     phase("training: the first step")  # with Lightning's set-up, slower than the steps after it
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
     elapsed = time.monotonic() - started
@@ -441,7 +469,7 @@ def train_sft(
         adapter_dir=adapter_dir, best_step=evaluation.best_step, best_val_loss=evaluation.best_val_loss,
         metrics=list(evaluation.history), stopped_reason=reason, steps=trainer.global_step, base_model=base_model,
         data=data.stats(), tokens_per_second=module.real_tokens / train_seconds if train_seconds > 0 else 0.0,
-        eval_seconds=eval_seconds,
+        eval_seconds=eval_seconds, device=str(trainer.strategy.root_device), strategy=type(trainer.strategy).__name__,
     )
     if reason != "stopped" and trainer.is_global_zero:
         write_json(checkpoint_dir / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})

@@ -1,5 +1,6 @@
 """The offline-training job on real workers: versions, metrics, graceful stop, resume after SIGKILL."""
 
+import csv
 import json
 
 import pytest
@@ -38,7 +39,8 @@ def run_status(reader, run_id):
 
 
 def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn, workers, store_with_posts,
-                                                            tiny_model_dir):
+                                                            tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_LOGGERS", '["csv"]')  # the worker also logs to a tracker
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
     run_id, job = actions.start_offline_training(redis_conn, "tweets", SMALL, base_model=tiny_model_dir)
@@ -51,6 +53,13 @@ def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn
     assert {"val_loss", "val_ppl", "train_loss", "gap", "copy_rate", "distinct_2"} <= names
     steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
     assert steps == [(8,), (16,), (24,)]
+    # the tracker got the store's figures, step for step
+    with open(settings.tracking / "csv" / "tweets" / run_id / "metrics.csv", newline="") as file:
+        rows = {int(r["step"]): r for r in csv.DictReader(file)}
+    stored = dict(((s, n), v) for s, n, v in reader.rows("SELECT step, name, value FROM metrics WHERE run_id = ?",
+                                                         [run_id]))
+    assert sorted(rows) == [8, 16, 24]
+    assert all(float(rows[s]["val_loss"]) == pytest.approx(stored[(s, "val_loss")]) for s in rows)
     version = reader.frame("SELECT * FROM model_versions WHERE run_id = ?", [run_id]).iloc[0]
     assert version.version_id == result["version_id"] and version.base_model == tiny_model_dir
     assert json.loads(version.metrics)["val_loss"] == pytest.approx(result["best_val_loss"])

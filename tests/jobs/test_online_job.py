@@ -5,6 +5,7 @@ for both the sandbox and the controller): posts go out every ~4 s, are read 2 s 
 and mature 6 s later.
 """
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,8 @@ def assert_consistent_after_stop(reader, run_id, sandbox_dir):
 
 
 def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_version(
-        settings, redis_conn, workers, store, sandbox_dir, tiny_model_dir):
+        settings, redis_conn, workers, store, sandbox_dir, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_LOGGERS", '["csv"]')  # the workers also log to a tracker
     workers.start("--store", conn=redis_conn)
     workers.start("--queues", "control,default", conn=redis_conn)
     workers.start("--queues", "train", conn=redis_conn)
@@ -67,6 +69,11 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
     names = {r[0] for r in reader.rows("SELECT name FROM metrics WHERE run_id = ? AND step = 1", [run_id])}
     assert {"score_mean", "reward_mean", "reward_std", "mean_length", "copy_rate", "posts_per_day"} <= names
     assert scalar(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND name = 'post_score'", run_id) >= 3
+    # the tracker got the update's figures at the update's step, as the store did
+    with open(settings.tracking / "csv" / FACE / run_id / "metrics.csv", newline="") as file:
+        logged = {int(r["step"]): r for r in csv.DictReader(file)}
+    assert float(logged[1]["score_mean"]) == pytest.approx(
+        scalar(reader, "SELECT value FROM metrics WHERE run_id = ? AND name = 'score_mean' AND step = 1", run_id))
 
     # The update trained on three matured posts, each scored from a snapshot at least 3 audience hours old;
     # earlier windows were read too (how early depends on the machine's load).

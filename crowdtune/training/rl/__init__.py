@@ -23,7 +23,7 @@ against the channel's posts of its own era); the caller puts them in each post's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,9 @@ from crowdtune.training.rl.configs import (
 from crowdtune.training.rl.rewards import RewardConfig, rewards_for
 
 if TYPE_CHECKING:
-    from crowdtune.training.callbacks import MetricsSink, ProgressSink
+    from pytorch_lightning.loggers import Logger
+
+    from crowdtune.training.callbacks import ProgressSink
     from crowdtune.training.rl.policy import UpdateResult
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "GuidedConfig", "PolicyGradientConfig", "ReinforceConfig", "RewardConfig",
@@ -70,11 +72,13 @@ def run_update(
     checkpoint_dir: Path,
     model_cache_dir: Path,
     train_texts: list[str] = (),
-    on_metrics: MetricsSink | None = None,
+    loggers: Sequence[Logger] = (),
+    log_step: int | None = None,
     on_progress: ProgressSink | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
     reward_model_url: str | None = None,
+    device: str = "auto",
 ) -> UpdateResult:
     """Run one update of `algorithm` on newly matured posts and return the updated policy.
 
@@ -84,11 +88,13 @@ def run_update(
     "score", "reward"}); `history`, every scored post of the face, oldest first ({"post_id",
     "text", "score", "reward", "published_at"}); local folders for the algorithm's state across
     updates and for this update's checkpoint; the face's imported posts for the copy guard;
-    callbacks on_metrics(step, metrics), on_progress(step, total, loss, eta_seconds),
-    should_stop() -> bool; a seed; the URL of the face's fitted reward model (reads.latest_reward_model's
+    Lightning loggers (the trainer's; the update's figures are logged to them at `log_step`, default its
+    optimizer steps); callbacks on_progress(step, total, loss, eta_seconds), should_stop() -> bool; a seed;
+    the URL of the face's fitted reward model (reads.latest_reward_model's
     artifact_url; None before its first fit), which `guided` learns from. A `guided` batch post may also
     carry "predicted_reward", "selection_probability" and "candidates" (the unpublished candidates of its
     slot: {"post_id", "prompt", "text", "token_ids", "logprob", "predicted_reward", "selection_probability"}).
+    `device` is the one device it trains on (the `device` setting; see crowdtune.training.devices).
     Out: UpdateResult. Running again with the same checkpoint_dir resumes a killed update or
     returns the finished one's result without training.
     """
@@ -104,7 +110,7 @@ def run_update(
     inputs = UpdateInputs(
         base_model=base_model, policy_url=policy_url, batch=list(batch), history=list(history),
         state_dir=state_dir, checkpoint_dir=checkpoint_dir, model_cache_dir=Path(model_cache_dir),
-        train_texts=list(train_texts), on_metrics=on_metrics, on_progress=on_progress,
-        should_stop=should_stop, seed=seed, reward_model_url=reward_model_url,
+        train_texts=list(train_texts), loggers=list(loggers), log_step=log_step, on_progress=on_progress,
+        should_stop=should_stop, seed=seed, reward_model_url=reward_model_url, device=device,
     )
     return _update_function(algorithm)(settings, inputs)

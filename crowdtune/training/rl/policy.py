@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 
 from crowdtune.training.adapter_module import AdapterModule
-from crowdtune.training.callbacks import CheckpointEvery, MetricsSink, ProgressReport, ProgressSink, StopFlag
+from crowdtune.training.callbacks import CheckpointEvery, ProgressReport, ProgressSink, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
+from crowdtune.training.devices import one_device
 from crowdtune.training.generation import sample
 from crowdtune.training.guards import CopyIndex
+from crowdtune.training.loggers import log_figures
 from crowdtune.training.models import add_lora, load_base_model, load_version
 from crowdtune.training.rl.configs import RLConfig
 
@@ -67,7 +70,9 @@ class UpdateInputs:
     checkpoint_dir: Path
     model_cache_dir: Path
     train_texts: list[str] = field(default_factory=list)
-    on_metrics: MetricsSink | None = None
+    loggers: Sequence[Logger] = ()  # Lightning loggers: the trainer's, and the update's figures at log_step
+    log_step: int | None = None  # the step the update's figures are logged at; None = its optimizer steps
+    device: str = "auto"  # the one device the update trains on (the `device` setting, see training.devices)
     on_progress: ProgressSink | None = None
     should_stop: Callable[[], bool] | None = None
     seed: int = 0
@@ -112,7 +117,9 @@ class PolicyModule(AdapterModule):
         row.update({k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in figures.items()})
         self.step_metrics.append(row)
         self.last_loss = row["loss"]
-        self.log("loss", loss.detach(), prog_bar=True, batch_size=1)
+        # logger=False: each update restarts at step 0, so per-step rows would pile onto the same steps;
+        # loggers get the update's figures once, from finish
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=1)
 
     def mean_step_metrics(self) -> dict[str, float]:
         keys = {k for row in self.step_metrics for k in row}
@@ -138,7 +145,8 @@ class _Steps(torch.utils.data.Dataset):
 
 
 def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
-    """Run `steps` optimizer steps of `module` (resuming from checkpoint_dir/last.ckpt).
+    """Run `steps` optimizer steps of `module` (resuming from checkpoint_dir/last.ckpt) on one device
+    (inputs.device), with inputs.loggers as the trainer's loggers.
 
     Returns True when should_stop stopped it early.
     """
@@ -151,10 +159,11 @@ def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
     if inputs.on_progress is not None:
         callbacks.append(ProgressReport(inputs.on_progress, steps))
     trainer = pl.Trainer(
-        accelerator=config.accelerator, devices=1, precision=config.resolved_precision(),
+        **one_device(inputs.device, config.accelerator), precision=config.resolved_precision(),
         max_steps=steps, max_epochs=-1, gradient_clip_val=config.grad_clip,
-        callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=folder,
+        callbacks=callbacks, logger=list(inputs.loggers) or False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=folder,
     )
     last = folder / "last.ckpt"
     loader = torch.utils.data.DataLoader(_Steps(steps), batch_size=None, shuffle=False)
@@ -199,7 +208,7 @@ def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: di
            stopped: bool, pause: bool = False, pause_reason: str | None = None,
            alerts: list[dict] | None = None) -> UpdateResult:
     """Save the adapter, add the guard figures (unless the algorithm measured copy_rate and mean_length
-    itself), emit metrics, write result.json (unless stopped)."""
+    itself), log the figures to inputs.loggers at inputs.log_step, write result.json (unless stopped)."""
     folder = inputs.checkpoint_dir
     adapter_dir = folder / "adapter"
     save_adapter(model, adapter_dir, tokenizer)
@@ -207,8 +216,8 @@ def finish(model, tokenizer, config: RLConfig, inputs: UpdateInputs, metrics: di
         metrics = {**metrics, **guard_figures(model, tokenizer, config, inputs, inputs.seed)}
     metrics = {k: float(v) for k, v in metrics.items()}
     result = UpdateResult(adapter_dir, metrics, stopped, pause, pause_reason, list(alerts or []))
-    if inputs.on_metrics is not None:
-        inputs.on_metrics(int(metrics.get("steps", 0)), metrics)
+    step = inputs.log_step if inputs.log_step is not None else int(metrics.get("steps", 0))
+    log_figures(inputs.loggers, step, metrics)
     if not stopped:
         write_json(folder / "result.json", {**asdict(result), "adapter_dir": str(adapter_dir)})
     return result
