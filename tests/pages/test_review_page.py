@@ -92,3 +92,13 @@ def test_a_read_only_session_cannot_decide(review_store, redis_conn, monkeypatch
     at = open_page(PAGE)
     assert "Read-only" in page_text(at)
     assert at.button(key="approve-online-1:p3").disabled
+
+
+def test_the_overview_counts_the_waiting_posts_and_the_posts_page_shows_shadow_posts_as_would_have_posted(
+        review_store):
+    store = review_store("approve")
+    write(store.settings, rows("posts", {"post_id": "shadow-1", "face_id": "sandbox", "origin": "generated",
+                                         "status": "shadow", "text": "A post nobody saw", "created_at": utc_now(),
+                                         "published_at": utc_now()}))
+    assert "3 post(s) wait for review" in page_text(open_page("pages/overview.py"))
+    assert "would have posted" in page_text(open_page("pages/posts.py", query={"origin": "generated"}))
