@@ -15,6 +15,7 @@ PAGES = {
         st.Page("pages/training.py", title="Training", icon=":material/model_training:", url_path="training"),
         st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:", url_path="metrics"),
         st.Page("pages/posts.py", title="Posts", icon=":material/forum:", url_path="posts"),
+        st.Page("pages/review.py", title="Review", icon=":material/rule:", url_path="review"),
         st.Page("pages/playground.py", title="Playground", icon=":material/science:", url_path="playground"),
         st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", url_path="models"),
         st.Page("pages/query.py", title="Query", icon=":material/search:", url_path="query"),

@@ -229,3 +229,38 @@ def stop_online(conn: redis.Redis, face_id: str) -> str | None:
         stop_flags.request_stop(conn, controller["offline_run_id"])
     schedule_tick(conn, face_id)
     return run_id
+
+
+# --------------------------------------------------------------------------------------------
+# Review before posting (crowdtune.online.review)
+
+
+def review_post(conn: redis.Redis, post_id: str, action: str, decided_by: str, text: str | None = None,
+                candidate_id: str | None = None) -> dict:
+    """Decide on a post that waits for review: approve, edit (publish `text` instead), reject, or pick
+    `candidate_id` (one of its slot's candidates, or the post itself).
+
+    The post is read through the store worker (so earlier queued decisions count), the decision is one
+    write with the write id `review:<intent>` (a double click or a re-run applies it once), and the face's
+    controller is woken so that an approved post goes out through its slot's publish job now. Out:
+    {"post_id", "action", "write_id", "text"}. Raises CrowdtuneError when the post does not wait for review
+    or the decision does not fit it (crowdtune.online.review.decision_ops)."""
+    from crowdtune.errors import CrowdtuneError
+    from crowdtune.online.review import decision_ops
+    from crowdtune.online.schedule import schedule_tick
+    from crowdtune.states import ReviewAction
+    from crowdtune.store.remote import read_via_store_worker
+
+    try:
+        chosen = ReviewAction(action)
+    except ValueError:
+        raise CrowdtuneError(f"{action!r} is not a review decision.", "Use approve, edit, reject or pick.") from None
+    item = read_via_store_worker(conn, "review_item", post_id=post_id, timeout=60)
+    if item is None:
+        raise CrowdtuneError(f"There is no post {post_id!r}.", "`crowdtune review list` shows the posts that wait.")
+    ops = decision_ops(item, chosen, decided_by, text=text, candidate_id=candidate_id)
+    post = item["post"]
+    write_id = StoreWriter(conn).submit(ops, write_id=f"review:{post['intent_id']}")
+    schedule_tick(conn, post["face_id"])
+    return {"post_id": post_id, "action": ops[0]["rows"][0]["action"], "write_id": write_id,
+            "text": ops[0]["rows"][0]["text"]}

@@ -359,6 +359,67 @@ def stop(
     typer.echo(f"Stop requested for {run_id}.")
 
 
+review_app = typer.Typer(help="Review before posting: the posts that wait, and your decisions.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+def _decide(post_id: str, action: str, text: str | None = None, candidate_id: str | None = None) -> None:
+    from crowdtune.actions import review_post
+    from crowdtune.runtime.queues import connect
+
+    result = review_post(connect(load_settings()), post_id, action, "cli", text=text, candidate_id=candidate_id)
+    typer.echo(f"{post_id}: {result['action']} (write {result['write_id']}); an approved post goes out within seconds.")
+
+
+@review_app.command("list")
+@friendly
+def review_list(face: str | None = typer.Option(None, "--face", help="Only this face's posts.")):
+    """The posts that wait for review, oldest first, each with its slot's candidates."""
+    from crowdtune.store.reads import StoreReader, review_queue
+
+    queue = review_queue(StoreReader.from_settings(load_settings()), face)
+    if not queue:
+        typer.echo("Nothing waits for review.")
+    for post in queue:
+        predicted = post.get("predicted_reward")
+        shown = f", predicted {predicted:.3f}" if predicted is not None else ""
+        typer.echo(f"{post['post_id']}  {post['face_id']} slot {post['publish_slot']}, drafted "
+                   f"{str(post['inserted_at'])[:16]}{shown}")
+        typer.echo(f"    {post['text']}")
+        for candidate in post["candidates"]:
+            typer.echo(f"  candidate {candidate['post_id']}: {candidate['text']}")
+
+
+@review_app.command("approve")
+@friendly
+def review_approve(post_id: str = typer.Argument(..., help="A waiting post (see `crowdtune review list`).")):
+    """Publish the post as it is."""
+    _decide(post_id, "approve")
+
+
+@review_app.command("reject")
+@friendly
+def review_reject(post_id: str = typer.Argument(..., help="A waiting post.")):
+    """Never publish the post (in pick mode: none of the candidates)."""
+    _decide(post_id, "reject")
+
+
+@review_app.command("edit")
+@friendly
+def review_edit(post_id: str = typer.Argument(..., help="A waiting post."),
+                text: str = typer.Argument(..., help="The text to publish instead.")):
+    """Publish TEXT instead of the post (the original is kept in the decision)."""
+    _decide(post_id, "edit", text=text)
+
+
+@review_app.command("pick")
+@friendly
+def review_pick(post_id: str = typer.Argument(..., help="A waiting post."),
+                candidate_id: str = typer.Argument(..., help="One of its candidates (or the post itself).")):
+    """Publish one of the slot's candidates instead of the rule's choice."""
+    _decide(post_id, "pick", candidate_id=candidate_id)
+
+
 @app.command()
 @friendly
 def recover():

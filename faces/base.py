@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.states import ReviewMode
 
 REACTION_KINDS = {
     "likes": "favourites (Mastodon), likes (Bluesky), net score (Reddit)",
@@ -128,13 +129,26 @@ class PostNotFoundError(FaceError):
     """The post asked for does not exist (deleted, or never published here)."""
 
 
+REVIEW_HELP = ("off | approve | pick: approve = each post waits on the Review page (or `crowdtune review`) "
+               "for approve / edit / reject, pick = the operator picks one of the slot's candidates or none; "
+               "nothing is published without it. A post not reviewed within the run's review_timeout_hours is "
+               "skipped")
+SHADOW_HELP = ("dry run: generate, guard and review as usual, but never call the network; each post is kept "
+               "as 'would have posted' and gets no reactions")
+
+
 class FaceConfig(BaseModel):
     """Base of every face's Config: unknown fields are an error, so typos do not pass silently.
 
-    Secret fields are pydantic SecretStr: their repr and str are '**********'.
+    Secret fields are pydantic SecretStr: their repr and str are '**********'. `review` and `shadow` are
+    publishing policy that the online loop applies (jobs.online.publish_post); a face itself ignores them.
+    Network faces review by default (approve); the sandbox and datasets override it to off.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    review: ReviewMode = Field(ReviewMode.APPROVE, description=REVIEW_HELP)
+    shadow: bool = Field(False, description=SHADOW_HELP)
 
 
 class Face:

@@ -56,7 +56,9 @@ from typing import Any, Literal
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from crowdtune.states import ReviewMode
 from faces.base import (
+    REVIEW_HELP,
     SIGNED_REACTION_KINDS,
     Capabilities,
     Face,
@@ -98,6 +100,8 @@ class ColumnMapping(BaseModel):
 
 class DatasetConfig(FaceConfig):
     """Where the posts are and how to read them."""
+
+    review: ReviewMode = Field(ReviewMode.OFF, description=REVIEW_HELP)  # a simulation: nobody's name at stake
 
     source: str = Field("trump_tweets",
                         description="a bundled set (trump_tweets, hutto_tweets), or a path / fsspec URL")

@@ -36,8 +36,10 @@ import fsspec
 import numpy as np
 from pydantic import Field
 
+from crowdtune.states import ReviewMode
 from faces.audience import Audience, AudienceConfig, load_audience
 from faces.base import (
+    REVIEW_HELP,
     Capabilities,
     Face,
     FaceConfig,
@@ -55,6 +57,8 @@ HISTORY_ID_PREFIX = "hist-"
 
 class SandboxConfig(FaceConfig):
     """The simulated network and its audience."""
+
+    review: ReviewMode = Field(ReviewMode.OFF, description=REVIEW_HELP)  # a simulation: nobody's name at stake
 
     state_url: str = Field("data/sandbox", description='fsspec URL of the folder holding the posts (the "server")')
     audience: AudienceConfig = Field(

@@ -32,14 +32,15 @@ from crowdtune.errors import failure_message
 from crowdtune.online import records
 from crowdtune.online.controller import ControllerSnapshot, OnlineConfig, decide
 from crowdtune.online.dispatch import carry_out
+from crowdtune.online.review import approving, review_policy, slot_post
 from crowdtune.online.schedule import LockHeld, intent_lock, safe_id, schedule_tick, tick_lock
 from crowdtune.runtime import stop_flags
 from crowdtune.runtime.progress import progress_reporter
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import Settings, load_settings
-from crowdtune.states import ControllerState, PostStatus, UpdateStatus
+from crowdtune.states import ControllerState, PostStatus, ReviewMode, UpdateStatus
 from crowdtune.store.remote import read_via_store_worker
-from crowdtune.store.writes import StoreWriter, utc_now
+from crowdtune.store.writes import StoreWriter, post_op, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,21 @@ class _Slot:
 
     @property
     def post_id(self) -> str:
-        return f"{self.run_id}:p{self.slot}"
+        """The slot's post: the drafted one, or the candidate the operator picked instead."""
+        return self.row["post_id"] if self.row else f"{self.run_id}:p{self.slot}"
+
+    @property
+    def unresolved(self) -> bool:
+        """The controller has not recorded this slot's outcome (a reviewed slot is resolved when drafted)."""
+        resolved = (self.inputs["controller"] or {}).get("resolved_slot")
+        return resolved is None or resolved < self.slot
 
     def record(self, ops: list[dict], what: str) -> None:
         self.writer.submit(ops, write_id=f"{what}:{self.intent_id}")
+
+    def resolve(self) -> None:
+        if self.unresolved:
+            self.record([records.slot_resolved(self.face_id, self.slot)], "resolve")
 
 
 def publish_post(face_id: str, run_id: str, slot: int) -> dict:
@@ -126,7 +138,11 @@ def publish_post(face_id: str, run_id: str, slot: int) -> dict:
     inputs = read_via_store_worker(conn, "publish_inputs", face_id=face_id, run_id=run_id, slot=slot)
     controller = inputs["controller"]
     resolved = controller.get("resolved_slot") if controller else None
-    if controller is None or controller["run_id"] != run_id or (resolved is not None and resolved >= slot):
+    row = slot_post(inputs["slot_posts"], f"{run_id}:{slot}")
+    # A reviewed slot is resolved when drafted; its approved post still has to go out.
+    to_send = row is not None and row["status"] in (PostStatus.APPROVED, PostStatus.PUBLISHING)
+    if controller is None or controller["run_id"] != run_id or (resolved is not None and resolved >= slot
+                                                                  and not to_send):
         return {"slot": slot, "outcome": "already resolved"}
     at = _Slot(conn, StoreWriter(conn), settings, OnlineConfig(**controller["config"]), inputs, face_id, run_id, slot)
     try:
@@ -143,34 +159,55 @@ def publish_post(face_id: str, run_id: str, slot: int) -> dict:
 
 
 def _publish(at: _Slot) -> dict:
-    """The slot's steps while holding its intent lock: resolve what is known, else generate, then publish."""
+    """The slot's steps while holding its intent lock: resolve what is known, else generate (and, on a face
+    with review, leave the post waiting for the operator), then publish, or on a shadow face only record
+    that it would have gone out (crowdtune.online.review)."""
     from faces.registry import build_face
 
     controller = at.inputs["controller"]
-    row = at.row = next((p for p in at.inputs["slot_posts"] if p["post_id"] == at.post_id), None)
+    review, shadow = review_policy(at.inputs["face"])
+    row = at.row = slot_post(at.inputs["slot_posts"], at.intent_id)
     publishing = controller["state"] == ControllerState.ONLINE and not controller.get("paused_reason")
-    if row is not None and row["status"] in (PostStatus.PUBLISHED, PostStatus.FAILED):
-        at.record([records.slot_resolved(at.face_id, at.slot)], "resolve")
+    if row is not None and row["status"] not in (PostStatus.APPROVED, PostStatus.PUBLISHING):
+        at.resolve()  # published, shadow, failed, awaiting review, rejected or skipped: nothing to send
         return {"slot": at.slot, "outcome": f"already {row['status']}"}
     if row is None and not publishing:
-        at.record([records.slot_resolved(at.face_id, at.slot)], "resolve")
+        at.resolve()
         return {"slot": at.slot, "outcome": f"skipped ({controller['state']})"}
-    face = build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"], name=at.face_id)
     if row is None:
-        row = _generate(at)
+        row = _generate(at, awaiting_review=review != ReviewMode.OFF)
         if row is None:
-            at.record([records.slot_resolved(at.face_id, at.slot)], "resolve")
+            at.resolve()
             return {"slot": at.slot, "outcome": "every sample was rejected"}
-    else:
+        if row["status"] == PostStatus.AWAITING_REVIEW:
+            return {"slot": at.slot, "outcome": "awaiting review", "text": row["text"]}
+    elif row["status"] == PostStatus.APPROVED:
+        # Only a post whose stored decision approves it goes out (a decision that lost a race does not).
+        stopped = controller["state"] in (ControllerState.STOPPING, ControllerState.IDLE)
+        if not approving(at.inputs.get("review"), row) or stopped:
+            why = "stopped before publishing" if stopped else "no approving review decision"
+            at.record([post_op(row["post_id"], status=PostStatus.SKIPPED, reject_reason=why)], "unapproved")
+            return {"slot": at.slot, "outcome": f"skipped ({why})"}
+        if not publishing:  # paused or offline: it stays approved and goes out when publishing resumes
+            return {"slot": at.slot, "outcome": f"approved, waiting ({controller['state']})"}
+        # Recorded before the face is called: a crash after publishing leaves `publishing`, which the next
+        # attempt checks with find_published.
+        at.record([post_op(row["post_id"], status=PostStatus.PUBLISHING)], "approved-publishing")
+    elif not shadow:
         since = datetime.fromisoformat(str(row["inserted_at"])) - timedelta(days=1)
-        found = face.find_published(at.intent_id, row["text"], since)
+        found = build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"], name=at.face_id).find_published(
+            at.intent_id, row["text"], since)
         if found is not None:
-            _record_published(at, face, found)
+            _record_published(at, None, found)
             return {"slot": at.slot, "outcome": "found published", "platform_id": found.platform_id}
         if not publishing:
-            at.record(records.post_failed(at.face_id, at.slot, at.post_id, "stopped before publishing"),
-                      "unpublished")
+            at.record(records.post_failed(at.face_id, at.slot, at.post_id, "stopped before publishing",
+                                          resolve=at.unresolved), "unpublished")
             return {"slot": at.slot, "outcome": "not published (stopping)"}
+    if shadow:  # everything but the network call
+        at.record(records.shadowed(at.face_id, at.slot, at.post_id, utc_now(), resolve=at.unresolved), "shadow")
+        return {"slot": at.slot, "outcome": "would have posted", "text": row["text"]}
+    face = build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"], name=at.face_id)
     result = face.publish(row["text"], at.intent_id)
     _record_published(at, face, result)
     return {"slot": at.slot, "outcome": "published", "platform_id": result.platform_id, "text": row["text"]}
@@ -185,9 +222,10 @@ def _record_publish_failure(at: _Slot, job, exc: Exception) -> None:
                      else f"publish-retry:{at.intent_id}:{attempt}")
 
 
-def _generate(at: _Slot) -> dict | None:
+def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     """Sample the slot's candidates, guard them and choose one (crowdtune.online.candidates); record the
-    rejected samples, then the chosen post as `publishing` with the other candidates in one write."""
+    rejected samples, then the chosen post as `publishing` (`awaiting_review` on a face with review, the
+    slot resolved with it) with the other candidates in one write. Out: the chosen row, None if none."""
     from crowdtune.online.candidates import SlotIds, draft_slot, guard_indexes, load_reward_model
     from crowdtune.training.generation import GenerationConfig
     from crowdtune.training.models import DEFAULT_BASE_MODEL, load_base_model, load_version
@@ -214,6 +252,10 @@ def _generate(at: _Slot) -> dict | None:
         at.record(records.samples_rejected(draft.rejected), "rejected")
     if draft.chosen is None:
         return None
+    if awaiting_review:
+        at.record(records.slot_awaiting_review(draft.chosen, draft.candidates, at.face_id, at.slot), "intent")
+        at.row = {**draft.chosen, "status": PostStatus.AWAITING_REVIEW, "inserted_at": now.isoformat()}
+        return at.row
     # Recorded through the store queue before the face is called: a crash after publishing
     # leaves a `publishing` row that the next attempt checks with find_published.
     at.record(records.slot_drafted(draft.chosen, draft.candidates), "intent")
@@ -222,11 +264,15 @@ def _generate(at: _Slot) -> dict | None:
 
 
 def _record_published(at: _Slot, face, result) -> None:
+    from faces.registry import build_face
+
     try:
+        face = face or build_face(at.inputs["face"]["kind"], at.inputs["face"]["config"], name=at.face_id)
         audience = face.audience_size()
     except Exception:  # the audience size is a nice-to-have; the post is out either way
         audience = None
-    at.record(records.published(at.face_id, at.slot, at.post_id, result, audience), "published")
+    at.record(records.published(at.face_id, at.slot, at.post_id, result, audience, resolve=at.unresolved),
+              "published")
 
 
 # --------------------------------------------------------------------------------------------

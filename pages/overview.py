@@ -95,7 +95,7 @@ def read_overview() -> dict:
     return dict(status=status, runs=runs, alerts=views.open_alerts(reader), posts=views.latest_posts(reader, limit=10),
                 scores=views.score_by_day(reader), controllers=controllers,
                 schedule=views.online_schedule(reader, controllers["face_id"].tolist(), utc_now()), series=series,
-                figures={})  # filled by the first draw of these reads
+                review=views.review_backlog(reader), figures={})  # figures: filled by the first draw of these reads
 
 
 def live_overview():
@@ -133,7 +133,14 @@ def live_overview():
     if status.failed_jobs:
         st.error(f"{len(status.failed_jobs)} failed job(s); the newest: "
                  f"`{status.failed_jobs[0].func}`: {status.failed_jobs[0].error}. Details on the System page.")
-    if status.redis_ok and status.workers and alerts.empty and not status.failed_jobs and not status.store_error:
+    waiting, oldest = read.get("review", (0, None))
+    if waiting:
+        # Older than a day: also an alert, raised by the controller (records.review_overdue).
+        show = st.warning if now - pd.Timestamp(oldest) > pd.Timedelta(days=1) else st.info
+        show(f"**{waiting} post(s) wait for review** (the oldest since {pd.Timestamp(oldest):%Y-%m-%d %H:%M} UTC): "
+             "decide on the Review page or with `crowdtune review list`.")
+    if status.redis_ok and status.workers and alerts.empty and not status.failed_jobs and not status.store_error \
+            and not waiting:
         st.caption("Nothing needs attention.")
 
     st.subheader("Training")

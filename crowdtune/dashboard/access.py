@@ -34,6 +34,12 @@ def can_control(settings: Settings) -> bool:
     return not login_required(settings) or bool(st.session_state.get(SESSION_FLAG))
 
 
+def reviewer_name(settings: Settings) -> str:
+    """Who a review decision from this browser session is recorded as: the login has no user names, so
+    "dashboard (logged in)" behind a login, "dashboard" without one (the CLI records "cli")."""
+    return "dashboard (logged in)" if login_required(settings) and can_control(settings) else "dashboard"
+
+
 def login_form(settings: Settings) -> None:
     """Draw the login form; a right password sets the session flag for this browser session."""
     import streamlit as st

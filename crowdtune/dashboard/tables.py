@@ -11,14 +11,20 @@ from crowdtune.store.views import POST_COLUMNS
 
 _FIRST = ["score"]
 _THEN = ["text"]
+# Statuses as the Posts page names them (a shadow face's posts never went out).
+STATUS_LABELS = {"shadow": "would have posted", "awaiting_review": "awaiting review"}
 
 
 def posts_for_display(posts: pd.DataFrame) -> pd.DataFrame:
     """The posts' columns reordered: score, then each reaction kind (the columns views adds beside
-    POST_COLUMNS: likes, reposts, ...), then the text, then the rest as they came. Rows are unchanged."""
+    POST_COLUMNS: likes, reposts, ...), then the text, then the rest as they came; statuses by their
+    STATUS_LABELS name ("would have posted"). Rows are unchanged."""
     reactions = [c for c in posts.columns if c not in POST_COLUMNS and c not in ("matching", "latest_reactions")]
     first = [c for c in [*_FIRST, *reactions, *_THEN] if c in posts.columns]
-    return posts[first + [c for c in posts.columns if c not in first]]
+    shown = posts[first + [c for c in posts.columns if c not in first]]
+    if "status" in shown.columns:
+        shown = shown.assign(status=shown["status"].replace(STATUS_LABELS))
+    return shown
 
 
 def sample_blocks(samples: list[dict]) -> list[tuple[str, str]]:

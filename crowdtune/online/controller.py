@@ -40,7 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crowdtune.errors import SettingsError
-from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
+from crowdtune.states import ControllerState, PostStatus, ReviewAction, RunStatus, UpdateStatus
 
 # Generation settings that define the sampling policy: the RL algorithm owns them, so that the
 # log-probabilities recorded at publishing match those the update recomputes.
@@ -48,6 +48,8 @@ POLICY_SETTINGS = ("temperature", "top_p", "top_k", "repetition_penalty")
 UPDATE_IN_FLIGHT = (UpdateStatus.QUEUED, UpdateStatus.RUNNING)
 OFFLINE_VERSIONED = (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED, RunStatus.STOPPED)  # ended with a version
 OFFLINE_ENDED = (*OFFLINE_VERSIONED, RunStatus.FAILED)
+WENT_OUT = (PostStatus.PUBLISHED, PostStatus.SHADOW)  # a shadow post counts for the schedule as if it went out
+REVIEW_OVERDUE = timedelta(days=1)  # the Overview's alert: the oldest post has waited for review longer than this
 
 
 class OnlineConfig(BaseModel):
@@ -99,6 +101,9 @@ class OnlineConfig(BaseModel):
                                                               "reject every sample, before the slot is skipped")
     copy_embedding_threshold: float | None = Field(
         None, gt=0.0, le=1.0, description="near-copy guard by embeddings (cosine); None = n-gram guard only")
+    review_timeout_hours: float = Field(
+        6.0, gt=0, description="on a face with review: a post not decided within this many audience hours of its "
+                               "slot is skipped (never published late); the next slot keeps its time")
     publish_retries: int = Field(3, ge=0, description="attempts after a failed publish ...")
     publish_retry_minutes: list[float] = Field(
         default_factory=lambda: [1.0, 5.0, 30.0],
@@ -264,7 +269,7 @@ class PostView:
     """A generated post of the face, as the controller sees it. Times are naive UTC wall clock."""
 
     post_id: str
-    status: str                      # publishing | published | failed
+    status: str                      # a PostStatus: awaiting_review, approved, publishing, published ...
     run_id: str | None = None
     platform_id: str | None = None
     published_at: datetime | None = None
@@ -274,6 +279,8 @@ class PostView:
     observed_ages: list[float] = field(default_factory=list)  # audience age (s) at each observation
     last_observed_at: datetime | None = None
     updated_at: datetime | None = None
+    inserted_at: datetime | None = None      # when its slot drafted it (a post awaiting review waits since then)
+    review: str | None = None                # the ReviewAction that let it out (None: not reviewed)
 
 
 @dataclass
@@ -317,6 +324,7 @@ class ControllerSnapshot:
             publish_slot=p.get("publish_slot"),
             observed_ages=[a for a in p.get("observed_ages") or [] if a is not None],
             last_observed_at=_time(p.get("last_observed_at")), updated_at=_time(p.get("updated_at")),
+            inserted_at=_time(p.get("inserted_at")), review=p.get("review"),
         ) for p in data.get("posts") or []]
         updates = [UpdateView(u["update_id"], u["step"], u["status"], u.get("metrics") or {})
                    for u in data.get("updates") or []]
@@ -358,6 +366,8 @@ class Decision:
     update: an RL update to start; resume_updates: updates in flight whose jobs must exist
     go_offline: start an offline phase (with the reason); end_offline: "completed" or "failed"
     fit_reward_model: refit the face's reward model, keyed by this count of scored posts (once per change)
+    skip_reviews: posts awaiting review (or approved, when the run stops) to skip: (post, reason, decided by)
+    review_overdue: (posts waiting, the oldest's post_id) when the oldest has waited more than a day
     finish_stop: the run has nothing in flight any more: end it and go IDLE
     publish_at: when the next post is due (wall clock), when publishing is on
     wake_at: when to tick next (naive UTC wall clock), None = only when something happens
@@ -371,6 +381,8 @@ class Decision:
     go_offline: str | None = None
     end_offline: str | None = None
     fit_reward_model: int | None = None
+    skip_reviews: list[tuple[PostView, str, str]] = field(default_factory=list)
+    review_overdue: tuple[int, str] | None = None
     finish_stop: bool = False
     publish_at: datetime | None = None
     wake_at: datetime | None = None
@@ -412,10 +424,13 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
     cfg = snap.config
     timetable = cfg.timetable()
     run_posts = [p for p in snap.posts if p.run_id == snap.run_id]
-    published = sorted(clock.audience(p.published_at) for p in run_posts
-                       if p.status == PostStatus.PUBLISHED and p.published_at)
+    published = _went_out(snap, clock)
     moment = clock.audience(snap.started_at)
-    anchors = published[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
+    # A reviewed post goes out when the operator approves it, not at its slot's time: the interval counts
+    # from the slot (its resolution), so a late approval does not push the next slot back.
+    on_time = sorted(clock.audience(p.published_at) for p in run_posts
+                     if p.status in WENT_OUT and p.published_at and p.review is None)
+    anchors = on_time[-1:] + ([clock.audience(snap.last_resolved_at)] if snap.last_resolved_at else [])
     if anchors and timetable is None:  # the last slot's outcome: a post, a failure or all samples rejected
         gap = max(cfg.interval_seconds + jitter_seconds(cfg, snap.run_id or "", snap.publish_slot),
                   cfg.min_gap_minutes * 60)
@@ -423,7 +438,7 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
     if published:
         moment = max(moment, published[-1] + timedelta(minutes=cfg.min_gap_minutes))
     by_slot = sorted((p for p in run_posts
-                      if p.status in (PostStatus.PUBLISHED, PostStatus.FAILED) and p.publish_slot is not None),
+                      if p.status in (*WENT_OUT, PostStatus.FAILED) and p.publish_slot is not None),
                      key=lambda p: p.publish_slot)
     failures = 0
     for post in reversed(by_slot):
@@ -447,6 +462,50 @@ def next_publish_time(snap: ControllerSnapshot, clock: AudienceClock) -> datetim
             break
     raise SettingsError(f"The timetable of face {snap.face_id} has no time outside its quiet hours.",
                         "Change post_times, cron or quiet_hours.")
+
+
+def _went_out(snap: ControllerSnapshot, clock: AudienceClock) -> list[datetime]:
+    """Audience times of the run's posts that went out (published, or would have on a shadow face), in order."""
+    return sorted(clock.audience(p.published_at) for p in snap.posts
+                  if p.run_id == snap.run_id and p.status in WENT_OUT and p.published_at)
+
+
+def approved_publish_time(snap: ControllerSnapshot, clock: AudienceClock, now: datetime) -> datetime:
+    """When an approved post may go out (wall clock): now, unless the minimum gap after the last post or
+    the daily cap says later; approvals of several posts at once go out one gap apart, not in a burst."""
+    cfg = snap.config
+    published = _went_out(snap, clock)
+    moment = clock.audience(now)
+    if published:
+        moment = max(moment, published[-1] + timedelta(minutes=cfg.min_gap_minutes))
+    if len(published) >= cfg.daily_cap:
+        moment = max(moment, published[-cfg.daily_cap] + timedelta(days=1, seconds=1))
+    return clock.wall(moment)
+
+
+def review_due(snap: ControllerSnapshot, now: datetime, decision: Decision) -> list[datetime]:
+    """The review queue's part of a decision: posts awaiting review past `review_timeout_hours` (audience
+    time from their slot) are skipped, and every post still waiting when the run stops, approved ones too;
+    the backlog is flagged once its oldest post has waited a day. Out: the wall times the next timeouts fall."""
+    cfg = snap.config
+    limit = timedelta(seconds=cfg.wall_seconds(cfg.review_timeout_hours * 3600.0))
+    waiting = sorted((p for p in snap.posts if p.status == PostStatus.AWAITING_REVIEW and p.inserted_at),
+                     key=lambda p: (p.inserted_at, p.post_id))
+    wakes = []
+    for post in waiting:
+        if snap.state == ControllerState.STOPPING:
+            decision.skip_reviews.append((post, "the run stopped before it was reviewed", "run_stopped"))
+        elif post.inserted_at + limit <= now:
+            decision.skip_reviews.append((post, f"not reviewed within {cfg.review_timeout_hours:g} h",
+                                          "review_timeout"))
+        else:
+            wakes.append(post.inserted_at + limit)
+    if snap.state == ControllerState.STOPPING:
+        decision.skip_reviews += [(p, "the run stopped before it was published", "run_stopped")
+                                  for p in snap.posts if p.status == PostStatus.APPROVED]
+    if waiting and now - waiting[0].inserted_at > REVIEW_OVERDUE:
+        decision.review_overdue = (len(waiting), waiting[0].post_id)
+    return wakes
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,6 +580,7 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
     if snap.state == ControllerState.IDLE:
         decision.wake_at = min(wakes, default=None)
         return decision
+    wakes += review_due(snap, now, decision)
 
     # An unresolved publishing slot is resolved before anything new is published.
     stuck = sorted({p.publish_slot for p in snap.posts if p.status == PostStatus.PUBLISHING and p.run_id == snap.run_id
@@ -556,6 +616,16 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
 
     # ONLINE
     completed = [u for u in snap.updates if u.status == UpdateStatus.COMPLETED]
+    # An approved post goes out through its slot's publish job as soon as the gap and the cap allow.
+    approved = sorted((p for p in snap.posts if p.status == PostStatus.APPROVED and p.run_id == snap.run_id
+                       and p.publish_slot is not None), key=lambda p: p.publish_slot)
+    if approved and not snap.paused_reason and decision.resume_slot is None:
+        at = approved_publish_time(snap, clock, now)
+        if at <= now:
+            decision.resume_slot = approved[0].publish_slot
+            wakes.append(poll)
+        else:
+            wakes.append(at)
     if snap.paused_reason:
         decision.notes.append(f"paused: {snap.paused_reason}")
     elif not in_flight and decision.resume_slot is None:
@@ -581,8 +651,9 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
         decision.notes.append("publishing waits for the warm start")
 
     if not snap.paused_reason and not in_flight and decision.update is None:
+        # An edited post was not sampled by the policy: it never enters a policy-gradient step.
         ready = sorted((p for p in snap.posts if p.run_id == snap.run_id and p.status == PostStatus.PUBLISHED
-                        and p.score is not None and p.update_id is None),
+                        and p.score is not None and p.update_id is None and p.review != ReviewAction.EDIT),
                        key=lambda p: (p.published_at, p.post_id))
         if len(ready) >= cfg.posts_per_update:
             step = max((u.step for u in snap.updates), default=0) + 1

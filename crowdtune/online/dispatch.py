@@ -32,6 +32,12 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
     if decision.fit_reward_model is not None:
         done["fit_reward_model"] = ensure_reward_fit(conn, face_id, decision.fit_reward_model)
 
+    for post, reason, decided_by in decision.skip_reviews:
+        writer.submit(records.review_skipped(face_id, post, reason, decided_by),
+                      write_id=f"review-skipped:{post.post_id}")
+    if decision.review_overdue is not None:
+        waiting, oldest = decision.review_overdue
+        writer.submit([records.review_overdue(face_id, waiting, oldest)], write_id=f"review-overdue:{oldest}")
     if decision.resume_slot is not None:
         publish_job(conn, cfg, face_id, run_id, decision.resume_slot)
     if decision.publish_slot is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from crowdtune.states import ControllerState, PostStatus, RunStatus, UpdateStatus
+from crowdtune.states import ControllerState, PostStatus, ReviewAction, RunStatus, UpdateStatus
 from crowdtune.store.writes import (
     alert_op,
     controller_op,
@@ -83,17 +83,95 @@ def reward_model_unusable(face_id: str, problem: str) -> dict:
                     f"Publishing on {face_id} chose among the candidates at random: {problem}"[:2000])
 
 
-def published(face_id: str, slot: int, post_id: str, result, audience: int | None) -> list[dict]:
-    """The face took the post: its platform id, address and time, and the slot is resolved."""
-    return [post_op(post_id, status=PostStatus.PUBLISHED, platform_id=result.platform_id, url=result.url,
-                    published_at=result.published_at, created_at=result.published_at, audience_size=audience),
+def slot_awaiting_review(chosen: dict, candidates: list[dict], face_id: str, slot: int) -> list[dict]:
+    """On a face with review: the slot's post waits for the operator (`awaiting_review`), with its candidates,
+    and the slot is resolved in the same write, so the schedule moves on while the post waits in the queue."""
+    return [upsert_op("posts", [{**chosen, "status": PostStatus.AWAITING_REVIEW}, *candidates]),
             slot_resolved(face_id, slot)]
 
 
-def post_failed(face_id: str, slot: int, post_id: str | None, reason: str) -> list[dict]:
+def published(face_id: str, slot: int, post_id: str, result, audience: int | None, resolve: bool = True) -> list[dict]:
+    """The face took the post: its platform id, address and time, and (`resolve`) the slot is resolved
+    (a reviewed slot was resolved when it was drafted, and a later slot may have been since)."""
+    ops = [post_op(post_id, status=PostStatus.PUBLISHED, platform_id=result.platform_id, url=result.url,
+                   published_at=result.published_at, created_at=result.published_at, audience_size=audience)]
+    return [*ops, slot_resolved(face_id, slot)] if resolve else ops
+
+
+def shadowed(face_id: str, slot: int, post_id: str, at, resolve: bool = True) -> list[dict]:
+    """A shadow face's post "would have posted" at `at`: no network call, no platform id, no reactions."""
+    ops = [post_op(post_id, status=PostStatus.SHADOW, published_at=at, created_at=at)]
+    return [*ops, slot_resolved(face_id, slot)] if resolve else ops
+
+
+def post_failed(face_id: str, slot: int, post_id: str | None, reason: str, resolve: bool = True) -> list[dict]:
     """The slot is resolved without a post; a recorded intent (post_id) is marked failed with the reason."""
     ops = [post_op(post_id, status=PostStatus.FAILED, reject_reason=reason[:500])] if post_id else []
-    return [*ops, slot_resolved(face_id, slot)]
+    return [*ops, slot_resolved(face_id, slot)] if resolve else ops
+
+
+# --- Review ------------------------------------------------------------------------------------
+
+
+def review_decision_row(post: dict, action: ReviewAction, decided_by: str, text: str | None = None,
+                        candidate_id: str | None = None) -> dict:
+    """The review_decisions row of a decision on the slot post `post` (one per intent: its id is the intent's)."""
+    return {"decision_id": post["intent_id"] or f"{post['run_id']}:{post['publish_slot']}", "face_id": post["face_id"],
+            "run_id": post.get("run_id"), "publish_slot": post.get("publish_slot"), "post_id": post["post_id"],
+            "candidate_id": candidate_id, "action": action, "decided_by": decided_by, "decided_at": utc_now(),
+            "original_text": post.get("text"), "text": text, "slot_drafted_at": post.get("inserted_at")}
+
+
+def review_decided(post: dict, action: ReviewAction, decided_by: str, text: str | None = None,
+                   candidate: dict | None = None) -> list[dict]:
+    """An operator's decision on the slot post `post` (awaiting review), in one write.
+
+    approve: the post as it is; edit: with `text` instead (the original stays in the decision); reject: never
+    sent; pick: `candidate` (one of the slot's candidates, or the post itself) becomes the slot's post and the
+    others point at it. Each post change applies only while `post` still awaits review, and the decision row
+    is inserted, never replaced: of two racing decisions (a click and the timeout) the first one counts."""
+    waiting = {"post_id": post["post_id"], "status": PostStatus.AWAITING_REVIEW}
+    if action == ReviewAction.PICK and candidate is not None and candidate["post_id"] != post["post_id"]:
+        picked = candidate["post_id"]
+        return [
+            insert_op("review_decisions", [review_decision_row(post, action, decided_by, candidate["text"], picked)]),
+            update_op("posts", {"candidate_of": post["post_id"], "status": PostStatus.CANDIDATE},
+                      {"candidate_of": picked}),
+            update_op("posts", {"post_id": picked, "status": PostStatus.CANDIDATE},
+                      {"status": PostStatus.APPROVED, "intent_id": post["intent_id"], "candidate_of": None,
+                       "review": action}),
+            update_op("posts", waiting, {"status": PostStatus.CANDIDATE, "intent_id": None, "candidate_of": picked}),
+        ]
+    row = review_decision_row(post, action, decided_by, text if action == ReviewAction.EDIT else post["text"],
+                              post["post_id"] if action == ReviewAction.PICK else None)
+    if action == ReviewAction.REJECT:
+        change = {"status": PostStatus.REJECTED, "reject_reason": f"rejected on review by {decided_by}"[:500],
+                  "review": action}
+    elif action == ReviewAction.EDIT:
+        change = {"status": PostStatus.APPROVED, "text": text, "review": action}
+    else:
+        change = {"status": PostStatus.APPROVED, "review": action}
+    return [insert_op("review_decisions", [row]), update_op("posts", waiting, change)]
+
+
+def review_skipped(face_id: str, post, reason: str, decided_by: str) -> list[dict]:
+    """A post the clock decided (controller.review_due): not reviewed in time, or its run stopped. It is
+    `skipped` if still awaiting review or approved, and an `expire` decision is recorded unless one exists."""
+    row = {"decision_id": f"{post.run_id}:{post.publish_slot}", "face_id": face_id, "run_id": post.run_id,
+           "publish_slot": post.publish_slot, "post_id": post.post_id, "action": ReviewAction.EXPIRE,
+           "decided_by": decided_by, "decided_at": utc_now(), "slot_drafted_at": post.inserted_at}
+    skip = {"status": PostStatus.SKIPPED, "reject_reason": reason[:500]}
+    return [insert_op("review_decisions", [row]),
+            update_op("posts", {"post_id": post.post_id, "status": PostStatus.AWAITING_REVIEW}, skip),
+            update_op("posts", {"post_id": post.post_id, "status": PostStatus.APPROVED}, skip)]
+
+
+def review_overdue(face_id: str, waiting: int, oldest_post_id: str) -> dict:
+    """The face's review queue has a post older than a day (one alert per oldest post)."""
+    return alert_op(f"review-overdue:{face_id}", "warning", f"online {face_id}",
+                    f"{waiting} post(s) of {face_id} wait for review, the oldest ({oldest_post_id}) for more than a "
+                    "day: review them on the Review page or with `crowdtune review list`, or lower "
+                    "review_timeout_hours.")
 
 
 def publish_failed(face_id: str, run_id: str, slot: int, intent_id: str, post_id: str | None, attempt: int,

@@ -257,9 +257,11 @@ def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
         agg AS (SELECT post_id, list(age ORDER BY observed_at) AS observed_ages, max(observed_at) AS last_observed_at
                 FROM obs GROUP BY post_id)
         SELECT p.post_id, p.run_id, p.status, p.platform_id, p.published_at, p.score, p.update_id, p.publish_slot,
-               p.inserted_at, p.updated_at, coalesce(agg.observed_ages, []) AS observed_ages, agg.last_observed_at
+               p.inserted_at, p.updated_at, p.review, coalesce(agg.observed_ages, []) AS observed_ages,
+               agg.last_observed_at
         FROM posts p LEFT JOIN agg USING (post_id)
-        WHERE p.face_id = ? AND p.origin = 'generated' AND p.status IN ('publishing', 'published', 'failed')
+        WHERE p.face_id = ? AND p.origin = 'generated'
+          AND p.status IN ('awaiting_review', 'approved', 'publishing', 'published', 'shadow', 'failed')
           AND (p.run_id = ? OR (p.status IN ('published', 'publishing') AND p.score IS NULL))
         ORDER BY p.publish_slot, p.post_id""", [face_id, face_id, run_id])
     updates = [_parsed(u, "metrics", "post_ids") for u in _dicts(
@@ -278,17 +280,19 @@ def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
 def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
     """What publishing one slot needs: controller, face, the run, the active version, the slot's post rows
     (its post, candidates and rejected samples), `published_texts` (the face's own generated posts that
-    went out or may have: the copy guard's second index) and `reward_model` (latest_reward_model)."""
+    went out, may have, or wait for review: the copy guard's second index), `reward_model`
+    (latest_reward_model) and `review` (the slot's review_decisions row, None before a decision)."""
     face = face_record(reader, face_id)
     active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
     slot_posts = [_parsed(p, "sampling") for p in _dicts(
         reader, "SELECT * FROM posts WHERE run_id = ? AND publish_slot = ? ORDER BY post_id", [run_id, slot])]
     published = [r[0] for r in reader.rows(
-        "SELECT text FROM posts WHERE face_id = ? AND origin = 'generated' AND status IN ('published', 'publishing') "
-        "ORDER BY post_id", [face_id])]
+        "SELECT text FROM posts WHERE face_id = ? AND origin = 'generated' "
+        "AND status IN ('published', 'publishing', 'approved', 'awaiting_review') ORDER BY post_id", [face_id])]
+    review = _dicts(reader, "SELECT * FROM review_decisions WHERE decision_id = ?", [f"{run_id}:{slot}"])
     return {"controller": online_controller(reader, face_id), "face": face, "run": online_run(reader, run_id),
             "active_version": active, "slot_posts": slot_posts, "published_texts": published,
-            "reward_model": latest_reward_model(reader, face_id)}
+            "reward_model": latest_reward_model(reader, face_id), "review": review[0] if review else None}
 
 
 def collect_inputs(reader: StoreReader, post_id: str) -> dict | None:
@@ -379,7 +383,56 @@ def reward_model_status(reader: StoreReader, face_id: str) -> dict:
     return {"scored_posts": int(scored), "fitted_scored_posts": None if fitted is None else int(fitted)}
 
 
+# --------------------------------------------------------------------------------------------
+# Review before posting (crowdtune.online.review)
+
+_REVIEW_COLUMNS = ("post_id, face_id, run_id, publish_slot, intent_id, status, text, predicted_reward, "
+                   "predicted_reward_std, selection_probability, reward_model_id, model_version_id, inserted_at")
+
+
+def review_item(reader: StoreReader, post_id: str) -> dict | None:
+    """A post that may be reviewed: {"post", "candidates" (its slot's other kept samples, by post_id),
+    "face" (face_record), "decision" (its slot's review_decisions row or None)}; None if there is no such post."""
+    posts = _dicts(reader, f"SELECT {_REVIEW_COLUMNS} FROM posts WHERE post_id = ?", [post_id])
+    if not posts:
+        return None
+    post = posts[0]
+    candidates = _dicts(reader, f"SELECT {_REVIEW_COLUMNS} FROM posts WHERE candidate_of = ? "
+                                "AND status = 'candidate' ORDER BY post_id", [post_id])
+    decision = _dicts(reader, "SELECT * FROM review_decisions WHERE decision_id = ?",
+                      [post.get("intent_id") or f"{post['run_id']}:{post['publish_slot']}"])
+    return {"post": post, "candidates": candidates, "face": face_record(reader, post["face_id"]),
+            "decision": decision[0] if decision else None}
+
+
+def review_queue(reader: StoreReader, face_id: str | None = None, limit: int = 200) -> list[dict]:
+    """The posts that wait for review, oldest first (at most `limit`): each a post row (the columns of
+    review_item) with `candidates` (its slot's other kept samples) and `face` (face_record: its review mode)."""
+    waiting = _dicts(reader, f"SELECT {_REVIEW_COLUMNS} FROM posts WHERE status = 'awaiting_review' "
+                             "AND (? IS NULL OR face_id = ?) ORDER BY inserted_at, post_id LIMIT ?",
+                     [face_id, face_id, limit])
+    if not waiting:
+        return []
+    ids = [p["post_id"] for p in waiting]
+    candidates = _dicts(reader, f"SELECT candidate_of, {_REVIEW_COLUMNS} FROM posts WHERE status = 'candidate' "
+                                "AND candidate_of IN (SELECT unnest(?::VARCHAR[])) ORDER BY post_id", [ids])
+    faces_of = {f: face_record(reader, f) for f in {p["face_id"] for p in waiting}}
+    for post in waiting:
+        post["candidates"] = [c for c in candidates if c["candidate_of"] == post["post_id"]]
+        post["face"] = faces_of[post["face_id"]]
+    return waiting
+
+
+def review_decisions(reader: StoreReader, face_id: str | None = None, limit: int = 50) -> list[dict]:
+    """The latest review decisions, newest first: who, when, what, the slot, the original and published text."""
+    return _dicts(reader, "SELECT * FROM review_decisions WHERE (? IS NULL OR face_id = ?) "
+                          "ORDER BY decided_at DESC, decision_id LIMIT ?", [face_id, face_id, limit])
+
+
 NAMED_READS.update({
+    "review_item": review_item,
+    "review_queue": review_queue,
+    "review_decisions": review_decisions,
     "latest_reward_model": latest_reward_model,
     "reward_model_inputs": reward_model_inputs,
     "reward_model_status": reward_model_status,

@@ -191,6 +191,25 @@ MIGRATIONS: list[str] = [
         updated_at TIMESTAMP DEFAULT (now()::TIMESTAMP)
     );
     """,
+    # 6: review before posting (crowdtune.online.review): one decision per publishing intent, and on each
+    # post the decision that let it out (an `edit` is never an on-policy RL sample)
+    """
+    ALTER TABLE posts ADD COLUMN review VARCHAR;
+    CREATE TABLE review_decisions (
+        decision_id VARCHAR PRIMARY KEY,
+        face_id VARCHAR NOT NULL,
+        run_id VARCHAR,
+        publish_slot INTEGER,
+        post_id VARCHAR NOT NULL,
+        candidate_id VARCHAR,
+        action VARCHAR NOT NULL,
+        decided_by VARCHAR NOT NULL,
+        decided_at TIMESTAMP NOT NULL,
+        original_text VARCHAR,
+        text VARCHAR,
+        slot_drafted_at TIMESTAMP
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -209,4 +228,5 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "controllers": ("face_id",),
     "online_updates": ("update_id",),
     "reward_models": ("model_id",),
+    "review_decisions": ("decision_id",),
 }

@@ -69,6 +69,12 @@ def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
                   ["level", "source", "message", "created_at", "alert_id"])
 
 
+def review_backlog(reader: StoreReader) -> tuple[int, object]:
+    """(posts waiting for review, when the oldest was drafted or None): the Overview's count."""
+    rows = reader.rows("SELECT count(*), min(inserted_at) FROM posts WHERE status = 'awaiting_review'")
+    return (int(rows[0][0]), rows[0][1]) if rows else (0, None)
+
+
 def metric_catalog(reader: StoreReader) -> pd.DataFrame:
     """One row per (run, metric): how many points, step range and when first and last recorded,
     and the series' number in the rollup (`series`).
