@@ -82,7 +82,7 @@ def test_nothing_reaches_the_server_before_approval_and_each_decision_does_what_
     actions.review_post(redis_conn, reject_id, "reject", "bob")
     with pytest.raises(CrowdtuneError, match="does not wait for review"):
         actions.review_post(redis_conn, approve_id, "reject", "bob")
-    wait_for(lambda: len(posts_of(reader, run_id, "published")) == 2, timeout=60, message="two posts out")
+    wait_for(lambda: len(posts_of(reader, run_id, "published")) == 2, timeout=120, message="two posts out")
     assert sorted(created(mastodon)) == sorted([approve_text, "Edited by a person, published as such."])
     status = dict(reader.rows("SELECT post_id, status FROM posts WHERE post_id IN (?, ?, ?)",
                               [approve_id, edit_id, reject_id]))
@@ -100,7 +100,7 @@ def test_nothing_reaches_the_server_before_approval_and_each_decision_does_what_
     picked_id, picked_text = candidates[0]
     actions.review_post(redis_conn, pick_id, "pick", "carol", candidate_id=picked_id)
     wait_for(lambda: reader.scalar("SELECT status FROM posts WHERE post_id = ?", [picked_id]) == "published",
-             timeout=60, message="the picked candidate out")
+             timeout=120, message="the picked candidate out")
     assert created(mastodon)[-1] == picked_text
     assert reader.rows("SELECT status, candidate_of FROM posts WHERE post_id = ?", [pick_id]) == \
         [("candidate", picked_id)]
