@@ -60,6 +60,13 @@ def redis_conn(redis_server, settings):
     return connect(settings)
 
 
+def registered(conn, proc: subprocess.Popen) -> bool:
+    """Whether the worker process `proc` has registered with the Redis behind `conn`."""
+    from rq import Worker
+
+    return any(w.name.endswith(f".{proc.pid}") for w in Worker.all(connection=conn))
+
+
 class WorkerProcesses:
     """Start real `crowdtune worker` processes; kill their whole trees at the end."""
 
@@ -79,6 +86,24 @@ class WorkerProcesses:
             wait_for(lambda: any(w.name.endswith(f".{proc.pid}") for w in Worker.all(connection=conn)),
                      timeout=60, message=f"worker {args} to register")
         return proc
+
+    def restart(self, *args: str, conn, timeout: float = 120) -> tuple[subprocess.Popen, int]:
+        """Start a worker again as `crowdtune up` does: if it exits at start (a store worker while its
+        killed predecessor's lease lasts), start it once more after a pause. Out: the running process
+        and how many starts it took."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            proc = self.start(*args, wait=False)
+            wait_for(lambda proc=proc: registered(conn, proc) or proc.poll() is not None, timeout=90,
+                     message=f"worker {args}")
+            if proc.poll() is None:
+                return proc, attempts
+            assert time.monotonic() < deadline, f"worker {args} kept exiting at start:\n{self.logs()[-3000:]}"
+            time.sleep(2)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -40,6 +41,14 @@ def kill_tree(pid: int, sig=signal.SIGKILL) -> None:
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return True
     except psutil.NoSuchProcess:
         return False
+    # Reap our own child, as psutil.wait_procs did: a zombie's pid still "exists", and whoever checks
+    # whether a killed worker is alive (recovery, RQ) must see it gone.
+    try:
+        os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its parent (or init) reaps it
+    return False

@@ -107,7 +107,7 @@ def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twi
         settings, redis_server, redis_conn, workers, store, sandbox_dir, tiny_model_dir):
     from crowdtune.runtime.queues import connect
 
-    workers.start("--store", conn=redis_conn)
+    store_worker = workers.start("--store", conn=redis_conn)
     publisher = workers.start("--queues", "control,default", conn=redis_conn)
     trainer = workers.start("--queues", "train", conn=redis_conn)
     slow_update = {"algorithm": "policy_gradient", "algorithm_settings": {
@@ -119,11 +119,15 @@ def test_a_killed_update_and_a_restarted_redis_lose_nothing_and_post_nothing_twi
              timeout=240, message="the first update to run")
     kill_tree(trainer.pid)    # SIGKILL mid-update: no cleanup
     kill_tree(publisher.pid)  # and the worker that publishes and collects, whatever it was doing
+    # and the store worker: an RQ worker quits when Redis vanishes under a job it is finishing, and
+    # `crowdtune up` starts it again (waiting for work, it would ride the restart out)
+    kill_tree(store_worker.pid)
     redis_server.stop()       # and Redis goes away while posts are due
     redis_server.start()
     conn = connect(settings)
     # What `crowdtune up` does: start workers again. They requeue the killed jobs and reconcile the
     # controllers from the store.
+    workers.restart("--store", conn=conn)  # refused while the killed one's lease lasts, then it starts
     workers.start("--queues", "control,default", conn=conn)
     workers.start("--queues", "train", conn=conn)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from crowdtune import actions
@@ -44,6 +43,7 @@ from crowdtune.testing.accounting import account, count, store_settled
 from crowdtune.testing.faults import drop_dac_override, permissions_bind, set_read_only
 from crowdtune.testing.processes import kill_tree, wait_for
 from crowdtune.testing.sandbox_run import FACE, add_face, online_config
+from tests.conftest import registered
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
 from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
 
@@ -59,28 +59,6 @@ def assert_accounts(settings, **options) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def registered(conn, proc: subprocess.Popen) -> bool:
-    return any(w.name.endswith(f".{proc.pid}") for w in Worker.all(connection=conn))
-
-
-def restart(workers, conn, *args: str, timeout: float = 120) -> tuple[subprocess.Popen, int]:
-    """Start a worker again as `crowdtune up` does: if it exits at start, start it once more after a pause.
-
-    Returns the running process and how many starts it took.
-    """
-    deadline = time.monotonic() + timeout
-    attempts = 0
-    while True:
-        attempts += 1
-        proc = workers.start(*args, wait=False)
-        wait_for(lambda proc=proc: registered(conn, proc) or proc.poll() is not None, timeout=90,
-                 message=f"worker {args}")
-        if proc.poll() is None:
-            return proc, attempts
-        assert time.monotonic() < deadline, f"worker {args} kept exiting at start:\n{workers.logs()[-3000:]}"
-        time.sleep(2)
 
 
 def started_jobs(conn, queue_name: str, prefix: str) -> list[str]:
@@ -131,7 +109,7 @@ def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_
         killed = next(w for w in write_ids if _job_id(w) == running)
         committed = count(reader, "SELECT count(*) FROM applied_writes WHERE write_id = ?", killed)
         # Started again as `crowdtune up` restarts it (a start refused while the dead writer's lease lasts is retried).
-        store, _ = restart(workers, redis_conn, "--store")
+        store, _ = workers.restart("--store", conn=redis_conn)
         if not committed:
             break  # the kill landed inside the batch (else: try again on a later one)
     assert not committed, "three kills all landed between batches"
@@ -257,7 +235,7 @@ def test_a_publishing_worker_killed_at_any_moment_never_posts_twice_and_loses_no
         kill_tree(publisher.pid)
         hits[moment] = {"slot": slot, "on_sandbox": on_sandbox(slot), "published_record_queued": bool(
             redis_conn.exists(f"rq:job:{_job_id(f'published:{run_id}:{slot}')}"))}
-        publisher, _ = restart(workers, redis_conn, "--queues", "control,default")
+        publisher, _ = workers.restart("--queues", "control,default", conn=redis_conn)
         wait_for(lambda slot=slot, job=job: resolved(slot) or _blocked_by_own_lock(redis_conn, run_id, slot, job),
                  timeout=120, message=f"slot {slot} to be resolved after the kill '{moment}'")
         assert resolved(slot), \
