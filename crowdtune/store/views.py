@@ -441,7 +441,7 @@ def _metric_number(value: int | float | None) -> float:
     try:
         return float(value)
     except OverflowError:  # json.loads reads a 1 followed by 400 digits as an int
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf  # copysign would convert the int (and overflow)
 
 
 def _metrics_object(metrics) -> dict:
