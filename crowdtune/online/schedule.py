@@ -53,6 +53,30 @@ def job_status(conn: redis.Redis, job_id: str) -> JobStatus | None:
     return JobStatus(status) if status is not None else None
 
 
+def lost_in_dequeue(conn: redis.Redis, job_id: str) -> bool:
+    """Whether a `queued` job is in no queue and not started: its worker popped it and died at once.
+
+    A worker serving several queues takes a job with LPOP, and the job is recorded as started only
+    after that; a SIGKILL in between leaves it `queued` forever, in no list RQ looks at, and a face
+    whose next tick is such a job would never tick again. (A worker on one queue moves the job to an
+    intermediate list instead, which RQ itself cleans up.)
+    """
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) != JobStatus.QUEUED:
+        return False
+    q = queue(job.origin, conn)
+    if conn.lpos(q.key, job_id) is not None or conn.lpos(q.intermediate_queue_key, job_id) is not None:
+        return False
+    return job_id not in q.started_job_registry
+
+
+def _waiting_or_running(conn: redis.Redis, job_id: str, states: tuple[JobStatus, ...]) -> bool:
+    return job_status(conn, job_id) in states and not lost_in_dequeue(conn, job_id)
+
+
 def enqueue_job(conn: redis.Redis, queue_name: str, func: str, *args, job_id: str, at: datetime | None = None,
                 retry: Retry | None = None, timeout: int = defaults.JOB_TIMEOUT,
                 result_ttl: int = defaults.RESULT_TTL, description: str | None = None, meta: dict | None = None):
@@ -67,7 +91,7 @@ def enqueue_job(conn: redis.Redis, queue_name: str, func: str, *args, job_id: st
 
 def ensure_job(conn: redis.Redis, queue_name: str, func: str, *args, job_id: str, **options) -> bool:
     """Enqueue the job unless a job with this id is already waiting or running; return whether it did."""
-    if job_status(conn, job_id) in _ALIVE:
+    if _waiting_or_running(conn, job_id, _ALIVE):
         return False
     enqueue_job(conn, queue_name, func, *args, job_id=job_id, **options)
     return True
@@ -83,10 +107,9 @@ def schedule_tick(conn: redis.Redis, face_id: str, at: datetime | None = None) -
     current = conn.hgetall(key)
     if current:
         job_id = current[b"job_id"].decode()
-        status = job_status(conn, job_id)
-        if status in _PENDING and float(current[b"at"]) <= _aware(at).timestamp() + 0.5:
+        if _waiting_or_running(conn, job_id, _PENDING) and float(current[b"at"]) <= _aware(at).timestamp() + 0.5:
             return job_id
-        if status == JobStatus.SCHEDULED:
+        if job_status(conn, job_id) == JobStatus.SCHEDULED:
             try:
                 Job.fetch(job_id, connection=conn, serializer=JSONSerializer).cancel()
             except Exception:  # it may just have been moved to the queue: then two ticks run, harmlessly
