@@ -3,8 +3,9 @@
 Posts are upserted by platform id (`<face_id>:<platform_id>`), so a second import updates them in
 place; each import adds a new set of reaction snapshots. Each batch is one atomic store write with
 an id derived from the job, so a worker killed mid-import leaves whole batches only, and the
-re-run job skips the batches that already landed. Once every batch landed, the face's reward model
-is refitted on the new scores (crowdtune.online.reward_fits.refit_if_behind, queue `default`).
+re-run job skips the batches that already landed. Once every batch landed, a reward model the face
+already has is refitted on the new scores (crowdtune.online.reward_fits.refit_if_behind, queue
+`default`); the first fit comes with online training.
 
 An import is done when its rows are in the store: the job waits for the store worker to apply
 every batch it queued (at most MAX_IN_FLIGHT batches ahead of it), reports the rows WRITTEN as its
@@ -188,9 +189,9 @@ def _import(face_id: str, limit: int | None, job) -> dict:
             flush()
     flush()
     settle(wait_for_all=True)
-    # Its scores are in the store: the face's reward model learns from them (from day 0 of online training).
+    # Its scores are in the store: a reward model the face has learns from them.
     try:
-        refit_if_behind(conn, face_id)
+        refit_if_behind(conn, face_id, only_refit=True)
     except Exception:  # the posts are imported either way; the controller asks again at its next tick
         log.warning("could not queue the reward model fit of %s", face_id, exc_info=True)
 

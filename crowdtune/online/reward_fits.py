@@ -7,11 +7,13 @@
     record_fit(settings, conn, fitted) -> str               the model saved under artifacts_url, its
                                                             reward_models row and metrics written
     ensure_reward_fit(conn, face_id, scored_posts)          queue the job, once per count of scored posts
-    refit_if_behind(conn, face_id)                          ... when the face's scores changed since its last fit
+    refit_if_behind(conn, face_id[, only_refit])            ... when the face's scores changed since its last fit
 
 When a fit runs: the controller asks for one whenever the face's count of scored posts changed since
-the last fit (controller.reward_model_due: new scores matured), an online run asks at its start and an
-import when the face's history has landed, so a model exists before the first post. The job id holds
+the last fit (controller.reward_model_due: new scores matured), an online run asks at its start, so a
+model exists before the first post, and an import refits a model the face already has once its
+history has landed. An import never makes the first fit: a newcomer's first import is followed by
+the first offline run, and the fit (~80 s of embedding on 2 cores) would slow it for no one. The job id holds
 the count, so each change is fitted once however many ticks see it.
 
 Data: the face's scored posts, imported and published, oldest first. Their rewards are era-normalised
@@ -182,10 +184,12 @@ def ensure_reward_fit(conn: redis.Redis, face_id: str, scored_posts: int) -> boo
                       description=f"reward model of {face_id} on {scored_posts} scored posts")
 
 
-def refit_if_behind(conn: redis.Redis, face_id: str) -> str | None:
+def refit_if_behind(conn: redis.Redis, face_id: str, only_refit: bool = False) -> str | None:
     """Queue a fit when the face's scored posts changed since its last fit (enough of them for a model);
-    return the job id when one is queued or already known, else None."""
+    return the job id when one is queued or already known, else None. `only_refit`: never the first fit."""
     status = read_via_store_worker(conn, "reward_model_status", face_id=face_id, timeout=60)
+    if only_refit and status["fitted_scored_posts"] is None:
+        return None
     if not reward_model_due(status["scored_posts"], status["fitted_scored_posts"]):
         return None
     ensure_reward_fit(conn, face_id, status["scored_posts"])
