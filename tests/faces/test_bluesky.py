@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
+from faces import limits
 from faces.base import FaceAuthError, FaceMalformedAnswerError
 from faces.bluesky import BlueskyConfig, BlueskyFace, record_key_for_intent
 from faces.retry import RetryPolicy
@@ -194,7 +195,10 @@ def test_invalid_app_password_names_the_problem_and_the_fix(fake_api):
     assert "CROWDTUNE_BLUESKY_APP_PASSWORD" in str(raised.value)
 
 
-def test_the_app_password_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):
+def test_the_app_password_never_shows_in_reprs_errors_or_logs(fake_api, leak_check, monkeypatch):
+    # Seven sign-ins in a row would wait ~11 s each for Bluesky's 30 per 5 min (tests/faces/test_limits.py
+    # proves those waits); here the buckets' clock runs 1,000 times faster.
+    monkeypatch.setattr(limits, "_budget", limits.LocalBuckets(clock=lambda: time.monotonic() * 1000))
     server = FakeBluesky(fake_api)
     good, wrong = make_face(fake_api), make_face(fake_api, password=PASSWORD + "-wrong")
     leak_check.exercise(good)
