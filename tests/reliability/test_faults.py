@@ -93,7 +93,7 @@ def test_a_store_worker_killed_mid_batch_applies_every_batch_exactly_once_after_
     writer = StoreWriter(redis_conn)
     # Each batch inserts rows, then updates half of them one statement at a time: a long
     # transaction (~1 s), so that the kill lands inside it.
-    batches, rows, updates = 8, 2000, 1000
+    batches, rows, updates = 5, 2000, 1000
     write_ids = [writer.submit(
         [{"op": "insert", "table": "metrics",
           "rows": [{"run_id": "load", "name": "x", "step": b * rows + i, "value": -1.0} for i in range(rows)]}]
