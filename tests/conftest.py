@@ -87,6 +87,16 @@ class WorkerProcesses:
                      timeout=60, message=f"worker {args} to register")
         return proc
 
+    def start_together(self, *arg_lists: tuple[str, ...], conn) -> list[subprocess.Popen]:
+        """Start several workers at once and wait until all have registered (each takes seconds to
+        import its libraries; one after another they added up in every test's set-up)."""
+        from rq import Worker
+
+        procs = [self.start(*args, wait=False) for args in arg_lists]
+        wait_for(lambda: all(any(w.name.endswith(f".{p.pid}") for w in Worker.all(connection=conn)) for p in procs),
+                 timeout=60, message=f"workers {arg_lists} to register")
+        return procs
+
     def restart(self, *args: str, conn, timeout: float = 120) -> tuple[subprocess.Popen, int]:
         """Start a worker again as `crowdtune up` does: if it exits at start (a store worker while its
         killed predecessor's lease lasts), start it once more after a pause. Out: the running process

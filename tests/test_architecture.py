@@ -153,8 +153,7 @@ def test_a_job_enqueued_by_its_name_alone_runs_on_the_workers(settings, redis_co
     from crowdtune.testing.processes import wait_for
 
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     # As an earlier version (or another client) would: plain RQ, the function only by its name.
     probe = Queue("default", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.system.probe_worker")
     reconcile = Queue("store", connection=redis_conn, serializer=JSONSerializer).enqueue("jobs.online.reconcile")

@@ -20,8 +20,7 @@ def finished(job: Job) -> bool:
 
 def test_a_job_runs_on_a_preloaded_worker_and_its_result_lands_in_the_store(settings, redis_conn, workers):
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     job = enqueue(redis_conn, "default", "jobs.system.probe_worker")
     wait_for(lambda: finished(job), timeout=60, message="the probe job")
     assert job.get_status() == JobStatus.FINISHED

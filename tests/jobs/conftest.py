@@ -12,6 +12,5 @@ from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa:
 def running(settings, redis_conn, workers):
     """A new store with its single writer and a worker for light work and generation; a reader of it."""
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     return StoreReader(settings.store_path)

@@ -41,8 +41,7 @@ def run_status(reader, run_id):
 def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn, workers, store_with_posts,
                                                             tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CROWDTUNE_LOGGERS", '["csv"]')  # the worker also logs to a tracker
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "train"), conn=redis_conn)
     run_id, job = actions.start_offline_training(redis_conn, "tweets", SMALL, base_model=tiny_model_dir)
     wait_for(lambda: job_done(job), timeout=300, message="the training job")
     assert job.get_status().value == "finished", job.latest_result().exc_string
@@ -72,8 +71,7 @@ def test_a_stop_during_evaluation_ends_the_run_within_10_s_with_a_loadable_versi
         settings, redis_conn, workers, store_with_posts, tiny_model_dir):
     import time
 
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "train"), conn=redis_conn)
     # evaluations long enough to stop in: 32 samples of up to 400 tokens at a temperature that rarely ends a post
     config = {**SMALL, "max_steps": 5000, "eval_samples": 32, "eval_max_new_tokens": 400, "eval_temperature": 3.0}
     run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
@@ -146,8 +144,7 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redi
 
 def test_training_a_face_without_posts_fails_with_a_clear_error(settings, redis_conn, workers, tiny_model_dir):
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "train"), conn=redis_conn)
     run_id, job = actions.start_offline_training(redis_conn, "nobody", SMALL, base_model=tiny_model_dir)
     wait_for(lambda: job_done(job), timeout=300, message="the failing job")
     assert "has no imported posts" in job.latest_result().exc_string

@@ -54,9 +54,7 @@ def assert_consistent_after_stop(reader, run_id, sandbox_dir):
 def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_version(
         settings, redis_conn, workers, store, sandbox_dir, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CROWDTUNE_LOGGERS", '["csv"]')  # the workers also log to a tracker
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), ("--queues", "train"), conn=redis_conn)
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir))
     reader = store
 
@@ -149,8 +147,7 @@ def test_a_face_that_cannot_publish_is_retried_with_backoff_and_alerted_on(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the sandbox wants its folder")
     reader = add_face(settings, str(blocker / "sandbox"), fresh_posts[:50])
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, publish_retry_minutes=[120]))
 
     failed = wait_for(lambda: reader.rows("SELECT post_id, reject_reason, inserted_at, updated_at FROM posts "

@@ -42,8 +42,7 @@ def reader(settings, redis_conn, workers, monkeypatch):
     the Mastodon token (as in production); a reader of the store."""
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     return StoreReader(settings.store_path)
 
 

@@ -39,8 +39,7 @@ def test_a_planted_token_never_reaches_redis_the_store_or_the_logs(settings, red
     FakeMastodon(fake_api)
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)  # the workers' environment, as in production
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     actions.save_face(redis_conn, "masto", "mastodon", {"api_base_url": fake_api.url})
     job = actions.start_import(redis_conn, "masto")
     wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), timeout=120, message="the import")

@@ -23,8 +23,7 @@ def import_from_page(at, redis_conn, face_id: str):
 def test_the_page_shows_the_rows_that_landed_the_refused_ones_and_an_unreadable_sources_fix(
         populated_store, redis_conn, workers, tmp_path):
     settings = populated_store
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), conn=redis_conn)
     path = tmp_path / "posts.csv"
     path.write_text("id,text,created_at,likes\n1,one,2024-01-01T00:00:00,1\n2,two,2024-01-01T00:00:00,-5\n"
                     "3,three,2024-01-01T00:00:00,\"1,234\"\n")

@@ -170,9 +170,7 @@ def test_a_mastodon_face_answering_429_5xx_timeouts_and_garbage_loses_nothing_an
         settings, redis_conn, workers, mastodon, monkeypatch, tiny_model_dir):  # noqa: F811  (fixture imported above)
     monkeypatch.setenv("CROWDTUNE_MASTODON_TOKEN", TOKEN)  # the workers' environment, as in production
     initialise(settings.store_path)
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), ("--queues", "train"), conn=redis_conn)
     reader = StoreReader(settings.store_path)
     actions.save_face(redis_conn, FACE, "mastodon", {  # review off: this test is about the network's faults
         "api_base_url": mastodon.api.url, "request_timeout": CLIENT_TIMEOUT, "retry": FACE_RETRY, "review": "off"})

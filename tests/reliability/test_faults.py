@@ -359,9 +359,7 @@ def test_a_read_only_artifact_folder_pauses_online_training_with_an_alert_and_a_
     artifacts = Path(settings.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     reader = add_face(settings, str(tmp_path / "sandbox"), fresh_posts[:50])
-    workers.start("--store", conn=redis_conn)
-    workers.start("--queues", "control,default", conn=redis_conn)
-    workers.start("--queues", "train", conn=redis_conn)
+    workers.start_together(("--store",), ("--queues", "control,default"), ("--queues", "train"), conn=redis_conn)
     set_read_only(artifacts, True)  # publishing only reads; the first RL update is the first to write there
     try:
         run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, posts_per_update=1))
