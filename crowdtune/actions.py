@@ -30,7 +30,7 @@ FIRST_STEPS = (
     ("Import the bundled posts", "crowdtune import --face tweets"),
     ("Train a first version (quick)", "crowdtune train offline --face tweets "
      + " ".join(f"--set {name}={value}" for name, value in QUICK_FIRST_VERSION.items())),
-    ("Generate samples in the Playground", "crowdtune generate --count 5"),
+    ("Generate samples in the Playground", "crowdtune generate --version latest --count 5"),
     ("Make it the publishing version", "the Models page (or the Overview's button)"),
     ("Start the sandbox online loop", "crowdtune train online --face sandbox"),
 )

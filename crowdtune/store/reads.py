@@ -173,6 +173,11 @@ def model_version(reader: StoreReader, version_id: str) -> dict | None:
     return None if df.empty else df.astype(object).where(df.notna(), None).iloc[0].to_dict()
 
 
+def newest_version_id(reader: StoreReader) -> str | None:
+    """The newest model version's id (what `crowdtune generate --version latest` samples); None before the first."""
+    return reader.scalar("SELECT version_id FROM model_versions ORDER BY created_at DESC, version_id DESC LIMIT 1")
+
+
 def version_card(reader: StoreReader, version_id: str) -> dict | None:
     """What a model card says of a version, or None if there is no such version: {"version": its row (metrics
     parsed), "lineage": the rows from it back through its parents (newest first), "face_id": the face its run

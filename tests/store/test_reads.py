@@ -1,6 +1,6 @@
 """Named reads that jobs and the CLI ask the store for."""
 
-from crowdtune.store.reads import NAMED_READS, StoreReader, post_texts
+from crowdtune.store.reads import NAMED_READS, StoreReader, newest_version_id, post_texts
 from crowdtune.store.writer import apply_write
 
 
@@ -21,3 +21,12 @@ def test_post_texts_are_the_channel_s_distinct_texts_newest_first(tmp_path):
     assert NAMED_READS["post_texts"] is post_texts  # the embedding job asks the store worker for it by name
     assert post_texts(StoreReader(tmp_path / "none.duckdb"), "f") == []
 
+
+def test_the_newest_version_is_the_last_registered(tmp_path):
+    path = tmp_path / "s.duckdb"
+    assert newest_version_id(StoreReader(path)) is None  # no store yet
+    versions = [{"version_id": v, "run_id": "r", "base_model": "m", "artifact_url": f"/a/{v}", "created_at": at}
+                for v, at in (("v1", "2026-01-01T00:00:00"), ("v3", "2026-01-03T00:00:00"),
+                              ("v2", "2026-01-02T00:00:00"))]
+    apply_write(path, "w", [{"op": "upsert", "table": "model_versions", "rows": versions}], 5)
+    assert newest_version_id(StoreReader(path)) == "v3"
