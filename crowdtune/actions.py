@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from crowdtune.runtime import defaults, stop_flags
 from crowdtune.runtime.queues import enqueue
@@ -29,7 +30,7 @@ FIRST_STEPS = (
     ("Import the bundled posts", "crowdtune import --face tweets"),
     ("Train a first version (quick)", "crowdtune train offline --face tweets "
      + " ".join(f"--set {name}={value}" for name, value in QUICK_FIRST_VERSION.items())),
-    ("Generate samples in the Playground", "crowdtune generate --count 5"),
+    ("Generate samples in the Playground", "crowdtune generate --version latest --count 5"),
     ("Make it the publishing version", "the Models page (or the Overview's button)"),
     ("Start the sandbox online loop", "crowdtune train online --face sandbox"),
 )
@@ -65,6 +66,38 @@ def prepare_face(conn: redis.Redis, face_id: str) -> Job:
                    description=f"set up face {face_id}", meta={"face_id": face_id})
 
 
+def embed_face_posts(conn: redis.Redis, face_id: str, chunk: int | None = None,
+                     done: tuple[int, int] | None = None) -> str | None:
+    """Make sure the next chunk of the face's post embeddings (jobs.embeddings.embed_posts) waits on `default`.
+
+    Embedding a fresh history is heavy (minutes of CPU for 20,000 posts on 2 cores), so it is not for
+    `control` (light work keeps its times) nor `train` (it would wait behind a run of many minutes, or
+    hold the first run up by all of them). On `default` it goes in chunks of `chunk` texts (default
+    embeddings.CHUNK_TEXTS, ~10 s), each queued at the back when the one before ends, so a publish job
+    or Playground samples wait one chunk at most. Two job ids take turns, so there is never more than
+    one chunk waiting: it reads the face's posts when it starts, so it also covers posts added since.
+    `done`: (posts embedded, posts) for the job's description. Out: the id queued, or None when one waits."""
+    from rq.job import JobStatus
+
+    from crowdtune.embeddings import CHUNK_TEXTS
+    from crowdtune.online.schedule import enqueue_job, job_status, safe_id
+
+    ids = [f"embed-posts-{safe_id(face_id)}-{turn}" for turn in (0, 1)]
+    states = [job_status(conn, job_id) for job_id in ids]
+    if any(state in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED) for state in states):
+        return None
+    free = [job_id for job_id, state in zip(ids, states, strict=True) if state != JobStatus.STARTED]
+    if not free:
+        return None
+    if states[ids.index(free[0])] is not None:  # an ended chunk of this id: make room for the new one
+        Job.fetch(free[0], connection=conn, serializer=JSONSerializer).delete()
+    so_far = f" ({done[0]:,} of {done[1]:,} done)" if done else ""
+    enqueue_job(conn, QUEUE_DEFAULT, "jobs.embeddings.embed_posts", face_id, chunk or CHUNK_TEXTS, job_id=free[0],
+                timeout=defaults.EMBED_CHUNK_TIMEOUT, description=f"embed the posts of {face_id}{so_far}",
+                meta={"face_id": face_id})
+    return free[0]
+
+
 def validate_face_config(kind: str, config: dict[str, Any]) -> None:
     """Check a face config against its kind's typed Config; raise CrowdtuneError naming the field.
 
@@ -96,7 +129,8 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
 
 
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:
-    """Import (or refresh) a face's history into the store, on the `default` queue."""
+    """Import (or refresh) a face's history into the store, on the `control` queue (the embedding of its
+    posts, which is heavy, follows on `default`: embed_face_posts)."""
     return enqueue(conn, QUEUE_CONTROL, "jobs.imports.import_history", face_id, limit=limit,
                    description=f"import history of {face_id}", timeout=defaults.IMPORT_TIMEOUT,
                    meta={"face_id": face_id})

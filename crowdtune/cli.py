@@ -434,7 +434,8 @@ def recover():
 @app.command()
 @friendly
 def generate(
-    version: str | None = typer.Option(None, help="Model version id (see the Models page); default: the base model."),
+    version: str | None = typer.Option(None, help="Model version id (see the Models page), or `latest` for the "
+                                                  "newest; default: the base model."),
     base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
     prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
@@ -443,8 +444,16 @@ def generate(
     """Print sampled posts from a version (runs on a worker; nothing is published)."""
     from crowdtune.actions import generate_samples
     from crowdtune.runtime.queues import connect
+    from crowdtune.store.reads import StoreReader, newest_version_id
 
-    job = generate_samples(connect(load_settings()), version, base_model, count, parse_assignments(set_), prompt)
+    settings = load_settings()
+    if version == "latest":
+        version = newest_version_id(StoreReader.from_settings(settings))
+        if version is None:
+            raise CrowdtuneError("There is no model version yet, so `--version latest` has nothing to sample.",
+                                 "Train one first: `crowdtune train offline --face tweets` (or the Overview's "
+                                 "first steps), or leave --version out to sample the base model.")
+    job = generate_samples(connect(settings), version, base_model, count, parse_assignments(set_), prompt)
     for i, post in enumerate(follow_job(job, "sampling") or [], start=1):
         mark = "" if post["kept"] else f"  [rejected: {post['rejected']}]"
         typer.echo(f"{i}. {post['text']}{mark}")

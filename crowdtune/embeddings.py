@@ -8,7 +8,9 @@ sentence-transformers does for this model.
 `EmbeddingCache` keeps every kept vector, keyed by sha256(text) under the model's id, as immutable
 shard files under `<artifacts>/embeddings/`, so each post is embedded once for all runs, online
 updates and publish jobs on every machine; `cached_embed` is that cache for this process's settings.
-`texts_embedded()` counts the texts this process actually ran through the model.
+`texts_embedded()` counts the texts this process actually ran through the model. Posts are kept as they
+arrive: imported ones by the embedding job (jobs.embeddings), a published one by its publish job
+(`keep_posts`, which hands what it cannot do cheaply to the embedding job).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ MODEL_ID = f"all-MiniLM-L6-v2-mean-{MAX_TOKENS}"
 # Samples (keep=False) stay in memory only, this many at most: an evaluation embeds each sample once
 # for the style probe and the copy guard together.
 RECENT_SAMPLES = 4096
+
+# Texts per job of the embedding job's chain (jobs.embeddings): ~10 s of one core, the longest that a
+# publish job or Playground samples queued behind it on `default` wait.
+CHUNK_TEXTS = 512
 
 Progress = Callable[[int, int], None]  # (texts done, texts in all)
 
@@ -192,6 +198,25 @@ class EmbeddingCache:
             _write_atomically(self.local_dir / name, data)
         return data
 
+    def missing(self, texts: list[str]) -> list[str]:
+        """The distinct texts among `texts` that no one has kept a vector of yet, in their order."""
+        with self._lock:
+            self.refresh()
+            return list({text_key(t): t for t in texts if text_key(t) not in self._vectors}.values())
+
+    def keep_known(self, texts: list[str]) -> list[str]:
+        """Keep the texts this process has vectors of (embedded with keep=False) without running the model;
+        return those no one has kept a vector of."""
+        keys = {text_key(t): t for t in texts}
+        with self._lock:
+            if any(k not in self._vectors and k not in self._recent for k in keys):
+                self.refresh()
+            promoted = {k: self._recent.pop(k) for k in keys if k in self._recent and k not in self._vectors}
+            if promoted:
+                self._write_shard(promoted)
+                self._vectors.update(promoted)
+            return [t for k, t in keys.items() if k not in self._vectors]
+
     def embed(self, texts: list[str], *, keep: bool = True, on_progress: Progress | None = None) -> np.ndarray:
         """Vectors of `texts` ([len(texts), 384] float32), embedding only those not cached yet.
 
@@ -261,3 +286,16 @@ def shared_cache(settings=None) -> EmbeddingCache:
 def cached_embed(texts: list[str], *, keep: bool = True, on_progress: Progress | None = None) -> np.ndarray:
     """`embed` through the shared cache: kept texts are embedded once across runs and machines."""
     return shared_cache().embed(texts, keep=keep, on_progress=on_progress)
+
+
+def keep_posts(texts: list[str], settings=None) -> list[str]:
+    """Keep the vectors of posts that went out (a publish job) for the fits and guards that read them
+    later, where that is cheap: a text this process embedded as a candidate is kept as it is, and with
+    the model loaded already a text is embedded here (~20 ms). Out: the texts left without a vector
+    (for the embedding job, jobs.embeddings)."""
+    cache = shared_cache(settings)
+    left = cache.keep_known(texts)
+    if left and _load_model.cache_info().currsize:
+        cache.embed(left, keep=True)
+        return []
+    return left

@@ -27,7 +27,8 @@ QUEUE_STORE = "store"
 QUEUE_ROLES = {
     QUEUE_CONTROL: "light work that keeps its times: controller ticks, reaction reads, imports, probes",
     QUEUE_TRAIN: "offline training and online RL updates",
-    QUEUE_DEFAULT: "generation: publishing posts, Playground samples",
+    QUEUE_DEFAULT: "generation and background embedding: publishing posts, Playground samples, reward-model "
+                   "fits, a sandbox's set-up, a face's post embeddings (in chunks)",
     QUEUE_STORE: "every store write and the reads of jobs (the single store writer)",
 }
 

@@ -1,11 +1,12 @@
-"""Import job (queue `default`): pull a face's history into the store.
+"""Import job (queue `control`): pull a face's history into the store.
 
 Posts are upserted by platform id (`<face_id>:<platform_id>`), so a second import updates them in
 place; each import adds a new set of reaction snapshots. Each batch is one atomic store write with
 an id derived from the job, so a worker killed mid-import leaves whole batches only, and the
 re-run job skips the batches that already landed. Once every batch landed, a reward model the face
 already has is refitted on the new scores (crowdtune.online.reward_fits.refit_if_behind, queue
-`default`); the first fit comes with online training.
+`default`; the first fit comes with online training), and the posts are embedded in the background
+(jobs.embeddings, queue `default`, in chunks).
 
 An import is done when its rows are in the store: the job waits for the store worker to apply
 every batch it queued (at most MAX_IN_FLIGHT batches ahead of it), reports the rows WRITTEN as its
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 from rq import get_current_job
 
+from crowdtune.actions import embed_face_posts
 from crowdtune.errors import CrowdtuneError
 from crowdtune.online.reward_fits import refit_if_behind
 from crowdtune.runtime.queues import connect
@@ -99,9 +101,10 @@ def import_history(face_id: str, limit: int | None = None) -> dict:
 
     Out: {"face_id", "read", "landed", "refused", "duplicates", "duplicate_rule", "batches", "summary"
     (the final line the CLI and the Training page show), "problems": the first MAX_PROBLEMS_KEPT
-    [{"line", "reason"}] by line} (module docstring), plus "imported" (= landed) and "problem_count"
-    (= refused). A face that cannot be read at all raises its CrowdtuneError, whose problem and fix
-    are also put in the job's meta["error"]."""
+    [{"line", "reason"}] by line} (module docstring), plus "imported" (= landed), "problem_count"
+    (= refused) and "embedding_job" (the id of the embedding chunk it queued, None when one waited).
+    A face that cannot be read at all raises its CrowdtuneError, whose problem and fix are also put in
+    the job's meta["error"]."""
     job = get_current_job()
     try:
         return _import(face_id, limit, job)
@@ -194,6 +197,12 @@ def _import(face_id: str, limit: int | None, job) -> dict:
         refit_if_behind(conn, face_id, only_refit=True)
     except Exception:  # the posts are imported either way; the controller asks again at its next tick
         log.warning("could not queue the reward model fit of %s", face_id, exc_info=True)
+    # ... and their vectors are computed now, in the background, for every run, fit and guard to come.
+    try:
+        embedding_job = embed_face_posts(conn, face_id)
+    except Exception:  # a post without a vector is embedded at its first use instead
+        embedding_job = None
+        log.warning("could not queue the embedding of %s's posts", face_id, exc_info=True)
 
     # 3) what was not imported, in line order, and an alert when anything was not
     problems = [{"line": p.line, "reason": p.reason} for p in getattr(face, "problems", [])] + store_problems
@@ -211,4 +220,4 @@ def _import(face_id: str, limit: int | None, job) -> dict:
     return {"face_id": face_id, "read": tally["read"], "landed": tally["landed"], "refused": len(problems),
             "duplicates": tally["duplicates"], "duplicate_rule": DUPLICATE_RULE, "batches": batch_no,
             "summary": summary, "imported": tally["landed"], "problem_count": len(problems),
-            "problems": problems[:MAX_PROBLEMS_KEPT]}
+            "problems": problems[:MAX_PROBLEMS_KEPT], "embedding_job": embedding_job}

@@ -1,12 +1,13 @@
 """The online loop's jobs: the controller's tick and the work it hands out.
 
-    tick(face_id)              queue `default`, scheduled with enqueue_at: read the store, decide
+    tick(face_id)              queue `control`, scheduled with enqueue_at: read the store, decide
                                (crowdtune.online.controller.decide), carry the decision out
                                (crowdtune.online.dispatch), schedule the next tick
     publish_post(face, run, slot)   queue `default`: sample N candidates with the active version, guard,
                                choose one (crowdtune.online.candidates), record the intent and the
-                               candidates, publish; a retry first asks the face whether the post went out
-    collect_reactions(...)     queue `default`: one reaction snapshot of a post; its score at maturity
+                               candidates, publish, keep the post's embedding; a retry first asks the face
+                               whether the post went out
+    collect_reactions(...)     queue `control`: one reaction snapshot of a post; its score at maturity
     rl_update(update_id)       queue `train`: one RL update -> a new model version, made active unless paused
     fit_reward_model(face_id)  queue `default`: the face's reward model on its scored posts, validated and
                                recorded (crowdtune.online.reward_fits); queued once per count of scored posts
@@ -28,6 +29,8 @@ from datetime import datetime, timedelta
 import redis
 from rq import get_current_job
 
+from crowdtune.actions import embed_face_posts
+from crowdtune.embeddings import keep_posts
 from crowdtune.errors import failure_message
 from crowdtune.online import records
 from crowdtune.online.controller import ControllerSnapshot, OnlineConfig, decide
@@ -273,6 +276,11 @@ def _record_published(at: _Slot, face, result) -> None:
         audience = None
     at.record(records.published(at.face_id, at.slot, at.post_id, result, audience, resolve=at.unresolved),
               "published")
+    try:  # its vector, for the fits and guards to come; never a reason to fail a post that went out
+        if keep_posts([at.row["text"]], at.settings):  # no vector of it here (not a candidate's): the job's turn
+            embed_face_posts(at.conn, at.face_id)
+    except Exception:
+        log.warning("could not keep the embedding of %s", at.post_id, exc_info=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def prepare_face(face_id: str) -> dict:
         return {"face_id": face_id, "outcome": "no such face"}
     report, started = progress_reporter(get_current_job()), time.monotonic()
     build_face(record["kind"], record["config"], name=face_id).prepare(
-        lambda done, total: report(done, total, None, None))
+        lambda done, total: report(done, total, None, None, f"setting up: embedding {done:,} of {total:,} posts"))
     return {"face_id": face_id, "seconds": round(time.monotonic() - started, 2)}
 
 

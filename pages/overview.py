@@ -3,11 +3,11 @@
 import datetime as dt
 
 import pandas as pd
-import plotly.express as px
 import redis
 import streamlit as st
 
 from crowdtune import actions
+from crowdtune.dashboard.charts import small_line_figure
 from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
 from crowdtune.dashboard.links import share_box
@@ -33,11 +33,11 @@ ACTIVE_RUNS = (RunStatus.RUNNING, RunStatus.STOPPING)  # a stopping run still tr
 
 
 def small_chart(frame: pd.DataFrame, x: str, y: str, color: str, title: str, built: dict | None = None):
-    """A small line chart; `built` keeps figures by title across redraws of the same reads (px.line is slow)."""
+    """A small line chart (a marker for a single point); `built` keeps figures by title across redraws of
+    the same reads."""
     figure = (built or {}).get(title)
     if figure is None:
-        figure = px.line(frame, x=x, y=y, color=color, title=title, height=240)
-        figure.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="", showlegend=False)
+        figure = small_line_figure(frame, x, y, color, title)
         if built is not None:
             built[title] = figure
     st.plotly_chart(figure, width="stretch", config={"displayModeBar": False})

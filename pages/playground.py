@@ -99,7 +99,7 @@ def samples():
                 st.warning("The sampling job expired; generate again.")
             elif state == "finished" and shown:
                 for text, note in sample_blocks(shown):  # in full: a post is short, a cut one says nothing
-                    st.markdown(text)
+                    st.text(text, width="stretch")  # as written: "$5 and $10" is no formula, "#1" no heading
                     st.caption(note)
             elif state == "finished":
                 st.caption("The job returned no samples.")

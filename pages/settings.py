@@ -49,7 +49,8 @@ def credentials_form(form: str, kind: str, face_name: str | None, title: str, ma
         show_error(exc)
         found = {}
     with st.form(f"secrets_{form}"):
-        st.markdown(f"**{title}**: " + ", ".join(f"`{f}` {'✅ set' if f in found else '⚠️ not set'}" for f in fields))
+        marks = {True: ":material/check_circle: set", False: ":material/warning: not set"}  # emoji need a font
+        st.markdown(f"**{title}**: " + ", ".join(f"`{f}` {marks[f in found]}" for f in fields))
         for f in fields:
             st.text_input(f, type="password", key=f"secret_{form}_{f}", placeholder="type a new value to replace it",
                           help="Looked for in " + ", then ".join(secret_sources(kind, f, face_name)) + ".")

@@ -137,6 +137,7 @@ QUEUED_BY_EARLIER_VERSIONS = [
     "jobs.online.reconcile", "jobs.offline.train_offline", "jobs.imports.import_history",
     "jobs.generate.sample_posts", "jobs.store.apply_write", "jobs.store.read_named",
     "jobs.system.probe_worker", "jobs.system.random_draws", "jobs.online.fit_reward_model",
+    "jobs.embeddings.embed_posts", "jobs.system.prepare_face",
 ]
 
 

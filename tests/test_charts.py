@@ -7,7 +7,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from crowdtune.dashboard.charts import metric_figure, reactions_figure, reward_histogram, reward_model_figure
+from crowdtune.dashboard.charts import (
+    metric_figure,
+    reactions_figure,
+    reward_histogram,
+    reward_model_figure,
+    small_line_figure,
+)
 
 
 def series(points: int) -> pd.DataFrame:
@@ -57,6 +63,17 @@ def test_a_metric_with_one_point_is_drawn_as_a_marker_not_an_invisible_line():
     lines = [t for t in figure.data if t.showlegend is not False]
     assert [t.mode for t in lines] == ["markers", "markers"] and len(lines[0].x) == 1
     assert {t.mode for t in metric_figure(series(1), "loss").data} == {"lines"}
+
+
+def test_the_overview_s_small_charts_draw_a_lone_point_as_a_marker():
+    # a run with one evaluation beside one with three; the first day of generated posts' scores
+    values = pd.DataFrame({"run_id": ["run-a", "run-b", "run-b", "run-b"], "step": [30, 10, 20, 30],
+                           "value": [2.0, 3.0, 2.5, 2.2]})
+    figure = validated(small_line_figure(values, "step", "value", "run_id", "val_loss"))
+    assert [(t.name, t.mode, len(t.x)) for t in figure.data] == [("run-a", "markers", 1), ("run-b", "lines", 3)]
+    assert figure.data[0].line.color != figure.data[1].line.color and figure.layout.title.text == "val_loss"
+    day = pd.DataFrame({"day": [dt.datetime(2026, 12, 1)], "origin": ["generated"], "score": [1.5]})
+    assert validated(small_line_figure(day, "day", "score", "origin", "scores")).data[0].mode == "markers"
 
 
 def test_the_reward_histogram_bins_each_origin_over_the_clip_range():

@@ -96,3 +96,8 @@ def test_a_broken_config_file_is_named(data_dir, tmp_path, monkeypatch):
     config.write_text("app_port = [unclosed")
     monkeypatch.setenv("CROWDTUNE_CONFIG", str(config))
     assert_clear(crowdtune("status"), "Could not read settings", str(config))
+
+
+def test_generate_latest_before_any_version_says_to_train_one_first(data_dir):
+    assert_clear(crowdtune("generate", "--version", "latest"), "There is no model version yet",
+                 "crowdtune train offline --face tweets")

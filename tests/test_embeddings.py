@@ -91,6 +91,17 @@ def test_a_sample_later_kept_is_written_without_embedding_it_again(tmp_path):
     assert texts_embedded() == before  # another process finds it in the shared shards
 
 
+def test_a_published_candidate_is_kept_without_the_model_and_an_unknown_text_is_left_over(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    cache.embed(["the candidate that went out", "one that did not"], keep=False)  # a publish job's candidates
+    before = texts_embedded()
+    assert cache.keep_known(["the candidate that went out", "never seen here"]) == ["never seen here"]
+    assert texts_embedded() == before
+    other = EmbeddingCache(tmp_path)  # another process: the kept one is in the shards, the rest is not
+    assert other.missing(["the candidate that went out", "one that did not", "never seen here"]) == [
+        "one that did not", "never seen here"]
+
+
 def test_remote_cache_is_shared_and_copied_to_each_machine(tmp_path):
     url = f"memory://crowdtune-test-{tmp_path.name}/embeddings"
     EmbeddingCache(url, local_dir=tmp_path / "machine-a").embed(TEXTS)

@@ -78,7 +78,7 @@ def readonly_notice(settings: Settings) -> bool:
 
     allowed = can_control(settings)
     if not allowed:
-        st.info("🔒 Read-only: log in to use the controls on this page.")
+        st.info("Read-only: log in to use the controls on this page.", icon=":material/lock:")
         with st.expander("Log in"):
             login_form(settings)
     return allowed

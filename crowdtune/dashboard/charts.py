@@ -59,6 +59,21 @@ def metric_figure(series: pd.DataFrame, name: str, x: str = "step", show_raw: bo
         "xaxis": {"title": {"text": x}}, "legend": {"orientation": "h"}}})
 
 
+def small_line_figure(frame: pd.DataFrame, x: str, y: str, group: str, title: str) -> go.Figure:
+    """A small chart for the Overview: a line per `group` value (a run, an origin), in the frame's order;
+    a group of one point (a run's first evaluation, the first day of scores) is a marker, not a line of
+    nothing."""
+    colours, data = _colours(), []
+    for index, (name, points) in enumerate(frame.groupby(group, sort=False)):
+        data.append({"type": "scatter", "x": points[x].to_numpy(), "y": points[y].to_numpy(dtype=float),
+                     "mode": "lines" if len(points) > 1 else "markers", "name": str(name),
+                     "line": {"color": colours[index % len(colours)]},
+                     "marker": {"color": colours[index % len(colours)], "size": 9}})
+    return _figure({"data": data, "layout": {
+        "title": {"text": title}, "height": 240, "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "showlegend": False}})
+
+
 def reactions_figure(snapshots: pd.DataFrame) -> go.Figure:
     """Reaction counts of one post over its age, a line per kind (views.reactions_over_age output)."""
     data = [{"type": "scatter", "x": of_kind["age_hours"].to_numpy(), "y": of_kind["count"].to_numpy(),

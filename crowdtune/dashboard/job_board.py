@@ -29,6 +29,19 @@ class JobRow:
     description: str | None
     enqueued_at: dt.datetime | None
     ended_at: dt.datetime | None
+    progress: str = ""  # a running job's last report: "embedding posts: 4,096 of 20,761"
+
+
+def progress_text(meta: dict) -> str:
+    """A job's meta["progress"] in a few words: its phase (a training run's is on the Runs table), or
+    "done of total" for a job that reports no phase; "" for none."""
+    progress = meta.get("progress") if isinstance(meta, dict) else None
+    if not isinstance(progress, dict):
+        return ""
+    if progress.get("phase") and progress["phase"] != "training":
+        return str(progress["phase"])
+    total = progress.get("total")
+    return f"{progress.get('step') or 0:,} of {total:,}" if total else f"{progress.get('step') or 0:,}"
 
 
 def job_board(conn: redis.Redis, per_state: int = 20) -> list[JobRow]:
@@ -48,5 +61,5 @@ def job_board(conn: redis.Redis, per_state: int = 20) -> list[JobRow]:
                 if job is None:
                     continue
                 rows.append(JobRow(job.id, name, state, job.func_name, job.description, job.enqueued_at,
-                                   job.ended_at))
+                                   job.ended_at, progress_text(job.meta) if state == "running" else ""))
     return rows

@@ -165,7 +165,7 @@ def share_box(page: str, view: BaseModel | None) -> str:
     settings = load_settings()
     fallback = f"http://{settings.app_host}:{settings.app_port}"
     url = link(app_base_url(st.context.url, fallback), page, view)
-    with st.expander("🔗 Link to this view"):
+    with st.expander("Link to this view", icon=":material/link:"):
         st.code(url, language=None)
         st.caption("Copy it with the button at the right of the box. It holds the view only, never a secret.")
     return url

@@ -18,6 +18,7 @@ IMPORT_TIMEOUT = 6 * 3600            # a face's whole history
 GENERATE_TIMEOUT = 3600              # a Playground batch of samples
 EXPORT_TIMEOUT = 3600                # a version exported (merging loads the base model) and pushed
 UPDATE_TIMEOUT = 24 * 3600           # one RL update on the train queue
+EMBED_CHUNK_TIMEOUT = 1800           # one chunk of a face's post embeddings (~10 s on a free core)
 REWARD_FIT_TIMEOUT = 3 * 3600        # a face's reward model: the first fit embeds its history (~20 ms a post)
 TRAINING_TIMEOUT = 30 * 24 * 3600    # an offline run: long runs on CPU are normal, stop flags end them
 

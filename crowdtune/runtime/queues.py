@@ -1,8 +1,9 @@
 """Redis connection and RQ queues: how work reaches the workers.
 
 `connect()` returns a client for REDIS_URL, or for the embedded server under the data folder.
-Queues are named for what they carry: `train` (GPU/CPU-heavy training), `default` (imports,
-publishing, collecting reactions) and `store` (writes to DuckDB, served by exactly one worker).
+Queues are named for what they carry (settings.QUEUE_ROLES): `control` (light work that keeps its
+times: ticks, reaction reads, imports), `train` (GPU/CPU-heavy training), `default` (generation and
+background embedding) and `store` (writes to DuckDB, served by exactly one worker).
 """
 
 from __future__ import annotations

@@ -254,17 +254,24 @@ def first_steps_text(app_url: str | None) -> str:
     return "\n".join(lines)
 
 
+def up_banner(settings: Settings, with_app: bool = True) -> str:
+    """What `crowdtune up` prints once everything runs (the README's "What you will see" quotes it)."""
+    where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
+    return "\n".join([
+        f"Crowdtune is up: {where}",
+        f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {settings.data_dir / 'logs'}",
+        first_steps_text(where if with_app else None),
+        "  Ctrl-C stops everything.",
+    ])
+
+
 def run_up(settings: Settings, with_app: bool = True) -> None:
     supervisor = Supervisor(settings, with_app=with_app)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     try:
         supervisor.start()
-        where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
-        print(f"Crowdtune is up: {where}")
-        print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}")
-        print(first_steps_text(where if with_app else None))
-        print("  Ctrl-C stops everything.", flush=True)
+        print(up_banner(settings, with_app), flush=True)
         supervisor.watch()
     finally:
         print("crowdtune: stopping ...", flush=True)

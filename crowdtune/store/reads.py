@@ -144,6 +144,14 @@ def training_posts(reader: StoreReader, face_id: str) -> list[dict]:
     return [] if df.empty else df.astype(object).where(df.notna(), None).to_dict("records")
 
 
+def post_texts(reader: StoreReader, face_id: str) -> list[str]:
+    """The distinct texts of a face's posts that are on its channel (imported or published), newest first:
+    what the embedding job keeps vectors of (the newest are what reward fits and style probes read first)."""
+    return [row[0] for row in reader.rows(
+        "SELECT text FROM posts WHERE face_id = ? AND status IN ('imported', 'published') AND coalesce(text, '') <> '' "
+        "GROUP BY text ORDER BY max(coalesce(published_at, created_at)) DESC NULLS LAST, text", [face_id])]
+
+
 def face_record(reader: StoreReader, face_id: str) -> dict | None:
     """A face's kind, config and scorer (dicts) and active version, or None if it does not exist."""
     import json
@@ -163,6 +171,11 @@ def faces(reader: StoreReader) -> list[dict]:
 def model_version(reader: StoreReader, version_id: str) -> dict | None:
     df = reader.frame("SELECT * FROM model_versions WHERE version_id = ?", [version_id])
     return None if df.empty else df.astype(object).where(df.notna(), None).iloc[0].to_dict()
+
+
+def newest_version_id(reader: StoreReader) -> str | None:
+    """The newest model version's id (what `crowdtune generate --version latest` samples); None before the first."""
+    return reader.scalar("SELECT version_id FROM model_versions ORDER BY created_at DESC, version_id DESC LIMIT 1")
 
 
 def version_card(reader: StoreReader, version_id: str) -> dict | None:
@@ -193,6 +206,7 @@ def version_card(reader: StoreReader, version_id: str) -> dict | None:
 # Reads that workers on other machines may ask the store worker for (see crowdtune.store.remote).
 NAMED_READS = {
     "training_posts": training_posts,
+    "post_texts": post_texts,
     "face_record": face_record,
     "model_version": model_version,
     "version_card": version_card,

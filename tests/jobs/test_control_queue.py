@@ -62,12 +62,18 @@ def test_a_saved_sandbox_face_is_set_up_by_a_job_not_by_its_first_publish(settin
 
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    actions.save_face(redis_conn, "sbx2", "sandbox", {"state_url": str(tmp_path / "s"),
-                                                      "audience": {"kind": "sentiment"}})
+    from faces.audience import AudienceConfig, cache_path
+
+    # an audience fitted on 20 rated tweets (the default likes audience fits on ~5,700: minutes of embedding)
+    audience = {"kind": "human", "fit_max_posts": 20, "cache_dir": str(tmp_path / "audiences")}
+    actions.save_face(redis_conn, "sbx2", "sandbox", {"state_url": str(tmp_path / "s"), "audience": audience})
     # Heavy (a likes audience embeds thousands of posts): with generation, never on the control queue.
     [job] = queue("default", redis_conn).jobs
     assert job.func_name == "jobs.system.prepare_face" and queue("control", redis_conn).count == 0
     workers.start("--queues", "default", conn=redis_conn)
-    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=60, message="the set-up")
+    wait_for(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=120, message="the set-up")
     assert job.get_status() == "finished", job.latest_result().exc_string
     assert job.latest_result().return_value["face_id"] == "sbx2"
+    # with its progress, and fitted for good: a publish job loads the fit (milliseconds), never fits it
+    assert job.get_meta(refresh=True)["progress"]["phase"] == "setting up: embedding 20 of 20 posts"
+    assert cache_path(AudienceConfig(**audience)).is_file()

@@ -12,6 +12,7 @@ import pytest
 from rq import Worker
 
 from crowdtune import actions
+from crowdtune.embeddings import shared_cache
 from crowdtune.errors import SettingsError
 from crowdtune.store.reads import StoreReader
 from crowdtune.testing.processes import kill_tree, wait_for
@@ -87,6 +88,8 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
     assert len(first.token_ids) == len(first.token_logprobs) > 0
     assert first.logprob == pytest.approx(sum(first.token_logprobs))
     assert '"temperature": 0.9' in first.sampling
+    # Its vector is kept for the fits and guards to come (by its publish job, or the embedding job it queued).
+    wait_for(lambda: not shared_cache(settings).missing([first.text]), timeout=60, message="the post's embedding")
     # On schedule: consecutive posts at least the minimum gap (1 audience hour = 2 s) apart.
     times = [r[0] for r in reader.rows("SELECT published_at FROM posts WHERE run_id = ? AND status = 'published' "
                                        "ORDER BY published_at", [run_id])]

@@ -138,7 +138,7 @@ def test_import_train_watch_progress_follow_a_metrics_link_and_stop(crowdtune_up
     page.goto(f"{url}/metrics")
     page.get_by_label("Smoothing (EMA)")  # the controls are there
     page.get_by_text("time", exact=True).first.click()  # x axis: time, so the link carries a choice
-    page.get_by_text("🔗 Link to this view").click()
+    page.get_by_text("Link to this view").click()
     link = page.locator("code").filter(has_text="x=time").first.inner_text().strip()  # waits for the rerun
     assert "runs=offline-" in link and "x=time" in link and "metrics=" in link
     shared = page.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()  # someone else

@@ -1,10 +1,15 @@
 """The Overview's first steps: a checklist from the store, one button for the next step, each doing it."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from crowdtune.actions import FIRST_STEPS, QUICK_FIRST_VERSION
 from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.runtime.queues import queue
+from crowdtune.runtime.supervisor import up_banner
+from crowdtune.settings import Settings
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
 from crowdtune.testing.processes import wait_for
@@ -37,6 +42,28 @@ def test_the_playground_step_is_offered_beside_the_next_step_and_never_holds_it_
 def test_the_quick_preset_is_what_the_printed_command_sets():
     command = dict(FIRST_STEPS)["Train a first version (quick)"]
     assert all(f"--set {name}={value}" in command for name, value in QUICK_FIRST_VERSION.items())
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def what_you_will_see() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme[readme.index("### What you will see"):readme.index("## Architecture")]
+
+
+def test_the_readme_quotes_make_run_s_output_and_the_pages_word_for_word():
+    section = what_you_will_see()
+    printed = re.search(r"```\n(.*?)\n```", section, re.S).group(1)
+    defaults = Settings(data_dir=Path("data"), db_path=None, redis_url=None, app_host="localhost", app_port=8501)
+    assert printed == up_banner(defaults)
+    # every button, heading and sentence it names in bold or quotes is one the app draws
+    drawn = "\n".join(p.read_text() for p in [ROOT / "app.py", ROOT / "crowdtune" / "actions.py",
+                                              *sorted((ROOT / "pages").glob("*.py"))])
+    prose = section.replace(printed, "")
+    named = re.findall(r"\*\*(.+?)\*\*", prose) + re.findall(r'"(.+?)"', prose)
+    assert len(named) >= 15 and [n for n in named if n not in drawn] == []
+    assert all(f"**{title}**" in prose for title, _ in FIRST_STEPS)
 
 
 def default_faces(settings):

@@ -1,4 +1,5 @@
-"""The Playground page: generating samples from chosen versions enqueues one sampling job each."""
+"""The Playground page: generating samples from chosen versions enqueues one sampling job each; finished
+samples show in full, as written, a rejected one with its reason."""
 
 from crowdtune.runtime.queues import queue
 from tests.pages.conftest import open_page, page_text
@@ -26,3 +27,14 @@ def test_generate_enqueues_one_sampling_job_per_chosen_version_and_shows_they_ar
     assert generation["temperature"] == 0.7
     assert page_text(at).count("Sampling…") == 2
     assert at.query_params["versions"] == "v2,v1"
+
+
+def test_finished_samples_show_in_full_as_written_and_a_rejected_one_says_why(populated_store, redis_conn):
+    long_post = "We will raise $5 and $10 for #1 veterans, " + "and keep going " * 20 + "all the way!"
+    rows = [{"text": "", "kept": False, "rejected": "empty", "tokens": 1, "logprob": -0.5},
+            {"text": long_post, "kept": True, "rejected": None, "tokens": 90, "logprob": -120.0}]
+    at = open_page(PAGE, session={"playground_jobs": {"v2": "job-1"},
+                                  "playground_done": {"job-1": ("finished", rows)}})
+    assert [t.value for t in at.text] == [long_post, "(empty)"]  # kept first, the whole text, no markdown
+    captions = [c.value for c in at.caption]
+    assert "90 tokens, log-prob -120.0" in captions and "rejected: empty · 1 tokens, log-prob -0.5" in captions

@@ -21,7 +21,7 @@ def test_a_credential_goes_to_the_secrets_file_and_is_never_shown_back(settings,
     secrets = tmp_path / "secrets.toml"
     monkeypatch.setenv("CROWDTUNE_SECRETS_FILE", str(secrets))
     at = open_page(PAGE)
-    assert "`token` ⚠️ not set" in page_text(at)
+    assert "`token` :material/warning: not set" in page_text(at)
     at.text_input(key="secret_mastodon_token").input("tok-123456")
     next(b for b in at.button if b.form_id == "secrets_mastodon").click().run()
     assert tomllib.loads(secrets.read_text())["mastodon"]["token"] == "tok-123456"
@@ -32,7 +32,7 @@ def test_a_credential_goes_to_the_secrets_file_and_is_never_shown_back(settings,
     assert "Saved token to the secrets file" in text and "tok-123456" not in text
     assert "tok-123456" not in str(dict(at.query_params))
     at.run()
-    assert "`token` ✅ set" in page_text(at)
+    assert "`token` :material/check_circle: set" in page_text(at)
 
 
 def test_with_no_set_up_a_token_lands_in_an_owner_only_file_under_the_data_folder(settings, monkeypatch):

@@ -191,3 +191,21 @@ def test_the_face_to_train_online_round_trips_through_the_link(populated_store):
     assert at.query_params["online_face"] == "sandbox"
     view = TrainingView(face="tweets", online_face="sandbox2")
     assert from_query_params(TrainingView, to_query_params(view)) == view
+
+
+def test_the_offline_form_says_what_a_run_will_cost_from_the_speed_a_version_measured(populated_store):
+    from crowdtune.training.configs import SFTConfig
+    from tests.pages.conftest import NOW
+
+    at = open_page(PAGE)
+    assert any("Cost before it starts" in c.value and "(a default)" in c.value for c in at.caption)
+
+    write(populated_store, rows("model_versions", {
+        "version_id": "v3", "run_id": "run-c", "base_model": "smollm2-135m", "artifact_url": "/a/v3", "step": 60,
+        "metrics": {"val_loss": 2.0, "tokens_per_second": 512.0, "eval_seconds": 30.0}, "created_at": NOW}))
+    cost = next(c.value for c in open_page(PAGE).caption if "Cost before it starts" in c.value)
+    config = SFTConfig().resolved()  # the form's defaults, as a CPU worker resolves them
+    tokens = config.batch_size * config.block_size * config.accumulate_grad_batches
+    minutes = (60 + config.max_steps * tokens / 512.0 + config.max_steps // config.eval_every * 30.0) / 60
+    assert f"about **{minutes:.0f} min** on the CPU" in cost
+    assert f"{config.max_steps} steps x {tokens:,} tokens at 512 tokens/s (measured by `v3`)" in cost
