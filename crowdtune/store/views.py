@@ -458,6 +458,26 @@ def model_versions(reader: StoreReader) -> pd.DataFrame:
     return df[[c for c in VERSION_COLUMNS if c in df.columns]] if not df.empty else df
 
 
+GALLERY_COLUMNS = ["when", "source", "step", "score", "text"]
+
+
+def version_gallery(reader: StoreReader, version_id: str, limit: int = 200) -> pd.DataFrame:
+    """The posts a version wrote, newest first, at most `limit`: the evaluation samples of the run that made
+    it, up to the version's step (source "evaluation", with its step), and the posts generated with it
+    (source: their status, published, candidate, rejected ..., with their score once scored)."""
+    return _frame(reader, """
+        SELECT * FROM (
+            SELECT s.recorded_at AS "when", 'evaluation' AS source, s.step, NULL::DOUBLE AS score, s.text,
+                   s.sample AS sample
+            FROM evaluation_samples s JOIN model_versions v ON s.run_id = v.run_id
+            WHERE v.version_id = ? AND s.step <= coalesce(v.step, s.step)
+            UNION ALL
+            SELECT coalesce(p.published_at, p.created_at, p.inserted_at), p.status, NULL, p.score, p.text, NULL
+            FROM posts p WHERE p.model_version_id = ?
+        ) ORDER BY "when" DESC, step DESC NULLS LAST, sample LIMIT ?""", [version_id, version_id, limit],
+                  GALLERY_COLUMNS)[GALLERY_COLUMNS]
+
+
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
     """The chain from `version_id` back through its parents to the first version (no cycles)."""
     parents = ({} if versions.empty
