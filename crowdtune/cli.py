@@ -100,7 +100,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     typer.echo(f"Workers: {len(s.workers)}")
     for w in s.workers:
         job = f" running {w.current_job_func} ({w.current_job})" if w.current_job else ""
-        typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{job}")
+        usage = f" cpu {w.cpu_percent:.0f}% mem {w.memory_mb:,.0f} MB" if w.memory_mb is not None else ""
+        typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{usage}{job}")
     if s.queues:
         queues = [f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled"
                   for q in s.queues]
