@@ -12,11 +12,34 @@ whose worker died resumes on another machine.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
+
+# object stores whose fsspec package an extra of ours installs: package -> extra
+STORE_EXTRAS = {"s3fs": "s3", "gcsfs": "gcs"}
+
+
+def missing_package(url: str) -> str | None:
+    """Why `url` cannot be used here, when its filesystem's package is not installed or its protocol is
+    unknown to fsspec (a sentence naming the fix); None when it can. Cheap: nothing is imported."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    protocol = protocol.split("::")[0]
+    if protocol in fsspec.registry:  # already imported (memory, file, ...)
+        return None
+    known = known_implementations.get(protocol)
+    if known is None:
+        return f"fsspec knows no {protocol}:// filesystem; use a local folder, s3://, gs:// or another fsspec URL"
+    package = known["class"].split(".", 1)[0]
+    if importlib.util.find_spec(package) is not None:
+        return None
+    extra = STORE_EXTRAS.get(package)
+    fix = f'pip install -e ".[{extra}]"' if extra else f"pip install {package}"
+    return f"{protocol}:// URLs need the {package} package, which is not installed: {fix}"
 
 
 def join(url: str, *parts: str) -> str:

@@ -100,7 +100,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print machine-rea
     typer.echo(f"Workers: {len(s.workers)}")
     for w in s.workers:
         job = f" running {w.current_job_func} ({w.current_job})" if w.current_job else ""
-        typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{job}")
+        usage = f" cpu {w.cpu_percent:.0f}% mem {w.memory_mb:,.0f} MB" if w.memory_mb is not None else ""
+        typer.echo(f"  {w.name} [{','.join(w.queues)}] {w.state}{usage}{job}")
     if s.queues:
         queues = [f"{q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.scheduled} scheduled"
                   for q in s.queues]
@@ -266,30 +267,43 @@ train_app = typer.Typer(help="Training runs.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
+CONFIG_OPTION_HELP = ("A run file (TOML) with the run's face and [settings], e.g. downloaded from the Training page; "
+                      "--face, --base-model and --set override it.")
+
+
+def run_request(kind: str, config_file: Path | None, face: str | None, overrides: dict, **top: str | None):
+    """The run `crowdtune train KIND` asks for: the run file's (if any) with the options on top.
+    Out: a run_files.RunRequest whose face is set; SettingsError names a bad field and its fix."""
+    from crowdtune.training.run_files import RunRequest, parse_run_file, read_run_file
+
+    if config_file is not None:
+        request = read_run_file(config_file, kind, overrides)
+    else:
+        request = parse_run_file("", kind, source="the --set options", overrides=overrides, section="")
+    request = RunRequest(request.kind, request.config, face or request.face,
+                         **{key: value or getattr(request, key) for key, value in top.items()})
+    if not request.face:
+        raise CrowdtuneError("No face was named.", "Give --face NAME, or face = \"NAME\" in the run file.")
+    return request
+
+
 @train_app.command("offline")
 @friendly
 def train_offline(
-    face: str = typer.Option(..., "--face", help="Train on this face's imported posts."),
+    face: str | None = typer.Option(None, "--face", help="Train on this face's imported posts."),
     base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
     set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
+    config_file: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
 ):
     """Fine-tune with LoRA on a face's posts (runs on a `train` worker)."""
-    from pydantic import ValidationError
-
     from crowdtune.actions import start_offline_training
     from crowdtune.runtime.queues import connect
-    from crowdtune.training.configs import SFTConfig
 
-    overrides = parse_assignments(set_)
-    try:
-        config = SFTConfig(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CrowdtuneError(f"Invalid training settings: {problems}",
-                             "See `crowdtune config-docs SFTConfig` for every setting and its default.") from None
-    run_id, job = start_offline_training(connect(load_settings()), face, config.model_dump(mode="json"),
-                                         base_model=base_model)
+    request = run_request("offline", config_file, face, parse_assignments(set_), base_model=base_model,
+                          parent_version=None)
+    run_id, job = start_offline_training(connect(load_settings()), request.face, request.config.model_dump(mode="json"),
+                                         base_model=request.base_model, parent_version_id=request.parent_version)
     typer.echo(f"Run {run_id} queued. Stop it with `crowdtune stop {run_id}`.")
     if wait:
         result = follow_job(job, f"training {run_id}")
@@ -312,20 +326,23 @@ def nested_assignments(pairs: list[str]) -> dict:
 @train_app.command("online")
 @friendly
 def train_online(
-    face: str = typer.Option(..., "--face", help="The face to publish on and learn from (sandbox or network)."),
+    face: str | None = typer.Option(None, "--face", help="The face to publish on and learn from (sandbox or network)."),
     base_model: str | None = typer.Option(None, help="Base model if the face has no active version yet."),
     set_: list[str] = typer.Option(
         [], "--set", help="Online setting key=value (repeatable), e.g. --set interval_minutes=120 "
         "--set algorithm=reinforce --set algorithm_settings.learning_rate=1e-4."),
+    config_file: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
 ):
     """Start online training: publish on schedule, score reactions at maturity, update with RL (runs on workers)."""
     from crowdtune.actions import start_online
     from crowdtune.runtime.queues import connect
 
-    config = nested_assignments(set_)
+    overrides = nested_assignments(set_)
     if base_model:
-        config["base_model"] = base_model
-    run_id = start_online(connect(load_settings()), face, config)
+        overrides["base_model"] = base_model
+    request = run_request("online", config_file, face, overrides)
+    run_id = start_online(connect(load_settings()), request.face, request.config.model_dump(mode="json"))
+    face = request.face
     typer.echo(f"Online run {run_id} started on {face}. Stop it with `crowdtune stop --face {face}`.")
 
 

@@ -97,6 +97,16 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_reachable(cls, value: str | None) -> str | None:
+        from crowdtune.artifacts import missing_package
+
+        problem = missing_package(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @field_validator("worker_queues")
     @classmethod
     def _queues_are_known(cls, value: list[str]) -> list[str]:

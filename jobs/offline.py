@@ -59,8 +59,15 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                 artifacts.mirror_down(remote_checkpoints, checkpoint_dir)
         resumed = (checkpoint_dir / "last.ckpt").exists()
 
+        mirrored_checkpoint: list[float] = []  # mtime of the last.ckpt mirrored last
+
         def mirror() -> None:  # after each evaluation's metrics: its checkpoint is complete by then
+            last = checkpoint_dir / "last.ckpt"
+            stamp = last.stat().st_mtime if last.exists() else 0.0
+            if mirrored_checkpoint[-1:] == [stamp]:
+                return  # a batch of step figures between evaluations: the checkpoint has not changed
             artifacts.mirror_up(checkpoint_dir, remote_checkpoints)
+            mirrored_checkpoint[:] = [stamp]
 
         # the store (exactly once per step, see StoreLogger), then the trackers the `loggers` setting names
         loggers = [StoreLogger(writer, run_id, after_write=mirror if mirrored else None),

@@ -94,4 +94,18 @@ def live_charts():
                        mime="text/csv", on_click="ignore")
 
 live_charts()
+
+# The runs and their settings, as a tracker's runs table: "differences only" keeps the settings that vary.
+st.subheader("Runs and their settings")
+with or_stop():
+    runs_table = views.runs_settings(reader)
+charted_col, differences_col = st.columns(2)
+only_charted = charted_col.toggle("Only the runs on the charts", key="metrics_runs_charted")
+differences = differences_col.toggle("Differences only", key="metrics_runs_differences")
+if only_charted:
+    runs_table = runs_table[runs_table["run_id"].isin(view.runs)]
+shown = views.differing_settings(runs_table) if differences else runs_table
+if differences and len(shown.columns) == len(views.RUN_IDENTITY):
+    st.caption("These runs share every setting." if len(shown) > 1 else "Pick two runs or more to compare.")
+st.dataframe(shown, hide_index=True, width="stretch")
 share_box("metrics", view)

@@ -36,6 +36,17 @@ else:
         st.dataframe(metrics_for_display(metrics), hide_index=True, width="stretch")
     inspect = st.selectbox("Lineage of", versions["version_id"].tolist())
     st.write(" ← ".join(f"`{v}`" for v in views.lineage(versions, inspect)) + " ← base model")
+    with or_stop():
+        gallery = views.version_gallery(reader, inspect)
+    st.markdown(f"**What `{inspect}` wrote over time**")
+    if gallery.empty:
+        st.caption("No posts of this version yet: its run's evaluation samples and the posts it publishes "
+                   "appear here.")
+    else:
+        st.dataframe(gallery, hide_index=True, width="stretch",
+                     column_config={"text": st.column_config.TextColumn("text", width="large")})
+        st.caption("Newest first: the posts its run sampled at each evaluation (step), then those it published "
+                   "or drafted as candidates, with their score once scored.")
 
 st.subheader("Choose the version that publishes")
 view = from_query_params(ModelsView, st.query_params)

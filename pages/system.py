@@ -40,8 +40,11 @@ def live_status():
             "worker": w.name, "state": w.state, "queues": ", ".join(w.queues),
             "serves": "; ".join(QUEUE_ROLES.get(q, q) for q in w.queues),
             "current job": f"{w.current_job_func} ({w.current_job})" if w.current_job else "",
+            "CPU %": w.cpu_percent, "memory MB": round(w.memory_mb) if w.memory_mb is not None else None,
             "last heartbeat": w.last_heartbeat, "done": w.successful, "failed": w.failed,
         } for w in status.workers]), hide_index=True, width="stretch")
+        st.caption("CPU and memory: each worker with its job processes, at its last heartbeat "
+                   "(CPU as % of one core since the one before).")
     elif status.redis_ok:
         st.warning("No worker is alive. Start them with `make run` "
                    "(or `crowdtune worker` / `crowdtune worker --store`).")

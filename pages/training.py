@@ -21,6 +21,7 @@ from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.training.configs import DEFAULT_BASE_MODEL, SFTConfig
 from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
+from crowdtune.training.run_files import RunKind, RunRequest, run_file_text
 from faces.registry import FACE_KINDS
 
 # The online form shows the schedule; every other OnlineConfig setting waits in an expander.
@@ -178,17 +179,33 @@ else:
         estimate, estimate_problems = validate_config(SFTConfig, values)
         if not estimate_problems:
             st.caption(run_cost(estimate.resolved(), versions, base_model.strip() or DEFAULT_BASE_MODEL))
-        if st.form_submit_button("Start training", type="primary", disabled=controls_off) and not controls_off:
+        start_col, file_col = st.columns(2)
+        start = start_col.form_submit_button("Start training", type="primary", disabled=controls_off)
+        as_file = file_col.form_submit_button("Settings as a run file",
+                                              help="Check these settings and offer them as a TOML file for "
+                                                   "`crowdtune train offline --config FILE` (nothing starts)")
+        if (start and not controls_off) or as_file:
             config, problems = validate_config(SFTConfig, values)
             if problems:
-                st.error("Not started; fix these settings:\n\n" + "\n".join(f"- {p}" for p in problems))
+                st.session_state.pop("training_offline_run_file", None)
+                st.error(("Not started; fix" if start else "Fix") + " these settings:\n\n"
+                         + "\n".join(f"- {p}" for p in problems))
             else:
                 parent_id = None if parent.startswith("(none") else parent
-                run_id, job = actions.start_offline_training(conn, train_face, config.model_dump(mode="json"),
-                                                             base_model=base_model.strip() or None,
-                                                             parent_version_id=parent_id)
-                st.session_state["training_last_run"] = run_id
-                st.success(f"Run `{run_id}` queued on the train queue.")
+                request = RunRequest(RunKind.OFFLINE, config, train_face, base_model.strip() or None, parent_id)
+                st.session_state["training_offline_run_file"] = run_file_text(request)
+                if start and not controls_off:
+                    run_id, job = actions.start_offline_training(conn, train_face, config.model_dump(mode="json"),
+                                                                 base_model=request.base_model,
+                                                                 parent_version_id=parent_id)
+                    st.session_state["training_last_run"] = run_id
+                    st.success(f"Run `{run_id}` queued on the train queue.")
+    # Outside the form (a form holds no download button): the settings last checked or started, as a run file.
+    if st.session_state.get("training_offline_run_file"):
+        st.download_button("Download the run file", st.session_state["training_offline_run_file"],
+                           file_name="offline-run.toml", mime="application/toml", on_click="ignore",
+                           key="offline_run_file", help="`crowdtune train offline --config offline-run.toml` "
+                                                        "starts the same run")
 
 # ---- Online training ----------------------------------------------------------------------------
 st.subheader("Start online training")
@@ -249,7 +266,12 @@ else:
     if pending:
         kind = faces.set_index("face_id").loc[pending["face"], "kind"]
         st.warning(publishing_summary(pending["face"], kind, OnlineConfig(**pending["config"])))
-        yes_col, no_col = st.columns(2)
+        yes_col, no_col, file_col = st.columns(3)
+        file_col.download_button(
+            "Download the run file", run_file_text(RunRequest(RunKind.ONLINE, OnlineConfig(**pending["config"]),
+                                                              pending["face"])),
+            file_name="online-run.toml", mime="application/toml", on_click="ignore", key="online_run_file",
+            help="`crowdtune train online --config online-run.toml` starts the same run")
         if yes_col.button("Yes, start publishing", key="online_confirm", type="primary", disabled=controls_off) \
                 and not controls_off:
             try:

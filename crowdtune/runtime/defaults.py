@@ -41,3 +41,6 @@ RATE_LIMIT_PREFIX = KEY_PREFIX + "rate:"            # token buckets of the netwo
 STORE_HELD_KEY = KEY_PREFIX + "store-held"          # "held since": a write waits on a file another program holds
 STORE_HELD_TTL = 60                                 # refreshed every few s while it waits: a killed writer's note ends
 STORE_HELD_AFTER_SECONDS = 3.0                      # a shorter wait is readers taking turns, not a held file
+# A worker's own figures, written into its RQ worker hash with each heartbeat (the System page reads them)
+WORKER_CPU_FIELD = "crowdtune_cpu_percent"        # the worker and its job processes, % of one core since the last beat
+WORKER_MEMORY_FIELD = "crowdtune_rss_bytes"       # their resident memory

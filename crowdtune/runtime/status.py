@@ -10,6 +10,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime import defaults
 from crowdtune.runtime.queues import ALL_QUEUES, connect, queue
 from crowdtune.settings import Settings
 from crowdtune.store.reads import StoreReader, StoreSummary, summary
@@ -25,6 +26,8 @@ class WorkerInfo:
     last_heartbeat: dt.datetime | None
     successful: int
     failed: int
+    cpu_percent: float | None = None  # the worker and its job processes at its last heartbeat (% of one core)
+    memory_mb: float | None = None    # their resident memory then (None: a worker that does not report them)
 
 
 @dataclass
@@ -92,6 +95,7 @@ def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:
     if conn is not None:
         for worker in Worker.all(connection=conn, serializer=JSONSerializer):
             job = worker.get_current_job()
+            cpu, rss = conn.hmget(worker.key, [defaults.WORKER_CPU_FIELD, defaults.WORKER_MEMORY_FIELD])
             status.workers.append(
                 WorkerInfo(
                     name=worker.name,
@@ -102,6 +106,8 @@ def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:
                     last_heartbeat=worker.last_heartbeat,
                     successful=worker.successful_job_count,
                     failed=worker.failed_job_count,
+                    cpu_percent=float(cpu) if cpu is not None else None,
+                    memory_mb=int(rss) / 1e6 if rss is not None else None,
                 )
             )
         for name in ALL_QUEUES:

@@ -127,6 +127,44 @@ class _AuditMixin:
             self._audit(job, queue, **values)
 
 
+class _UsageMixin:
+    """With each RQ heartbeat, the CPU and resident memory of the worker and its job processes (the forked
+    work horse trains) go into the worker's own hash, beside RQ's last_heartbeat: the System page shows
+    them per worker, and they expire with the worker. CPU is % of one core since the previous beat."""
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        # the first beat comes from the worker itself; a forked work horse beats too, but counts only itself
+        if self.__dict__.setdefault("_usage_owner", os.getpid()) != os.getpid():
+            return
+        try:
+            cpu, rss = self._usage()
+            connection = pipeline if pipeline is not None else self.connection
+            connection.hset(self.key, mapping={defaults.WORKER_CPU_FIELD: f"{cpu:.1f}",
+                                               defaults.WORKER_MEMORY_FIELD: str(rss)})
+        except Exception:  # figures for a page: never a reason for a heartbeat to fail
+            log.debug("could not record the worker's CPU and memory", exc_info=True)
+
+    def _usage(self) -> tuple[float, int]:
+        import psutil
+
+        # psutil measures CPU between two calls on one Process object: keep one per process seen
+        known: dict[int, psutil.Process] = self.__dict__.setdefault("_usage_processes", {})
+        me = known.setdefault(os.getpid(), psutil.Process())
+        processes = [me, *(known.setdefault(child.pid, child) for child in me.children(recursive=True))]
+        cpu = rss = 0.0
+        for process in processes:
+            try:
+                cpu += process.cpu_percent(None)
+                rss += process.memory_info().rss
+            except psutil.Error:  # a job process that ended between the listing and the reading
+                known.pop(process.pid, None)
+        alive = {process.pid for process in processes}
+        for pid in [pid for pid in known if pid not in alive]:
+            del known[pid]
+        return cpu, int(rss)
+
+
 def _die_with_parent(sig: int = signal.SIGKILL) -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
@@ -134,7 +172,7 @@ def _die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-class PreloadedWorker(_AuditMixin, Worker):
+class PreloadedWorker(_UsageMixin, _AuditMixin, Worker):
     """Forking worker for `train` and `default`, with the ML stack imported once."""
 
     job_class = CrowdtuneJob
@@ -193,7 +231,7 @@ def _gone_from_this_machine(name: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
-class StoreWorker(SimpleWorker):
+class StoreWorker(_UsageMixin, SimpleWorker):
     """The single writer: serves the `store` queue in-process and holds a lease in Redis."""
 
     job_class = CrowdtuneJob

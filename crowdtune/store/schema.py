@@ -210,6 +210,18 @@ MIGRATIONS: list[str] = [
         slot_drafted_at TIMESTAMP
     );
     """,
+    # 7: the posts an offline run sampled at each evaluation (its guards measured them), for the Models
+    # page's gallery of a version's posts over time
+    """
+    CREATE TABLE evaluation_samples (
+        run_id VARCHAR NOT NULL,
+        step BIGINT NOT NULL,
+        sample INTEGER NOT NULL,
+        text VARCHAR NOT NULL,
+        recorded_at TIMESTAMP NOT NULL DEFAULT (now()::TIMESTAMP),
+        PRIMARY KEY (run_id, step, sample)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -229,4 +241,5 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "online_updates": ("update_id",),
     "reward_models": ("model_id",),
     "review_decisions": ("decision_id",),
+    "evaluation_samples": ("run_id", "step", "sample"),
 }

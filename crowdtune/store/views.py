@@ -55,6 +55,47 @@ def latest_runs(reader: StoreReader, limit: int = 20) -> pd.DataFrame:
                   [limit], RUN_COLUMNS)
 
 
+RUN_IDENTITY = ["run_id", "kind", "face_id", "status", "base_model", "started_at"]
+
+
+def _flat_settings(config, prefix: str = "") -> dict[str, str]:
+    """A run's config as {dotted name: JSON text}: nested settings (algorithm_settings.learning_rate) flattened."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError:
+            return {}
+    if not isinstance(config, dict):
+        return {}
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return flat
+
+
+def runs_settings(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
+    """The newest runs first, one row each: RUN_IDENTITY, then one column per setting of their configs
+    (nested ones flattened with dots, every value as the JSON a run file holds; None where a run's
+    config has no such setting), settings in alphabetical order. The runs table of the Metrics page."""
+    runs = _frame(reader, f"SELECT {', '.join(RUN_IDENTITY)}, config FROM runs "
+                          "ORDER BY coalesce(started_at, updated_at) DESC NULLS LAST, run_id DESC LIMIT ?",
+                  [limit], [*RUN_IDENTITY, "config"])
+    settings = pd.DataFrame([_flat_settings(config) for config in runs["config"]], index=runs.index)
+    settings = settings.reindex(columns=sorted(settings.columns)).astype(object)
+    return pd.concat([runs[RUN_IDENTITY], settings.where(settings.notna(), None)], axis=1)
+
+
+def differing_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """runs_settings' `table` with only the settings whose values differ between its rows (a setting one run
+    lacks differs too); the RUN_IDENTITY columns stay. One row, or none, has no differences to show."""
+    keep = [column for column in table.columns if column not in RUN_IDENTITY
+            and table[column].map(lambda v: "\0" if v is None else v).nunique() > 1]
+    return table[[c for c in RUN_IDENTITY if c in table.columns] + keep]
+
+
 def runs_with_status(reader: StoreReader, statuses: tuple[str, ...]) -> pd.DataFrame:
     """Runs whose status is one of `statuses` (e.g. queued, running), newest first."""
     marks = ", ".join("?" for _ in statuses)
@@ -415,6 +456,26 @@ def model_versions(reader: StoreReader) -> pd.DataFrame:
                         "WHERE f.active_version_id = v.version_id) AS active_for "
                         "FROM model_versions v ORDER BY created_at DESC, version_id DESC", [], VERSION_COLUMNS)
     return df[[c for c in VERSION_COLUMNS if c in df.columns]] if not df.empty else df
+
+
+GALLERY_COLUMNS = ["when", "source", "step", "score", "text"]
+
+
+def version_gallery(reader: StoreReader, version_id: str, limit: int = 200) -> pd.DataFrame:
+    """The posts a version wrote, newest first, at most `limit`: the evaluation samples of the run that made
+    it, up to the version's step (source "evaluation", with its step), and the posts generated with it
+    (source: their status, published, candidate, rejected ..., with their score once scored)."""
+    return _frame(reader, """
+        SELECT * FROM (
+            SELECT s.recorded_at AS "when", 'evaluation' AS source, s.step, NULL::DOUBLE AS score, s.text,
+                   s.sample AS sample
+            FROM evaluation_samples s JOIN model_versions v ON s.run_id = v.run_id
+            WHERE v.version_id = ? AND s.step <= coalesce(v.step, s.step)
+            UNION ALL
+            SELECT coalesce(p.published_at, p.created_at, p.inserted_at), p.status, NULL, p.score, p.text, NULL
+            FROM posts p WHERE p.model_version_id = ?
+        ) ORDER BY "when" DESC, step DESC NULLS LAST, sample LIMIT ?""", [version_id, version_id, limit],
+                  GALLERY_COLUMNS)[GALLERY_COLUMNS]
 
 
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:

@@ -65,6 +65,12 @@ def metrics_op(run_id: str, step: int, values: dict[str, float]) -> dict:
                                  for name, value in values.items() if value is not None])
 
 
+def samples_op(run_id: str, step: int, texts: list[str]) -> dict:
+    """The posts a run sampled at an evaluation `step`, numbered in order (keyed: a repeat changes nothing)."""
+    return insert_op("evaluation_samples", [{"run_id": run_id, "step": step, "sample": i, "text": text}
+                                            for i, text in enumerate(texts)])
+
+
 def controller_op(face_id: str, **values: Any) -> dict:
     """Set columns of the face's online controller."""
     return update_op("controllers", {"face_id": face_id}, values)

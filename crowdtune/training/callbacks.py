@@ -6,20 +6,23 @@
     ProgressReport   calls a ProgressSink every `every` optimizer steps and in each evaluation phase,
                      with an ETA that counts the evaluations still to come
     CheckpointEvery  writes last.ckpt every `every` optimizer steps
+    StepFigures      logs train/loss, train/lr and train/grad_norm every `every` optimizer steps, once per step
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
-from crowdtune.training.checkpoints import save_checkpoint
+from crowdtune.training.checkpoints import save_checkpoint, write_json
 
 MetricsSink = Callable[[int, dict[str, float]], None]
 # on_progress(step, total, loss, eta_seconds, phase): phase is optional for sinks that only follow steps
@@ -174,3 +177,55 @@ class CheckpointEvery(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
             save_checkpoint(trainer, self.folder)
+
+
+class StepFigures(pl.Callback):
+    """train/loss, train/lr and train/grad_norm every `every` optimizer steps, to each of `loggers` (rank 0).
+
+    loss: the mean over the micro-batches of that optimizer step (the module's `last_loss` of each);
+    lr: the first parameter group's, as that step used it; grad_norm: the L2 norm of every trainable
+    gradient before clipping. The names share the prefix "train/", apart from the evaluations' figures
+    (train_loss there is the mean since the last evaluation), so trackers group them and the store keys
+    them apart. Once per step across a crash: `marker` (a JSON file beside the checkpoints) holds the last
+    step logged, and a step done again after a resume from an older checkpoint is not logged twice.
+    """
+
+    PREFIX = "train/"
+
+    def __init__(self, loggers: Sequence, every: int, marker: Path | None = None):
+        self.loggers, self.every, self.marker = list(loggers), every, marker
+        self.seen_step, self.logged_step = 0, -1
+        self.losses: list[float] = []  # the micro-batches of the optimizer step under way
+        self.lr, self.grad_norm = float("nan"), float("nan")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.seen_step = trainer.global_step
+        if self.marker is not None and self.marker.is_file():
+            self.logged_step = json.loads(self.marker.read_text())["step"]
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and step > self.logged_step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.due(trainer.global_step + 1):  # the step about to be taken; norms cost only when logged
+            return
+        self.lr = float(optimizer.param_groups[0]["lr"])
+        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in pl_module.parameters()
+                 if p.requires_grad and p.grad is not None]
+        self.grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(pl_module.last_loss))
+        step = trainer.global_step
+        if step == self.seen_step:
+            return  # a micro-batch that did not end an optimizer step
+        self.seen_step, losses, self.losses = step, self.losses, []
+        if not self.due(step) or not trainer.is_global_zero:
+            return
+        figures = {f"{self.PREFIX}loss": sum(losses) / len(losses), f"{self.PREFIX}lr": self.lr,
+                   f"{self.PREFIX}grad_norm": self.grad_norm}
+        for logger in self.loggers:
+            logger.log_metrics(figures, step)
+        self.logged_step = step
+        if self.marker is not None:
+            write_json(self.marker, {"step": step})

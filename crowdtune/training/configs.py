@@ -60,6 +60,8 @@ class SFTConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: 60 on a CPU, 200 on a GPU")
     max_epochs: int | None = Field(None, ge=1, description="also stop after this many passes over the data")
     eval_every: int = Field(20, ge=1, description="optimizer steps between evaluations")
+    log_every_n_steps: int = Field(5, ge=0, description="optimizer steps between the train/loss, train/lr and "
+                                                        "train/grad_norm rows (the store and every tracker); 0 = off")
     max_val_batches: int | None = Field(8, ge=1, description="validation micro-batches per evaluation; None = all")
     early_stopping_patience: int | None = Field(
         3, ge=1, description="evaluations without improvement before stopping; None = off")

@@ -4,6 +4,7 @@
     tracker_loggers(names, ...)          TensorBoard, CSV, MLflow, W&B loggers by name (each an optional extra)
     run_trackers(settings, face, run)    the same, as the `loggers` setting says
     log_figures(loggers, step, metrics)  what a step outside a Trainer (an online update's record) logs
+    log_samples(loggers, step, texts)    an evaluation's sampled posts: the store, and the trackers' text views
 
 Both trainers hand these to `pl.Trainer(logger=...)`; their evaluations (SFT) and updates (RL) log
 through `trainer.loggers`, so every logger sees the same (step, figures) as the store. A tracker
@@ -26,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import Settings
-from crowdtune.store.writes import StoreWriter, metrics_op
+from crowdtune.store.writes import StoreWriter, metrics_op, samples_op
 
 # tracker -> (module it needs, the extra that installs it)
 TRACKER_EXTRAS = {
@@ -46,7 +47,9 @@ class StoreLogger(Logger):
 
     Exactly once per (run, name, step): the batch's write id is `metrics:<run_id>:<step>`, so a step
     logged again after a crash (the SFT evaluation re-emits what it had not recorded as emitted)
-    changes nothing. `after_write()` runs after each batch (the offline job mirrors checkpoints there).
+    changes nothing. Figures named `<group>/<name>` (the step figures, "train/loss") are a batch of
+    their own at the same step: `metrics:<run_id>:<step>:<group>`. `after_write()` runs after each
+    batch (the offline job mirrors checkpoints there).
     Hyperparameters are not stored here: the run's config is already in its `runs` row.
     """
 
@@ -71,7 +74,8 @@ class StoreLogger(Logger):
         if step is None:
             raise ValueError("StoreLogger needs a step: metric rows are keyed by (run, name, step)")
         values = {name: float(value) for name, value in metrics.items() if value is not None}
-        self.writer.submit([metrics_op(self.run_id, int(step), values)], write_id=f"metrics:{self.run_id}:{step}")
+        self.writer.submit([metrics_op(self.run_id, int(step), values)], write_id=metrics_write_id(
+            self.run_id, int(step), values))
         if self.after_write is not None:
             self.after_write()
 
@@ -79,13 +83,25 @@ class StoreLogger(Logger):
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
+    @rank_zero_only
+    def log_samples(self, texts: list[str], step: int) -> None:
+        """The posts sampled at the evaluation at `step`, as evaluation_samples rows (once per run and step)."""
+        self.writer.submit([samples_op(self.run_id, int(step), list(texts))], write_id=f"samples:{self.run_id}:{step}")
+
+
+def metrics_write_id(run_id: str, step: int, names: Iterable[str]) -> str:
+    """The write id of a metrics batch: one per run and step, and per group of `group/name` figures."""
+    groups = sorted({name.split("/", 1)[0] for name in names if "/" in name})
+    return f"metrics:{run_id}:{step}" + "".join(f":{group}" for group in groups)
+
 
 class SinkLogger(Logger):
     """Any `on_metrics(step, {name: value})` callable as a Logger (tests, benchmarks, scripts)."""
 
-    def __init__(self, sink: Callable[[int, dict[str, float]], None]):
+    def __init__(self, sink: Callable[[int, dict[str, float]], None],
+                 samples: Callable[[int, list[str]], None] | None = None):
         super().__init__()
-        self.sink = sink
+        self.sink, self.samples = sink, samples
 
     @property
     def name(self) -> str:
@@ -102,6 +118,11 @@ class SinkLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self.sink(int(step or 0), dict(metrics))
+
+    @rank_zero_only
+    def log_samples(self, texts: list[str], step: int) -> None:
+        if self.samples is not None:
+            self.samples(int(step), list(texts))
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -188,3 +209,21 @@ def log_figures(loggers: Iterable[Logger], step: int, metrics: Mapping[str, floa
     for logger in loggers:
         logger.log_metrics(finite, step)
         logger.finalize("success")
+
+
+def log_samples(loggers: Iterable[Logger], step: int, texts: list[str]) -> None:
+    """An evaluation's sampled posts to each logger, each as it keeps text: the store's evaluation_samples rows,
+    TensorBoard's text tab (tag "samples"), an MLflow artifact samples/step-<N>.txt, a W&B table."""
+    from pytorch_lightning import loggers as pl_loggers
+
+    numbered = [f"{i + 1}. {text}" for i, text in enumerate(texts)]
+    for logger in loggers:
+        if isinstance(logger, (StoreLogger, SinkLogger)):
+            logger.log_samples(texts, step)
+        elif isinstance(logger, pl_loggers.TensorBoardLogger):
+            logger.experiment.add_text("samples", "\n\n".join(numbered), global_step=step)
+        elif isinstance(logger, pl_loggers.MLFlowLogger):
+            logger.experiment.log_text(logger.run_id, "\n".join(numbered), f"samples/step-{step:06d}.txt")
+        elif isinstance(logger, pl_loggers.WandbLogger):
+            logger.log_text(key="samples", columns=["sample", "text"], data=[[i, t] for i, t in enumerate(texts)],
+                            step=step)

@@ -6,8 +6,9 @@ through Lightning loggers and plain callbacks, so the RQ job that calls it stays
 
     loggers                                    Lightning Loggers (crowdtune.training.loggers: the store,
                                                TensorBoard, CSV ...): log_metrics(figures, step) at every
-                                               evaluation, after its checkpoint is saved
-    on_metrics(step, {name: value})            the same, as a plain callable (wrapped in a SinkLogger)
+                                               evaluation, after its checkpoint is saved, and train/loss,
+                                               train/lr, train/grad_norm every `log_every_n_steps` steps
+    on_metrics(step, {name: value})            the evaluations' figures, as a plain callable (a SinkLogger)
     on_progress(step, total, loss, eta_seconds, phase)
                                                every `progress_every` optimizer steps and in every
                                                phase of an evaluation ("evaluating: sampling 8 posts")
@@ -21,7 +22,8 @@ first version must come in minutes, on a GPU the same minutes buy more steps.
 Everything that must survive a crash lives in `checkpoint_dir`:
     last.ckpt            Lightning checkpoint (adapter weights, optimizer, scheduler, loop, monitor state)
     adapter-step<N>/     the best adapter so far (a plain PEFT adapter folder)
-    emitted.json         the last step whose metrics reached the loggers
+    emitted.json         the last step whose metrics (and sampled posts) reached the loggers
+    logged_steps.json    the last step whose train/ figures reached the loggers (callbacks.StepFigures)
     result.json          written when the run has finished (completed or early-stopped)
 Running again with the same folder resumes from last.ckpt; step numbers continue and no
 (metric, step) pair is emitted twice. A finished run returns its stored result at once.
@@ -45,14 +47,14 @@ from pytorch_lightning.loggers import Logger
 
 from crowdtune.errors import CrowdtuneError
 from crowdtune.training.adapter_module import AdapterModule
-from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StopFlag
+from crowdtune.training.callbacks import MetricsSink, ProgressReport, ProgressSink, StepFigures, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.configs import SFTConfig
 from crowdtune.training.data import PostsDataModule
 from crowdtune.training.devices import asks_for_several, one_device
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex, StyleProbe, guard_metrics
-from crowdtune.training.loggers import SinkLogger
+from crowdtune.training.loggers import SinkLogger, log_samples
 from crowdtune.training.models import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_CACHE,
@@ -214,13 +216,14 @@ class Evaluation(pl.Callback):
         self.bad_evals = 0
         self.early_stopped = False
         self.history: list[dict] = []
+        self.samples: dict[int, list[str]] = {}  # step -> the posts sampled at that evaluation
 
     def state_dict(self) -> dict:
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "bad_evals": self.bad_evals,
-                "early_stopped": self.early_stopped, "history": self.history}
+                "early_stopped": self.early_stopped, "history": self.history, "samples": self.samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"samples": {}, **state})  # a checkpoint from before samples were kept has none
 
     @property
     def emitted_step(self) -> int:
@@ -237,6 +240,8 @@ class Evaluation(pl.Callback):
                 figures = {k: v for k, v in row.items() if k != "step" and v is not None}
                 for logger in trainer.loggers:
                     logger.log_metrics(figures, row["step"])
+                if self.samples.get(row["step"]):
+                    log_samples(trainer.loggers, row["step"], self.samples[row["step"]])
                 write_json(self.dir / "emitted.json", {"step": row["step"]})
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -265,6 +270,7 @@ class Evaluation(pl.Callback):
                                                 interrupt=self.sampling_progress(cfg))]
             if self.dropped(trainer):
                 return
+            self.samples[step] = texts
             self.phase(f"evaluating: copy and style guards on {len(texts)} posts")
             metrics.update(guard_metrics(texts, self.copy_index, self.style))
             if self.dropped(trainer):
@@ -408,6 +414,8 @@ def train_sft(
     # 4) the trainer; ProgressReport after Evaluation, so that an evaluation's time includes its guards
     evaluation = Evaluation(config, checkpoint_dir, tokenizer, copy_index, style, phase, stopping)
     callbacks: list[pl.Callback] = [evaluation]
+    if config.log_every_n_steps and loggers:  # the step figures go to the loggers; on_metrics hears evaluations
+        callbacks.append(StepFigures(loggers, config.log_every_n_steps, checkpoint_dir / "logged_steps.json"))
     if report is not None:
         # until one is timed, an evaluation counts as its validation batches (a forward pass is ~1/3 of
         # a step) plus sampling (~1 step per 8 new tokens, a guess from 2 CPU cores)

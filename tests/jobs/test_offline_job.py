@@ -50,11 +50,15 @@ def test_a_run_registers_a_loadable_version_and_its_metrics(settings, redis_conn
     wait_for(lambda: run_status(reader, run_id) == "completed", timeout=60, message="the run's status")
     names = {r[0] for r in reader.rows("SELECT DISTINCT name FROM metrics WHERE run_id = ?", [run_id])}
     assert {"val_loss", "val_ppl", "train_loss", "gap", "copy_rate", "distinct_2"} <= names
-    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? AND name = 'val_loss' ORDER BY step",
+                        [run_id])
     assert steps == [(8,), (16,), (24,)]
+    # and the step figures every log_every_n_steps (5) steps
+    steps = reader.rows("SELECT step FROM metrics WHERE run_id = ? AND name = 'train/loss' ORDER BY step", [run_id])
+    assert steps == [(5,), (10,), (15,), (20,)]
     # the tracker got the store's figures, step for step
     with open(settings.tracking / "csv" / "tweets" / run_id / "metrics.csv", newline="") as file:
-        rows = {int(r["step"]): r for r in csv.DictReader(file)}
+        rows = {int(r["step"]): r for r in csv.DictReader(file) if r.get("val_loss")}
     stored = dict(((s, n), v) for s, n, v in reader.rows("SELECT step, name, value FROM metrics WHERE run_id = ?",
                                                          [run_id]))
     assert sorted(rows) == [8, 16, 24]
@@ -124,7 +128,8 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redi
     config = {**SMALL, "max_steps": 40, "eval_every": 10}
     run_id, job = actions.start_offline_training(redis_conn, "tweets", config, base_model=tiny_model_dir)
     reader = store_with_posts
-    wait_for(lambda: reader.scalar("SELECT count(*) FROM metrics WHERE run_id = ? AND step = 10", [run_id]),
+    wait_for(lambda: reader.scalar("SELECT count(*) FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'",
+                                   [run_id]),
              timeout=300, message="the first evaluation")
     first_loss = reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'",
                                [run_id])
@@ -136,7 +141,8 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redi
     rows = reader.rows("SELECT name, step, count(*) FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
                        [run_id])
     assert rows == []
-    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? ORDER BY step", [run_id])
+    steps = reader.rows("SELECT DISTINCT step FROM metrics WHERE run_id = ? AND name = 'val_loss' ORDER BY step",
+                        [run_id])
     assert steps == [(10,), (20,), (30,), (40,)]
     assert reader.scalar("SELECT value FROM metrics WHERE run_id = ? AND step = 10 AND name = 'val_loss'",
                          [run_id]) == first_loss

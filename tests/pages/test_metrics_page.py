@@ -41,3 +41,20 @@ def test_opening_a_link_restores_the_view(populated_store):
 def test_a_link_naming_a_run_that_no_longer_exists_falls_back_to_existing_runs(populated_store):
     at = open_page(PAGE, query={"runs": "gone,run-a"})
     assert at.multiselect(key="metrics_runs").value == ["run-a"]
+
+
+def test_the_runs_table_shows_each_runs_settings_and_on_request_only_those_that_differ(populated_store):
+    from tests.pages.conftest import rows, write
+
+    write(populated_store, rows("runs", {"run_id": "run-a", "config": {"learning_rate": 1e-3, "max_steps": 60}},
+                                {"run_id": "run-b", "config": {"learning_rate": 2e-4, "max_steps": 60}}))
+    at = open_page(PAGE)
+    table = at.dataframe[0].value
+    assert list(table["run_id"]) == ["run-b", "run-a"]
+    assert list(table["learning_rate"]) == ["0.0002", "0.001"] and list(table["max_steps"]) == ["60", "60"]
+    at.toggle(key="metrics_runs_differences").set_value(True).run()
+    differing = at.dataframe[0].value
+    assert "learning_rate" in differing.columns and "max_steps" not in differing.columns
+    at.toggle(key="metrics_runs_charted").set_value(True).run()  # the chart shows run-b alone: nothing to compare
+    assert list(at.dataframe[0].value["run_id"]) == ["run-b"]
+    assert "Pick two runs or more to compare." in page_text(at)

@@ -75,3 +75,20 @@ def test_a_face_s_reward_model_shows_its_figures_and_its_spearman_over_fits(popu
 def test_a_face_without_a_reward_model_says_when_it_gets_one(populated_store):
     at = open_page(PAGE, query={"face": "sandbox"})
     assert "No reward model yet: one is fitted once the face has 16 scored posts" in page_text(at)
+
+
+def test_a_versions_gallery_shows_its_runs_evaluation_samples_and_its_posts_newest_first(populated_store):
+    write(populated_store, rows("evaluation_samples", *[
+        {"run_id": "run-b", "step": step, "sample": i, "text": f"sample {i} at step {step}",
+         "recorded_at": NOW - dt.timedelta(hours=6) + dt.timedelta(minutes=step)}
+        for step in (100, 200, 300) for i in range(2)]))
+    at = open_page(PAGE)
+    assert at.selectbox[0].value == "v2"  # the newest version: run-b's, saved at step 200
+    gallery = next(df.value for df in at.dataframe if "source" in df.value.columns)
+    assert gallery[["source", "text"]].values.tolist() == [
+        ["published", "A generated post from v2"],
+        ["evaluation", "sample 0 at step 200"], ["evaluation", "sample 1 at step 200"],
+        ["evaluation", "sample 0 at step 100"], ["evaluation", "sample 1 at step 100"]]  # not step 300: after v2
+    assert gallery["score"].iloc[0] == 9.5
+    at.selectbox[0].set_value("v1").run()  # run-a's version: no samples stored, no posts
+    assert "No posts of this version yet" in page_text(at)

@@ -38,10 +38,15 @@ def test_without_redis_the_page_says_what_is_wrong_and_how_to_fix_it(settings):
 def test_with_redis_and_workers_the_page_lists_workers_queues_and_store(settings, redis_conn, workers):
     initialise(settings.store_path)
     store_worker = workers.start("--store", conn=redis_conn)
+    name = f"store.{__import__('socket').gethostname()}.{store_worker.pid}"
+    wait_for(lambda: redis_conn.hget(f"rq:worker:{name}", "crowdtune_rss_bytes"), timeout=30,
+             message="the worker's first heartbeat with its figures")
     at = render()
     text = page_text(at)
     assert "reachable" in text
-    assert f"store.{__import__('socket').gethostname()}.{store_worker.pid}" in text
+    assert name in text
+    [row] = at.dataframe[0].value.query("worker == @name").to_dict("records")
+    assert row["memory MB"] > 20 and row["CPU %"] >= 0  # a Python process with RQ and DuckDB loaded
     assert "posts" in text and f"schema v{SCHEMA_VERSION}" in text
     assert "No failed jobs." in text
 

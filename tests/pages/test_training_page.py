@@ -141,6 +141,16 @@ def test_the_online_form_defaults_to_guided_with_its_settings_and_keeps_the_chan
     pending = at.session_state["online_pending"]["config"]
     assert pending["algorithm"] == "guided"
     assert pending["algorithm_settings"] == {"warm_start_steps": 3, "max_kl": 0.5}  # only what was changed
+    # the run it is about to start, as a run file for `crowdtune train online --config`
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    from crowdtune.online.controller import OnlineConfig
+    from crowdtune.training.run_files import RunKind, RunRequest, parse_run_file, run_file_text
+
+    text = run_file_text(RunRequest(RunKind.ONLINE, OnlineConfig(**pending), "sandbox"))
+    assert _calculate_file_id(text.encode(), "application/toml", "online-run.toml") in \
+        at.download_button(key="online_run_file").proto.url
+    assert parse_run_file(text, "online").config.model_dump(mode="json") == pending
     at.selectbox(key="online_algorithm").set_value("reinforce").run()  # the settings follow the algorithm
     assert at.number_input(key="online_reinforce_window").value == 64
     assert not any(n.key == "online_guided_warm_start_steps" for n in at.number_input)
@@ -209,3 +219,28 @@ def test_the_offline_form_says_what_a_run_will_cost_from_the_speed_a_version_mea
     minutes = (60 + config.max_steps * tokens / 512.0 + config.max_steps // config.eval_every * 30.0) / 60
     assert f"about **{minutes:.0f} min** on the CPU" in cost
     assert f"{config.max_steps} steps x {tokens:,} tokens at 512 tokens/s (measured by `v3`)" in cost
+
+
+def test_the_run_file_the_page_offers_is_the_run_it_starts(populated_store, redis_conn):
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    from crowdtune.training.run_files import parse_run_file
+
+    at = open_page(PAGE, query={"face": "tweets"})
+    at.text_input(key="sft_max_steps").input("12")
+    at.number_input(key="sft_learning_rate").set_value(0.001)
+    at.text_input(key="sft_grad_clip").input("")  # blank = None (no clipping): "none" in the file
+    button(at, "Settings as a run file").click().run()
+    assert queue("train", redis_conn).count == 0  # nothing starts
+    text = at.session_state["training_offline_run_file"]
+    # the button serves exactly these bytes (Streamlit names a download by the hash of its content)
+    assert _calculate_file_id(text.encode(), "application/toml", "offline-run.toml") in \
+        at.download_button(key="offline_run_file").proto.url
+
+    button(at, "Start training").click().run()
+    [job] = queue("train", redis_conn).jobs
+    request = parse_run_file(text, "offline")  # what `crowdtune train offline --config` reads
+    assert request.config.model_dump(mode="json") == job.args[2]
+    assert request.config.grad_clip is None and request.config.max_steps == 12
+    assert (request.face, request.base_model, request.parent_version) == (
+        job.args[1], job.kwargs["base_model"], job.kwargs["parent_version_id"])

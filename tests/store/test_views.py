@@ -228,3 +228,33 @@ def test_version_metrics_read_any_stored_metrics_without_crashing_nan_and_null_a
 def test_version_metrics_of_a_cell_that_holds_no_json_object_is_an_empty_row(cell):
     table = views.version_metrics(pd.DataFrame({"version_id": ["v1"], "metrics": [cell]}))
     assert table["version_id"].tolist() == ["v1"] and list(table.columns) == ["version_id"]
+
+
+# --- Runs table: each run's settings, and only those that differ --------------------------------
+def test_runs_settings_flattens_nested_configs_and_differences_keep_what_varies(tmp_path):
+    path = tmp_path / "runs.duckdb"
+    apply_batch(path, "runs", [{"op": "upsert", "table": "runs", "rows": [
+        {"run_id": "offline-1", "kind": "offline", "face_id": "f", "status": "completed", "started_at": START,
+         "config": {"learning_rate": 2e-4, "max_steps": 60, "lora_targets": ["q_proj", "v_proj"]}},
+        {"run_id": "offline-2", "kind": "offline", "face_id": "f", "status": "running",
+         "started_at": START + dt.timedelta(hours=1), "config": {"learning_rate": 1e-3, "max_steps": 60,
+                                                                "lora_targets": ["q_proj", "v_proj"]}},
+        {"run_id": "online-1", "kind": "online", "face_id": "f", "status": "running",
+         "started_at": START + dt.timedelta(hours=2),
+         "config": {"algorithm": "guided", "algorithm_settings": {"learning_rate": 1e-4}, "max_steps": 60}},
+        {"run_id": "queued-1", "kind": "offline", "face_id": "f", "status": "queued"}]}], 5)
+    table = views.runs_settings(StoreReader(path)).set_index("run_id")
+
+    # newest first; a run not started yet counts from when it was written (now)
+    assert list(table.index) == ["queued-1", "online-1", "offline-2", "offline-1"]
+    assert table.loc["online-1", "algorithm_settings.learning_rate"] == "0.0001"
+    assert table.loc["offline-1", "lora_targets"] == '["q_proj", "v_proj"]'
+    assert table.loc["offline-1", "algorithm"] is None and table.loc["queued-1", "max_steps"] is None
+
+    offline = views.runs_settings(StoreReader(path)).query("run_id in ['offline-1', 'offline-2']")
+    differing = views.differing_settings(offline)
+    assert [c for c in differing.columns if c not in views.RUN_IDENTITY] == ["learning_rate"]
+    everything = views.differing_settings(views.runs_settings(StoreReader(path)))
+    # a setting one run lacks differs; max_steps is 60 or missing (the queued run has no config)
+    assert {"algorithm", "algorithm_settings.learning_rate", "learning_rate", "max_steps"} <= set(everything.columns)
+    assert "lora_targets" in everything.columns and list(everything["run_id"]) == list(table.index)

@@ -16,6 +16,7 @@ from crowdtune.errors import CrowdtuneError
 from crowdtune.training.data import DatasetError
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.guards import CopyIndex
+from crowdtune.training.loggers import SinkLogger
 from crowdtune.training.models import ModelError, load_base_model
 from crowdtune.training.sft import SFTConfig, lr_lambda, train_sft
 
@@ -259,3 +260,54 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, f
         for name, param in model.named_parameters():
             if param.requires_grad:
                 assert torch.allclose(param.grad, expected[name], atol=1e-6), (chunk_tokens, name)
+
+
+def test_step_figures_and_evaluation_samples_reach_the_loggers(tiny_model_dir, fresh_posts, tmp_path):
+    config = SFTConfig(**{**FAST, "warmup_steps": 2, "eval_samples": 2}, max_steps=6, eval_every=3, max_val_batches=1,
+                       eval_max_new_tokens=8, log_every_n_steps=2, progress_every=1, early_stopping_patience=None)
+    logged: list[tuple[int, dict]] = []
+    samples: list[tuple[int, list[str]]] = []
+    evaluations: list[int] = []
+    progress: dict[int, float] = {}
+    train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path,
+              loggers=[SinkLogger(lambda step, m: logged.append((step, m)),
+                                  samples=lambda step, texts: samples.append((step, texts)))],
+              on_metrics=lambda step, m: evaluations.append(step),
+              on_progress=lambda step, total, loss, *rest: progress.setdefault(step, loss))
+    steps = [(step, m) for step, m in logged if "train/loss" in m]
+    assert [step for step, _ in steps] == [2, 4, 6]
+    assert evaluations == [3, 6]  # on_metrics still hears the evaluations only
+    # each evaluation's sampled posts, which its copy rate was measured on, go to the loggers that keep text
+    assert [step for step, _ in samples] == [3, 6] and all(len(texts) == 2 for _, texts in samples)
+    schedule = lr_lambda(2, 6, config.min_lr_ratio)
+    for step, figures in steps:
+        assert set(figures) == {"train/loss", "train/lr", "train/grad_norm"}
+        assert figures["train/loss"] == pytest.approx(progress[step])  # one micro-batch per step: its loss
+        assert figures["train/lr"] == pytest.approx(config.learning_rate * schedule(step - 1))  # the lr step used
+        assert 0.0 < figures["train/grad_norm"] < float("inf")
+
+
+def test_a_step_done_again_after_a_resume_from_an_older_checkpoint_is_not_logged_twice(
+        tiny_model_dir, fresh_posts, tmp_path):
+    import shutil
+
+    config = SFTConfig(**FAST, max_steps=6, eval_every=3, max_val_batches=1, log_every_n_steps=2,
+                       progress_every=1, early_stopping_patience=None)
+    logged: list[int] = []
+    older = tmp_path / "step3.ckpt"
+
+    def on_progress(step, total, loss, eta, phase):
+        if step == 4 and phase == "training" and not older.exists():
+            shutil.copy(tmp_path / "ckpt" / "last.ckpt", older)  # the evaluation's checkpoint at step 3
+
+    def sink(step, figures):
+        if "train/loss" in figures:
+            logged.append(step)
+
+    first = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path / "ckpt",
+                      loggers=[SinkLogger(sink)], on_progress=on_progress, should_stop=lambda: len(logged) >= 2)
+    assert first.stopped_reason == "stopped" and logged == [2, 4]
+    shutil.copy(older, tmp_path / "ckpt" / "last.ckpt")  # as if the run died after logging step 4
+    second = train_sft(config, fresh_posts[:60], tiny_model_dir, checkpoint_dir=tmp_path / "ckpt",
+                       loggers=[SinkLogger(sink)])
+    assert second.steps == 6 and logged == [2, 4, 6]  # step 4 trained twice, logged once
