@@ -333,7 +333,8 @@ def collect_reactions(face_id: str, post_id: str, platform_id: str, maturity_sec
 
 
 def rl_update(update_id: str) -> dict:
-    """Run one RL update on its matured posts, register the new model version and make it active.
+    """Run one RL update on its matured posts (and the review decisions the controller gave it: rejections
+    and picks, crowdtune.training.rl.feedback), register the new model version and make it active.
 
     Steps: read its inputs (crowdtune.online.updates.read_update_inputs), train
     (train_update), record the version and metrics (record_update). A stop request ends the update

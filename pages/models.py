@@ -48,6 +48,20 @@ else:
         st.caption("Newest first: the posts its run sampled at each evaluation (step), then those it published "
                    "or drafted as candidates, with their score once scored.")
 
+st.subheader("Rejected on review")
+with or_stop():
+    reviews = views.review_by_version(reader)
+if reviews.empty:
+    st.caption("No review decisions yet: on a face with `review` approve or pick, each decision on the Review page "
+               "counts here under the version that drafted the post.")
+else:
+    total, rejected = int(reviews["reviewed"].sum()), int(reviews["rejected"].sum())
+    st.caption(f"{rejected} of {total} reviewed posts rejected. Each rejection and pick also trains the next "
+               "online update (a rejection as the worst reward, a pick as a preference).")
+    st.dataframe(reviews, hide_index=True, width="stretch", column_config={
+        "rejected_share": st.column_config.ProgressColumn("Rejected", format="percent", min_value=0.0,
+                                                          max_value=1.0)})
+
 st.subheader("Choose the version that publishes")
 view = from_query_params(ModelsView, st.query_params)
 face_ids = faces["face_id"].tolist()

@@ -15,12 +15,13 @@ States of a face's controller (table `controllers`):
                                                          IDLE
 
 ONLINE publishes on schedule, collects reactions at the maturity windows and runs an update when
-`posts_per_update` posts have matured. When the run's algorithm warm-starts (guided) and the face has a
-reward model, the first thing it does is an update with no posts (step 0, `<run>-u0`), and nothing is
-published until that has ended (completed: its version is active; failed: the start model publishes and
-an alert says so); OFFLINE waits for the offline training run (publishing
-paused, reactions still collected); STOPPING publishes nothing new, lets the in-flight publish
-resolve and the in-flight update stop, then ends the run. IDLE still collects the reactions of
+`posts_per_update` posts have matured (it also learns from the operator's review decisions taken since
+the face's previous update: UpdatePlan.feedback_ids; an edited post never enters one). When the run's
+algorithm warm-starts (guided) and the face has a reward model, the first thing it does is an update with
+no posts (step 0, `<run>-u0`), and nothing is published until that has ended (completed: its version is
+active; failed: the start model publishes and an alert says so); OFFLINE waits for the offline training
+run (publishing paused, reactions still collected); STOPPING publishes nothing new, lets the in-flight
+publish resolve and the in-flight update stop, then ends the run. IDLE still collects the reactions of
 posts that have not matured yet, so no evaluation is lost.
 
 Time. Schedule settings and maturity windows are in "audience time". `time_acceleration` maps
@@ -312,6 +313,8 @@ class ControllerSnapshot:
     updates: list[UpdateView] = field(default_factory=list)
     scored_posts: int = 0                      # the face's scored posts, imported and published
     reward_model_scored: int | None = None     # how many it had at its reward model's last fit (None: never)
+    feedback_ids: list[str] = field(default_factory=list)  # review decisions no update learnt from yet
+    #                                                        (reads.pending_feedback)
 
     @classmethod
     def from_read(cls, data: dict) -> ControllerSnapshot:
@@ -339,6 +342,7 @@ class ControllerSnapshot:
             updates_at_offline=c.get("updates_at_offline") or 0, posts=posts, updates=updates,
             scored_posts=reward_model.get("scored_posts") or 0,
             reward_model_scored=reward_model.get("fitted_scored_posts"),
+            feedback_ids=list(data.get("feedback_ids") or []),
         )
 
 
@@ -353,6 +357,7 @@ class UpdatePlan:
     update_id: str
     step: int
     post_ids: list[str]
+    feedback_ids: list[str] = field(default_factory=list)  # posts of review decisions it learns from too
 
 
 @dataclass
@@ -657,8 +662,9 @@ def decide(snap: ControllerSnapshot, now: datetime) -> Decision:
                        key=lambda p: (p.published_at, p.post_id))
         if len(ready) >= cfg.posts_per_update:
             step = max((u.step for u in snap.updates), default=0) + 1
+            # The operator's decisions since the last update ride along (crowdtune.training.rl.feedback).
             decision.update = UpdatePlan(f"{snap.run_id}-u{step}", step,
-                                         [p.post_id for p in ready[:cfg.posts_per_update]])
+                                         [p.post_id for p in ready[:cfg.posts_per_update]], list(snap.feedback_ids))
             wakes.append(poll)
 
     if not snap.paused_reason and decision.resume_slot is None and not warm_start_pending:

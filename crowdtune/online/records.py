@@ -28,12 +28,13 @@ def slot_resolved(face_id: str, slot: int) -> dict:
 
 
 def update_planned(plan, run_id: str, face_id: str, parent_version_id: str | None) -> list[dict]:
-    """A new RL update over `plan.post_ids`, and each of those posts marked as used by it."""
+    """A new RL update over `plan.post_ids`, and each of those posts, and those of the review decisions it
+    learns from (`plan.feedback_ids`: reads.update_feedback finds them by this mark), marked as used by it."""
     return [
         insert_op("online_updates", [{
             "update_id": plan.update_id, "run_id": run_id, "face_id": face_id, "step": plan.step,
             "status": UpdateStatus.QUEUED, "post_ids": plan.post_ids, "parent_version_id": parent_version_id}]),
-        *(post_op(pid, update_id=plan.update_id) for pid in plan.post_ids),
+        *(post_op(pid, update_id=plan.update_id) for pid in [*plan.post_ids, *plan.feedback_ids]),
     ]
 
 

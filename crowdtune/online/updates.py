@@ -38,6 +38,7 @@ class StoredUpdate:
     train_texts: list[str]   # the face's training posts (for the copy guard)
     published_count: int
     reward_model: dict | None = None  # the face's newest reward_models row (its artifact_url), if any
+    feedback: dict | None = None      # the review decisions it learns from (reads.update_feedback)
 
     @property
     def base_model(self) -> str:
@@ -57,7 +58,8 @@ def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:
     return StoredUpdate(update=update, run=raw["run"], cfg=OnlineConfig(**raw["run"]["config"]),
                         active=raw.get("active_version"), batch=raw["batch"], baseline_scores=raw["baseline_scores"],
                         history=raw["history"], train_texts=train_texts,
-                        published_count=raw.get("published_count", 0), reward_model=raw.get("reward_model"))
+                        published_count=raw.get("published_count", 0), reward_model=raw.get("reward_model"),
+                        feedback=raw.get("feedback"))
 
 
 def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable, should_stop: Callable[[], bool],
@@ -82,7 +84,7 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         policy_url=(inputs.active or {}).get("artifact_url"),
         batch=[{"post_id": p["post_id"], "prompt": p["prompt"] or "", "text": p["text"], "token_ids": p["token_ids"],
                 "logprob": p["logprob"], "score": s, "reward": r, "predicted_reward": p.get("predicted_reward"),
-                "selection_probability": p.get("selection_probability"),
+                "selection_probability": p.get("selection_probability"), "review": p.get("review"),
                 "candidates": [{**c, "prompt": c.get("prompt") or ""} for c in p.get("candidates") or []]}
                for p, s, r in zip(inputs.batch, scores, rewards, strict=True)],
         history=[{**h, "reward": r} for h, r in zip(inputs.history, history_rewards, strict=True)],
@@ -90,6 +92,7 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         model_cache_dir=settings.data_dir / "models", train_texts=inputs.train_texts,
         on_progress=on_progress, should_stop=should_stop, seed=cfg.seed * 1000 + update["step"],
         reward_model_url=(inputs.reward_model or {}).get("artifact_url"), device=settings.device,
+        feedback=inputs.feedback,
         # no loggers: record_update logs the update's figures with the batch's, at the update's step
     )
     if mirrored:

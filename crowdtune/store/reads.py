@@ -135,10 +135,13 @@ def job_record(reader: StoreReader, job_id: str) -> dict | None:
 
 
 def training_posts(reader: StoreReader, face_id: str) -> list[dict]:
-    """A face's imported posts (text, created_at as ISO text, score) for offline training, oldest first."""
+    """A face's posts for offline training (post_id, text, created_at as ISO text, score), oldest first: its
+    imported posts, and the posts the operator edited on review, with the operator's text (written by a
+    person, not sampled by the policy: offline data, never an RL sample; crowdtune.online.review)."""
     df = reader.frame(
-        "SELECT post_id, text, strftime(created_at, '%Y-%m-%dT%H:%M:%S') AS created_at, score "
-        "FROM posts WHERE face_id = ? AND origin = 'imported' ORDER BY created_at NULLS FIRST, post_id",
+        "SELECT post_id, text, strftime(coalesce(created_at, inserted_at), '%Y-%m-%dT%H:%M:%S') AS created_at, score "
+        "FROM posts WHERE face_id = ? AND (origin = 'imported' OR (origin = 'generated' AND review = 'edit')) "
+        "ORDER BY coalesce(created_at, inserted_at) NULLS FIRST, post_id",
         [face_id],
     )
     return [] if df.empty else df.astype(object).where(df.notna(), None).to_dict("records")
@@ -288,7 +291,19 @@ def online_snapshot(reader: StoreReader, face_id: str) -> dict | None:
                                                "ORDER BY created_at DESC LIMIT 1", [controller["offline_run_id"]])}
     return {"controller": controller, "face": face_record(reader, face_id), "posts": posts, "updates": updates,
             "offline": offline, "run": online_run(reader, run_id) if run_id else None,
-            "reward_model": reward_model_status(reader, face_id)}
+            "reward_model": reward_model_status(reader, face_id), "feedback_ids": pending_feedback(reader, face_id)}
+
+
+def pending_feedback(reader: StoreReader, face_id: str) -> list[str]:
+    """The post ids of the face's review decisions no update has learnt from yet (update_id NULL): the posts
+    rejected on review, and the unpicked candidates of each pick (crowdtune.training.rl.feedback)."""
+    return [r[0] for r in reader.rows("""
+        SELECT post_id FROM posts
+        WHERE face_id = ? AND origin = 'generated' AND update_id IS NULL
+          AND ((status = 'rejected' AND review = 'reject')
+               OR (status = 'candidate' AND candidate_of IN (SELECT post_id FROM posts WHERE face_id = ?
+                                                             AND review = 'pick')))
+        ORDER BY post_id""", [face_id, face_id])]
 
 
 def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
@@ -338,7 +353,7 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
     active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
     ids = update["post_ids"] or []
     batch = _dicts(reader, "SELECT post_id, prompt, text, token_ids, token_logprobs, logprob, score, published_at, "
-                           "predicted_reward, selection_probability "
+                           "predicted_reward, selection_probability, review "
                            "FROM posts WHERE post_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY published_at, post_id",
                    [ids])
     candidates = _dicts(reader, "SELECT candidate_of, post_id, prompt, text, token_ids, logprob, predicted_reward, "
@@ -362,7 +377,32 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
     return {"update": update, "run": online_run(reader, update["run_id"]),
             "controller": online_controller(reader, update["face_id"]), "face": face, "active_version": active,
             "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published,
-            "reward_model": latest_reward_model(reader, update["face_id"])}
+            "reward_model": latest_reward_model(reader, update["face_id"]),
+            "feedback": update_feedback(reader, update_id, ids)}
+
+
+_FEEDBACK_COLUMNS = ("post_id, candidate_of, prompt, text, token_ids, logprob, predicted_reward, "
+                     "selection_probability, review")
+
+
+def update_feedback(reader: StoreReader, update_id: str, batch_ids: list[str]) -> dict:
+    """The review decisions update `update_id` learns from (the posts the controller marked with it, outside
+    its batch): {"rejected": posts rejected on review, each with its slot's `candidates`, "picks": [{"chosen":
+    the picked post, "unpicked": its slot's other candidates}]} (crowdtune.training.rl.feedback)."""
+    marked = _dicts(reader, f"SELECT {_FEEDBACK_COLUMNS}, status FROM posts WHERE update_id = ? "
+                            "AND NOT list_contains(?::VARCHAR[], post_id) ORDER BY post_id", [update_id, batch_ids])
+    rejected = [p for p in marked if p["status"] == "rejected"]
+    losers = [p for p in marked if p["status"] == "candidate" and p["candidate_of"]]
+    anchors = sorted({p["post_id"] for p in rejected} | {p["candidate_of"] for p in losers})
+    related = _dicts(reader, f"SELECT {_FEEDBACK_COLUMNS}, status FROM posts WHERE post_id IN "
+                             "(SELECT unnest(?::VARCHAR[])) OR (status = 'candidate' AND candidate_of IN "
+                             "(SELECT unnest(?::VARCHAR[]))) ORDER BY post_id", [anchors, anchors])
+    by_id = {p["post_id"]: p for p in related}
+    for post in rejected:
+        post["candidates"] = [c for c in related if c["status"] == "candidate" and c["candidate_of"] == post["post_id"]]
+    picks = [{"chosen": by_id[chosen], "unpicked": [p for p in losers if p["candidate_of"] == chosen]}
+             for chosen in sorted({p["candidate_of"] for p in losers}) if chosen in by_id]
+    return {"rejected": rejected, "picks": picks}
 
 
 def latest_reward_model(reader: StoreReader, face_id: str) -> dict | None:
@@ -457,4 +497,5 @@ NAMED_READS.update({
     "publish_inputs": publish_inputs,
     "collect_inputs": collect_inputs,
     "update_inputs": update_inputs,
+    "pending_feedback": pending_feedback,
 })

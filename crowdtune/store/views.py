@@ -478,6 +478,28 @@ def version_gallery(reader: StoreReader, version_id: str, limit: int = 200) -> p
                   GALLERY_COLUMNS)[GALLERY_COLUMNS]
 
 
+REVIEW_COLUMNS = ["model_version_id", "reviewed", "approved", "edited", "picked", "rejected", "rejected_share"]
+BASE_VERSION = "(base model)"  # how review_by_version names posts drafted without an adapter
+
+
+def review_by_version(reader: StoreReader, face_id: str | None = None) -> pd.DataFrame:
+    """The operator's review decisions per model version (the version that drafted the reviewed slot), the
+    newest version first: reviewed (decisions taken by a person; a timeout is none), approved, edited,
+    picked, rejected, and rejected_share (rejected / reviewed). Posts drafted by the base model count under
+    BASE_VERSION; `face_id` None = every face."""
+    return _frame(reader, f"""
+        SELECT coalesce(p.model_version_id, '{BASE_VERSION}') AS model_version_id, count(*) AS reviewed,
+               count(*) FILTER (WHERE d.action = 'approve') AS approved,
+               count(*) FILTER (WHERE d.action = 'edit') AS edited,
+               count(*) FILTER (WHERE d.action = 'pick') AS picked,
+               count(*) FILTER (WHERE d.action = 'reject') AS rejected,
+               count(*) FILTER (WHERE d.action = 'reject') / count(*) AS rejected_share
+        FROM review_decisions d LEFT JOIN posts p ON p.post_id = d.post_id
+        LEFT JOIN model_versions v ON v.version_id = p.model_version_id
+        WHERE d.action <> 'expire' AND (? IS NULL OR d.face_id = ?)
+        GROUP BY 1 ORDER BY max(v.created_at) DESC NULLS LAST, 1""", [face_id, face_id], REVIEW_COLUMNS)
+
+
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:
     """The chain from `version_id` back through its parents to the first version (no cycles)."""
     parents = ({} if versions.empty

@@ -4,8 +4,15 @@ and a failed warm start out (real DuckDB, the records' own ops)."""
 from datetime import datetime, timedelta
 
 from crowdtune.online import records
-from crowdtune.online.controller import UpdatePlan
-from crowdtune.store.reads import StoreReader, online_controller, update_inputs
+from crowdtune.online.controller import ControllerSnapshot, UpdatePlan, decide
+from crowdtune.store.reads import (
+    StoreReader,
+    online_controller,
+    online_snapshot,
+    pending_feedback,
+    training_posts,
+    update_inputs,
+)
 from crowdtune.store.writer import apply_write, initialise
 from crowdtune.store.writes import plain
 
@@ -67,3 +74,48 @@ def test_tripped_guards_become_alerts_and_a_failed_warm_start_does_not_pause(tmp
     level, message = reader.rows("SELECT level, message FROM alerts WHERE alert_id = 'update-failed:run-u0'")[0]
     assert level == "warning" and "warm start" in message and "out of memory" in message
     assert reader.scalar("SELECT status FROM online_updates WHERE update_id = 'run-u0'") == "failed"
+
+
+def test_the_next_update_learns_from_the_review_decisions_since_the_last_and_edits_become_training_posts(tmp_path):
+    path, reader = store_with_a_run(tmp_path)
+    cfg = {"posts_per_update": 2}
+    common = {"face_id": "f", "origin": "generated", "run_id": "run", "prompt": "", "token_ids": [5, 6],
+              "logprob": -3.0}
+    published = [{**common, "post_id": f"run:p{i}", "status": "published", "text": f"post {i}", "score": 4.0,
+                  "published_at": T0 + timedelta(hours=i), "publish_slot": i} for i in range(2)]
+    edited = {**common, "post_id": "run:e", "status": "published", "review": "edit", "score": 9.0, "publish_slot": 2,
+              "text": "Written by the operator.", "published_at": T0 - timedelta(hours=1), "created_at": T0}
+    rejected = {**common, "post_id": "run:r", "status": "rejected", "review": "reject", "text": "rejected"}
+    picked = {**common, "post_id": "run:w", "status": "published", "review": "pick", "text": "picked",
+              "published_at": T0 + timedelta(hours=3), "publish_slot": 3}
+    candidates = [{**common, "post_id": f"run:{c}", "status": "candidate", "text": c, "candidate_of": of}
+                  for c, of in (("rc", "run:r"), ("l1", "run:w"), ("l2", "run:w"), ("pc", "run:p0"))]
+    guarded = {**common, "post_id": "run:g", "status": "rejected", "text": "a copy", "reject_reason": "copy"}
+    imported = {"post_id": "f:1", "face_id": "f", "origin": "imported", "status": "imported", "text": "old",
+                "created_at": T0 - timedelta(days=9)}
+    apply_write(path, "rows", plain([
+        {"op": "update", "table": "runs", "where": {"run_id": "run"}, "set": {"config": cfg}},
+        {"op": "update", "table": "controllers", "where": {"face_id": "f"},
+         "set": {"config": cfg, "publish_slot": 4, "resolved_slot": 3, "started_at": T0 - timedelta(days=1)}},
+        {"op": "upsert", "table": "posts", "rows": [*published, edited, rejected, picked, *candidates, guarded,
+                                                    imported]},
+    ]), 10)
+    # 1) pending: the rejection on review and the pick's unpicked candidates (not a guard's rejection)
+    assert pending_feedback(reader, "f") == ["run:l1", "run:l2", "run:r"]
+    plan = decide(ControllerSnapshot.from_read(online_snapshot(reader, "f")), T0 + timedelta(hours=4)).update
+    assert plan.post_ids == ["run:p0", "run:p1"]  # the edited post (scored, older) never makes an update
+    assert plan.feedback_ids == ["run:l1", "run:l2", "run:r"]
+
+    # 2) the plan marks them: the update reads them, and the next one will not again
+    apply_write(path, "plan", plain(records.update_planned(plan, "run", "f", None)), 10)
+    feedback = update_inputs(reader, plan.update_id)["feedback"]
+    assert [(p["post_id"], [c["post_id"] for c in p["candidates"]]) for p in feedback["rejected"]] == \
+        [("run:r", ["run:rc"])]
+    assert feedback["rejected"][0]["token_ids"] == [5, 6] and feedback["rejected"][0]["logprob"] == -3.0
+    assert [(p["chosen"]["post_id"], [c["post_id"] for c in p["unpicked"]]) for p in feedback["picks"]] == \
+        [("run:w", ["run:l1", "run:l2"])]
+    assert pending_feedback(reader, "f") == []
+
+    # 3) the operator's edit is offline training data, with the operator's text, after the imported posts
+    assert [(p["post_id"], p["text"]) for p in training_posts(reader, "f")] == \
+        [("f:1", "old"), ("run:e", "Written by the operator.")]

@@ -17,7 +17,9 @@ def button(at, label):
 
 
 def test_on_an_empty_store_the_page_says_how_to_get_a_version(settings):
-    assert "No model versions yet: start offline training" in page_text(open_page(PAGE))
+    text = page_text(open_page(PAGE))
+    assert "No model versions yet: start offline training" in text
+    assert "No review decisions yet" in text
 
 
 def test_versions_show_their_lineage_and_the_active_one(populated_store):
@@ -92,3 +94,21 @@ def test_a_versions_gallery_shows_its_runs_evaluation_samples_and_its_posts_newe
     assert gallery["score"].iloc[0] == 9.5
     at.selectbox[0].set_value("v1").run()  # run-a's version: no samples stored, no posts
     assert "No posts of this version yet" in page_text(at)
+
+
+def test_the_share_of_posts_rejected_on_review_shows_per_model_version(populated_store):
+    drafted = [("v2", "reject"), ("v2", "approve"), ("v2", "pick"), ("v1", "reject"), ("v1", "expire")]
+    write(populated_store,
+          rows("posts", *({"post_id": f"reviewed-{i}", "face_id": "sandbox", "origin": "generated",
+                           "status": "rejected" if action == "reject" else "published", "text": f"Reviewed {i}",
+                           "model_version_id": version} for i, (version, action) in enumerate(drafted))),
+          {"op": "insert", "table": "review_decisions", "rows": [
+              {"decision_id": f"online-1:{i}", "face_id": "sandbox", "post_id": f"reviewed-{i}", "action": action,
+               "decided_by": "review_timeout" if action == "expire" else "alice", "decided_at": NOW}
+              for i, (_, action) in enumerate(drafted)]})
+    at = open_page(PAGE)
+    assert "2 of 4 reviewed posts rejected." in page_text(at)
+    table = next(d.value for d in at.dataframe if "rejected_share" in d.value.columns).set_index("model_version_id")
+    assert table.index.tolist() == ["v2", "v1"]  # newest version first
+    assert table.loc["v2", ["reviewed", "rejected"]].tolist() == [3, 1]
+    assert table.loc["v1", "rejected_share"] == 1.0  # the timeout is no one's decision

@@ -258,3 +258,40 @@ def test_runs_settings_flattens_nested_configs_and_differences_keep_what_varies(
     # a setting one run lacks differs; max_steps is 60 or missing (the queued run has no config)
     assert {"algorithm", "algorithm_settings.learning_rate", "learning_rate", "max_steps"} <= set(everything.columns)
     assert "lora_targets" in everything.columns and list(everything["run_id"]) == list(table.index)
+
+
+REVIEW_ACTIONS = ["approve", "edit", "pick", "reject", "expire"]
+
+
+@hypothesis.settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decided=hyp.lists(hyp.tuples(hyp.sampled_from(["v1", "v2", None]), hyp.sampled_from(REVIEW_ACTIONS),
+                                    hyp.sampled_from(["f", "g"])), min_size=1, max_size=12))
+def test_the_share_rejected_per_version_counts_each_persons_decision_under_the_version_that_drafted_it(tmp_path,
+                                                                                                      decided):
+    path = tmp_path / f"reviews-{next(_stores)}.duckdb"
+    posts = [{"post_id": f"p{i}", "face_id": face, "origin": "generated", "status": "published", "text": f"post {i}",
+              "model_version_id": version} for i, (version, _, face) in enumerate(decided)]
+    decisions = [{"decision_id": f"run:{i}", "face_id": face, "post_id": f"p{i}", "action": action,
+                  "decided_by": "alice", "decided_at": START} for i, (_, action, face) in enumerate(decided)]
+    versions = [{"version_id": v, "base_model": "b", "artifact_url": f"/a/{v}", "created_at": START + dt.timedelta(i)}
+                for i, v in enumerate(["v1", "v2"])]
+    apply_write(path, "reviews", [{"op": "upsert", "table": "posts", "rows": posts},
+                                  {"op": "upsert", "table": "model_versions", "rows": versions},
+                                  {"op": "insert", "table": "review_decisions", "rows": decisions}], 5)
+    for face in (None, "f"):
+        table = views.review_by_version(StoreReader(path), face)
+        by_person = [(v or views.BASE_VERSION, a) for v, a, f in decided if a != "expire" and face in (None, f)]
+        assert list(table.columns) == views.REVIEW_COLUMNS
+        assert sorted(table["model_version_id"]) == sorted({v for v, _ in by_person})
+        for row in table.itertuples():
+            mine = [a for v, a in by_person if v == row.model_version_id]
+            assert (row.reviewed, row.approved, row.edited, row.picked, row.rejected) == \
+                (len(mine), *(mine.count(a) for a in ("approve", "edit", "pick", "reject")))
+            assert row.rejected_share == pytest.approx(mine.count("reject") / len(mine))
+        shown = [v for v in table["model_version_id"] if v != views.BASE_VERSION]
+        assert shown == sorted(shown, reverse=True)  # the newest version first (v2 was created after v1)
+
+
+def test_the_share_rejected_per_version_of_a_store_without_reviews_is_an_empty_table(tmp_path):
+    table = views.review_by_version(StoreReader(tmp_path / "absent.duckdb"))
+    assert table.empty and list(table.columns) == views.REVIEW_COLUMNS

@@ -16,6 +16,10 @@ Algorithms (one module each):
                      agreement check that pauses the face when it stops tracking reality
                      (rl/reward_model.py)
 
+The operator's review decisions are feedback too (rl/feedback.py): a rejected post is a strong negative
+(guided, policy_gradient), a pick a preference trained with a DPO loss against the reference (guided,
+policy_gradient); an edited post never enters a policy-gradient step.
+
 Rewards come from crowdtune.training.rl.rewards.rewards_for (scores at maturity, log-scaled,
 normalised against the face's recent posts, clipped), the history's from era_rewards (each post
 against the channel's posts of its own era); the caller puts them in each post's "reward".
@@ -79,6 +83,7 @@ def run_update(
     seed: int = 0,
     reward_model_url: str | None = None,
     device: str = "auto",
+    feedback: dict | None = None,
 ) -> UpdateResult:
     """Run one update of `algorithm` on newly matured posts and return the updated policy.
 
@@ -95,11 +100,15 @@ def run_update(
     carry "predicted_reward", "selection_probability" and "candidates" (the unpublished candidates of its
     slot: {"post_id", "prompt", "text", "token_ids", "logprob", "predicted_reward", "selection_probability"}).
     `device` is the one device it trains on (the `device` setting; see crowdtune.training.devices).
+    `feedback`: the operator's review decisions since the face's previous update ({"rejected": posts,
+    "picks": [{"chosen", "unpicked"}]}, rl/feedback.py), which `guided` and `policy_gradient` learn from.
+    A batch post may carry "review" (the decision that let it out): an "edit" is never trained on.
     Out: UpdateResult. Running again with the same checkpoint_dir resumes a killed update or
     returns the finished one's result without training.
     """
     import pytorch_lightning as pl
 
+    from crowdtune.training.rl.feedback import OperatorFeedback
     from crowdtune.training.rl.policy import UpdateInputs
 
     settings = algorithm_config(algorithm, config)
@@ -112,5 +121,6 @@ def run_update(
         state_dir=state_dir, checkpoint_dir=checkpoint_dir, model_cache_dir=Path(model_cache_dir),
         train_texts=list(train_texts), loggers=list(loggers), log_step=log_step, on_progress=on_progress,
         should_stop=should_stop, seed=seed, reward_model_url=reward_model_url, device=device,
+        feedback=OperatorFeedback.from_value(feedback),
     )
     return _update_function(algorithm)(settings, inputs)

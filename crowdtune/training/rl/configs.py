@@ -71,8 +71,21 @@ class ReinforceConfig(RLConfig):
                                               "face (history) plus the batch itself")
 
 
-class PolicyGradientConfig(RLConfig):
-    """Settings of a policy-gradient update (and every RLConfig setting)."""
+class OperatorFeedbackSettings(RLConfig):
+    """How an update learns from the operator's review decisions (crowdtune.training.rl.feedback), mixed into
+    the configs of the algorithms that do (guided, policy_gradient)."""
+
+    rejection_reward: float = Field(-3.0, le=0.0, description="the real reward of a post the operator rejected on "
+                                    "review: the floor of audience rewards (-RewardConfig.clip), so a rejection "
+                                    "counts as the worst reaction a post can get")
+    preference_weight: float = Field(1.0, ge=0.0, description="weight of the DPO loss on the operator's picks (the "
+                                     "picked candidate over each unpicked one of its slot); 0 = picks teach nothing")
+    preference_beta: float = Field(0.1, gt=0.0, description="DPO beta: how far from the reference (the base, adapter "
+                                   "off) the policy may move to honour a pick; higher = stays closer")
+
+
+class PolicyGradientConfig(OperatorFeedbackSettings):
+    """Settings of a policy-gradient update (and every OperatorFeedbackSettings and RLConfig setting)."""
 
     epochs: int = Field(4, ge=1, description="passes over (batch + replay) per update")
     minibatch_size: int = Field(16, ge=1, description="posts per optimizer step")
@@ -107,8 +120,8 @@ class RewardModelConfig(RLOOSettings):
     learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
-class GuidedConfig(RLOOSettings):
-    """Settings of a guided update (and every RLOOSettings and RLConfig setting)."""
+class GuidedConfig(RLOOSettings, OperatorFeedbackSettings):
+    """Settings of a guided update (and every RLOOSettings, OperatorFeedbackSettings and RLConfig setting)."""
 
     warm_start_steps: int = Field(8, ge=0, description="RLOO steps against the reward model before the run's first "
                                                        "post (an update with no posts); 0 = no warm start")

@@ -55,6 +55,16 @@ only, not on which others were in its group; (d) neither clip bites: p_k >= 1/N 
 The clips trade that bias for bounded variance (a rule that picks k once in 64 would weigh r_k 64 times).
 The gradient is that of mu restricted to what the guards keep (rejected samples are not in the group).
 Posts published without candidates (N = 1) form one leave-one-out group together, on their real rewards.
+
+The operator's decisions (rl/feedback.py, which says why the weighting stays correct). A post rejected on
+review joins step 2 as a group of its own with its candidates, its real reward `rejection_reward` (the
+floor), its recorded logprob and selection probability: the same estimate, with the operator's verdict as
+the outcome (without candidates, its advantage is rejection_reward - the mean real reward of the batch's
+posts, 0 for none: two floors would cancel in a leave-one-out group). A post the operator picked is
+corrected with p = 1 when its reward arrives (the operator, not the rule, chose it). Each pick's pairs
+(picked > each unpicked candidate) are a unit of step 2 like a group: a step's loss adds
+preference_weight * the DPO loss of its pairs against the reference. Edited posts are never trained on
+here (logprobs.usable_posts).
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ import torch
 from crowdtune.training.generation import sample, trim_unfinished_sentence
 from crowdtune.training.guards import CopyIndex, distinct_n
 from crowdtune.training.rl.configs import GuidedConfig
+from crowdtune.training.rl.feedback import preference_loss, preference_pairs, rejected_posts
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
 from crowdtune.training.rl.policy import (
     UpdateInputs,
@@ -129,13 +140,15 @@ def best_of_n_groups(batch: list[dict], real_rewards: dict[str, float], predict:
     "selection_probability"); the real reward of each post id on the reward model's scale; `predict`
     (texts -> predicted rewards) for members without a stored prediction (None: they get 0).
     """
-    rows, members, singles = [], [], []
+    rows, members, singles, lone_rejections = [], [], [], []
     corrections, groups = [], 0
     for post in usable_posts(batch):
         group = [post] + usable_posts(post.get("candidates") or [])
-        real = real_rewards.get(post.get("post_id"), float(post["reward"]))
+        # a rejection's reward is the operator's verdict (the floor), never an era reward of the history
+        real = float(post["reward"]) if post.get("rejected") else real_rewards.get(post.get("post_id"),
+                                                                                   float(post["reward"]))
         if len(group) == 1:
-            singles.append((post, real))
+            (lone_rejections if post.get("rejected") else singles).append((post, real))
             continue
         predicted = np.asarray([m.get("predicted_reward") for m in group], dtype=object)
         missing = [i for i, v in enumerate(predicted) if v is None]
@@ -143,12 +156,19 @@ def best_of_n_groups(batch: list[dict], real_rewards: dict[str, float], predict:
             filled = predict([group[i]["text"] for i in missing]) if predict is not None else np.zeros(len(missing))
             predicted[missing] = list(filled)
         predicted = predicted.astype(np.float64)
-        estimates = doubly_robust_rewards(predicted, 0, real, post.get("selection_probability"))
+        # the operator, not the rule, chose a pick: its real reward replaces its prediction (p = 1)
+        probability = 1.0 if post.get("review") == "pick" else post.get("selection_probability")
+        estimates = doubly_robust_rewards(predicted, 0, real, probability)
         corrections.append(abs(estimates[0] - predicted[0]))
         members.append(_add_rows(rows, group, leave_one_out_advantages(estimates)))
         groups += 1
     if len(singles) >= 2:
         members.append(_add_rows(rows, [p for p, _ in singles], leave_one_out_advantages([r for _, r in singles])))
+    if lone_rejections:  # rejections without candidates: compared with the batch's real rewards (0 if none)
+        reals = [real_rewards.get(p.get("post_id"), float(p["reward"])) for p in batch if not p.get("rejected")]
+        baseline = float(np.mean(reals)) if reals else 0.0
+        members.append(_add_rows(rows, [p for p, _ in lone_rejections],
+                                 np.array([r - baseline for _, r in lone_rejections])))
     figures = {"dr_groups": float(groups), "dr_members": float(len(rows)), "dr_single_posts": float(len(singles)),
                "dr_correction_mean": float(np.mean(corrections)) if corrections else math.nan}
     return Groups(rows, members, figures)
@@ -165,11 +185,19 @@ def _add_rows(rows: list[dict], posts: list[dict], advantages: np.ndarray) -> li
 # The Lightning module: real-reward steps first, then distillation steps
 
 
-class GuidedModule(RLOOModule):
-    """Steps 0 .. len(real_steps) - 1 train on the real-reward rows (`real_steps[s]`: row indices), the
-    rest are RLOO steps against the reward model."""
+@dataclass
+class RealStep:
+    """One optimizer step of step 2: rows of Groups.rows (policy gradient) and preference pairs (DPO)."""
 
-    def __init__(self, model, tokenizer, config: GuidedConfig, rows: list[dict], real_steps: list[list[int]],
+    rows: list[int]
+    pairs: list[tuple[dict, dict]]
+
+
+class GuidedModule(RLOOModule):
+    """Steps 0 .. len(real_steps) - 1 train on the real-reward rows and the operator's preference pairs
+    (`real_steps[s]`), the rest are RLOO steps against the reward model."""
+
+    def __init__(self, model, tokenizer, config: GuidedConfig, rows: list[dict], real_steps: list[RealStep],
                  reward: TextReward | None, prompts: list[str], seed: int):
         super().__init__(model, tokenizer, config, reward, 1.0, prompts, seed)  # era rewards: already in MAD units
         self.rows, self.real_steps = rows, real_steps
@@ -180,7 +208,22 @@ class GuidedModule(RLOOModule):
             return self.real_step(self.real_steps[step])
         return self.rloo_step(step - len(self.real_steps))
 
-    def real_step(self, row_ids: list[int]) -> torch.Tensor:
+    def real_step(self, step: RealStep) -> torch.Tensor:
+        cfg = self.config
+        figures: dict = {}
+        loss = torch.zeros((), device=self.device)
+        if step.rows:
+            loss, figures = self.policy_gradient(step.rows)
+        if step.pairs and cfg.preference_weight > 0:
+            preference, preference_figures = preference_loss(self.model, self.tokenizer, step.pairs,
+                                                             cfg.preference_beta, self.device)
+            loss = loss + cfg.preference_weight * preference
+            figures.update(preference_figures)
+        self.record(loss, **figures)
+        return loss
+
+    def policy_gradient(self, row_ids: list[int]) -> tuple[torch.Tensor, dict]:
+        """The clipped, importance-weighted surrogate of the rows (module docstring) and its figures."""
         cfg = self.config
         rows = [self.rows[i] for i in row_ids]
         rollouts = encode_rollouts(self.tokenizer, [r["prompt"] for r in rows],
@@ -192,10 +235,9 @@ class GuidedModule(RLOOModule):
         clipped = weights.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon)
         surrogate = torch.minimum(weights * advantages, clipped * advantages)
         loss = -surrogate.mean() + cfg.kl_coef * stats.kl
-        self.record(loss, kl=stats.kl, entropy=stats.entropy, importance_weight_mean=weights.mean(),
-                    clip_fraction=((weights * advantages) > (clipped * advantages)).float().mean(),
-                    real_advantage_abs=advantages.abs().mean())
-        return loss
+        return loss, {"kl": stats.kl, "entropy": stats.entropy, "importance_weight_mean": weights.mean(),
+                      "clip_fraction": ((weights * advantages) > (clipped * advantages)).float().mean(),
+                      "real_advantage_abs": advantages.abs().mean()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +331,7 @@ def update(config: GuidedConfig, inputs: UpdateInputs) -> UpdateResult:
     predictor, problem = load_reward_model(inputs.reward_model_url)
     alerts = [{"guard": "reward_model", "message": f"Guided update without a reward model: {problem}."}] \
         if problem else []
-    warm_start = not inputs.batch
+    warm_start = not inputs.batch and not inputs.feedback
     metrics = {**reward_figures([float(p["reward"]) for p in inputs.batch if p.get("reward") is not None]),
                "warm_start": float(warm_start), "reward_model_used": float(predictor is not None)}
 
@@ -313,11 +355,16 @@ def update(config: GuidedConfig, inputs: UpdateInputs) -> UpdateResult:
             return predictor.predict(embeddings.embed(texts, keep=False), texts)[0]
 
     real_rewards = {h.get("post_id"): float(h["reward"]) for h in inputs.history if h.get("reward") is not None}
-    groups = best_of_n_groups(inputs.batch, real_rewards, predict)
-    metrics.update(groups.figures)
-    order = minibatch_order(len(groups.members), config.real_epochs, config.groups_per_step, inputs.seed) \
-        if groups.members else []
-    real_steps = [[row for g in step for row in groups.members[g]] for step in order]
+    # the operator's rejections join the batch as groups; each pick's pairs are a unit like a group
+    rejected = rejected_posts(inputs.feedback, config.rejection_reward)
+    groups = best_of_n_groups([*inputs.batch, *rejected], real_rewards, predict)
+    picks = preference_pairs(inputs.feedback) if config.preference_weight > 0 else []
+    metrics.update({**groups.figures, "rejected_posts": float(len(rejected)),
+                    "preference_pairs": float(sum(len(p) for p in picks))})
+    units = [RealStep(rows, []) for rows in groups.members] + [RealStep([], pairs) for pairs in picks]
+    order = minibatch_order(len(units), config.real_epochs, config.groups_per_step, inputs.seed) if units else []
+    real_steps = [RealStep([r for u in step for r in units[u].rows], [p for u in step for p in units[u].pairs])
+                  for step in order]
     distil = (config.warm_start_steps if warm_start else config.distil_steps) if predictor is not None else 0
     reward = None
     if predictor is not None:

@@ -17,8 +17,11 @@ from crowdtune.training.rl.configs import RLConfig
 
 
 def usable_posts(batch: list[dict]) -> list[dict]:
-    """Posts that can be trained on: they have sampled tokens."""
-    return [p for p in batch if p.get("token_ids")]
+    """Posts that can be trained on: they have sampled tokens, and they went out as sampled. A post the
+    operator edited (review "edit") went out with text the policy never sampled, while its tokens and
+    logprob are still the original's: it never enters a policy-gradient step (its edit is offline training
+    data instead: store.reads.training_posts)."""
+    return [p for p in batch if p.get("token_ids") and p.get("review") != "edit"]
 
 
 @dataclass
@@ -145,6 +148,21 @@ def sequence_stats(model, rollouts: Rollouts, config: RLConfig, *, eos: int, ref
             ref_logits, _, _ = _completion_logits(model, rollouts)
         kl = (p * (log_p - ref_logits.log_softmax(-1))).sum(-1).mean()
     return SequenceStats(logprob, rollouts.n_tokens.to(logits.device), entropy, kl)
+
+
+def model_logprobs(model, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy [B] differentiable, reference [B]): each post's summed log-probability under the model itself
+    (temperature 1, no filters, as DPO uses it), and under the reference (the adapter turned off)."""
+    batch = len(rollouts.input_ids)
+
+    def summed(logits, targets, rows):
+        token = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        return torch.zeros(batch, device=logits.device).index_add(0, rows, token)
+
+    policy = summed(*_completion_logits(model, rollouts))
+    with torch.no_grad(), model.disable_adapter():
+        reference = summed(*_completion_logits(model, rollouts))
+    return policy, reference
 
 
 def importance_weights(logprob: torch.Tensor, recorded: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from crowdtune.training.guards import CopyIndex
 from crowdtune.training.loggers import log_figures
 from crowdtune.training.models import add_lora, load_base_model, load_version
 from crowdtune.training.rl.configs import RLConfig
+from crowdtune.training.rl.feedback import OperatorFeedback
 
 
 @dataclass
@@ -77,6 +78,7 @@ class UpdateInputs:
     should_stop: Callable[[], bool] | None = None
     seed: int = 0
     reward_model_url: str | None = None  # the face's fitted reward model (predictor.load_predictor), if any
+    feedback: OperatorFeedback = field(default_factory=OperatorFeedback)  # review decisions (rl/feedback.py)
 
 
 def load_policy(inputs: UpdateInputs, config: RLConfig):

@@ -14,6 +14,12 @@ Real reactions are scarce, so each one is used many times, safely:
 
 - the KL penalty to the reference model (the base with the adapter turned off) keeps the
   policy from drifting into text the audience model (or the audience) was never asked about.
+
+The operator's decisions (rl/feedback.py): a post rejected on review trains like a new post whose
+reward is `rejection_reward` (advantage rejection_reward - baseline, importance-weighted against its own
+recorded logprob; it does not move the baseline, which follows the audience, and is replayed like any
+post); each pick's pairs (picked > each unpicked candidate) add preference_weight * their DPO loss to
+one step of every epoch. Edited posts are never trained on (logprobs.usable_posts).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import random
 import torch
 
 from crowdtune.training.rl.configs import PolicyGradientConfig
+from crowdtune.training.rl.feedback import preference_loss, preference_pairs, rejected_posts
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats, usable_posts
 from crowdtune.training.rl.policy import (
     PolicyModule,
@@ -42,9 +49,10 @@ STATE_FILE = "policy_gradient.json"
 
 class PolicyGradientModule(PolicyModule):
     def __init__(self, model, tokenizer, config: PolicyGradientConfig, posts: list[dict], advantages: list[float],
-                 order: list[list[int]]):
+                 order: list[list[int]], pairs: list[list[tuple[dict, dict]]] | None = None):
         super().__init__(model, tokenizer, config)
         self.posts, self.advantages, self.order = posts, advantages, order
+        self.pairs = pairs or [[] for _ in order]  # per step: the operator's preference pairs it trains on
 
     def training_step(self, index, batch_idx):
         cfg = self.config
@@ -60,8 +68,13 @@ class PolicyGradientModule(PolicyModule):
         surrogate = torch.minimum(weights * advantages, clipped * advantages)
         loss = -surrogate.mean() + cfg.kl_coef * stats.kl
         clip_fraction = ((weights * advantages) > (clipped * advantages)).float().mean()
+        figures = {}
+        if self.pairs[int(index)] and cfg.preference_weight > 0:
+            preference, figures = preference_loss(self.model, self.tokenizer, self.pairs[int(index)],
+                                                  cfg.preference_beta, self.device)
+            loss = loss + cfg.preference_weight * preference
         self.record(loss, kl=stats.kl, entropy=stats.entropy, importance_weight_mean=weights.mean(),
-                    clip_fraction=clip_fraction)
+                    clip_fraction=clip_fraction, **figures)
         return loss
 
 
@@ -76,6 +89,16 @@ def minibatch_order(n: int, epochs: int, size: int, seed: int) -> list[list[int]
     return order
 
 
+def pairs_by_step(picks: list[list[tuple[dict, dict]]], n_steps: int, epochs: int) -> list[list[tuple[dict, dict]]]:
+    """Each pick's pairs on one step of every epoch (pick i on the epoch's step i mod its steps)."""
+    per_epoch = max(1, n_steps // max(epochs, 1))
+    steps: list[list[tuple[dict, dict]]] = [[] for _ in range(n_steps)]
+    for epoch in range(epochs):
+        for i, pairs in enumerate(picks):
+            steps[min(epoch * per_epoch + i % per_epoch, n_steps - 1)].extend(pairs)
+    return steps
+
+
 def update(config: PolicyGradientConfig, inputs: UpdateInputs) -> UpdateResult:
     """Several clipped, importance-weighted epochs over batch + replay (see the module docstring)."""
     done = stored_result(inputs.checkpoint_dir)
@@ -87,18 +110,23 @@ def update(config: PolicyGradientConfig, inputs: UpdateInputs) -> UpdateResult:
     new_ids = {p.get("post_id") for p in new}
     replay = [p for p in state["replay"] if p.get("post_id") not in new_ids][-config.replay_posts:] \
         if config.replay_posts else []
-    posts = new + replay
+    rejected = [p for p in rejected_posts(inputs.feedback, config.rejection_reward) if p.get("post_id") not in new_ids]
+    replay = [p for p in replay if p.get("post_id") not in {r.get("post_id") for r in rejected}]
+    posts = new + rejected + replay
     rewards = [float(p["reward"]) for p in new]
     # the baseline as it was before this batch: the state only moves once per post id (below)
     baseline = state["baseline"] if state["baseline"] is not None else 0.0
     advantages = [float(p["reward"]) - baseline for p in posts]
+    picks = preference_pairs(inputs.feedback) if config.preference_weight > 0 else []
 
     model, tokenizer = load_policy(inputs, config)
-    metrics = {**reward_figures(rewards), "baseline": baseline, "replayed_posts": float(len(replay))}
+    metrics = {**reward_figures(rewards), "baseline": baseline, "replayed_posts": float(len(replay)),
+               "rejected_posts": float(len(rejected)), "preference_pairs": float(sum(len(p) for p in picks))}
     stopped = False
     if posts:
         order = minibatch_order(len(posts), config.epochs, config.minibatch_size, inputs.seed)
-        module = PolicyGradientModule(model, tokenizer, config, posts, advantages, order)
+        module = PolicyGradientModule(model, tokenizer, config, posts, advantages, order,
+                                      pairs_by_step(picks, len(order), config.epochs))
         stopped = fit(module, len(order), inputs)
         metrics.update(module.mean_step_metrics())
         metrics["steps"] = len(module.step_metrics)
@@ -111,7 +139,7 @@ def update(config: PolicyGradientConfig, inputs: UpdateInputs) -> UpdateResult:
             b = float(p["reward"]) if b is None else b + config.baseline_rate * (float(p["reward"]) - b)
             seen.add(p.get("post_id"))
         keep = ("post_id", "prompt", "token_ids", "logprob", "reward")
-        replay_out = (replay + [{k: p.get(k) for k in keep} for p in new])[-config.replay_posts:] \
+        replay_out = (replay + [{k: p.get(k) for k in keep} for p in new + rejected])[-config.replay_posts:] \
             if config.replay_posts else []
         write_state(state_path, {"baseline": b, "seen": list(seen)[-5000:], "replay": replay_out})
     metrics.setdefault("kl", math.nan)
