@@ -155,7 +155,7 @@ def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from crowdtune.errors import CrowdtuneError
+    from crowdtune.errors import CrowdtuneError, traceback_message
 
     try:
         job = Job.fetch(_job_id(write_id), connection=conn, serializer=JSONSerializer)
@@ -168,7 +168,7 @@ def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
         return value if isinstance(value, dict) else {"rows": value or 0, "refused": [], "already_applied": False}
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         result = job.latest_result()
-        error = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+        error = traceback_message(result.exc_string if result else None, default=status.value)
         raise CrowdtuneError(f"The store worker could not apply the write {write_id}: {error}",
                              "See the failed job on the System page; fix its cause and run the import again.")
     return None
