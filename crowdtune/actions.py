@@ -17,7 +17,7 @@ from crowdtune.runtime import defaults, stop_flags
 from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import ControllerState, RunStatus
-from crowdtune.store.writes import StoreWriter, update_op, upsert_op, utc_now
+from crowdtune.store.writes import StoreWriter, alert_dismissed_op, update_op, upsert_op, utc_now
 
 # Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
 TRAINING_TIMEOUT = defaults.TRAINING_TIMEOUT
@@ -93,6 +93,16 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
         raise SettingsError(f"Invalid {kind} face config: {problems}",
                             f"Correct the config; `crowdtune config-docs {face_class.Config.__name__}` lists every "
                             "field and its default.") from None
+
+
+def dismiss_alerts(conn: redis.Redis, alerts: list[tuple[str, str]], dismissed_by: str) -> str:
+    """Dismiss alerts as they read now: (alert_id, message) pairs, a failed job as (`job:<job_id>`, its error).
+    Each stays hidden until it is raised with another message; who and when are kept (`alert_dismissals`).
+    One write whose id names the pairs, so a double click applies once. Returns the write id."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(sorted(alerts)).encode()).hexdigest()[:16]
+    return StoreWriter(conn).submit([alert_dismissed_op(alerts, dismissed_by)], write_id=f"dismiss:{digest}")
 
 
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:

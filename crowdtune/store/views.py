@@ -63,10 +63,28 @@ def runs_with_status(reader: StoreReader, statuses: tuple[str, ...]) -> pd.DataF
 
 
 def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
-    """Unresolved alerts, newest first."""
-    return _frame(reader, "SELECT level, source, message, created_at, alert_id FROM alerts "
-                          "WHERE resolved_at IS NULL ORDER BY created_at DESC LIMIT ?", [limit],
+    """Unresolved alerts nobody dismissed as they read now, newest first."""
+    return _frame(reader, "SELECT level, source, message, created_at, alert_id FROM alerts a "
+                          "WHERE resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM alert_dismissals d "
+                          "WHERE d.alert_id = a.alert_id AND d.message = a.message) "
+                          "ORDER BY created_at DESC LIMIT ?", [limit],
                   ["level", "source", "message", "created_at", "alert_id"])
+
+
+def dismissed_alerts(reader: StoreReader, alert_ids: list[str]) -> set[tuple[str, str]]:
+    """Which of `alert_ids` were dismissed, as (alert_id, message) pairs (e.g. failed jobs, `job:<id>`)."""
+    if not alert_ids:
+        return set()
+    marks = ", ".join("?" for _ in alert_ids)
+    return {(alert_id, message) for alert_id, message in reader.rows(
+        f"SELECT alert_id, message FROM alert_dismissals WHERE alert_id IN ({marks})", list(alert_ids))}
+
+
+def alert_dismissals(reader: StoreReader, limit: int = 20) -> pd.DataFrame:
+    """The latest dismissals: which alert, its message then, who dismissed it and when, newest first."""
+    return _frame(reader, "SELECT dismissed_at, dismissed_by, alert_id, message FROM alert_dismissals "
+                          "ORDER BY dismissed_at DESC LIMIT ?", [limit],
+                  ["dismissed_at", "dismissed_by", "alert_id", "message"])
 
 
 def review_backlog(reader: StoreReader) -> tuple[int, object]:

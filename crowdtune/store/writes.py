@@ -59,6 +59,14 @@ def alert_op(alert_id: str, level: str, source: str, message: str) -> dict:
                                  "message": message[:2000], "created_at": utc_now()}])
 
 
+def alert_dismissed_op(alerts: Iterable[tuple[str, str]], dismissed_by: str) -> dict:
+    """The operator dismissed these (alert_id, message) pairs: each stays hidden until raised with another
+    message. Inserted, never replaced: the first dismissal of a message is the one kept."""
+    now = utc_now()
+    return insert_op("alert_dismissals", [{"alert_id": alert_id, "message": message, "dismissed_by": dismissed_by,
+                                           "dismissed_at": now} for alert_id, message in alerts])
+
+
 def metrics_op(run_id: str, step: int, values: dict[str, float]) -> dict:
     """One metric row per name at `step` of the run (keyed by run, name and step: a repeat changes nothing)."""
     return upsert_op("metrics", [{"run_id": run_id, "name": name, "step": step, "value": value}
