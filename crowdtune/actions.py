@@ -65,6 +65,14 @@ def prepare_face(conn: redis.Redis, face_id: str) -> Job:
                    description=f"set up face {face_id}", meta={"face_id": face_id})
 
 
+def check_face(conn: redis.Redis, face_id: str) -> Job:
+    """Queue the face's health check (jobs.system.check_face) with the light work on the control queue (a few
+    requests a user waits for, never behind a sampling job). The job returns the account, the audience and the
+    limits (faces.base.FaceHealth)."""
+    return enqueue(conn, QUEUE_CONTROL, "jobs.system.check_face", face_id, timeout=defaults.HEALTH_CHECK_TIMEOUT,
+                   description=f"check the connection of {face_id}", meta={"face_id": face_id})
+
+
 def validate_face_config(kind: str, config: dict[str, Any]) -> None:
     """Check a face config against its kind's typed Config; raise CrowdtuneError naming the field.
 
