@@ -18,7 +18,7 @@ from crowdtune.runtime import defaults, stop_flags
 from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import ControllerState, RunStatus
-from crowdtune.store.writes import StoreWriter, update_op, upsert_op, utc_now
+from crowdtune.store.writes import StoreWriter, alert_dismissed_op, update_op, upsert_op, utc_now
 
 # Training jobs may run for days; RQ's timeout is a last resort, graceful stop is the normal way.
 TRAINING_TIMEOUT = defaults.TRAINING_TIMEOUT
@@ -98,6 +98,14 @@ def embed_face_posts(conn: redis.Redis, face_id: str, chunk: int | None = None,
     return free[0]
 
 
+def check_face(conn: redis.Redis, face_id: str) -> Job:
+    """Queue the face's health check (jobs.system.check_face) with the light work on the control queue (a few
+    requests a user waits for, never behind a sampling job). The job returns the account, the audience and the
+    limits (faces.base.FaceHealth)."""
+    return enqueue(conn, QUEUE_CONTROL, "jobs.system.check_face", face_id, timeout=defaults.HEALTH_CHECK_TIMEOUT,
+                   description=f"check the connection of {face_id}", meta={"face_id": face_id})
+
+
 def validate_face_config(kind: str, config: dict[str, Any]) -> None:
     """Check a face config against its kind's typed Config; raise CrowdtuneError naming the field.
 
@@ -126,6 +134,16 @@ def validate_face_config(kind: str, config: dict[str, Any]) -> None:
         raise SettingsError(f"Invalid {kind} face config: {problems}",
                             f"Correct the config; `crowdtune config-docs {face_class.Config.__name__}` lists every "
                             "field and its default.") from None
+
+
+def dismiss_alerts(conn: redis.Redis, alerts: list[tuple[str, str]], dismissed_by: str) -> str:
+    """Dismiss alerts as they read now: (alert_id, message) pairs, a failed job as (`job:<job_id>`, its error).
+    Each stays hidden until it is raised with another message; who and when are kept (`alert_dismissals`).
+    One write whose id names the pairs, so a double click applies once. Returns the write id."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(sorted(alerts)).encode()).hexdigest()[:16]
+    return StoreWriter(conn).submit([alert_dismissed_op(alerts, dismissed_by)], write_id=f"dismiss:{digest}")
 
 
 def start_import(conn: redis.Redis, face_id: str, limit: int | None = None) -> Job:

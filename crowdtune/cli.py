@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from crowdtune.errors import CrowdtuneError
+from crowdtune.errors import CrowdtuneError, traceback_message
 from crowdtune.settings import load_settings
 
 app = typer.Typer(help="Crowdtune: train a language model on a channel's posts and on its audience's reactions.",
@@ -198,7 +198,7 @@ def follow_job(job, label: str, poll: float = 0.5) -> dict | None:
             time.sleep(poll)
     result = job.latest_result()
     if status.value != "finished":
-        error = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+        error = traceback_message(result.exc_string if result else None, default=status.value)
         typer.secho(f"Job {job.id} {status.value}: {error}", fg="red", err=True)
         raise typer.Exit(1)
     return result.return_value if result else None
@@ -234,7 +234,7 @@ def follow_import(job, label: str, poll: float = 0.5, every: float = 2.0) -> dic
         typer.echo(f"Fix: {error['fix']}", err=True)
         raise typer.Exit(2)
     result = job.latest_result()
-    reason = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+    reason = traceback_message(result.exc_string if result else None, default=status.value)
     typer.secho(f"Import job {job.id} {status.value}: {reason}", fg="red", err=True)
     typer.echo("Fix: see the failed job on the System page and the worker's log in data/logs/.", err=True)
     raise typer.Exit(1)

@@ -31,3 +31,16 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, CrowdtuneError):
         return f"{exc.problem} Fix: {exc.fix}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def traceback_message(text: str | None, default: str = "(no error text)") -> str:
+    """The exception's own message from a formatted traceback (RQ's `exc_string`): its trailing
+    unindented lines, joined with spaces. A CrowdtuneError prints as problem, newline, "Fix: ...", so
+    the traceback's last line alone would show the fix without its problem; this keeps both."""
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    message: list[str] = []
+    for line in reversed(lines):
+        if line.startswith((" ", "\t")):  # a frame of the traceback: the message is below it
+            break
+        message.insert(0, line.strip())
+    return " ".join(message) if message else default

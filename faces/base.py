@@ -86,8 +86,21 @@ class ReactionSnapshot:
 
 @dataclass(frozen=True)
 class FaceHealth:
+    """What a face's health check found (Face.health; the Settings page's "Check connection" shows it).
+
+    `ok` whether the face can work now, `message` what was checked or what is wrong (a FaceError's problem and
+    fix), `account` who the face acts as ("@crowd on https://mastodon.social"), `audience` how many people its
+    posts reach as the network counts them (`audience_label`: followers, members, subscribers), and `limits` the
+    documented limits it keeps (faces.limits), with what the server itself last reported. None or () where the
+    network does not say or the check did not get that far.
+    """
+
     ok: bool
     message: str
+    account: str | None = None
+    audience: int | None = None
+    audience_label: str = "followers"
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,7 @@ class BlueskyFace(Face):
         # The SDK's ModelError does not carry the response: keep what a message needs from it.
         response.read()
         self._answers.note(response.status_code, response.headers.get("content-type"), response.content)
+        self._budget.note_answer(response.headers)
 
     def _classify(self, error: Exception, action: str) -> Retryable | FaceError | None:
         from atproto_client import exceptions
@@ -347,8 +348,14 @@ class BlueskyFace(Face):
         return profile.followers_count
 
     def health(self) -> FaceHealth:
+        """Sign in (or reuse the stored session), then app.bsky.actor.getProfile: a request the session must pass,
+        and the account's followersCount."""
         try:
-            self._api()
+            profile = self._call("checking the session", lambda: self._api().app.bsky.actor.get_profile(
+                params={"actor": self.config.handle}))
         except FaceError as error:
-            return FaceHealth(False, str(error))
-        return FaceHealth(True, f"Signed in to {self.config.service_url} as {self.config.handle}.")
+            return FaceHealth(False, str(error), limits=tuple(self._budget.describe()))
+        return FaceHealth(True, f"Signed in to {self.config.service_url} as {profile.handle}.",
+                          account=f"{profile.handle} ({profile.did}) on {self.config.service_url}",
+                          audience=profile.followers_count, audience_label="followers",
+                          limits=tuple(self._budget.describe()))

@@ -279,8 +279,16 @@ class DiscordFace(Face):
         return int(preview.approximate_member_count)
 
     def health(self) -> FaceHealth:
+        """GET /users/@me (the bot), GET /channels/:id (it may see the channel), and the guild's approximate member
+        count when guild_id is set (GET /guilds/:id/preview)."""
+        limits = tuple(self._budget.describe())
         try:
             me = self._call("checking the bot token", lambda rest: rest.fetch_my_user())
+            channel = self._call("checking the channel", lambda rest: rest.fetch_channel(self.config.channel_id))
+            members = self.audience_size()
         except FaceError as error:
-            return FaceHealth(False, str(error))
-        return FaceHealth(True, f"Discord bot {me.username} ready for channel {self.config.channel_id}.")
+            return FaceHealth(False, str(error), limits=limits)
+        where = f"#{channel.name}" if getattr(channel, "name", None) else f"channel {self.config.channel_id}"
+        return FaceHealth(True, f"Discord bot {me.username} ready for {where} ({self.config.channel_id}).",
+                          account=f"bot {me.username} in {where}", audience=members, audience_label="members",
+                          limits=limits)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -72,6 +72,32 @@ NETWORK_LIMITS: dict[str, tuple[RateLimit, ...]] = {
     # 100 queries per minute per OAuth client id, averaged over 10 minutes.
     "reddit": (RateLimit("request", 1000, 600, "app", REDDIT_DOCS),),
 }
+
+
+def reported_by_server(headers: Mapping[str, str]) -> str | None:
+    """What an answer's rate-limit headers say is left of the server's current window, or None without them.
+
+    In: the answer's headers (a case-insensitive mapping: requests', httpx's). Mastodon sends X-RateLimit-Limit
+    and X-RateLimit-Remaining, Bluesky RateLimit-Limit and RateLimit-Remaining, Reddit X-Ratelimit-Used and
+    X-Ratelimit-Remaining (as "995.0"). Out: e.g. "the server reports 297 of 300 requests left in its window".
+    """
+    def number(*names: str) -> int | None:
+        for name in names:
+            value = headers.get(name)
+            if value is not None:
+                try:
+                    return int(float(value))
+                except ValueError:
+                    return None
+        return None
+
+    remaining = number("x-ratelimit-remaining", "ratelimit-remaining")
+    if remaining is None:
+        return None
+    used = number("x-ratelimit-used")
+    limit = number("x-ratelimit-limit", "ratelimit-limit") or (remaining + used if used is not None else None)
+    left = f"{remaining:,} of {limit:,}" if limit else f"{remaining:,}"
+    return f"the server reports {left} requests left in its current window"
 
 
 class Buckets(Protocol):
@@ -154,6 +180,11 @@ class RequestBudget:
                  limits: Sequence[RateLimit] | None = None, sleep: Callable[[float], None] = time.sleep):
         self.network, self.account, self.max_wait, self.sleep = network, account, max_wait_seconds, sleep
         self.limits = tuple(NETWORK_LIMITS[network] if limits is None else limits)
+        self.reported: str | None = None  # what the server's latest rate-limit headers said (reported_by_server)
+
+    def note_answer(self, headers: Mapping[str, str]) -> None:
+        """Keep what an answer's rate-limit headers say, for describe(); an answer without them changes nothing."""
+        self.reported = reported_by_server(headers) or self.reported
 
     def wait_for_turn(self, covers: Covers = "request", action: str = "a request") -> float:
         """Block until a `covers` call may go out without breaking a limit, then count it.
@@ -178,5 +209,6 @@ class RequestBudget:
         return waited
 
     def describe(self) -> list[str]:
-        """The limits this face keeps, one line each, with their source."""
-        return [f"{limit.describe()} ({limit.source})" for limit in self.limits]
+        """The limits this face keeps, one line each, with their source; last, what the server reported of its own."""
+        kept = [f"{limit.describe()} ({limit.source})" for limit in self.limits]
+        return [*kept, f"now: {self.reported}"] if self.reported else kept

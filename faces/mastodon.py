@@ -139,6 +139,7 @@ class MastodonFace(Face):
         # Mastodon.py's errors do not carry the response: keep what a message needs from it, the
         # start of the body (an unparseable answer is named by it) and the wait a 429 asked for.
         self._answers.note(response.status_code, response.headers.get("Content-Type"), response.content)
+        self._budget.note_answer(response.headers)
         if response.status_code == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             reset = response.headers.get("X-RateLimit-Reset")
@@ -300,8 +301,11 @@ class MastodonFace(Face):
         return int(self._verify_credentials("reading the follower count")["followers_count"])
 
     def health(self) -> FaceHealth:
+        """GET /api/v1/accounts/verify_credentials: the token's account and its followers_count."""
         try:
             me = self._verify_credentials("checking the token")
         except FaceError as error:
-            return FaceHealth(False, str(error))
-        return FaceHealth(True, f"Signed in to {self.config.api_base_url} as @{me['acct']}.")
+            return FaceHealth(False, str(error), limits=tuple(self._budget.describe()))
+        return FaceHealth(True, f"Signed in to {self.config.api_base_url} as @{me['acct']}.",
+                          account=f"@{me['acct']} on {self.config.api_base_url}", audience=int(me["followers_count"]),
+                          audience_label="followers", limits=tuple(self._budget.describe()))

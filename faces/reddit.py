@@ -157,6 +157,7 @@ class RedditFace(Face):
 
     def _remember_answer(self, response, *args, **kwargs):
         self._answers.note(response.status_code, response.headers.get("Content-Type"), response.content)
+        self._budget.note_answer(response.headers)
         return response
 
     def _classify(self, error: Exception) -> Retryable | FaceError | None:
@@ -335,9 +336,14 @@ class RedditFace(Face):
         return self._answers.expect(about["data"], action, {"subscribers": int})["subscribers"]
 
     def health(self) -> FaceHealth:
+        """GET /api/v1/me (the account), and the subscribers of `subreddit` (GET /r/<subreddit>/about)."""
         action = "checking the credentials"
         try:
             me = self._answers.expect(self._get(action, "/api/v1/me"), action, {"name": str})
+            subscribers = self.audience_size() if self.config.subreddit else None
         except FaceError as error:
-            return FaceHealth(False, str(error))
-        return FaceHealth(True, f"Signed in to Reddit as u/{me['name']}.")
+            return FaceHealth(False, str(error), limits=tuple(self._budget.describe()))
+        where = f" posting to r/{self.config.subreddit}" if self.config.subreddit else ""
+        return FaceHealth(True, f"Signed in to Reddit as u/{me['name']}.", account=f"u/{me['name']}{where}",
+                          audience=subscribers, audience_label=f"subscribers of r/{self.config.subreddit}",
+                          limits=tuple(self._budget.describe()))

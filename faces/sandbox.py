@@ -271,4 +271,7 @@ class SandboxFace(Face):
         except Exception as error:  # noqa: BLE001 - health never raises
             return FaceHealth(False, f"Cannot write to the sandbox state at {self.config.state_url} ({error}): "
                                      "fix state_url.")
-        return FaceHealth(True, f"Sandbox at {self.config.state_url} ready ({self.config.audience.kind} audience).")
+        return FaceHealth(True, f"Sandbox at {self.config.state_url} ready ({self.config.audience.kind} audience).",
+                          account=f"the simulated network at {self.config.state_url}",
+                          audience=self.config.audience_size, audience_label="simulated followers",
+                          limits=("none: a simulation takes every request",))

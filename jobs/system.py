@@ -59,6 +59,35 @@ def prepare_face(face_id: str) -> dict:
     return {"face_id": face_id, "seconds": round(time.monotonic() - started, 2)}
 
 
+def check_face(face_id: str) -> dict:
+    """Run the face's health check here, with this worker's secrets (the Settings page's "Check connection").
+
+    Out: {"face_id", "kind", "checked_at"} and faces.base.FaceHealth's fields as plain data (ok, message,
+    account, audience, audience_label, limits); a face that is not in the store or cannot be built (an invalid
+    config) is not ok, its message the problem and the fix."""
+    from dataclasses import asdict
+
+    from crowdtune.errors import CrowdtuneError
+    from crowdtune.runtime.queues import connect
+    from crowdtune.settings import load_settings
+    from crowdtune.store.remote import read_via_store_worker
+    from crowdtune.store.writes import utc_now
+    from faces.base import FaceHealth
+    from faces.registry import build_face
+
+    record = read_via_store_worker(connect(load_settings()), "face_record", face_id=face_id)
+    if record is None:
+        health = FaceHealth(False, str(CrowdtuneError(f"There is no face called {face_id!r}.",
+                                                      "Add it on the Training page (\"Add or update a face\").")))
+    else:
+        try:
+            health = build_face(record["kind"], record["config"], name=face_id).health()
+        except CrowdtuneError as exc:
+            health = FaceHealth(False, str(exc))
+    return {"face_id": face_id, "kind": record["kind"] if record else None, "checked_at": utc_now().isoformat(),
+            **asdict(health)}
+
+
 def random_draws() -> list[float]:
     """Three draws from each seeded generator (random, numpy, torch): shows how a job was seeded."""
     import random

@@ -10,6 +10,7 @@ from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
 from crowdtune.dashboard.tables import metrics_for_display
+from crowdtune.errors import traceback_message
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
@@ -136,8 +137,8 @@ else:
             return state, (f"Exported `{done['version_id']}` to `{done['export_url']}`"
                            + (f", pushed to {done['hub_url']}." if done.get("hub_url") else "."))
         if state == "failed":
-            lines = ((result.exc_string if result else "") or "").strip().splitlines()
-            return state, f"The export failed: {lines[-1] if lines else 'see the System page'}"
+            why = traceback_message(result.exc_string if result else None, default="see the System page")
+            return state, f"The export failed: {why}"
         return state, f"Exporting… ({state}; a worker on the default queue picks it up)"
 
     # Polls Redis only while the export runs; once it ended, the page reruns once without the timer.

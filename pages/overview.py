@@ -7,6 +7,7 @@ import redis
 import streamlit as st
 
 from crowdtune import actions
+from crowdtune.dashboard.access import reviewer_name
 from crowdtune.dashboard.charts import small_line_figure
 from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
@@ -92,13 +93,28 @@ def read_overview() -> dict:
     recent_runs = runs["run_id"].head(5).tolist() if not runs.empty else []
     series = {name: views.metric_series(reader, recent_runs, [name], max_points=300)
               if not catalog.empty and (catalog["name"] == name).any() else pd.DataFrame() for name in KEY_METRICS}
+    failed_ids = [f"job:{job.job_id}" for job in status.failed_jobs]
     return dict(status=status, runs=runs, alerts=views.open_alerts(reader), posts=views.latest_posts(reader, limit=10),
+                dismissed_jobs=views.dismissed_alerts(reader, failed_ids),
                 scores=views.score_by_day(reader), controllers=controllers,
                 schedule=views.online_schedule(reader, controllers["face_id"].tolist(), utc_now()), series=series,
                 review=views.review_backlog(reader), figures={})  # figures: filled by the first draw of these reads
 
 
-def live_overview():
+DISMISSED = "overview_dismissed"  # (alert_id, message) pairs dismissed in this session
+
+
+def dismiss(pairs: list[tuple[str, str]]) -> None:
+    """A Dismiss button's click: store the dismissals (crowdtune.actions.dismiss_alerts) and hide them now."""
+    try:
+        actions.dismiss_alerts(control, pairs, reviewer_name(settings))
+    except CrowdtuneError as exc:
+        st.session_state["overview_dismiss_error"] = exc
+        return
+    st.session_state.setdefault(DISMISSED, set()).update(pairs)
+
+
+def live_overview(controls_off: bool):
     # The store and the status are read again only when the store changed (one Redis GET to know);
     # job progress lives in Redis, outside the store, and is read at every tick (one HGET per run).
     try:
@@ -109,13 +125,19 @@ def live_overview():
     status, runs, alerts, posts = read["status"], read["runs"], read["alerts"], read["posts"]
     scores, controllers, schedule = read["scores"], read["controllers"], read["schedule"]
     now = utc_now()  # "in 3 h 50 min" counts from the moment drawn, also when the reads were kept
+    # What was dismissed in this session is hidden at once; the store hides it from then on (open_alerts).
+    hidden = st.session_state.setdefault(DISMISSED, set())
+    kept = [(a, m) not in hidden for a, m in zip(alerts["alert_id"], alerts["message"], strict=True)]
+    alerts = alerts[pd.Series(kept, index=alerts.index, dtype=bool)]
+    failed_jobs = [job for job in status.failed_jobs if (f"job:{job.job_id}", job.error) not in
+                   hidden | read.get("dismissed_jobs", set())]
 
     redis_col, workers_col, runs_col, alerts_col = st.columns(4)
     redis_col.metric("Redis", "reachable" if status.redis_ok else "unreachable")
     workers_col.metric("Live workers", len(status.workers))
     running = runs[runs["status"].isin(ACTIVE_RUNS)] if not runs.empty else runs
     runs_col.metric("Running runs", len(running))
-    alerts_col.metric("Open alerts", len(alerts) + len(status.failed_jobs))
+    alerts_col.metric("Open alerts", len(alerts) + len(failed_jobs))
 
     st.subheader("Alerts")
     if not status.redis_ok:
@@ -127,19 +149,33 @@ def live_overview():
         st.error(status.store_error.replace("\nFix:", "\n\n**Fix:**"))
     elif not reader.exists:
         st.info(f"No store yet at `{settings.store_path}`: `make run` creates it.")
+    shown: list[tuple[str, str]] = []  # (alert_id, message) of every alert drawn: what "Dismiss all" dismisses
     for alert in alerts.itertuples():
         show = {"error": st.error, "warning": st.warning}.get(alert.level, st.info)
-        show(f"**{alert.source}** · {alert.message} ({alert.created_at})")
-    if status.failed_jobs:
-        st.error(f"{len(status.failed_jobs)} failed job(s); the newest: "
-                 f"`{status.failed_jobs[0].func}`: {status.failed_jobs[0].error}. Details on the System page.")
+        text_col, button_col = st.columns([8, 1], vertical_alignment="center")
+        with text_col:
+            show(f"**{alert.source}** · {alert.message} ({alert.created_at})")
+        button_col.button("Dismiss", key=f"dismiss-{alert.alert_id}", disabled=controls_off, on_click=dismiss,
+                          args=([(alert.alert_id, alert.message)],), help="Hide it until it is raised again with "
+                          "another message; who dismissed it and when is kept (table alert_dismissals).")
+        shown.append((alert.alert_id, alert.message))
+    if failed_jobs:
+        jobs = [(f"job:{job.job_id}", job.error) for job in failed_jobs]
+        text_col, button_col = st.columns([8, 1], vertical_alignment="center")
+        text_col.error(f"{len(failed_jobs)} failed job(s); the newest: `{failed_jobs[0].func}`: "
+                       f"{failed_jobs[0].error}. Details on the System page.")
+        button_col.button("Dismiss", key="dismiss-failed-jobs", disabled=controls_off, on_click=dismiss,
+                          args=(jobs,), help="Hide these failed jobs here (the System page still lists them).")
+        shown += jobs
+    if len(shown) > 1:
+        st.button("Dismiss all", key="dismiss-all", disabled=controls_off, on_click=dismiss, args=(shown,))
     waiting, oldest = read.get("review", (0, None))
     if waiting:
         # Older than a day: also an alert, raised by the controller (records.review_overdue).
         show = st.warning if now - pd.Timestamp(oldest) > pd.Timedelta(days=1) else st.info
         show(f"**{waiting} post(s) wait for review** (the oldest since {pd.Timestamp(oldest):%Y-%m-%d %H:%M} UTC): "
              "decide on the Review page or with `crowdtune review list`.")
-    if status.redis_ok and status.workers and alerts.empty and not status.failed_jobs and not status.store_error \
+    if status.redis_ok and status.workers and alerts.empty and not failed_jobs and not status.store_error \
             and not waiting:
         st.caption("Nothing needs attention.")
 
@@ -278,7 +314,9 @@ def live_page(conn, controls_off: bool) -> None:
     # work however little it draws (an idle tab: 1.3 CPU s/min for Metrics' 10 reruns a minute, 3.4-4.0
     # for the Overview's 28 when the checklist had a timer of its own), and the script's part is ~0.015 s.
     getting_started(conn, controls_off)
-    live_overview()
+    if "overview_dismiss_error" in st.session_state:
+        show_error(st.session_state.pop("overview_dismiss_error"))
+    live_overview(controls_off)
 
 
 control, controls_off = control_connection(settings)

@@ -7,6 +7,7 @@ from crowdtune.dashboard.forms import config_fields, validate_config
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
 from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
 from crowdtune.dashboard.tables import sample_blocks
+from crowdtune.errors import traceback_message
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
@@ -68,8 +69,7 @@ def job_outcome(job_id: str) -> tuple[str, object]:
         return state, result.return_value if result is not None else None
     if state == "failed":
         result = job.latest_result()
-        lines = (result.exc_string if result else "") or ""
-        return state, lines.strip().splitlines()[-1] if lines.strip() else "see the System page"
+        return state, traceback_message(result.exc_string if result else None, default="see the System page")
     return state, None
 
 

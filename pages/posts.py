@@ -6,7 +6,15 @@ import math
 import streamlit as st
 
 from crowdtune.dashboard.charts import reactions_figure, reward_histogram
-from crowdtune.dashboard.links import POST_ORIGINS, POST_SORTS, PostsView, from_query_params, seed_widgets, share_box
+from crowdtune.dashboard.links import (
+    POST_ORIGINS,
+    POST_REPEATS,
+    POST_SORTS,
+    PostsView,
+    from_query_params,
+    seed_widgets,
+    share_box,
+)
 from crowdtune.dashboard.page_setup import or_stop
 from crowdtune.dashboard.tables import posts_for_display
 from crowdtune.settings import load_settings
@@ -14,6 +22,7 @@ from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 
 PAGE_SIZE = 25
+REPEATS_SHOWN = {"any": "show all", "only": "only near-duplicates", "hide": "hide repeats"}
 
 st.title("Posts")
 
@@ -34,13 +43,18 @@ with or_stop(), reader.session() as session:
     search_col, sort_col = st.columns([3, 1])
     text = search_col.text_input("Search text", key="posts_q", placeholder="words in the post")
     sort = sort_col.selectbox("Sort", POST_SORTS, key="posts_sort")
-    face_col, version_col, origin_col = st.columns(3)
+    face_col, version_col, origin_col, repeats_col = st.columns(4)
     face = face_col.selectbox("Face", ["", *choices["faces"]], key="posts_face",
                               format_func=lambda f: f or "all faces")
     version = version_col.selectbox("Model version", ["", *choices["versions"]], key="posts_version",
                                     format_func=lambda v: v or "all versions")
     origin = origin_col.selectbox("Origin", POST_ORIGINS, key="posts_origin")
-    filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip())
+    repeats = repeats_col.selectbox(
+        "Near-duplicates", POST_REPEATS, key="posts_repeats", format_func=REPEATS_SHOWN.get,
+        help=f"Two posts of a face are near-duplicates when they share a run of {views.NEAR_DUPLICATE_WORDS} words "
+             "(case and punctuation aside), or a shorter post has the same words. \"hide\" keeps the first of "
+             "each group. Publishing never repeats a post (its `repeat` guard also compares meanings).")
+    filters = views.PostFilters(face=face, version=version, origin=origin, text=text.strip(), repeats=repeats)
 
     # A page number from an old link beyond the last page shows the last page.
     shown = views.posts_page(session, filters, sort, page=int(st.session_state["posts_page"]), page_size=PAGE_SIZE,
@@ -53,10 +67,11 @@ with or_stop(), reader.session() as session:
     page = page_col.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="posts_page")
 
     count_col.caption(f"{total:,} posts match.")
-    if total == 0 and not (face or version or text) and origin == "any":
+    if total == 0 and not (face or version or text) and origin == "any" and repeats == "any":
         st.info("No posts yet: import a dataset on the Training page or with `crowdtune import --face ...`.")
     elif posts.empty:
-        st.info("No post matches these filters: clear the search or choose another face, version or origin.")
+        st.info("No post matches these filters: clear the search or choose another face, version, origin or "
+                "near-duplicates choice.")
     else:
         st.dataframe(posts_for_display(posts), hide_index=True, width="stretch",
                      column_config={"url": st.column_config.LinkColumn("url", display_text="open"),
@@ -99,6 +114,6 @@ with or_stop(), reader.session() as session:
                        "(the same reactions count for more when the channel had fewer readers).")
             st.plotly_chart(reward_histogram(history, clip), width="stretch")
 
-view = PostsView(face=face, version=version, origin=origin, q=text, sort=sort, page=int(page),
+view = PostsView(face=face, version=version, origin=origin, q=text, repeats=repeats, sort=sort, page=int(page),
                  post=st.session_state.get("posts_post") or "")
 share_box("posts", view)

@@ -1,7 +1,8 @@
 """Review: the posts that wait for the operator before they go out, oldest first, each with its slot's time;
 approve / edit / reject (review = approve) or pick one of the slot's candidates with the reward model's
-predictions (review = pick). One click decides a post: it leaves the queue at once, and the controller
-publishes an approved one through its slot's publish job (crowdtune.online.review)."""
+predictions (review = pick). One click, or one key (crowdtune.dashboard.review_keys), decides a post: it leaves
+the queue at once, and the controller publishes an approved one through its slot's publish job
+(crowdtune.online.review)."""
 
 import pandas as pd
 import streamlit as st
@@ -9,6 +10,7 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.access import reviewer_name
 from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.dashboard.review_keys import CARD_KEY, review_keys
 from crowdtune.errors import CrowdtuneError
 from crowdtune.online.review import review_policy
 from crowdtune.settings import load_settings
@@ -56,17 +58,19 @@ if not queue:
 else:
     st.caption(f"{len(queue)} post(s) wait, oldest first. A post not decided within its run's "
                "`review_timeout_hours` is skipped, never published late.")
+    if not controls_off:
+        review_keys()
     for post in queue[:SHOWN]:
         pid = post["post_id"]
         mode, shadow = review_policy(post["face"]) if post["face"] else (ReviewMode.APPROVE, False)
-        with st.container(border=True):
+        with st.container(border=True, key=f"{CARD_KEY}{pid}"):
             st.markdown(f"**{post['face_id']}** · slot {post['publish_slot']} · drafted "
                         f"{pd.Timestamp(post['inserted_at']):%Y-%m-%d %H:%M} UTC · `{pid}`"
                         + (" · shadow: would not be sent" if shadow else ""))
             if mode == ReviewMode.PICK:
                 options = [post, *post["candidates"]]
                 columns = st.columns(len(options))
-                for column, option in zip(columns, options, strict=True):
+                for number, (column, option) in enumerate(zip(columns, options, strict=True), 1):
                     with column:
                         st.write(option["text"])
                         predicted = option.get("predicted_reward")
@@ -74,19 +78,20 @@ else:
                                    + (f"predicted {predicted:.3f}" if predicted is not None else "no prediction")
                                    + f" · P(chosen) {option.get('selection_probability') or 0:.2f}")
                         st.button("Pick", key=f"pick-{option['post_id']}", disabled=controls_off, on_click=decide,
-                                  args=(pid, "pick"), kwargs={"candidate_id": option["post_id"]})
+                                  args=(pid, "pick"), kwargs={"candidate_id": option["post_id"]},
+                                  help=f"Key {number}" if number < 10 else None)
                 st.button("None of these", key=f"reject-{pid}", disabled=controls_off, on_click=decide,
-                          args=(pid, "reject"))
+                          args=(pid, "reject"), help="Key R")
             else:
                 st.write(post["text"])
                 if post.get("predicted_reward") is not None:
                     st.caption(f"predicted reward {post['predicted_reward']:.3f}")
                 approve_col, reject_col = st.columns(2)
                 approve_col.button("Approve", key=f"approve-{pid}", type="primary", disabled=controls_off,
-                                   on_click=decide, args=(pid, "approve"))
+                                   on_click=decide, args=(pid, "approve"), help="Key A")
                 reject_col.button("Reject", key=f"reject-{pid}", disabled=controls_off, on_click=decide,
-                                  args=(pid, "reject"))
-                with st.expander("Edit"):
+                                  args=(pid, "reject"), help="Key R")
+                with st.expander("Edit (key E)"):
                     st.text_area("Text to publish", value=post["text"], key=f"text-{pid}")
                     st.button("Publish edited", key=f"edit-{pid}", disabled=controls_off, on_click=decide,
                               args=(pid, "edit"))

@@ -118,7 +118,9 @@ with add_col, st.form("add_face"):
                 # Validate without secrets: the face reads those itself when it runs.
                 face_class.Config.model_validate({**config, **{f: "x" for f in face_class.secret_fields}})
                 actions.save_face(conn, new_face_id.strip(), kind, config)
-                st.success(f"Face `{new_face_id}` saved (it appears here once the store writer applied it).")
+                then = (" Next: save its credentials on the Settings page and press its Check connection."
+                        if face_class.secret_fields else "")
+                st.success(f"Face `{new_face_id}` saved (it appears here once the store writer applied it).{then}")
         except ValueError as exc:
             st.error(f"The config is not valid: {str(exc).splitlines()[0]}")
 

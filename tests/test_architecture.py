@@ -131,6 +131,16 @@ def test_the_top_of_crowdtune_holds_at_most_ten_modules_and_the_online_jobs_stay
     assert len((ROOT / "jobs" / "online.py").read_text().splitlines()) < 400
 
 
+
+def test_a_failed_jobs_error_is_read_with_its_problem_never_as_the_tracebacks_last_line():
+    # A CrowdtuneError prints as problem, newline, "Fix: ...": the last line alone is a fix without its problem.
+    # crowdtune.errors.traceback_message keeps both; the worker's audit keeps the traceback's whole tail.
+    allowed = {"crowdtune.errors", "crowdtune.runtime.workers"}
+    offenders = [f"{name}:{number}" for name, path in project_modules().items() if name not in allowed
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if "exc_string" in line and "traceback_message(" not in line]
+    assert offenders == []
+
 # Every function name a queued job of an earlier version may carry: they must keep resolving.
 QUEUED_BY_EARLIER_VERSIONS = [
     "jobs.online.tick", "jobs.online.publish_post", "jobs.online.collect_reactions", "jobs.online.rl_update",

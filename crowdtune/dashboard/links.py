@@ -34,6 +34,7 @@ PAGE_PATHS = {
 TIME_RANGES = ("all", "1h", "24h", "7d", "30d")
 POST_SORTS = ("newest", "oldest", "best", "worst")
 POST_ORIGINS = ("any", "imported", "generated")
+POST_REPEATS = ("any", "only", "hide")  # near-duplicates (crowdtune.store.views.NEAR_DUPLICATE_WORDS)
 
 
 class MetricsView(BaseModel):
@@ -53,6 +54,7 @@ class PostsView(BaseModel):
     version: str = ""
     origin: Literal[POST_ORIGINS] = "any"  # type: ignore[valid-type]
     q: str = ""
+    repeats: Literal[POST_REPEATS] = "any"  # type: ignore[valid-type]
     sort: Literal[POST_SORTS] = "newest"  # type: ignore[valid-type]
     page: int = Field(1, ge=1)
     post: str = ""

@@ -15,6 +15,7 @@ JOB_TIMEOUT = 1800                   # a publishing or other online job that run
 TICK_TIMEOUT = 600                   # a controller tick (reads the store, enqueues, schedules)
 COLLECT_TIMEOUT = 600                # one reaction snapshot of one post
 IMPORT_TIMEOUT = 6 * 3600            # a face's whole history
+HEALTH_CHECK_TIMEOUT = 300           # a face's Check connection: a few requests, each with its retries
 GENERATE_TIMEOUT = 3600              # a Playground batch of samples
 EXPORT_TIMEOUT = 3600                # a version exported (merging loads the base model) and pushed
 UPDATE_TIMEOUT = 24 * 3600           # one RL update on the train queue

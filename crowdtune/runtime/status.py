@@ -9,7 +9,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from crowdtune.errors import CrowdtuneError
+from crowdtune.errors import CrowdtuneError, traceback_message
 from crowdtune.runtime import defaults
 from crowdtune.runtime.queues import ALL_QUEUES, connect, queue
 from crowdtune.settings import Settings
@@ -70,18 +70,6 @@ class SystemStatus:
     store_error: str | None = None
 
 
-def _last_error_line(text: str | None) -> str:
-    """The exception's own message from a traceback: its trailing unindented lines, joined, so a
-    CrowdtuneError keeps its problem sentence and not only its last line ("Fix: ...")."""
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    message: list[str] = []
-    for line in reversed(lines):
-        if line.startswith((" ", "\t")):  # a frame of the traceback: the message is below it
-            break
-        message.insert(0, line.strip())
-    return " ".join(message) if message else "(no error text)"
-
-
 def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:
     """Gather the status; a part that cannot be reached is reported, never raised."""
     status = SystemStatus(redis_url=settings.redis_display_url, redis_ok=False)
@@ -122,7 +110,7 @@ def system_status(settings: Settings, failed_limit: int = 20) -> SystemStatus:
                 if job is None:
                     continue
                 result = job.latest_result()
-                error = _last_error_line(result.exc_string if result else job.exc_info)
+                error = traceback_message(result.exc_string if result else job.exc_info)
                 status.failed_jobs.append(FailedJob(job_id, name, job.func_name, job.ended_at, error))
             for job_id in scheduled.get_job_ids(0, failed_limit - 1):
                 job = q.fetch_job(job_id)

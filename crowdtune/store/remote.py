@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from crowdtune.errors import CrowdtuneError
+from crowdtune.errors import CrowdtuneError, traceback_message
 from crowdtune.runtime.queues import enqueue
 from crowdtune.settings import QUEUE_STORE
 from crowdtune.store.reads import NAMED_READS
@@ -32,7 +32,7 @@ def read_via_store_worker(conn: redis.Redis, name: str, timeout: float = 600.0, 
             return job.latest_result().return_value
         if status is not None and status.value in ("failed", "stopped", "canceled"):
             result = job.latest_result()
-            cause = (result.exc_string or "").strip().splitlines()[-1] if result else status
+            cause = traceback_message(result.exc_string if result else None, default=str(status.value))
             raise CrowdtuneError(
                 f"The store worker could not read {name}: {cause}",
                 "See the failed job on the System page.",

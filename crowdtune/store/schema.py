@@ -222,6 +222,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, step, sample)
     );
     """,
+    # 8: an operator dismissed an alert as it read then (crowdtune.actions.dismiss_alerts): hidden until it is
+    # raised with another message. Failed jobs are dismissed the same way, as alert `job:<job_id>`.
+    """
+    CREATE TABLE alert_dismissals (
+        alert_id VARCHAR NOT NULL,
+        message VARCHAR NOT NULL,
+        dismissed_by VARCHAR NOT NULL,
+        dismissed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (alert_id, message)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -242,4 +253,5 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "reward_models": ("model_id",),
     "review_decisions": ("decision_id",),
     "evaluation_samples": ("run_id", "step", "sample"),
+    "alert_dismissals": ("alert_id", "message"),
 }

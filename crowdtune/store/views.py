@@ -104,10 +104,28 @@ def runs_with_status(reader: StoreReader, statuses: tuple[str, ...]) -> pd.DataF
 
 
 def open_alerts(reader: StoreReader, limit: int = 50) -> pd.DataFrame:
-    """Unresolved alerts, newest first."""
-    return _frame(reader, "SELECT level, source, message, created_at, alert_id FROM alerts "
-                          "WHERE resolved_at IS NULL ORDER BY created_at DESC LIMIT ?", [limit],
+    """Unresolved alerts nobody dismissed as they read now, newest first."""
+    return _frame(reader, "SELECT level, source, message, created_at, alert_id FROM alerts a "
+                          "WHERE resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM alert_dismissals d "
+                          "WHERE d.alert_id = a.alert_id AND d.message = a.message) "
+                          "ORDER BY created_at DESC LIMIT ?", [limit],
                   ["level", "source", "message", "created_at", "alert_id"])
+
+
+def dismissed_alerts(reader: StoreReader, alert_ids: list[str]) -> set[tuple[str, str]]:
+    """Which of `alert_ids` were dismissed, as (alert_id, message) pairs (e.g. failed jobs, `job:<id>`)."""
+    if not alert_ids:
+        return set()
+    marks = ", ".join("?" for _ in alert_ids)
+    return {(alert_id, message) for alert_id, message in reader.rows(
+        f"SELECT alert_id, message FROM alert_dismissals WHERE alert_id IN ({marks})", list(alert_ids))}
+
+
+def alert_dismissals(reader: StoreReader, limit: int = 20) -> pd.DataFrame:
+    """The latest dismissals: which alert, its message then, who dismissed it and when, newest first."""
+    return _frame(reader, "SELECT dismissed_at, dismissed_by, alert_id, message FROM alert_dismissals "
+                          "ORDER BY dismissed_at DESC LIMIT ?", [limit],
+                  ["dismissed_at", "dismissed_by", "alert_id", "message"])
 
 
 def review_backlog(reader: StoreReader) -> tuple[int, object]:
@@ -292,6 +310,29 @@ class PostFilters:
     version: str = ""
     origin: str = "any"
     text: str = ""
+    repeats: str = "any"  # any | only (posts with a near-duplicate in their face) | hide (later near-duplicates)
+
+
+NEAR_DUPLICATE_WORDS = 8
+# Near-duplicates within a face: two posts share a run of NEAR_DUPLICATE_WORDS words (lower-cased, punctuation
+# dropped), or a post shorter than that has the same words as the other. One row per post that has one, and
+# whether one of them came before it (then it repeats that one; the first of a group repeats nothing).
+_NEAR_DUPLICATES = f"""
+WITH words AS (
+    SELECT post_id, face_id, coalesce(published_at, created_at, TIMESTAMP '1970-01-01') AS moment,
+           list_filter(string_split_regex(lower(text), '[^[:alnum:]'']+'), lambda word: word <> '') AS w
+    FROM posts WHERE status <> 'candidate'
+), grams AS (
+    SELECT post_id, face_id, moment, unnest(CASE WHEN len(w) >= {NEAR_DUPLICATE_WORDS}
+        THEN [array_to_string(w[i:i + {NEAR_DUPLICATE_WORDS - 1}], ' ')
+              for i in range(1, len(w) - {NEAR_DUPLICATE_WORDS - 2})]
+        ELSE ['=' || array_to_string(w, ' ')] END) AS gram
+    FROM words WHERE len(w) > 0
+)
+SELECT a.post_id, bool_or(b.moment < a.moment OR (b.moment = a.moment AND b.post_id < a.post_id)) AS repeats_earlier
+FROM grams a JOIN grams b ON a.gram = b.gram AND a.face_id = b.face_id AND a.post_id <> b.post_id
+GROUP BY a.post_id
+"""
 
 
 _POST_ORDER = {
@@ -317,6 +358,10 @@ def _post_where(filters: PostFilters) -> tuple[str, list]:
     if filters.text:
         clauses.append("p.text ILIKE ?")
         params.append(f"%{filters.text}%")
+    if filters.repeats == "only":
+        clauses.append(f"p.post_id IN (SELECT post_id FROM ({_NEAR_DUPLICATES}))")
+    elif filters.repeats == "hide":
+        clauses.append(f"p.post_id NOT IN (SELECT post_id FROM ({_NEAR_DUPLICATES}) WHERE repeats_earlier)")
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

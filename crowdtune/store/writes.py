@@ -59,6 +59,14 @@ def alert_op(alert_id: str, level: str, source: str, message: str) -> dict:
                                  "message": message[:2000], "created_at": utc_now()}])
 
 
+def alert_dismissed_op(alerts: Iterable[tuple[str, str]], dismissed_by: str) -> dict:
+    """The operator dismissed these (alert_id, message) pairs: each stays hidden until raised with another
+    message. Inserted, never replaced: the first dismissal of a message is the one kept."""
+    now = utc_now()
+    return insert_op("alert_dismissals", [{"alert_id": alert_id, "message": message, "dismissed_by": dismissed_by,
+                                           "dismissed_at": now} for alert_id, message in alerts])
+
+
 def metrics_op(run_id: str, step: int, values: dict[str, float]) -> dict:
     """One metric row per name at `step` of the run (keyed by run, name and step: a repeat changes nothing)."""
     return upsert_op("metrics", [{"run_id": run_id, "name": name, "step": step, "value": value}
@@ -161,7 +169,7 @@ def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from crowdtune.errors import CrowdtuneError
+    from crowdtune.errors import CrowdtuneError, traceback_message
 
     try:
         job = Job.fetch(_job_id(write_id), connection=conn, serializer=JSONSerializer)
@@ -174,7 +182,7 @@ def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
         return value if isinstance(value, dict) else {"rows": value or 0, "refused": [], "already_applied": False}
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
         result = job.latest_result()
-        error = (result.exc_string or "").strip().splitlines()[-1] if result and result.exc_string else status.value
+        error = traceback_message(result.exc_string if result else None, default=status.value)
         raise CrowdtuneError(f"The store worker could not apply the write {write_id}: {error}",
                              "See the failed job on the System page; fix its cause and run the import again.")
     return None

@@ -39,7 +39,7 @@ class FakeBluesky:
                 "$type": "app.bsky.feed.post", "text": f"sky post {i}",
                 "createdAt": (start + timedelta(hours=i)).isoformat() + ".000Z",
             }
-        self.created = 0
+        self.created, self.profile_reads = 0, 0
         api.route("POST", r"/xrpc/com.atproto.server.createSession", self.create_session)
         api.route("GET", r"/xrpc/app.bsky.feed.getAuthorFeed", self.author_feed)
         api.route("POST", r"/xrpc/com.atproto.repo.createRecord", self.create_record)
@@ -104,8 +104,12 @@ class FakeBluesky:
         return self.api.reply(200, {"posts": [self.post_view(rkey) for rkey in rkeys if rkey in self.records]})
 
     def get_profile(self, request, match):
+        self.profile_reads += 1
         profile = {"did": DID, "handle": HANDLE, "followersCount": 321, "followsCount": 5, "postsCount": 5}
-        return self.api.reply(200, profile)
+        # The AppView's answers carry the IP's limit (docs.bsky.app, rate limits): 3000 per 5 minutes.
+        return self.api.reply(200, profile, {"RateLimit-Limit": "3000", "RateLimit-Remaining": "2990",
+                                             "RateLimit-Reset": str(int(time.time()) + 300),
+                                             "RateLimit-Policy": "3000;w=300"})
 
 
 def make_face(api, password=PASSWORD, page_size=50) -> BlueskyFace:
@@ -307,3 +311,19 @@ def test_a_wrong_shaped_feed_sign_in_or_publish_answer_is_named_not_a_model_erro
     expected = r"Bluesky \(http://127.0.0.1:\d+\) answered signing in with JSON of another shape"
     with pytest.raises(FaceMalformedAnswerError, match=expected):  # other credentials: no stored session fits
         list(make_face(fake_api, password="another-app-password").fetch_history())
+
+
+def test_the_health_check_reads_the_profile_with_the_session_and_names_account_followers_and_limits(fake_api):
+    server = FakeBluesky(fake_api)
+    health = make_face(fake_api).health()
+    assert health.ok and health.account == f"{HANDLE} ({DID}) on {fake_api.url}"
+    assert (health.audience, health.audience_label) == (321, "followers")
+    assert health.limits[0] == "3,000 requests per 5 min per IP (https://docs.bsky.app/docs/advanced-guides/rate-limits)"
+    assert "30 sign-ins per 5 min per account" in health.limits[1]
+    assert health.limits[-1] == "now: the server reports 2,990 of 3,000 requests left in its current window"
+    # A stored session signs in without a request: the check still asks the server, so it proves the session works.
+    again = make_face(fake_api).health()
+    assert again.ok and server.profile_reads == 2
+    assert len(fake_api.seen("POST", r"/xrpc/com.atproto.server.createSession")) == 1
+    refused = make_face(fake_api, password="wrong").health()
+    assert not refused.ok and refused.audience is None and "App passwords" in refused.message

@@ -37,6 +37,7 @@ class FakeDiscord:
         api.route("POST", rf"/api/v10/channels/{CHANNEL}/messages", self.post_message)
         api.route("GET", r"/api/v10/users/@me", self.me)
         api.route("GET", rf"/api/v10/guilds/{GUILD}/preview", self.preview)
+        api.route("GET", rf"/api/v10/channels/{CHANNEL}", self.channel)
 
     def message(self, content: str, moment: datetime, author_id: str) -> dict:
         return {
@@ -95,6 +96,14 @@ class FakeDiscord:
             return self.unauthorized()
         return self.api.reply(200, {"id": BOT_ID, "username": "crowdbot", "discriminator": "0", "avatar": None,
                                     "bot": True, "mfa_enabled": False, "flags": 0, "verified": True})
+
+    def channel(self, request, match):
+        if not self.authorized(request):
+            return self.unauthorized()
+        return self.api.reply(200, {"id": str(CHANNEL), "type": 0, "guild_id": str(GUILD), "name": "general",
+                                    "position": 0, "permission_overwrites": [], "nsfw": False, "topic": None,
+                                    "last_message_id": None, "rate_limit_per_user": 0, "parent_id": None,
+                                    "flags": 0})
 
     def preview(self, request, match):
         return self.api.reply(200, {"id": str(GUILD), "name": "Crowd", "icon": None, "splash": None,
@@ -180,6 +189,18 @@ def test_invalid_token_names_the_problem_and_the_fix(fake_api):
     assert "Discord rejected the bot token (401)" in str(raised.value)
     assert "CROWDTUNE_DISCORD_TOKEN" in str(raised.value)
     assert not face.health().ok
+
+
+def test_the_health_check_names_the_bot_and_channel_the_members_and_the_limit(fake_api):
+    FakeDiscord(fake_api)
+    health = make_face(fake_api).health()
+    assert health.ok and health.account == "bot crowdbot in #general"
+    assert (health.audience, health.audience_label) == (1234, "members")
+    assert health.limits == ("50 requests per second per bot (https://discord.com/developers/docs/topics/rate-limits)",)
+    fake_api.route("GET", rf"/api/v10/channels/{CHANNEL}",
+                   fake_api.reply(403, {"message": "Missing Access", "code": 50001}))
+    refused = make_face(fake_api).health()
+    assert not refused.ok and "(403)" in refused.message and "Invite the bot" in refused.message
 
 
 def test_the_bot_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):

@@ -26,7 +26,7 @@ class FakeMastodon:
         # Mastodon ids are snowflakes that grow with time; newest first like the API.
         self.statuses = [self.status(str(1000 + i), f"post number {i}", start + timedelta(hours=i))
                          for i in range(statuses)][::-1]
-        self.created = 0
+        self.created, self.requests_left = 0, 300
         api.route("GET", r"/api/v1/accounts/verify_credentials", self.verify_credentials)
         api.route("GET", r"/api/v1/accounts/109/statuses", self.account_statuses)
         api.route("GET", r"/api/v1/statuses/(\d+)", self.get_status)
@@ -54,7 +54,11 @@ class FakeMastodon:
     def verify_credentials(self, request, match):
         if not self.authorized(request):
             return self.api.reply(401, {"error": "The access token is invalid"})
-        return self.api.reply(200, self.account)
+        # Every answer of a real instance tells the account's limit and what is left of it (docs: rate-limits).
+        self.requests_left -= 1
+        return self.api.reply(200, self.account, {"X-RateLimit-Limit": "300",
+                                                  "X-RateLimit-Remaining": str(self.requests_left),
+                                                  "X-RateLimit-Reset": "2026-11-01T12:05:00.000Z"})
 
     def account_statuses(self, request, match):
         limit = int(request.query.get("limit", ["20"])[0])
@@ -180,6 +184,19 @@ def test_invalid_token_names_the_problem_and_the_fix(fake_api):
     assert "scopes read write" in message and "CROWDTUNE_MASTODON_TOKEN" in message
     health = face.health()
     assert not health.ok and "401" in health.message
+
+
+def test_the_health_check_names_the_account_its_followers_and_the_limits_with_what_is_left_of_them(fake_api):
+    FakeMastodon(fake_api)
+    health = make_face(fake_api).health()
+    assert health.ok and health.message == f"Signed in to {fake_api.url} as @crowd."
+    assert health.account == f"@crowd on {fake_api.url}"
+    assert (health.audience, health.audience_label) == (250, "followers")
+    assert health.limits == ("300 requests per 5 min per account (https://docs.joinmastodon.org/api/rate-limits/)",
+                             "now: the server reports 299 of 300 requests left in its current window")
+    refused = make_face(fake_api, token="wrong").health()
+    assert not refused.ok and refused.account is None and refused.audience is None
+    assert "Fix: Create a new token" in refused.message and refused.limits[0].startswith("300 requests per 5 min")
 
 
 def test_the_token_never_shows_in_reprs_errors_or_logs(fake_api, leak_check):

@@ -33,6 +33,7 @@ class FakeReddit:
         api.route("POST", r"/api/submit/?", self.submit)
         api.route("GET", r"/api/info/?", self.info)
         api.route("GET", rf"/r/{SUBREDDIT}/about/?", self.about)
+        api.route("GET", r"/api/v1/me/?", self.me)
 
     def submission(self, submission_id: str, text: str, created_at: datetime) -> dict:
         return {
@@ -83,6 +84,11 @@ class FakeReddit:
     def info(self, request, match):
         wanted = request.query["id"][0]
         return self.api.reply(200, self.listing([s for s in self.submissions if s["name"] == wanted], None))
+
+    def me(self, request, match):
+        # Every OAuth answer says how much of the 10-minute window is used and left (the Data API wiki).
+        return self.api.reply(200, {"name": USER, "id": "abc12", "link_karma": 10, "comment_karma": 3},
+                              {"X-Ratelimit-Used": "4", "X-Ratelimit-Remaining": "996.0", "X-Ratelimit-Reset": "412"})
 
     def about(self, request, match):
         subreddit = {"display_name": SUBREDDIT, "subscribers": 4321, "id": "2abc", "name": "t5_2abc"}
@@ -163,6 +169,15 @@ def test_invalid_password_names_the_problem_and_the_fix(fake_api):
     assert "Reddit rejected the app credentials or the password" in str(raised.value)
     assert "CROWDTUNE_REDDIT_PASSWORD" in str(raised.value)
     assert not face.health().ok
+
+
+def test_the_health_check_names_the_user_the_subreddits_subscribers_and_the_limits_left(fake_api):
+    FakeReddit(fake_api)
+    health = make_face(fake_api).health()
+    assert health.ok and health.account == f"u/{USER} posting to r/{SUBREDDIT}"
+    assert (health.audience, health.audience_label) == (4321, f"subscribers of r/{SUBREDDIT}")
+    assert health.limits[0].startswith("1,000 requests per 10 min per app")
+    assert health.limits[-1] == "now: the server reports 996 of 1,000 requests left in its current window"
 
 
 def test_the_secret_and_password_never_show_in_reprs_errors_or_logs(fake_api, leak_check):

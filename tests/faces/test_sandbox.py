@@ -212,6 +212,15 @@ def test_publish_is_one_json_file_per_post_and_idempotent_per_intent(tmp_path):
     assert [p.text for p in face.fetch_history()] and {p.text for p in face.fetch_history()} == {"hello", "hello again"}
 
 
+def test_the_health_check_writes_to_the_state_folder_and_names_the_simulated_audience(tmp_path):
+    health = sandbox(tmp_path, AudienceConfig(kind="sentiment"), audience_size=750).health()
+    assert health.ok and health.account == f"the simulated network at {tmp_path / 'sandbox'}"
+    assert (health.audience, health.audience_label) == (750, "simulated followers")
+    (tmp_path / "file").write_text("not a folder")
+    broken = SandboxFace(SandboxConfig(state_url=str(tmp_path / "file" / "sandbox"))).health()
+    assert not broken.ok and "fix state_url" in broken.message
+
+
 def test_another_process_reads_the_same_reactions(tmp_path):
     face = sandbox(tmp_path, AudienceConfig(kind="sentiment"))
     post = face.publish("Shared across workers, lovely", intent_id="shared")

@@ -57,6 +57,19 @@ def chart_data(chart) -> list[dict]:
     return [{key: decoded(value) for key, value in trace.items()} for trace in json.loads(chart.proto.spec)["data"]]
 
 
+def run_queued_jobs(conn, queue_name: str = "control") -> None:
+    """Run the jobs waiting on `queue_name` in this process, as a worker does (RQ's SimpleWorker, until the queue
+    is empty): a page test of a light job pays neither a worker's start nor its preloading of torch (~20 s here)."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from crowdtune.runtime.queues import queue
+    from crowdtune.runtime.workers import CrowdtuneJob
+
+    SimpleWorker([queue(queue_name, conn)], connection=conn, serializer=JSONSerializer,
+                 job_class=CrowdtuneJob).work(burst=True)
+
+
 def write(settings, *ops: dict) -> None:
     """Apply fixture rows with the real store writer."""
     apply_write(settings.store_path, f"fixture-{next(_write_ids)}", list(ops), 30)

@@ -2,6 +2,7 @@
 
 from crowdtune import actions
 from crowdtune.runtime.queues import enqueue
+from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.testing.processes import wait_for
 from tests.pages.conftest import open_page, page_text
@@ -75,3 +76,41 @@ def test_the_overview_shows_each_online_face_s_state_next_post_next_reaction_rea
     # The online run has no job progress: it is not drawn as a training run without progress.
     assert not any("online-1" in p.proto.text for p in at.get("progress"))
     assert len(at.get("plotly_chart")) == 4  # score per day, val_loss, reward_mean, score_mean
+
+
+def test_an_alert_and_a_failed_import_show_their_problem_and_a_dismissal_is_stored_until_the_message_changes(
+        populated_store, redis_conn, workers):
+    from tests.pages.conftest import rows, run_queued_jobs, write
+
+    # What a new user met: a Mastodon face without a token, imported; the failure said only "Fix: ...".
+    write(populated_store, rows("faces", {"face_id": "masto", "kind": "mastodon", "config": {}}))
+    workers.start("--store", conn=redis_conn)
+    job = actions.start_import(redis_conn, "masto")
+    run_queued_jobs(redis_conn)
+    assert job.get_status(refresh=True).value == "failed"
+    at = open_page()
+    text = page_text(at)
+    assert "Reactions are 3 hours late" in text
+    assert "The Mastodon face has no access token. Fix: Create a new token" in text
+    assert next(m for m in at.metric if m.label == "Open alerts").value == "2"
+
+    at.button(key="dismiss-a1").click().run()
+    assert "Reactions are 3 hours late" not in page_text(at)  # hidden at once
+    at.button(key="dismiss-failed-jobs").click().run()
+    assert "no access token" not in page_text(at) and "Nothing needs attention" in page_text(at)
+
+    reader = StoreReader(populated_store.store_path)
+    wait_for(lambda: reader.scalar("SELECT count(*) FROM alert_dismissals") == 2, message="the dismissals stored")
+    dismissed = reader.rows("SELECT alert_id, message, dismissed_by FROM alert_dismissals ORDER BY alert_id")
+    assert dismissed == [
+        ("a1", "Reactions are 3 hours late", "dashboard"),
+        (f"job:{job.id}", "faces.base.FaceConfigError: The Mastodon face has no access token. Fix: "
+                          "Create a new token with scopes read write (Preferences > Development) and save it on "
+                          "the Settings page (or set CROWDTUNE_FACE_<NAME>_TOKEN or CROWDTUNE_MASTODON_TOKEN).",
+         "dashboard")]
+    # Every session reads the alerts through open_alerts: dismissed ones stay out, until raised with news.
+    assert views.open_alerts(reader).empty
+    assert views.dismissed_alerts(reader, [f"job:{job.id}", "job:other"]) == {(f"job:{job.id}", dismissed[1][1])}
+    write(populated_store, rows("alerts", {"alert_id": "a1", "level": "warning", "source": "collector",
+                                           "message": "Reactions are 9 hours late"}))
+    assert views.open_alerts(reader)["message"].tolist() == ["Reactions are 9 hours late"]

@@ -79,3 +79,19 @@ def test_a_face_s_history_shows_how_its_posts_are_rewarded_against_their_era(pop
     # Scores rise steadily with time, so each post is about as good as its era: no reward is clipped.
     assert bars[0]["y"][0] == bars[0]["y"][-1] == 0
     assert "Choose a face to see the rewards" in page_text(open_page(PAGE))
+
+
+def test_the_page_filters_near_duplicates_and_its_link_keeps_the_filter(populated_store):
+    from tests.pages.conftest import NOW, rows, write
+
+    repeated = "Great crowd tonight in Ohio, thank you all for coming out to see us"
+    write(populated_store, rows("posts", *({"post_id": f"gen-r{i}", "face_id": "sandbox", "origin": "generated",
+                                             "status": "published", "text": text, "created_at": NOW}
+                                            for i, text in enumerate([repeated, repeated.upper() + "!!"]))))
+    at = open_page(PAGE, query={"repeats": "only"})
+    assert set(at.dataframe[0].value["post_id"]) == {"gen-r0", "gen-r1"}
+    assert "2 posts match." in page_text(at)
+    at.selectbox(key="posts_repeats").set_value("hide").run()
+    shown = set(at.dataframe[0].value["post_id"])
+    assert "gen-r0" in shown and "gen-r1" not in shown  # the first of the two stays
+    assert at.query_params["repeats"] == "hide"

@@ -102,3 +102,16 @@ def test_the_overview_counts_the_waiting_posts_and_the_posts_page_shows_shadow_p
                                          "published_at": utc_now()}))
     assert "3 post(s) wait for review" in page_text(open_page("pages/overview.py"))
     assert "would have posted" in page_text(open_page("pages/posts.py", query={"origin": "generated"}))
+
+
+def test_the_page_lists_its_keys_and_installs_the_script_that_presses_the_outlined_posts_buttons(review_store,
+                                                                                                 redis_conn):
+    from crowdtune.dashboard.review_keys import CARD_KEY
+
+    review_store("approve")
+    at = open_page(PAGE)
+    assert "Keys: **A** approve · **R** reject" in page_text(at) and "**J / ↓** next post" in page_text(at)
+    (script,) = [html.proto.body for html in at.get("html") if "crowdtuneReviewKeys" in html.proto.body]
+    assert f'[class*="st-key-{CARD_KEY}"]' in script
+    assert all(f'press(card, "{prefix}' in script for prefix in ("approve-", "reject-", "pick-"))
+    assert at.button(key="approve-online-1:p3").help == "Key A"  # tests/pages/test_review_keys.py presses them

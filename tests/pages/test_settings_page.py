@@ -2,7 +2,9 @@
 
 import tomllib
 
-from tests.pages.conftest import open_page, page_text, rows, write
+from tests.faces.conftest import fake_api  # noqa: F401  the local fake social-network API
+from tests.faces.test_mastodon import TOKEN, FakeMastodon
+from tests.pages.conftest import open_page, page_text, rows, run_queued_jobs, write
 
 PAGE = "pages/settings.py"
 
@@ -64,3 +66,31 @@ def test_each_network_face_gets_its_own_write_only_credentials(settings, monkeyp
     assert "work-token-1" not in text and "home-token-2" not in text
     assert at.text_input(key="secret_face_work_token").value == ""
     assert "CROWDTUNE_FACE_WORK_TOKEN" in at.text_input(key="secret_face_work_token").help
+
+
+def test_check_connection_runs_the_health_check_on_a_worker_and_shows_account_audience_and_limits(
+        settings, redis_conn, workers, fake_api, monkeypatch):  # noqa: F811
+    FakeMastodon(fake_api)
+    monkeypatch.delenv("CROWDTUNE_SECRETS_FILE", raising=False)
+    write(settings, rows("faces", {"face_id": "work", "kind": "mastodon", "config": {"api_base_url": fake_api.url}}))
+    workers.start("--store", conn=redis_conn)
+
+    def check(at):
+        at.button(key="check_work").click().run()
+        assert "Checking… (queued" in page_text(at)
+        run_queued_jobs(redis_conn)  # what a worker on the control queue does with it
+        at.run()
+        return page_text(at)
+
+    at = open_page(PAGE)
+    # Before any token: the check says what is missing and where to put it, not only "Fix: ...".
+    text = check(at)
+    assert "The Mastodon face has no access token." in text and "**Fix:** Create a new token" in text
+    at.text_input(key="secret_face_work_token").input(TOKEN)
+    next(b for b in at.button if b.form_id == "secrets_face_work").click().run()
+    text = check(at)
+    assert f"**Connected**: @crowd on {fake_api.url} · **250** followers" in text
+    assert "300 requests per 5 min per account (https://docs.joinmastodon.org/api/rate-limits/)" in text
+    assert "now: the server reports 299 of 300 requests left" in text
+    assert TOKEN not in text
+    assert len(fake_api.seen("GET", r"/api/v1/accounts/verify_credentials")) == 1  # the worker asked, once

@@ -2,7 +2,7 @@
 
 import traceback
 
-from crowdtune.runtime.status import _last_error_line
+from crowdtune.errors import traceback_message
 from faces.base import FaceConfigError
 
 
@@ -11,7 +11,7 @@ def test_a_failed_jobs_error_keeps_its_problem_sentence_not_only_the_fix():
         raise FaceConfigError("The Mastodon face has no access token.", "Save it on the Settings page.")
     except FaceConfigError as error:
         text = "".join(traceback.format_exception(error))
-    shown = _last_error_line(text)
+    shown = traceback_message(text)
     assert shown == ("faces.base.FaceConfigError: The Mastodon face has no access token. "
                      "Fix: Save it on the Settings page.")
     assert _last_error_line("ValueError: plain") == "ValueError: plain"
@@ -50,3 +50,7 @@ def test_each_heartbeat_reports_the_cpu_and_memory_of_the_worker_and_its_job_pro
         assert busy.cpu_percent > 5.0
     finally:
         worker.register_death()
+
+
+    assert traceback_message("ValueError: plain") == "ValueError: plain"
+    assert traceback_message(None) == "(no error text)"

@@ -295,3 +295,27 @@ def test_the_share_rejected_per_version_counts_each_persons_decision_under_the_v
 def test_the_share_rejected_per_version_of_a_store_without_reviews_is_an_empty_table(tmp_path):
     table = views.review_by_version(StoreReader(tmp_path / "absent.duckdb"))
     assert table.empty and list(table.columns) == views.REVIEW_COLUMNS
+
+
+def test_near_duplicates_share_a_run_of_eight_words_or_all_words_of_a_short_post_within_one_face(tmp_path):
+    texts = {"a:1": "The quick brown fox jumps over the lazy dog today",
+             "a:2": "the QUICK brown fox jumps over the lazy dog, today!",      # the same words
+             "a:3": "A quick brown fox jumps over the lazy dog again and again",  # 8 words in common with a:1
+             "a:4": "Thank you!", "a:5": "thank you",                              # short: all words alike
+             "a:6": "Thank you all for coming tonight",                            # contains a:4, is no repeat
+             "a:7": "The quick brown fox jumps over a lazy cat",                   # only 6 words in a row
+             "b:1": "The quick brown fox jumps over the lazy dog today"}           # another face's
+    posts = [{"post_id": pid, "face_id": pid[0], "origin": "imported", "status": "imported", "text": text,
+              "created_at": START + dt.timedelta(hours=i)} for i, (pid, text) in enumerate(texts.items())]
+    posts.append({"post_id": "a:8", "face_id": "a", "origin": "generated", "status": "candidate",
+                  "text": texts["a:1"], "created_at": START})  # an unchosen candidate is not a post of the page
+    apply_write(tmp_path / "s.duckdb", "p", [{"op": "insert", "table": "posts", "rows": posts}], 5)
+    reader = StoreReader(tmp_path / "s.duckdb")
+
+    def shown(**filters):
+        return set(views.post_page(reader, views.PostFilters(**filters), "oldest", 1, 50)["post_id"])
+
+    assert shown(repeats="only") == {"a:1", "a:2", "a:3", "a:4", "a:5"}
+    assert shown(face="a", repeats="hide") == {"a:1", "a:4", "a:6", "a:7"}  # the first of each group stays
+    assert shown(repeats="hide") == shown(face="a", repeats="hide") | {"b:1"}
+    assert views.count_posts(reader, views.PostFilters(repeats="only")) == 5
