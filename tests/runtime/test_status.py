@@ -14,8 +14,8 @@ def test_a_failed_jobs_error_keeps_its_problem_sentence_not_only_the_fix():
     shown = traceback_message(text)
     assert shown == ("faces.base.FaceConfigError: The Mastodon face has no access token. "
                      "Fix: Save it on the Settings page.")
-    assert _last_error_line("ValueError: plain") == "ValueError: plain"
-    assert _last_error_line(None) == "(no error text)"
+    assert traceback_message("ValueError: plain") == "ValueError: plain"
+    assert traceback_message(None) == "(no error text)"
 
 
 def test_each_heartbeat_reports_the_cpu_and_memory_of_the_worker_and_its_job_processes(settings, redis_conn):
