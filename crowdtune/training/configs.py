@@ -132,4 +132,5 @@ class GenerationConfig(BaseModel):
     drop_copies: bool = Field(True, description="reject samples that copy a training post (needs a CopyIndex)")
     offensive_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="reject when alt-profanity-check's probability >= this; None = off")
-    seed: int | None = Field(None, description="seed of the sampler's own generator; None = torch's global RNG")
+    seed: int | None = Field(None, description="seeds torch's RNG for the draw (then restores it): the same seed "
+                                              "draws the same posts; None = torch's global RNG as it stands")

@@ -2,27 +2,32 @@
 that keep bad samples from being published.
 
 A post is sampled after the EOS token (that is how training lays posts out), optionally
-followed by a prompt/context that the post continues. Sampling is batched with left padding and
-a KV cache.
+followed by a prompt/context that the post continues. Sampling is transformers' `generate`, batched
+with left padding (so every row's next token is in the same column), with the model's own cache and
+compilation settings (a GPU user's `generation_config.cache_implementation = "static"` applies); a row
+ends at EOS, or at `max_new_tokens` (then it is cut off, `finished` False).
 
-Log-probabilities are those of the *sampling policy*: the distribution the token was actually
-drawn from, i.e. the model's logits after the repetition penalty, temperature, top-k and top-p
-(renormalised over the kept tokens). With temperature 1, no top-k/top-p and no repetition
-penalty they equal the model's own log-probabilities. With temperature 0 (greedy) every
-log-probability is 0.
+Log-probabilities are those of the *sampling policy* (crowdtune.training.sampling_policy): the
+distribution the token was actually drawn from, i.e. the model's logits after the repetition penalty,
+temperature, top-k and top-p (renormalised over the kept tokens), read from generate's scores
+(`output_scores`). With temperature 1, no top-k/top-p and no repetition penalty they equal
+the model's own log-probabilities. With temperature 0 (greedy) every log-probability is 0. The RL
+updates recompute the same numbers from the stored token ids (crowdtune.training.rl.logprobs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from crowdtune.training.configs import GenerationConfig
 from crowdtune.training.guards import CopyIndex
+from crowdtune.training.sampling_policy import ONLY_THIS_POLICY, SamplingPolicy, sampling_policy
 
 
 @dataclass
@@ -45,30 +50,32 @@ class Sample:
     rejected: str | None = None
 
 
-def _policy_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """Apply repetition penalty, temperature, top-k and top-p (in HF's order) to [B, V] logits."""
-    logits = logits.float()
-    if cfg.repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if cfg.temperature > 0:
-        logits = logits / cfg.temperature
-    if cfg.top_k > 0:
-        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= cfg.top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+class _Interrupt(StoppingCriteria):
+    """generate()'s stopping criterion for `sample`'s interrupt: after each token, interrupt(tokens so far)."""
+
+    def __init__(self, interrupt: Callable[[int], bool], prompt_width: int):
+        self.interrupt, self.prompt_width = interrupt, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        stop = bool(self.interrupt(input_ids.shape[1] - self.prompt_width))
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Seed torch's RNG (generate() samples from it) for the block, and restore it afterwards, so that a
+    seeded draw neither depends on nor disturbs anything else; no seed: the global RNG as it stands."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
-def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, eos: int, pad: int,
-                  generator: torch.Generator | None, interrupt: Callable[[int], bool] | None = None,
+def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, policy: SamplingPolicy, eos: int, pad: int,
+                  interrupt: Callable[[int], bool] | None = None,
                   ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     device = next(model.parameters()).device
     batch, width = len(prompts), max(map(len, prompts))
@@ -77,48 +84,25 @@ def _sample_batch(model, prompts: list[list[int]], cfg: GenerationConfig, eos: i
     for i, p in enumerate(prompts):  # left padding: every row's next token goes in the same column
         ids[i, width - len(p):] = torch.tensor(p, device=device)
         mask[i, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    seen = torch.zeros((batch, vocab), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        seen[i, p] = True
-    seen[:, eos] = False  # EOS is the post separator, not a repetition
+    stopping = StoppingCriteriaList([_Interrupt(interrupt, width)] if interrupt is not None else [])
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, **ONLY_THIS_POLICY, logits_processor=LogitsProcessorList([policy]),
+        stopping_criteria=stopping, do_sample=not policy.greedy, max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=eos, pad_token_id=pad, output_scores=True, return_dict_in_generate=True,
+    )
+    tokens = out.sequences[:, width:]
+    if policy.greedy:  # a deterministic policy: every token has probability 1
+        logprobs = torch.zeros(tokens.shape, device=device)
+    else:
+        # log-softmax of the policy's scores at each sampled token, as the update computes it. Not
+        # compute_transition_scores: its log-softmax runs over a strided view and its float32 sum was
+        # up to 1.2e-5 off (tiny model, temperature 0.7, tokens of probability ~1); this is within 5e-6
+        logprobs = torch.stack([step.log_softmax(-1).gather(1, tokens[:, t, None]).squeeze(1)
+                                for t, step in enumerate(out.scores)], 1)
 
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1, :]
-    next_position = positions[:, -1:] + 1
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
-    for index in range(cfg.max_new_tokens):
-        if interrupt is not None and index and interrupt(index):
-            break  # asked to end early (a stop): the posts so far count as cut off by the limit
-        policy = _policy_logits(logits[:, :vocab], seen, cfg)
-        if cfg.temperature == 0:
-            token = policy.argmax(-1)
-            logprob = torch.zeros(batch, device=device)
-        else:
-            log_p = policy.log_softmax(-1)
-            token = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)
-            logprob = log_p.gather(1, token[:, None]).squeeze(1)
-        token = token.masked_fill(done, pad)
-        tokens.append(token)
-        logprobs.append(logprob)
-        seen[torch.arange(batch, device=device), token] = True
-        seen[:, eos] = False
-        done |= token == eos
-        if done.all():
-            break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    cache=cache, use_cache=True)  # transformers >= 5.24 names the KV cache `cache`
-        cache, logits = out.cache, out.logits[:, -1, :]
-        next_position = next_position + 1
-
-    token_rows = torch.stack(tokens, 1).tolist()
-    logprob_rows = torch.stack(logprobs, 1).tolist()
     out_ids, out_logprobs, finished = [], [], []
-    for row, lps in zip(token_rows, logprob_rows, strict=True):
-        end = row.index(eos) + 1 if eos in row else len(row)
+    for row, lps in zip(tokens.tolist(), logprobs.tolist(), strict=True):
+        end = row.index(eos) + 1 if eos in row else len(row)  # after EOS generate() pads
         out_ids.append(row[:end])
         out_logprobs.append(lps[:end])
         finished.append(eos in row)
@@ -137,28 +121,28 @@ def sample(
 
     Returns Samples with text, token ids and per-token sampling-policy log-probabilities.
     The model is put in eval mode while sampling and restored afterwards. `interrupt(tokens)`,
-    if given, is called before each new token after the first, with the tokens sampled so far in this
-    batch (a place to report progress); True ends sampling there, with the posts cut where they are.
+    if given, is called after each new token with the tokens sampled so far in this batch (a place to
+    report progress); True ends sampling there, with the posts cut where they are. A seed
+    (`config.seed`) makes the draw repeatable and leaves torch's global RNG as it was.
     """
     cfg = config or GenerationConfig()
     prompts = prompts if prompts is not None else [""] * cfg.num_samples
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     encoded = [[eos] + tokenizer(p, add_special_tokens=False)["input_ids"] if p else [eos] for p in prompts]
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
+    policy = sampling_policy(cfg, tokenizer)
     was_training = model.training
     model.eval()
     samples = []
     try:
-        for start in range(0, len(encoded), cfg.batch_size):
-            chunk = encoded[start : start + cfg.batch_size]
-            ids, lps, finished = _sample_batch(model, chunk, cfg, eos, pad, generator, interrupt)
-            for i, (row, row_lps, ended) in enumerate(zip(ids, lps, finished, strict=True)):
-                text_ids = row[:-1] if ended else row
-                text = tokenizer.decode(text_ids, skip_special_tokens=True).strip()
-                samples.append(Sample(text, row, row_lps, prompts[start + i], ended))
+        with _seeded(cfg.seed, next(model.parameters()).device):
+            for start in range(0, len(encoded), cfg.batch_size):
+                chunk = encoded[start : start + cfg.batch_size]
+                ids, lps, finished = _sample_batch(model, chunk, cfg, policy, eos, pad, interrupt)
+                for i, (row, row_lps, ended) in enumerate(zip(ids, lps, finished, strict=True)):
+                    text_ids = row[:-1] if ended else row
+                    text = tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+                    samples.append(Sample(text, row, row_lps, prompts[start + i], ended))
     finally:
         model.train(was_training)
     return samples

@@ -93,6 +93,7 @@ from crowdtune.training.rl.policy_gradient import minibatch_order
 from crowdtune.training.rl.rewards import RewardConfig
 from crowdtune.training.rl.rloo import RLOOModule, TextReward, floored_rewards
 from crowdtune.training.rl.state import read_state, write_state
+from crowdtune.training.sampling_policy import sampling_policy
 
 STATE_FILE = "guided.json"
 WORST_REWARD = -RewardConfig().clip  # what empty samples and copies earn in distillation: the worst real reward
@@ -228,7 +229,7 @@ class GuidedModule(RLOOModule):
         rows = [self.rows[i] for i in row_ids]
         rollouts = encode_rollouts(self.tokenizer, [r["prompt"] for r in rows],
                                    [r["token_ids"] for r in rows]).to(self.device)
-        stats = sequence_stats(self.model, rollouts, cfg, eos=self.tokenizer.eos_token_id, reference=cfg.kl_coef > 0)
+        stats = sequence_stats(self.model, rollouts, self.policy, reference=cfg.kl_coef > 0)
         recorded = torch.tensor([r["logprob"] for r in rows], device=self.device)
         advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32, device=self.device)
         weights = importance_weights(stats.logprob, recorded, stats.n_tokens)
@@ -265,8 +266,8 @@ def sample_kl(model, tokenizer, config: GuidedConfig, samples: list) -> float:
         return 0.0
     rollouts = encode_rollouts(tokenizer, [s.prompt or "" for s in kept], [s.token_ids for s in kept])
     model.eval()
-    stats = sequence_stats(model, rollouts.to(next(model.parameters()).device), config,
-                           eos=tokenizer.eos_token_id, reference=True)
+    stats = sequence_stats(model, rollouts.to(next(model.parameters()).device), sampling_policy(config, tokenizer),
+                           reference=True)
     return float(stats.kl)
 
 

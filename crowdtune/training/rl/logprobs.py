@@ -2,9 +2,10 @@
 their per-post log-probabilities, entropy and KL to the reference (sequence_stats), and the
 importance weights against the logprob recorded when each post was sampled.
 
-The sampling policy is the model with temperature, top-k, top-p and repetition penalty applied as
-in crowdtune.training.generation, so recomputed log-probabilities compare with the recorded ones:
-with an unchanged policy the importance weight is 1.
+The sampling policy is the model with temperature, top-k, top-p and repetition penalty applied by the
+very function generation applies at sampling (crowdtune.training.sampling_policy), so recomputed
+log-probabilities equal the recorded ones up to float noise: with an unchanged policy the importance
+weight is 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crowdtune.training.rl.configs import RLConfig
+from crowdtune.training.sampling_policy import SamplingPolicy
 
 
 def usable_posts(batch: list[dict]) -> list[dict]:
@@ -62,40 +63,17 @@ def encode_rollouts(tokenizer, prompts: list[str], completions: list[list[int]])
     return Rollouts(ids, mask, completion, completion.sum(1))
 
 
-def _sampling_log_softmax(logits: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None,
-                          config: RLConfig) -> torch.Tensor:
-    """Log-probabilities of the sampling policy over [N, V] logits (as generation._policy_logits).
-
-    The sampled token is always kept in the top-k/top-p set: float noise between the cached
-    sampling pass and this full pass must not turn a token that was sampled into -inf.
-    """
-    if seen is not None and config.repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / config.repetition_penalty, logits * config.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    logits = logits / config.temperature
-    with torch.no_grad():
-        drop = torch.zeros_like(logits, dtype=torch.bool)
-        if config.top_k > 0:
-            kth = torch.topk(logits, min(config.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            drop |= logits < kth
-        if config.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits.masked_fill(drop, float("-inf")), descending=True, dim=-1)
-            probs = sorted_logits.softmax(-1)
-            drop_sorted = (probs.cumsum(-1) - probs) >= config.top_p
-            drop |= drop_sorted.scatter(-1, order, drop_sorted)
-        drop[torch.arange(len(targets), device=logits.device), targets] = False
-    return logits.masked_fill(drop, float("-inf")).log_softmax(-1)
-
-
 @dataclass
 class SequenceStats:
     """Per post: logprob [B] (sum under the sampling policy, differentiable), n_tokens [B];
-    per token, averaged over all tokens: entropy and kl (to the reference, differentiable)."""
+    per token, averaged over all tokens: entropy and kl (to the reference, differentiable);
+    token_logprob [N]: each completion token's, posts one after the other (n_tokens each)."""
 
     logprob: torch.Tensor
     n_tokens: torch.Tensor
     entropy: torch.Tensor
     kl: torch.Tensor
+    token_logprob: torch.Tensor
 
 
 def _completion_logits(model, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,28 +93,22 @@ def _completion_logits(model, rollouts: Rollouts) -> tuple[torch.Tensor, torch.T
     return head(h).float(), targets, rows
 
 
-def _seen_tokens(rollouts: Rollouts, vocab: int, eos: int) -> torch.Tensor:
-    """[N, V]: tokens already in the context of each completion token (repetition penalty)."""
-    seen_rows = []
-    for ids, mask, completion in zip(rollouts.input_ids, rollouts.attention_mask, rollouts.completion_mask,
-                                     strict=True):
-        seen = torch.zeros(vocab, dtype=torch.bool)
-        start = int(completion.float().argmax()) if completion.any() else int(mask.sum())
-        seen[ids[:start]] = True
-        for t in range(start, int(mask.sum())):
-            row = seen.clone()
-            row[eos] = False
-            seen_rows.append(row)
-            seen[ids[t]] = True
-    return torch.stack(seen_rows).to(rollouts.input_ids.device)
+def _contexts(rollouts: Rollouts, eos: int) -> torch.Tensor:
+    """[N, L]: the tokens before each completion token (what the repetition penalty saw when it was
+    sampled), EOS after them (the penalty spares EOS)."""
+    predicts = rollouts.completion_mask[:, 1:]
+    rows, positions = predicts.nonzero(as_tuple=True)  # position t predicts token t + 1 (row-major, as masks)
+    width = rollouts.input_ids.shape[1]
+    later = torch.arange(width, device=positions.device)[None, :] > positions[:, None]
+    return rollouts.input_ids[rows].masked_fill(later, eos)
 
 
-def sequence_stats(model, rollouts: Rollouts, config: RLConfig, *, eos: int, reference: bool) -> SequenceStats:
-    """Log-probabilities of the posts under the current policy; with `reference`, also the
-    per-token KL(policy || reference), the reference being the base with the adapter turned off."""
+def sequence_stats(model, rollouts: Rollouts, policy: SamplingPolicy, *, reference: bool) -> SequenceStats:
+    """Log-probabilities of the posts under the current policy's sampling policy (`policy`, as they were
+    sampled); with `reference`, also the per-token KL(model || reference) of the raw distributions, the
+    reference being the base with the adapter turned off."""
     logits, targets, rows = _completion_logits(model, rollouts)
-    seen = _seen_tokens(rollouts, logits.shape[-1], eos) if config.repetition_penalty != 1.0 else None
-    token_logprob = _sampling_log_softmax(logits, targets, seen, config).gather(1, targets[:, None]).squeeze(1)
+    token_logprob = policy.log_probs(_contexts(rollouts, policy.eos), logits, targets)
     batch = len(rollouts.input_ids)
     logprob = torch.zeros(batch, device=logits.device).index_add(0, rows, token_logprob)
     log_p = logits.log_softmax(-1)
@@ -147,7 +119,7 @@ def sequence_stats(model, rollouts: Rollouts, config: RLConfig, *, eos: int, ref
         with torch.no_grad(), model.disable_adapter():
             ref_logits, _, _ = _completion_logits(model, rollouts)
         kl = (p * (log_p - ref_logits.log_softmax(-1))).sum(-1).mean()
-    return SequenceStats(logprob, rollouts.n_tokens.to(logits.device), entropy, kl)
+    return SequenceStats(logprob, rollouts.n_tokens.to(logits.device), entropy, kl, token_logprob)
 
 
 def model_logprobs(model, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:

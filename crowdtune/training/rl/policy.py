@@ -34,6 +34,7 @@ from crowdtune.training.loggers import log_figures
 from crowdtune.training.models import add_lora, load_base_model, load_version
 from crowdtune.training.rl.configs import RLConfig
 from crowdtune.training.rl.feedback import OperatorFeedback
+from crowdtune.training.sampling_policy import sampling_policy
 
 
 @dataclass
@@ -107,6 +108,7 @@ class PolicyModule(AdapterModule):
     def __init__(self, model: torch.nn.Module, tokenizer, config: RLConfig):
         super().__init__(model, config)
         self.tokenizer = tokenizer
+        self.policy = sampling_policy(config, tokenizer)  # what sampled the posts, to recompute their log-probs
         self.step_metrics: list[dict[str, float]] = []
 
     def on_train_batch_start(self, batch, batch_idx) -> None:

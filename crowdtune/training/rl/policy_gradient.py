@@ -60,7 +60,7 @@ class PolicyGradientModule(PolicyModule):
         posts = [self.posts[i] for i in rows]
         rollouts = encode_rollouts(self.tokenizer, [p.get("prompt", "") for p in posts],
                                    [p["token_ids"] for p in posts]).to(self.device)
-        stats = sequence_stats(self.model, rollouts, cfg, eos=self.tokenizer.eos_token_id, reference=cfg.kl_coef > 0)
+        stats = sequence_stats(self.model, rollouts, self.policy, reference=cfg.kl_coef > 0)
         recorded = torch.tensor([float(p["logprob"]) for p in posts], device=self.device)
         advantages = torch.tensor([self.advantages[i] for i in rows], device=self.device)
         weights = importance_weights(stats.logprob, recorded, stats.n_tokens)

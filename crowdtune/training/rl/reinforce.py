@@ -27,6 +27,7 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
+from crowdtune.training.sampling_policy import sampling_policy
 
 
 def z_scores(rewards: list[float], window: list[float]) -> list[float]:
@@ -48,7 +49,7 @@ class ReinforceModule(PolicyModule):
 
     def training_step(self, index, batch_idx):
         rollouts = self.rollouts.to(self.device)
-        stats = sequence_stats(self.model, rollouts, self.config, eos=self.tokenizer.eos_token_id, reference=False)
+        stats = sequence_stats(self.model, rollouts, self.policy, reference=False)
         advantages = self.advantages.to(self.device)
         loss = -(advantages * stats.logprob / stats.n_tokens.clamp(min=1)).mean()
         weights = importance_weights(stats.logprob.detach(), self.recorded.to(self.device), stats.n_tokens)
@@ -83,5 +84,5 @@ def _kl_after(model, tokenizer, config, posts) -> float:
     rollouts = encode_rollouts(tokenizer, [p.get("prompt", "") for p in posts], [p["token_ids"] for p in posts])
     rollouts = rollouts.to(next(model.parameters()).device)
     model.eval()
-    stats = sequence_stats(model, rollouts, config, eos=tokenizer.eos_token_id, reference=True)
+    stats = sequence_stats(model, rollouts, sampling_policy(config, tokenizer), reference=True)
     return float(stats.kl)

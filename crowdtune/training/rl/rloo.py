@@ -71,7 +71,7 @@ class RLOOModule(PolicyModule):
         advantages = torch.tensor(((rewards - leave_one_out) / self.spread).reshape(-1),
                                   dtype=torch.float32, device=self.device)
         rollouts = encode_rollouts(self.tokenizer, grouped, [s.token_ids for s in samples]).to(self.device)
-        stats = sequence_stats(self.model, rollouts, cfg, eos=self.tokenizer.eos_token_id, reference=cfg.kl_coef > 0)
+        stats = sequence_stats(self.model, rollouts, self.policy, reference=cfg.kl_coef > 0)
         loss = -(advantages * stats.logprob).sum() / (len(samples) * cfg.max_new_tokens) + cfg.kl_coef * stats.kl
         recorded = torch.tensor([sum(s.logprobs) for s in samples], device=self.device)
         weights = importance_weights(stats.logprob.detach(), recorded, stats.n_tokens)

@@ -8,6 +8,7 @@ from crowdtune.training.models import add_lora, load_version, save_version
 from crowdtune.training.rl import run_update
 from crowdtune.training.rl.logprobs import encode_rollouts, importance_weights, sequence_stats
 from crowdtune.training.rl.policy import RLConfig
+from crowdtune.training.sampling_policy import sampling_policy
 
 from .conftest import as_history, sampled_batch, short_post_reward
 
@@ -28,7 +29,7 @@ def test_recomputed_logprobs_equal_the_recorded_ones_so_weights_are_one(tiny_pol
         samples = sample(model, tokenizer, gen, prompts=["", "Make America", "", "The", "", "", "Great", ""])
         rollouts = encode_rollouts(tokenizer, [s.prompt for s in samples], [s.token_ids for s in samples])
         with torch.no_grad():
-            stats = sequence_stats(model, rollouts, cfg, eos=tokenizer.eos_token_id, reference=True)
+            stats = sequence_stats(model, rollouts, sampling_policy(cfg, tokenizer), reference=True)
         recorded = torch.tensor([sum(s.logprobs) for s in samples])
         weights = importance_weights(stats.logprob, recorded, stats.n_tokens)
         assert torch.allclose(weights, torch.ones_like(weights), atol=1e-3)
