@@ -23,6 +23,7 @@ from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.models import load_base_model, load_version
 from crowdtune.training.rl.configs import RLConfig
 from crowdtune.training.rl.logprobs import encode_rollouts, model_logprobs, sequence_stats
+from crowdtune.training.sampling_policy import sampling_policy
 
 RUN = "run"
 GUIDED = {"max_new_tokens": 16, "guard_samples": 4, "copy_embedding_threshold": None, "learning_rate": 3e-3,
@@ -37,8 +38,8 @@ def logprob(model, tokenizer, post: dict) -> float:
     """The post's log-probability under the sampling policy, as publishing recorded it."""
     model.eval()
     with torch.no_grad():
-        stats = sequence_stats(model, encode_rollouts(tokenizer, [""], [post["token_ids"]]), RLConfig(),
-                               eos=tokenizer.eos_token_id, reference=False)
+        stats = sequence_stats(model, encode_rollouts(tokenizer, [""], [post["token_ids"]]),
+                               sampling_policy(RLConfig(), tokenizer), reference=False)
     return float(stats.logprob[0])
 
 

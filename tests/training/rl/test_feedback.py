@@ -16,6 +16,7 @@ from crowdtune.training.rl.configs import RLConfig
 from crowdtune.training.rl.feedback import OperatorFeedback, preference_loss, preference_pairs, rejected_posts
 from crowdtune.training.rl.guided import best_of_n_groups
 from crowdtune.training.rl.logprobs import encode_rollouts, model_logprobs, sequence_stats, usable_posts
+from crowdtune.training.sampling_policy import sampling_policy
 
 from .conftest import as_history, sampled_batch
 
@@ -29,7 +30,7 @@ def logprob_of(model, tokenizer, posts: list[dict]) -> np.ndarray:
     rollouts = encode_rollouts(tokenizer, [p["prompt"] for p in posts], [p["token_ids"] for p in posts])
     model.eval()
     with torch.no_grad():
-        return sequence_stats(model, rollouts, RLConfig(), eos=tokenizer.eos_token_id, reference=False).logprob.numpy()
+        return sequence_stats(model, rollouts, sampling_policy(RLConfig(), tokenizer), reference=False).logprob.numpy()
 
 
 def pick_margin(model, tokenizer, picked: dict, unpicked: list[dict]) -> float:
