@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "CROWDTUNE_REDIS_URL"),
         description="a shared Redis for several machines (also plain REDIS_URL); None = the embedded server")
+    result_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="how long Redis keeps a finished job's result (training, publishing, "
+                                          "imports: the System page shows it; the store's job audit keeps it)")
+    failure_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="how long Redis keeps a failed job with its arguments and traceback "
+                                           "(`rq requeue` brings it back within this time; a failed store write "
+                                           "is the only copy of its rows)")
+    store_result_ttl_seconds: int = Field(
+        600, ge=10, description="how long Redis keeps a store write once applied: its arguments are rows the store "
+                                "now holds (the job that queued it reads its outcome within this time)")
     app_host: str = Field("localhost", description="address the app listens on")
     app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
     worker_queues: list[str] = Field(default_factory=lambda: ["control", "train", "default"],

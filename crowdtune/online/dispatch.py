@@ -16,6 +16,7 @@ from crowdtune.online.controller import ControllerSnapshot, Decision, OnlineConf
 from crowdtune.online.reward_fits import ensure_reward_fit
 from crowdtune.online.schedule import ensure_job, safe_id, schedule_tick
 from crowdtune.runtime import defaults, stop_flags
+from crowdtune.runtime.queues import JobKind
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import UpdateStatus
 from crowdtune.store.writes import StoreWriter, controller_op
@@ -82,7 +83,7 @@ def collect_job(conn: redis.Redis, cfg: OnlineConfig, face_id: str, post) -> str
     ensure_job(conn, QUEUE_CONTROL, "jobs.online.collect_reactions", face_id, post.post_id, post.platform_id,
                cfg.maturity_seconds, job_id=f"collect-{safe_id(post.post_id)}-{len(post.observed_ages)}",
                retry=Retry(max=3, interval=intervals), timeout=defaults.COLLECT_TIMEOUT,
-               result_ttl=defaults.SHORT_RESULT_TTL, description=f"reactions of {post.post_id}")
+               kind=JobKind.CONTROL, description=f"reactions of {post.post_id}")
     return post.post_id
 
 
