@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     read_retry_seconds: float = Field(default=5.0, gt=0, description="how long a page read waits for the file")
     worker_maintenance_seconds: int = Field(default=30, ge=1,
                                             description="how often workers requeue the jobs of dead workers")
+    log_file_mb: float = Field(10.0, gt=0, description="size at which a process's event log "
+                                                       "(`<data_dir>/logs/<name>.jsonl`) is rotated")
+    log_files_kept: int = Field(5, ge=1, le=100, description="rotated event logs kept per process "
+                                                            "(`<name>.jsonl.1` is the newest)")
     training_retry_seconds: list[Annotated[int, Field(ge=0, le=7 * 24 * 3600)]] = Field(
         default_factory=lambda: [60, 300, 900], max_length=20,
         description="waits before an offline run that failed on a transient error (disk, network, memory) runs again")
@@ -139,6 +143,11 @@ class Settings(BaseSettings):
     def tracking(self) -> Path:
         """The trackers' folder (tracking_dir, or `<data_dir>/tracking`)."""
         return self.tracking_dir if self.tracking_dir is not None else self.data_dir / "tracking"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where every process's event log and output go (`crowdtune logs` reads them)."""
+        return self.data_dir / "logs"
 
     @property
     def redis_dir(self) -> Path:

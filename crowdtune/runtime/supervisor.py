@@ -1,13 +1,16 @@
 """`crowdtune up`: Redis, the store writer, the workers and the app, started and stopped together.
 
-Children run in their own sessions with their output in <data_dir>/logs/. They receive SIGTERM
-if this process dies (PR_SET_PDEATHSIG); on Ctrl-C or SIGTERM the app stops first, then the
-workers (warm, then their whole process trees), then Redis, which persists its queue.
+Children run in their own sessions. Each writes its events to a rotated <data_dir>/logs/<name>.jsonl
+(crowdtune.runtime.logs; `crowdtune logs` reads them) and its other output (warnings, a crash's
+traceback) to <data_dir>/logs/<name>.log; the supervisor's own events go to supervisor.jsonl.
+They receive SIGTERM if this process dies (PR_SET_PDEATHSIG); on Ctrl-C or SIGTERM the app stops
+first, then the workers (warm, then their whole process trees), then Redis, which persists its queue.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -21,12 +24,15 @@ from pathlib import Path
 import psutil
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime.logs import start_logging
 from crowdtune.runtime.queues import connect
 from crowdtune.runtime.redis_server import EmbeddedRedis
 from crowdtune.settings import Settings
 from crowdtune.store.writer import initialise
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -100,7 +106,7 @@ class Supervisor:
         self.with_app = with_app
         self.redis = EmbeddedRedis(settings.redis_dir) if settings.embedded_redis else None
         self.children: list[Child] = []
-        self.log_dir = settings.data_dir / "logs"
+        self.log_dir = settings.log_dir
         self._stopping = False
 
     def _env(self) -> dict[str, str]:
@@ -117,19 +123,23 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{child.name}.log", "ab")
+        output = open(self.log_dir / f"{child.name}.log", "ab")
         child.process = subprocess.Popen(
-            child.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            child.args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self._env(), start_new_session=True, preexec_fn=_die_with_parent,
         )
-        log.close()
+        output.close()
+        log.info("started %s", child.name, extra={"child": child.name, "child_pid": child.process.pid})
 
     def plan(self) -> list[Child]:
         python = sys.executable
-        children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store"], restart=True)]
+        # Each worker's events go to its rotated <name>.jsonl; only warnings to its plain output file.
+        quiet = ["--console-level", "WARNING"]
+        children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store",
+                                           "--log-name", "store-worker", *quiet], restart=True)]
         for index, queues in enumerate(self.settings.worker_queues, start=1):
-            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues],
-                                  restart=True))
+            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues,
+                                                      "--log-name", f"worker-{index}", *quiet], restart=True))
         if self.with_app:
             children.append(Child("app", [
                 python, "-m", "streamlit", "run", str(APP_SCRIPT),
@@ -148,6 +158,7 @@ class Supervisor:
     def start(self) -> None:
         """Check, then start everything; raise CrowdtuneError with a fix on any bad input."""
         check_data_dir(self.settings)
+        start_logging(self.settings, "supervisor", console_level=None)  # it prints what people need to see
         if self.with_app:
             check_port_free(self.settings.app_host, self.settings.app_port)
         if self.redis is not None:
@@ -203,9 +214,12 @@ class Supervisor:
                 if not child.restart:
                     print(f"crowdtune: {child.name} exited (code {code}); stopping. "
                           f"See {self.log_dir}/{child.name}.log")
+                    log.warning("%s exited (code %s); stopping", child.name, code, extra={"child": child.name})
                     return
                 child.restarts += 1
                 print(f"crowdtune: {child.name} exited (code {code}); restarting. See {self.log_dir}/{child.name}.log")
+                log.warning("%s exited (code %s); restarting", child.name, code,
+                            extra={"child": child.name, "restarts": child.restarts})
                 time.sleep(min(30, 2 ** min(child.restarts, 5)))
                 if not self._stopping:
                     self._spawn(child)
@@ -262,11 +276,14 @@ def run_up(settings: Settings, with_app: bool = True) -> None:
         supervisor.start()
         where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
         print(f"Crowdtune is up: {where}")
-        print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}")
+        print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}"
+              " (`crowdtune logs --follow`)")
         print(first_steps_text(where if with_app else None))
         print("  Ctrl-C stops everything.", flush=True)
         supervisor.watch()
     finally:
         print("crowdtune: stopping ...", flush=True)
+        log.info("stopping")
         supervisor.stop()
+        log.info("stopped")
         print("crowdtune: stopped.", flush=True)
