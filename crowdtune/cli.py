@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def worker(
                                       "(the event log takes INFO and above)."),
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
+    from crowdtune.runtime.durability import durability_warnings
     from crowdtune.runtime.logs import start_logging
     from crowdtune.runtime.queues import connect, queue
     from crowdtune.runtime.workers import PreloadedWorker, StoreWorker
@@ -74,6 +76,8 @@ def worker(
     default_name = "store-worker" if store else "worker-" + "-".join(n.strip() for n in queues.split(",") if n.strip())
     start_logging(settings, re.sub(r"[^A-Za-z0-9_.-]", "_", log_name or default_name), console_level)
     conn = connect(settings)
+    for warning in durability_warnings(conn, settings.redis_display_url):
+        logging.getLogger("crowdtune.worker").warning("%s Fix: %s", warning.problem, warning.fix)
     # An idle worker blocks on Redis for worker_ttl - 15 s and runs maintenance (requeueing orphans,
     # taking over the scheduler of a killed worker) only between blocks: keep the two periods equal.
     timing = dict(maintenance_interval=settings.worker_maintenance_seconds,

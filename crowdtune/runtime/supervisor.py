@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime.durability import RedisWarning, durability_warnings
 from crowdtune.runtime.logs import start_logging
 from crowdtune.runtime.queues import connect
 from crowdtune.runtime.redis_server import EmbeddedRedis
@@ -107,6 +108,7 @@ class Supervisor:
         self.redis = EmbeddedRedis(settings.redis_dir) if settings.embedded_redis else None
         self.children: list[Child] = []
         self.log_dir = settings.log_dir
+        self.redis_warnings: list[RedisWarning] = []
         self._stopping = False
 
     def _env(self) -> dict[str, str]:
@@ -163,7 +165,10 @@ class Supervisor:
             check_port_free(self.settings.app_host, self.settings.app_port)
         if self.redis is not None:
             self.redis.start()
-        connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
+        conn = connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
+        self.redis_warnings = durability_warnings(conn, self.settings.redis_display_url)
+        for warning in self.redis_warnings:
+            log.warning("%s Fix: %s", warning.problem, warning.fix)
         initialise(self.settings.store_path)
         seed_default_faces(self.settings)
         self.children = self.plan()
@@ -278,6 +283,8 @@ def run_up(settings: Settings, with_app: bool = True) -> None:
         print(f"Crowdtune is up: {where}")
         print(f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {supervisor.log_dir}"
               " (`crowdtune logs --follow`)")
+        for warning in supervisor.redis_warnings:
+            print(f"  Warning: {warning.problem}\n    Fix: {warning.fix}")
         print(first_steps_text(where if with_app else None))
         print("  Ctrl-C stops everything.", flush=True)
         supervisor.watch()
