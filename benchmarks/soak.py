@@ -22,7 +22,11 @@ read-only disk), the soak applies the documented recovery, stop and start the ru
 as survived with one command.
 
 Every `--sample-every` seconds it samples the memory of every process (psutil: RSS, and PSS of a
-worker with its job and scheduler children, which share pages) and prints figures.
+worker with its job and scheduler children, which share pages) and of Redis (INFO used_memory and
+its key count), and prints figures. When the soak ends (before the loop is stopped) it also weighs
+what Redis holds by kind of job (MEMORY USAGE of each job hash and its results): `redis` in the JSON.
+Redis keeps an applied store write for `store_result_ttl_seconds` (10 minutes); a short soak can
+shrink it with `--store-result-ttl` so that the steady state shows within the run.
 At the end it stops the loop, waits for the state to settle (controller IDLE, posts scored, the
 store queue drained) and runs the exact accounting of crowdtune.testing.accounting: generated =
 published + rejected + failed, every published post has reaction snapshots, every model version
@@ -31,6 +35,7 @@ loads, the sandbox's posts are exactly the published rows, no duplicate keys.
     .venv/bin/python benchmarks/soak.py --minutes 3 --fault-every 25     # a quick proof
     .venv/bin/python benchmarks/soak.py                                   # 30 minutes
     .venv/bin/python benchmarks/soak.py --minutes 6 --kinds hold_store --fault-every 75   # minute-long holds
+    .venv/bin/python benchmarks/soak.py --minutes 3 --kinds none --store-result-ttl 60   # Redis memory only
 
 Prints figures as it goes and a JSON last line. Exit status: 1 if anything was lost or doubled,
 2 if the accounting found another problem (e.g. a post stuck in `publishing`), else 0.
@@ -82,6 +87,43 @@ time.sleep(float(sys.argv[2]))
 con.close()
 """
 MB = 1024 * 1024
+
+
+def redis_figures(conn, weigh: bool = False) -> dict:
+    """Redis's memory (INFO used_memory) and key count; with `weigh`, also the bytes and count of the job
+    hashes (rq:job:*) with their results (rq:results:*) by what the jobs are (the first two words of
+    their description: "store write", "store read", "publish post" ...), and of the other keys by prefix."""
+    info = conn.info("memory")
+    figures = {"used_memory_mb": round(info["used_memory"] / MB, 2), "keys": conn.dbsize()}
+    if not weigh:
+        return figures
+    jobs = [k for k in conn.scan_iter(match="rq:job:*", count=1000) if k.count(b":") == 2]
+    pipe = conn.pipeline(transaction=False)
+    for key in jobs:
+        pipe.hget(key, "description")
+        pipe.memory_usage(key)
+        pipe.memory_usage(b"rq:results:" + key[len(b"rq:job:"):])
+    answers = pipe.execute()
+    by_kind: dict[str, dict] = {}
+    for i in range(len(jobs)):
+        description, job_bytes, result_bytes = answers[3 * i: 3 * i + 3]
+        what = " ".join((description or b"?").decode(errors="replace").split()[:2])
+        row = by_kind.setdefault(what, {"jobs": 0, "mb": 0.0})
+        row["jobs"] += 1
+        row["mb"] += ((job_bytes or 0) + (result_bytes or 0)) / MB
+    other: dict[str, dict] = {}
+    for key in conn.scan_iter(count=1000):
+        if key.startswith((b"rq:job:", b"rq:results:")) and key.count(b":") == 2:
+            continue
+        prefix = b":".join(key.split(b":")[:2]).decode(errors="replace")
+        row = other.setdefault(prefix, {"keys": 0, "mb": 0.0})
+        row["keys"] += 1
+        row["mb"] += (conn.memory_usage(key) or 0) / MB
+    def heaviest(rows: dict, n: int) -> dict:
+        ranked = sorted(rows.items(), key=lambda kv: -kv[1]["mb"])[:n]
+        return {name: {**row, "mb": round(row["mb"], 3)} for name, row in ranked}
+
+    return {**figures, "jobs": len(jobs), "job_mb_by_kind": heaviest(by_kind, 20), "other_keys": heaviest(other, 12)}
 
 
 def log(message: str) -> None:
@@ -295,6 +337,7 @@ class Soak:
         self.conn = None
         self.run_ids: list[str] = []
         self.last_figures: dict = {}
+        self.redis_samples: list[dict] = []  # {"t": seconds into the soak, "used_memory_mb", "keys"}
 
     # set-up ---------------------------------------------------------------------------------
 
@@ -304,6 +347,8 @@ class Soak:
             os.environ.pop(name, None)
         os.environ.update({"CROWDTUNE_DATA_DIR": str(self.data), "CROWDTUNE_CONFIG": str(self.work / "crowdtune.toml"),
                            "CROWDTUNE_WORKER_MAINTENANCE_SECONDS": "5"})
+        if self.args.store_result_ttl is not None:
+            os.environ["CROWDTUNE_STORE_RESULT_TTL_SECONDS"] = str(self.args.store_result_ttl)
         return dict(os.environ)
 
     def worker_command(self, *args: str) -> list[str]:
@@ -335,11 +380,12 @@ class Soak:
         drop = permissions_bind(probe)
         if not drop:
             log("note: cannot start processes bound by permission bits; read_only_artifacts faults are skipped")
-        self.kinds_allowed = [k for k in self.args.kinds.split(",") if k != "read_only_artifacts" or drop]
+        self.kinds_allowed = [k for k in self.args.kinds.split(",")
+                              if k != "none" and (k != "read_only_artifacts" or drop)]
         self.redis = EmbeddedRedis(self.settings.redis_dir)
         self.redis.start()
         self.conn = connect(self.settings)
-        add_face(self.settings, str(self.sandbox_dir), posts[2000:2300][:50])
+        add_face(self.settings, str(self.sandbox_dir), posts[2000:2000 + self.args.history])
         Path(self.settings.artifacts).mkdir(parents=True, exist_ok=True)
         self.sup = Supervisor(self.work, env, drop)
         self.sup.add("store-worker", self.worker_command("--store"))
@@ -526,6 +572,10 @@ class Soak:
             if now >= next_sample:
                 redis_pid = {"redis": self.redis.process.pid} if self.redis.process else {}
                 self.sup.sample({"soak": os.getpid(), **redis_pid})
+                try:
+                    self.redis_samples.append({"t": round(now - t0), **redis_figures(self.conn)})
+                except Exception:  # noqa: BLE001 - Redis may be down right now (a kill_redis fault)
+                    pass
                 figures = self.figures()
                 if first_batches is None and "batches" in figures:
                     first_batches = (figures["rows_written"], figures["batches"])
@@ -533,7 +583,7 @@ class Soak:
                 next_sample = now + self.args.sample_every
             if self.active is not None and now >= self.active.ends:
                 self.end_active(now, self.figures())
-            elif self.active is None and self.next_fault_at <= now <= last_fault_at:
+            elif self.active is None and self.kinds_allowed and self.next_fault_at <= now <= last_fault_at:
                 self.inject(now)
             if now >= next_print:
                 f = self.last_figures
@@ -542,7 +592,9 @@ class Soak:
                 log(f"{(now - t0) / 60:5.1f} min: posts {f.get('published', 0)}/{f.get('generated', 0)} published, "
                     f"{f.get('reactions', 0)} reactions, {f.get('updates', 0)} updates, "
                     f"{f.get('versions', 0)} versions, {f.get('batches', 0)} batches; queues {self.queues()}; "
-                    f"faults {len(self.faults)}; memory {pss:.0f} MB")
+                    f"faults {len(self.faults)}; memory {pss:.0f} MB; redis "
+                    f"{(self.redis_samples or [{}])[-1].get('used_memory_mb')} MB, "
+                    f"{(self.redis_samples or [{}])[-1].get('keys')} keys")
                 next_print = now + self.args.print_every
             time.sleep(0.2)
         if self.active is not None:
@@ -557,6 +609,12 @@ class Soak:
 
         end_figures = self.figures()
         t_end = time.monotonic()
+        try:
+            redis_end = redis_figures(self.conn, weigh=True)
+        except Exception as exc:  # noqa: BLE001
+            redis_end = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"redis at the end: {redis_end.get('used_memory_mb')} MB, {redis_end.get('keys')} keys; "
+            f"job hashes by kind: {json.dumps(redis_end.get('job_mb_by_kind'))}")
         self.check_recoveries(t_end, end_figures, act=False)
         log("stopping the online loop and waiting for the state to settle ...")
         settled, notes = True, []
@@ -638,6 +696,9 @@ class Soak:
             "peak_memory_mb": {k: v["peak_mb"] for k, v in memory.items()},
             "memory_growth_mb": {k: v["growth_mb"] for k, v in memory.items()},
             "memory": memory, "work": str(self.work),
+            "redis": {**redis_end, "peak_used_memory_mb": max((r["used_memory_mb"] for r in self.redis_samples),
+                                                              default=None),
+                      "store_result_ttl": self.args.store_result_ttl, "timeline": self.redis_samples[::6]},
         }
         timeline = self.work / "memory.jsonl"
         with open(timeline, "w") as f:
@@ -688,16 +749,21 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, store, memory.jsonl)")
     parser.add_argument("--hold-seconds", type=float, default=60.0,
                         help="how long hold_store holds the file (at most 0.8 x --fault-every)")
-    parser.add_argument("--kinds", default=",".join(FAULT_KINDS), help="fault kinds to inject, comma-separated")
+    parser.add_argument("--kinds", default=",".join(FAULT_KINDS),
+                        help="fault kinds to inject, comma-separated; `none`: no faults")
     parser.add_argument("--read-only-seconds", type=float, default=30.0)
     parser.add_argument("--posts-per-update", type=int, default=3)
+    parser.add_argument("--history", type=int, default=50,
+                        help="imported posts of the sandbox face (what publishing and updates read as training posts)")
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--print-every", type=float, default=20.0)
     parser.add_argument("--dashboard-every", type=float, default=15.0)
     parser.add_argument("--settle-seconds", type=float, default=300.0)
+    parser.add_argument("--store-result-ttl", type=int, default=None,
+                        help="seconds Redis keeps an applied store write (the store_result_ttl_seconds setting)")
     parser.add_argument("--dashboard-loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = set(args.kinds.split(",")) - set(FAULT_KINDS)
+    unknown = set(args.kinds.split(",")) - set(FAULT_KINDS) - {"none"}
     if unknown:
         parser.error(f"unknown fault kind(s) {sorted(unknown)}; choose among {', '.join(FAULT_KINDS)}")
     if args.dashboard_loop:

@@ -57,15 +57,27 @@ def worker(
     queues: str = typer.Option("train,default,control", help="Comma-separated queues to serve, in priority order."),
     store: bool = typer.Option(False, "--store", help="Be the single store writer (serves only the 'store' queue)."),
     burst: bool = typer.Option(False, help="Quit when the queues are empty."),
+    log_name: str | None = typer.Option(None, "--log-name", help="Name of its event log, <data_dir>/logs/NAME.jsonl "
+                                        "(default: store-worker, or worker- and its queues)."),
+    console_level: str = typer.Option("INFO", "--console-level", help="Least level printed on stderr "
+                                      "(the event log takes INFO and above)."),
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
+    from crowdtune.runtime.durability import durability_warnings
+    from crowdtune.runtime.logs import start_logging
     from crowdtune.runtime.queues import connect, queue
     from crowdtune.runtime.workers import PreloadedWorker, StoreWorker
     from crowdtune.settings import QUEUE_STORE
 
+    if console_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise CrowdtuneError(f"--console-level {console_level!r} is not a log level.",
+                             "Use one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
     settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    default_name = "store-worker" if store else "worker-" + "-".join(n.strip() for n in queues.split(",") if n.strip())
+    start_logging(settings, re.sub(r"[^A-Za-z0-9_.-]", "_", log_name or default_name), console_level)
     conn = connect(settings)
+    for warning in durability_warnings(conn, settings.redis_display_url):
+        logging.getLogger("crowdtune.worker").warning("%s Fix: %s", warning.problem, warning.fix)
     # An idle worker blocks on Redis for worker_ttl - 15 s and runs maintenance (requeueing orphans,
     # taking over the scheduler of a killed worker) only between blocks: keep the two periods equal.
     timing = dict(maintenance_interval=settings.worker_maintenance_seconds,
@@ -435,6 +447,40 @@ def review_pick(post_id: str = typer.Argument(..., help="A waiting post."),
                 candidate_id: str = typer.Argument(..., help="One of its candidates (or the post itself).")):
     """Publish one of the slot's candidates instead of the rule's choice."""
     _decide(post_id, "pick", candidate_id=candidate_id)
+
+
+@app.command()
+@friendly
+def logs(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing events as they come (Ctrl-C ends)."),
+    run: str | None = typer.Option(None, "--run", help="Only the events of this run."),
+    face: str | None = typer.Option(None, "--face", help="Only the events of this face."),
+    job: str | None = typer.Option(None, "--job", help="Only the events of this job."),
+    lines: int = typer.Option(50, "--lines", "-n", min=0, help="How many past events to show first (0 = all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON lines as they are in the files."),
+):
+    """Show the events of every Crowdtune process on this machine (<data_dir>/logs/*.jsonl), merged by time."""
+    from crowdtune.runtime.logs import EventFilter, follow_events, format_event, read_events
+
+    log_dir = load_settings().log_dir
+    keep = EventFilter(run_id=run, face_id=face, job_id=job)
+
+    def show(event: dict) -> None:
+        typer.echo(json.dumps(event, ensure_ascii=False) if as_json else format_event(event))
+
+    if not log_dir.is_dir() and not follow:
+        raise CrowdtuneError(f"There are no event logs in {log_dir} yet.",
+                             "Start Crowdtune (`crowdtune up` or `crowdtune worker`) with this data folder, "
+                             "or set CROWDTUNE_DATA_DIR to the folder it runs with.")
+    for event in read_events(log_dir, keep, last=lines or None) if log_dir.is_dir() else []:
+        show(event)
+    if follow:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for event in follow_events(log_dir, keep):
+                show(event)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command()

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "CROWDTUNE_REDIS_URL"),
         description="a shared Redis for several machines (also plain REDIS_URL); None = the embedded server")
+    result_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="how long Redis keeps a finished job's result (training, publishing, "
+                                          "imports: the System page shows it; the store's job audit keeps it)")
+    failure_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="how long Redis keeps a failed job with its arguments and traceback "
+                                           "(`rq requeue` brings it back within this time; a failed store write "
+                                           "is the only copy of its rows)")
+    store_result_ttl_seconds: int = Field(
+        600, ge=10, description="how long Redis keeps a store write once applied: its arguments are rows the store "
+                                "now holds (the job that queued it reads its outcome within this time)")
     app_host: str = Field("localhost", description="address the app listens on")
     app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
     worker_queues: list[str] = Field(default_factory=lambda: ["control", "train", "default"],
@@ -59,6 +69,10 @@ class Settings(BaseSettings):
     read_retry_seconds: float = Field(default=5.0, gt=0, description="how long a page read waits for the file")
     worker_maintenance_seconds: int = Field(default=30, ge=1,
                                             description="how often workers requeue the jobs of dead workers")
+    log_file_mb: float = Field(10.0, gt=0, description="size at which a process's event log "
+                                                       "(`<data_dir>/logs/<name>.jsonl`) is rotated")
+    log_files_kept: int = Field(5, ge=1, le=100, description="rotated event logs kept per process "
+                                                            "(`<name>.jsonl.1` is the newest)")
     training_retry_seconds: list[Annotated[int, Field(ge=0, le=7 * 24 * 3600)]] = Field(
         default_factory=lambda: [60, 300, 900], max_length=20,
         description="waits before an offline run that failed on a transient error (disk, network, memory) runs again")
@@ -140,6 +154,11 @@ class Settings(BaseSettings):
     def tracking(self) -> Path:
         """The trackers' folder (tracking_dir, or `<data_dir>/tracking`)."""
         return self.tracking_dir if self.tracking_dir is not None else self.data_dir / "tracking"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where every process's event log and output go (`crowdtune logs` reads them)."""
+        return self.data_dir / "logs"
 
     @property
     def redis_dir(self) -> Path:

@@ -22,7 +22,7 @@ from crowdtune.runtime.progress import progress_reporter
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
 from crowdtune.states import RunStatus
-from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.remote import read_rows_via_store_worker
 from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
 from crowdtune.training.loggers import StoreLogger, run_trackers
 from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
@@ -45,7 +45,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
                                                           "error": None})])
     try:
         sft_config = SFTConfig(**config)
-        posts = read_via_store_worker(conn, "training_posts", face_id=face_id)
+        posts = read_rows_via_store_worker(conn, "training_posts", face_id=face_id)
         if not posts:
             raise CrowdtuneError(f"The face {face_id!r} has no imported posts to train on.",
                                  f"Import its history first: `crowdtune import --face {face_id}` or the Training page.")

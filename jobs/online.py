@@ -42,7 +42,7 @@ from crowdtune.runtime.progress import progress_reporter
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import Settings, load_settings
 from crowdtune.states import ControllerState, PostStatus, ReviewMode, UpdateStatus
-from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.remote import read_rows_via_store_worker, read_via_store_worker
 from crowdtune.store.writes import StoreWriter, post_op, utc_now
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     model.eval()
     training = []
     if GenerationConfig(**cfg.sampling()).drop_copies:
-        training = [p["text"] for p in read_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]
+        training = [p["text"] for p in read_rows_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]
     guards = guard_indexes(training, at.inputs.get("published_texts") or [], cfg.copy_embedding_threshold)
     now = utc_now()
     draft = draft_slot(model, tokenizer, cfg, SlotIds(at.face_id, at.run_id, at.slot), guards=guards,

@@ -56,3 +56,16 @@ def read_named(name: str, params: dict):
     from crowdtune.store.writes import plain
 
     return plain(NAMED_READS[name](reader, **params))  # timestamps as ISO text: results travel as JSON
+
+
+def snapshot_named(name: str, params: dict) -> dict:
+    """Run a named read of many rows and write them as a Parquet snapshot under artifacts_url
+    (crowdtune.store.snapshots); the answer is the snapshot's URL, not the rows."""
+    from crowdtune.store.reads import NAMED_READS, StoreReader
+    from crowdtune.store.snapshots import SNAPSHOT_READS, write_snapshot
+
+    if name not in SNAPSHOT_READS:
+        raise ValueError(f"{name!r} is not a snapshot read; those are {list(SNAPSHOT_READS)}")
+    settings = load_settings()
+    reader = StoreReader(settings.store_path, wait_seconds=settings.store_lock_wait_seconds)
+    return write_snapshot(settings.artifacts, name, params, NAMED_READS[name](reader, **params))

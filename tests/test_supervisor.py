@@ -43,6 +43,14 @@ def test_up_serves_the_app_with_live_workers_and_ctrl_c_stops_everything(setting
         assert "5. Start the sandbox online loop: crowdtune train online --face sandbox" in printed
         family = [psutil.Process(up.pid), *psutil.Process(up.pid).children(recursive=True)]
         assert len(family) >= 5  # supervisor, redis, store worker, workers, app
+        # Each process logs its events as JSON lines to its own file (`crowdtune logs` reads them).
+        from crowdtune.runtime.logs import read_events
+
+        events = read_events(settings.log_dir)
+        started = {e.get("child") for e in events if e["process"] == "supervisor" and e["event"].startswith("started")}
+        assert {"store-worker", "worker-1", "app"} <= started
+        wait_for(lambda: any(e["process"] == "store-worker" and e["event"].startswith("job finished")
+                             for e in read_events(settings.log_dir)), timeout=60, message="a store job's event")
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0

@@ -16,6 +16,7 @@ from crowdtune.online.controller import ControllerSnapshot, Decision, OnlineConf
 from crowdtune.online.reward_fits import ensure_reward_fit
 from crowdtune.online.schedule import ensure_job, safe_id, schedule_tick
 from crowdtune.runtime import defaults, stop_flags
+from crowdtune.runtime.queues import JobKind
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_DEFAULT, QUEUE_TRAIN
 from crowdtune.states import UpdateStatus
 from crowdtune.store.writes import StoreWriter, controller_op
@@ -47,11 +48,11 @@ def carry_out(conn: redis.Redis, raw: dict, snap: ControllerSnapshot, decision: 
         done["publish"] = slot
 
     for update_id in decision.resume_updates:
-        update_job(conn, update_id)
+        update_job(conn, update_id, run_id, face_id)
     if decision.update is not None:
         plan = decision.update
         writer.submit(records.update_planned(plan, run_id, face_id, active), write_id=f"update-plan:{plan.update_id}")
-        update_job(conn, plan.update_id)
+        update_job(conn, plan.update_id, run_id, face_id)
         done["update"] = plan.update_id
 
     if decision.go_offline:
@@ -82,7 +83,7 @@ def collect_job(conn: redis.Redis, cfg: OnlineConfig, face_id: str, post) -> str
     ensure_job(conn, QUEUE_CONTROL, "jobs.online.collect_reactions", face_id, post.post_id, post.platform_id,
                cfg.maturity_seconds, job_id=f"collect-{safe_id(post.post_id)}-{len(post.observed_ages)}",
                retry=Retry(max=3, interval=intervals), timeout=defaults.COLLECT_TIMEOUT,
-               result_ttl=defaults.SHORT_RESULT_TTL, description=f"reactions of {post.post_id}")
+               kind=JobKind.CONTROL, description=f"reactions of {post.post_id}")
     return post.post_id
 
 
@@ -94,6 +95,7 @@ def publish_job(conn: redis.Redis, cfg: OnlineConfig, face_id: str, run_id: str,
                description=f"publish post {slot} of {run_id} on {face_id}")
 
 
-def update_job(conn: redis.Redis, update_id: str) -> None:
+def update_job(conn: redis.Redis, update_id: str, run_id: str | None = None, face_id: str | None = None) -> None:
     ensure_job(conn, QUEUE_TRAIN, "jobs.online.rl_update", update_id, job_id=safe_id(update_id),
-               timeout=defaults.UPDATE_TIMEOUT, retry=Retry(max=1, interval=5), description=f"RL update {update_id}")
+               timeout=defaults.UPDATE_TIMEOUT, retry=Retry(max=1, interval=5), description=f"RL update {update_id}",
+               meta={"run_id": run_id, "face_id": face_id})  # for the event log (crowdtune.runtime.logs)

@@ -46,7 +46,7 @@ from crowdtune.online.controller import reward_model_due
 from crowdtune.online.schedule import ensure_job, job_status, safe_id
 from crowdtune.runtime import defaults
 from crowdtune.settings import QUEUE_DEFAULT, Settings
-from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.remote import read_rows_via_store_worker, read_via_store_worker
 from crowdtune.store.writes import StoreWriter, utc_now, write_outcome
 from crowdtune.training.rl.predictor import (
     PredictorConfig,
@@ -83,7 +83,7 @@ class FittedRewardModel:
 
 def read_fit_inputs(conn: redis.Redis, face_id: str) -> FitInputs:
     """The face's scored posts and the reward settings of its online run, if it has one."""
-    posts = read_via_store_worker(conn, "reward_model_inputs", face_id=face_id)
+    posts = read_rows_via_store_worker(conn, "reward_model_inputs", face_id=face_id)
     controller = read_via_store_worker(conn, "online_controller", face_id=face_id)
     reward = ((controller or {}).get("config") or {}).get("reward") or {}
     return FitInputs(face_id, posts, RewardConfig(**reward), PredictorConfig())

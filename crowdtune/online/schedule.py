@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from crowdtune.runtime import defaults
-from crowdtune.runtime.queues import queue
+from crowdtune.runtime.queues import JobKind, job_lifetimes, queue
 from crowdtune.settings import QUEUE_CONTROL, QUEUE_STORE
 from crowdtune.store.writes import utc_now
 
@@ -79,11 +79,13 @@ def _waiting_or_running(conn: redis.Redis, job_id: str, states: tuple[JobStatus,
 
 def enqueue_job(conn: redis.Redis, queue_name: str, func: str, *args, job_id: str, at: datetime | None = None,
                 retry: Retry | None = None, timeout: int = defaults.JOB_TIMEOUT,
-                result_ttl: int = defaults.RESULT_TTL, description: str | None = None, meta: dict | None = None):
-    """Enqueue `func` under `job_id`, now or at `at` (naive UTC) with RQ's scheduler; return the Job."""
+                kind: JobKind = JobKind.WORK, description: str | None = None, meta: dict | None = None):
+    """Enqueue `func` under `job_id`, now or at `at` (naive UTC) with RQ's scheduler; return the Job.
+    Redis keeps it as long as its `kind` says (crowdtune.runtime.queues.job_lifetimes)."""
     q = queue(queue_name, conn)
-    options = dict(job_id=job_id, job_timeout=timeout, retry=retry, result_ttl=result_ttl,
-                   failure_ttl=defaults.FAILURE_TTL, description=description, meta=meta)
+    lifetimes = job_lifetimes(kind)
+    options = dict(job_id=job_id, job_timeout=timeout, retry=retry, result_ttl=lifetimes.result_ttl,
+                   failure_ttl=lifetimes.failure_ttl, description=description, meta=meta)
     if at is not None and at > utc_now():
         return q.enqueue_at(_aware(at), func, *args, **options)
     return q.enqueue(func, *args, **options)
@@ -116,7 +118,7 @@ def schedule_tick(conn: redis.Redis, face_id: str, at: datetime | None = None) -
                 log.debug("could not cancel tick %s", job_id)
     job = enqueue_job(conn, QUEUE_CONTROL, "jobs.online.tick", face_id,
                       job_id=f"tick-{safe_id(face_id)}-{uuid.uuid4().hex[:12]}", at=at,
-                      timeout=defaults.TICK_TIMEOUT, result_ttl=defaults.SHORT_RESULT_TTL,
+                      timeout=defaults.TICK_TIMEOUT, kind=JobKind.CONTROL,
                       description=f"online controller tick of {face_id}")
     conn.hset(key, mapping={"job_id": job.id, "at": _aware(at).timestamp()})
     conn.expire(key, defaults.TICK_KEY_TTL)
@@ -131,7 +133,7 @@ def request_reconcile(conn: redis.Redis) -> None:
     """
     if conn.set(defaults.RECONCILE_KEY, "1", nx=True, ex=defaults.RECONCILE_DEBOUNCE_SECONDS):
         enqueue_job(conn, QUEUE_STORE, "jobs.online.reconcile", job_id=f"reconcile-{uuid.uuid4().hex[:12]}",
-                    timeout=defaults.TICK_TIMEOUT, result_ttl=defaults.SHORT_RESULT_TTL,
+                    timeout=defaults.TICK_TIMEOUT, kind=JobKind.CONTROL,
                     description="reschedule the online controllers")
 
 

@@ -20,7 +20,7 @@ from crowdtune import artifacts
 from crowdtune.online import records
 from crowdtune.online.controller import OnlineConfig
 from crowdtune.settings import Settings
-from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.remote import read_rows_via_store_worker, read_via_store_worker
 from crowdtune.store.writes import StoreWriter, utc_now
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:
     if raw is None:
         raise ValueError(f"there is no online update {update_id!r} in the store")
     update = raw["update"]
-    train_texts = [p["text"] for p in read_via_store_worker(conn, "training_posts", face_id=update["face_id"])]
+    train_texts = [p["text"] for p in read_rows_via_store_worker(conn, "training_posts", face_id=update["face_id"])]
     return StoredUpdate(update=update, run=raw["run"], cfg=OnlineConfig(**raw["run"]["config"]),
                         active=raw.get("active_version"), batch=raw["batch"], baseline_scores=raw["baseline_scores"],
                         history=raw["history"], train_texts=train_texts,

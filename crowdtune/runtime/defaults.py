@@ -7,10 +7,12 @@ leaves a key behind for good.
 
 KEY_PREFIX = "crowdtune:"
 
-# --- RQ job lifetimes (seconds) ----------------------------------------------------------------
-RESULT_TTL = 7 * 24 * 3600           # results of work jobs: a week, for the Jobs tables and `rq info`
-FAILURE_TTL = 30 * 24 * 3600         # failed jobs: a month, so the System page can still show why
-SHORT_RESULT_TTL = 3600              # ticks, reaction reads, reconciles: nobody reads them after an hour
+# --- RQ job lifetimes (seconds; crowdtune.runtime.queues.job_lifetimes picks them by JobKind) ---------
+# The lifetimes of work jobs and of store writes are settings (result_ttl_seconds, failure_ttl_seconds,
+# store_result_ttl_seconds), since what a user wants to look back at varies; these have no reason to.
+CONTROL_RESULT_TTL = 600             # ticks, reaction reads, reconciles: read only by a test or `rq info`, soon
+STORE_READ_FAILURE_TTL = 3600        # a failed store read: its job already reported why; kept to be looked at
+STORE_READ_RESULT_TTL = 60           # a store read's answer (rows): its job takes it within a second and deletes it
 JOB_TIMEOUT = 1800                   # a publishing or other online job that runs longer is stuck
 TICK_TIMEOUT = 600                   # a controller tick (reads the store, enqueues, schedules)
 COLLECT_TIMEOUT = 600                # one reaction snapshot of one post

@@ -1,13 +1,16 @@
 """`crowdtune up`: Redis, the store writer, the workers and the app, started and stopped together.
 
-Children run in their own sessions with their output in <data_dir>/logs/. They receive SIGTERM
-if this process dies (PR_SET_PDEATHSIG); on Ctrl-C or SIGTERM the app stops first, then the
-workers (warm, then their whole process trees), then Redis, which persists its queue.
+Children run in their own sessions. Each writes its events to a rotated <data_dir>/logs/<name>.jsonl
+(crowdtune.runtime.logs; `crowdtune logs` reads them) and its other output (warnings, a crash's
+traceback) to <data_dir>/logs/<name>.log; the supervisor's own events go to supervisor.jsonl.
+They receive SIGTERM if this process dies (PR_SET_PDEATHSIG); on Ctrl-C or SIGTERM the app stops
+first, then the workers (warm, then their whole process trees), then Redis, which persists its queue.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -21,12 +24,16 @@ from pathlib import Path
 import psutil
 
 from crowdtune.errors import CrowdtuneError
+from crowdtune.runtime.durability import RedisWarning, durability_warnings
+from crowdtune.runtime.logs import start_logging
 from crowdtune.runtime.queues import connect
 from crowdtune.runtime.redis_server import EmbeddedRedis
 from crowdtune.settings import Settings
 from crowdtune.store.writer import initialise
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -100,7 +107,8 @@ class Supervisor:
         self.with_app = with_app
         self.redis = EmbeddedRedis(settings.redis_dir) if settings.embedded_redis else None
         self.children: list[Child] = []
-        self.log_dir = settings.data_dir / "logs"
+        self.log_dir = settings.log_dir
+        self.redis_warnings: list[RedisWarning] = []
         self._stopping = False
 
     def _env(self) -> dict[str, str]:
@@ -117,19 +125,23 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{child.name}.log", "ab")
+        output = open(self.log_dir / f"{child.name}.log", "ab")
         child.process = subprocess.Popen(
-            child.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            child.args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self._env(), start_new_session=True, preexec_fn=_die_with_parent,
         )
-        log.close()
+        output.close()
+        log.info("started %s", child.name, extra={"child": child.name, "child_pid": child.process.pid})
 
     def plan(self) -> list[Child]:
         python = sys.executable
-        children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store"], restart=True)]
+        # Each worker's events go to its rotated <name>.jsonl; only warnings to its plain output file.
+        quiet = ["--console-level", "WARNING"]
+        children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store",
+                                           "--log-name", "store-worker", *quiet], restart=True)]
         for index, queues in enumerate(self.settings.worker_queues, start=1):
-            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues],
-                                  restart=True))
+            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues,
+                                                      "--log-name", f"worker-{index}", *quiet], restart=True))
         if self.with_app:
             children.append(Child("app", [
                 python, "-m", "streamlit", "run", str(APP_SCRIPT),
@@ -148,11 +160,15 @@ class Supervisor:
     def start(self) -> None:
         """Check, then start everything; raise CrowdtuneError with a fix on any bad input."""
         check_data_dir(self.settings)
+        start_logging(self.settings, "supervisor", console_level=None)  # it prints what people need to see
         if self.with_app:
             check_port_free(self.settings.app_host, self.settings.app_port)
         if self.redis is not None:
             self.redis.start()
-        connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
+        conn = connect(self.settings)  # an unreachable REDIS_URL stops us here, with its message
+        self.redis_warnings = durability_warnings(conn, self.settings.redis_display_url)
+        for warning in self.redis_warnings:
+            log.warning("%s Fix: %s", warning.problem, warning.fix)
         initialise(self.settings.store_path)
         seed_default_faces(self.settings)
         self.children = self.plan()
@@ -203,9 +219,12 @@ class Supervisor:
                 if not child.restart:
                     print(f"crowdtune: {child.name} exited (code {code}); stopping. "
                           f"See {self.log_dir}/{child.name}.log")
+                    log.warning("%s exited (code %s); stopping", child.name, code, extra={"child": child.name})
                     return
                 child.restarts += 1
                 print(f"crowdtune: {child.name} exited (code {code}); restarting. See {self.log_dir}/{child.name}.log")
+                log.warning("%s exited (code %s); restarting", child.name, code,
+                            extra={"child": child.name, "restarts": child.restarts})
                 time.sleep(min(30, 2 ** min(child.restarts, 5)))
                 if not self._stopping:
                     self._spawn(child)
@@ -254,12 +273,15 @@ def first_steps_text(app_url: str | None) -> str:
     return "\n".join(lines)
 
 
-def up_banner(settings: Settings, with_app: bool = True) -> str:
-    """What `crowdtune up` prints once everything runs (the README's "What you will see" quotes it)."""
+def up_banner(settings: Settings, with_app: bool = True, redis_warnings=()) -> str:
+    """What `crowdtune up` prints once everything runs (the README's "What you will see" quotes it), with
+    each warning about the Redis server (crowdtune.runtime.durability) under the addresses."""
     where = f"http://{settings.app_host}:{settings.app_port}" if with_app else "(no app)"
     return "\n".join([
         f"Crowdtune is up: {where}",
-        f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {settings.data_dir / 'logs'}",
+        f"  store: {settings.store_path}   redis: {settings.redis_display_url}   logs: {settings.log_dir}"
+        " (`crowdtune logs --follow`)",
+        *(f"  Warning: {w.problem}\n    Fix: {w.fix}" for w in redis_warnings),
         first_steps_text(where if with_app else None),
         "  Ctrl-C stops everything.",
     ])
@@ -271,9 +293,11 @@ def run_up(settings: Settings, with_app: bool = True) -> None:
     signal.signal(signal.SIGINT, supervisor.request_stop)
     try:
         supervisor.start()
-        print(up_banner(settings, with_app), flush=True)
+        print(up_banner(settings, with_app, supervisor.redis_warnings), flush=True)
         supervisor.watch()
     finally:
         print("crowdtune: stopping ...", flush=True)
+        log.info("stopping")
         supervisor.stop()
+        log.info("stopped")
         print("crowdtune: stopped.", flush=True)

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, Worker
@@ -87,6 +88,43 @@ class CrowdtuneJob(Job):
 
 def _worker_name(kind: str) -> str:
     return f"{kind}.{socket.gethostname()}.{os.getpid()}"
+
+
+class _JobEvents:
+    """One event-log line when a job ends (and, with `log_starts`, when it starts), with its run, face
+    and job ids (crowdtune.runtime.logs); lines the job logs itself carry the same ids, in a forked
+    job process too, since the ids are bound before the fork."""
+
+    log_starts = True
+
+    def execute_job(self, job: Job, queue):
+        from crowdtune.runtime.logs import bound_ids, ids_of_job
+
+        started = time.monotonic()
+        with bound_ids(**ids_of_job(job)):
+            if self.log_starts:
+                log.info("job started: %s", job.func_name, extra={"queue": queue.name})
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                self._log_end(job, queue, time.monotonic() - started)
+
+    def _log_end(self, job: Job, queue, seconds: float) -> None:
+        try:
+            try:
+                status = job.get_status(refresh=True)
+            except InvalidJobOperation:  # a store read its asker deleted already: this process's view says
+                status = job.get_status(refresh=False)
+            status = getattr(status, "value", str(status))
+            result = job.latest_result() if status != "finished" else None
+        except Exception:  # noqa: BLE001 - Redis went away mid-job: the line still goes out
+            status, result = "unknown", None
+        fields = {"queue": queue.name, "status": status, "seconds": round(seconds, 3)}
+        if status == "finished":
+            log.info("job finished: %s", job.func_name, extra=fields)
+        else:
+            cause = ((result.exc_string or "").strip().splitlines() or [""])[-1] if result is not None else ""
+            log.warning("job %s: %s%s", status, job.func_name, f": {cause[:500]}" if cause else "", extra=fields)
 
 
 class _AuditMixin:
@@ -172,7 +210,7 @@ def _die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-class PreloadedWorker(_UsageMixin, _AuditMixin, Worker):
+class PreloadedWorker(_UsageMixin, _JobEvents, _AuditMixin, Worker):
     """Forking worker for `train` and `default`, with the ML stack imported once."""
 
     job_class = CrowdtuneJob
@@ -231,8 +269,10 @@ def _gone_from_this_machine(name: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
-class StoreWorker(_UsageMixin, SimpleWorker):
+class StoreWorker(_UsageMixin, _JobEvents, SimpleWorker):
     """The single writer: serves the `store` queue in-process and holds a lease in Redis."""
+
+    log_starts = False  # several batches a second: one line each is enough
 
     job_class = CrowdtuneJob
     serializer = JSONSerializer

@@ -127,11 +127,15 @@ class StoreWriter:
 
     def __init__(self, conn: redis.Redis):
         self.conn = conn
+        self._lifetimes = None
 
     def submit(self, ops: list[dict], write_id: str | None = None) -> str:
         """Queue one batch of operations, applied atomically and at most once per `write_id`."""
-        from crowdtune.runtime.queues import enqueue
+        from crowdtune.runtime.queues import JobKind, enqueue, job_lifetimes
 
+        # Redis drops an applied batch (its rows) after store_result_ttl_seconds; exactly-once does not
+        # depend on it (the store's applied_writes table does that).
+        self._lifetimes = self._lifetimes or job_lifetimes(JobKind.STORE_WRITE)
         write_id = write_id or f"w-{uuid.uuid4().hex}"
         enqueue(
             self.conn,
@@ -143,6 +147,7 @@ class StoreWriter:
             timeout=-1,  # the file may be held by someone else for a long time: wait, never fail
             retries=_RETRIES,
             retry_intervals=[1, 5, 30],
+            lifetimes=self._lifetimes,
             description=f"store write {write_id}: " + ", ".join(f"{o['op']} {o['table']}" for o in ops),
         )
         return write_id
@@ -175,7 +180,8 @@ def write_outcome(conn: redis.Redis, write_id: str) -> dict | None:
         job = Job.fetch(_job_id(write_id), connection=conn, serializer=JSONSerializer)
     except NoSuchJobError:
         raise CrowdtuneError(f"The store write {write_id} is no longer in Redis (expired or deleted).",
-                             "Run the import again: writes already applied are not applied twice.") from None
+                             "Run the import again: writes already applied are not applied twice. Redis keeps "
+                             "an applied write for store_result_ttl_seconds.") from None
     status = job.get_status(refresh=False)
     if status == JobStatus.FINISHED:
         value = job.return_value()
