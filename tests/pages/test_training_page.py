@@ -191,3 +191,12 @@ def test_the_face_to_train_online_round_trips_through_the_link(populated_store):
     assert at.query_params["online_face"] == "sandbox"
     view = TrainingView(face="tweets", online_face="sandbox2")
     assert from_query_params(TrainingView, to_query_params(view)) == view
+
+
+def test_the_forms_start_from_the_base_model_the_settings_name(populated_store, redis_conn, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_BASE_MODEL", "/models/my-base")  # e.g. a bigger model on a GPU machine
+    at = open_page(PAGE, query={"face": "tweets"})
+    assert at.text_input(key="online_base_model").value == "/models/my-base"  # the sandbox has no version yet
+    button(at, "Start training").click().run()
+    [job] = queue("train", redis_conn).jobs
+    assert job.kwargs["base_model"] == "/models/my-base"
