@@ -37,6 +37,16 @@ else:
     inspect = st.selectbox("Lineage of", versions["version_id"].tolist())
     st.write(" ← ".join(f"`{v}`" for v in views.lineage(versions, inspect)) + " ← base model")
 
+with or_stop():
+    outcomes = views.review_outcomes_by_version(reader)
+if not outcomes.empty:
+    st.subheader("Review decisions per version")
+    st.caption("What the operator decided on the posts each version drafted (faces with review = approve or "
+               "pick): a version whose posts are often rejected is one to roll back.")
+    st.dataframe(outcomes, hide_index=True, width="stretch",
+                 column_config={"rejected_share": st.column_config.NumberColumn("rejected share", format="percent"),
+                                "timed_out": st.column_config.NumberColumn("timed out")})
+
 st.subheader("Choose the version that publishes")
 view = from_query_params(ModelsView, st.query_params)
 face_ids = faces["face_id"].tolist()

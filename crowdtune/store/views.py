@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from crowdtune.states import ReviewAction
 from crowdtune.store import rollup
 from crowdtune.store.reads import StoreReader
 
@@ -415,6 +416,34 @@ def model_versions(reader: StoreReader) -> pd.DataFrame:
                         "WHERE f.active_version_id = v.version_id) AS active_for "
                         "FROM model_versions v ORDER BY created_at DESC, version_id DESC", [], VERSION_COLUMNS)
     return df[[c for c in VERSION_COLUMNS if c in df.columns]] if not df.empty else df
+
+
+REVIEW_OUTCOME_COLUMNS = ["version_id", "decided", "rejected", "rejected_share", "timed_out"]
+BASE_MODEL_LABEL = "(base model, no adapter)"
+
+
+def review_outcomes_by_version(reader: StoreReader) -> pd.DataFrame:
+    """The operator's review decisions per model version that drafted the post (crowdtune.online.review).
+
+    Out: REVIEW_OUTCOME_COLUMNS, newest version first (posts of the base model last, as BASE_MODEL_LABEL):
+    `decided` counts approve, edit, pick and reject; `rejected` the rejects (a pick's "none of these"
+    included); `rejected_share` = rejected / decided; `timed_out` the slots skipped without a decision.
+    A sample the guards refused is no review decision and is not counted."""
+    frame = _frame(reader, """
+        SELECT p.model_version_id AS version_id,
+               count(*) FILTER (WHERE d.action <> ?) AS decided,
+               count(*) FILTER (WHERE d.action = ?) AS rejected,
+               count(*) FILTER (WHERE d.action = ?) AS timed_out,
+               max(v.created_at) AS created_at
+        FROM review_decisions d JOIN posts p ON p.post_id = d.post_id
+        LEFT JOIN model_versions v ON v.version_id = p.model_version_id
+        GROUP BY ALL ORDER BY created_at DESC NULLS LAST, version_id""",
+                   [ReviewAction.EXPIRE, ReviewAction.REJECT, ReviewAction.EXPIRE],
+                   ["version_id", "decided", "rejected", "timed_out", "created_at"])
+    frame["version_id"] = frame["version_id"].fillna(BASE_MODEL_LABEL)
+    decided = frame["decided"].astype("float64")
+    frame["rejected_share"] = (frame["rejected"] / decided.where(decided > 0)).astype("float64")
+    return frame[REVIEW_OUTCOME_COLUMNS]
 
 
 def lineage(versions: pd.DataFrame, version_id: str) -> list[str]:

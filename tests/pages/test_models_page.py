@@ -25,6 +25,7 @@ def test_versions_show_their_lineage_and_the_active_one(populated_store):
     text = page_text(at)
     assert "`v2` ← `v1` ← base model" in text
     assert "Publishing now: `v2`" in text
+    assert "Review decisions per version" not in text  # no face reviews: no table of decisions
     assert at.dataframe[0].value.set_index("version_id").loc["v2", "active_for"] == "tweets"
 
 
@@ -75,3 +76,26 @@ def test_a_face_s_reward_model_shows_its_figures_and_its_spearman_over_fits(popu
 def test_a_face_without_a_reward_model_says_when_it_gets_one(populated_store):
     at = open_page(PAGE, query={"face": "sandbox"})
     assert "No reward model yet: one is fitted once the face has 16 scored posts" in page_text(at)
+
+
+def test_review_decisions_are_counted_per_version_that_drafted_the_posts(populated_store):
+    """v2 drafted four decided posts (one rejected, one picked, two approved) and one that timed out; the
+    base model drafted one, rejected. A sample the guards refused (status rejected) is no decision."""
+    drafted = {"d1": ("v2", "approve"), "d2": ("v2", "reject"), "d3": ("v2", "pick"), "d4": ("v2", "approve"),
+               "d5": ("v2", "expire"), "d6": (None, "reject")}
+    write(populated_store,
+          rows("posts", *({"post_id": pid, "face_id": "sandbox", "origin": "generated", "status": "published",
+                           "text": f"post {pid}", "model_version_id": version}
+                          for pid, (version, _) in drafted.items()),
+               {"post_id": "guarded", "face_id": "sandbox", "origin": "generated", "status": "rejected",
+                "text": "refused by a guard", "model_version_id": "v2", "reject_reason": "copy"}),
+          rows("review_decisions", *({"decision_id": f"i-{pid}", "face_id": "sandbox", "post_id": pid,
+                                      "action": action, "decided_by": "alice", "decided_at": NOW}
+                                     for pid, (_, action) in drafted.items())))
+    at = open_page(PAGE)
+    assert "Review decisions per version" in page_text(at)
+    table = next(df.value for df in at.dataframe if "rejected_share" in df.value.columns).set_index("version_id")
+    assert table.loc["v2", ["decided", "rejected", "timed_out"]].tolist() == [4, 1, 1]
+    assert table.loc["v2", "rejected_share"] == 0.25
+    assert table.loc["(base model, no adapter)", ["decided", "rejected"]].tolist() == [1, 1]
+    assert list(table.index) == ["v2", "(base model, no adapter)"]
