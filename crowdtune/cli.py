@@ -303,7 +303,8 @@ def run_request(kind: str, config_file: Path | None, face: str | None, overrides
 @friendly
 def train_offline(
     face: str | None = typer.Option(None, "--face", help="Train on this face's imported posts."),
-    base_model: str | None = typer.Option(None, help="Hugging Face id or local folder (default smollm2-135m)."),
+    base_model: str | None = typer.Option(None, help="Hugging Face id or local folder "
+                                                     "(default: the base_model setting)."),
     set_: list[str] = typer.Option([], "--set", help="SFT setting key=value (repeatable), e.g. --set max_steps=50."),
     config_file: Path | None = typer.Option(None, "--config", help=CONFIG_OPTION_HELP),
     wait: bool = typer.Option(True, help="Follow the run with a progress bar until it ends."),
@@ -499,7 +500,8 @@ def recover():
 def generate(
     version: str | None = typer.Option(None, help="Model version id (see the Models page), or `latest` for the "
                                                   "newest; default: the base model."),
-    base_model: str | None = typer.Option(None, help="Base model when no version is given (default smollm2-135m)."),
+    base_model: str | None = typer.Option(None, help="Base model when no version is given "
+                                                     "(default: the base_model setting)."),
     count: int = typer.Option(5, min=1, max=200, help="How many posts."),
     prompt: list[str] = typer.Option([], help="Optional prompt/context (repeatable; one post per prompt)."),
     set_: list[str] = typer.Option([], "--set", help="Sampling setting key=value, e.g. --set temperature=0.7."),

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from crowdtune.errors import SettingsError
+from crowdtune.training.configs import DEFAULT_BASE_MODEL
 
 QUEUE_TRAIN = "train"
 QUEUE_DEFAULT = "default"
@@ -79,6 +80,10 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(
         None, description="the TOML file of face tokens (also CROWDTUNE_SECRETS_FILE, see faces.secrets); "
                           "None = `<data_dir>/secrets.toml`, created by the Settings page, owner-only")
+    base_model: str = Field(DEFAULT_BASE_MODEL, min_length=1,
+                            description="what runs and samples that name no base model start from (the Overview's "
+                                        "first version, the forms' default): a packaged name, a hub id or a local "
+                                        "folder")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|(cuda|gpu)(:\d+)?)$",
                         description='the one device this machine\'s workers train on: "cpu", "cuda", "cuda:1", "mps"; '
                                     '"auto" = the first GPU if there is one, else the CPU')

@@ -7,7 +7,7 @@ from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
 from crowdtune.training.generation import GenerationConfig, generate_posts
-from crowdtune.training.models import DEFAULT_BASE_MODEL, load_base_model, load_version
+from crowdtune.training.models import load_base_model, load_version
 
 
 def sample_posts(version_id: str | None, base_model: str | None, count: int, generation: dict,
@@ -21,7 +21,7 @@ def sample_posts(version_id: str | None, base_model: str | None, count: int, gen
             raise CrowdtuneError(f"There is no model version {version_id!r}.", "Pick one from the Models page.")
         model, tokenizer = load_version(version["artifact_url"], base_model=version["base_model"], cache_dir=cache)
     else:
-        model, tokenizer = load_base_model(base_model or DEFAULT_BASE_MODEL, cache_dir=cache)
+        model, tokenizer = load_base_model(base_model or settings.base_model, cache_dir=cache)
     model.eval()
     config = GenerationConfig(**{**generation, "num_samples": count, "drop_copies": False})
     result = generate_posts(model, tokenizer, config, prompts=prompts or None)

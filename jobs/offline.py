@@ -25,7 +25,7 @@ from crowdtune.states import RunStatus
 from crowdtune.store.remote import read_rows_via_store_worker
 from crowdtune.store.writes import StoreWriter, alert_op, metrics_op, update_op, upsert_op, utc_now
 from crowdtune.training.loggers import StoreLogger, run_trackers
-from crowdtune.training.models import DEFAULT_BASE_MODEL, save_version
+from crowdtune.training.models import save_version
 from crowdtune.training.sft import SFTConfig, train_sft
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def train_offline(run_id: str, face_id: str, config: dict, base_model: str | Non
     conn = connect(settings)
     writer = StoreWriter(conn)
     job = get_current_job()
-    base_model = base_model or DEFAULT_BASE_MODEL
+    base_model = base_model or settings.base_model
     # a stop asked while the run was queued (or before a retry) still shows until it is honoured
     starting = RunStatus.STOPPING if stop_flags.stop_requested(conn, run_id) else RunStatus.RUNNING
     writer.submit([update_op("runs", {"run_id": run_id}, {"status": starting, "started_at": utc_now(),

@@ -231,7 +231,7 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     slot resolved with it) with the other candidates in one write. Out: the chosen row, None if none."""
     from crowdtune.online.candidates import SlotIds, draft_slot, guard_indexes, load_reward_model
     from crowdtune.training.generation import GenerationConfig
-    from crowdtune.training.models import DEFAULT_BASE_MODEL, load_base_model, load_version
+    from crowdtune.training.models import load_base_model, load_version
 
     cfg, cache = at.cfg, at.settings.data_dir / "models"
     version = at.inputs.get("active_version")
@@ -239,7 +239,7 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
         model, tokenizer = load_version(version["artifact_url"], base_model=version["base_model"], cache_dir=cache)
     else:
         model, tokenizer = load_base_model((at.inputs.get("run") or {}).get("base_model") or cfg.base_model
-                                           or DEFAULT_BASE_MODEL, cache_dir=cache)
+                                           or at.settings.base_model, cache_dir=cache)
     model.eval()
     training = []
     if GenerationConfig(**cfg.sampling()).drop_copies:

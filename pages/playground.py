@@ -12,7 +12,7 @@ from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
-from crowdtune.training.configs import DEFAULT_BASE_MODEL, GenerationConfig
+from crowdtune.training.configs import GenerationConfig
 
 BASE_MODEL_CHOICE = "(base model)"
 
@@ -36,7 +36,7 @@ seed_widgets("playground", view)
 with st.form("generate"):
     chosen = st.multiselect("Versions side by side", choices, key="playground_versions")
     base_col, count_col = st.columns([3, 1])
-    base_model = base_col.text_input("Base model (for the base-model column)", DEFAULT_BASE_MODEL)
+    base_model = base_col.text_input("Base model (for the base-model column)", settings.base_model)
     count = count_col.number_input("Samples each", min_value=1, max_value=64, value=4)
     prompts_text = st.text_area("Prompts (optional, one per line: each sample continues one)", "")
     with st.expander("Sampling settings"):

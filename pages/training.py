@@ -19,7 +19,7 @@ from crowdtune.settings import load_settings
 from crowdtune.states import ControllerState
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
-from crowdtune.training.configs import DEFAULT_BASE_MODEL, SFTConfig
+from crowdtune.training.configs import SFTConfig
 from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
 from crowdtune.training.run_files import RunKind, RunRequest, run_file_text
 from faces.registry import FACE_KINDS
@@ -172,7 +172,7 @@ else:
     with st.form("offline_training"):
         face_col, model_col, parent_col = st.columns(3)
         train_face = face_col.selectbox("Face", history_faces, index=preselected(history_faces, view.face))
-        base_model = model_col.text_input("Base model", DEFAULT_BASE_MODEL,
+        base_model = model_col.text_input("Base model", settings.base_model,
                                           help="A packaged name (smollm2-135m), a hub id or a local folder.")
         version_ids = versions["version_id"].tolist() if not versions.empty else []
         parent = parent_col.selectbox("Continue from version", ["(none: start from the base model)", *version_ids])
@@ -180,7 +180,7 @@ else:
             values = config_fields(SFTConfig, "sft", disabled=controls_off)
         estimate, estimate_problems = validate_config(SFTConfig, values)
         if not estimate_problems:
-            st.caption(run_cost(estimate.resolved(), versions, base_model.strip() or DEFAULT_BASE_MODEL))
+            st.caption(run_cost(estimate.resolved(), versions, base_model.strip() or settings.base_model))
         start_col, file_col = st.columns(2)
         start = start_col.form_submit_button("Start training", type="primary", disabled=controls_off)
         as_file = file_col.form_submit_button("Settings as a run file",
@@ -239,7 +239,7 @@ else:
         if active_version:
             st.markdown(f"Starts from the face's active version `{active_version}` (chosen on the Models page).")
         else:
-            base_model = st.text_input("Base model", DEFAULT_BASE_MODEL, key="online_base_model",
+            base_model = st.text_input("Base model", settings.base_model, key="online_base_model",
                                        help=field_help(OnlineConfig, "base_model"))
         st.markdown("**Schedule** (in audience time: minutes, hours of the day in UTC)")
         values = config_fields(online_settings_form_part(ONLINE_SCHEDULE), "online", disabled=controls_off)

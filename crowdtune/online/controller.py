@@ -66,7 +66,7 @@ class OnlineConfig(BaseModel):
                                           "(temperature, top_p, ...)")
     reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig settings")
     base_model: str | None = Field(None, description="base of the first policy when the face has no active version "
-                                                     "(None: smollm2-135m); later the active version's base")
+                                                     "(None: the base_model setting); later the active version's base")
     interval_minutes: float = Field(240.0, gt=0, description="audience minutes between posts ...")
     jitter_minutes: float = Field(30.0, ge=0, description="... plus or minus up to this much (deterministic per post)")
     min_gap_minutes: float = Field(60.0, ge=0, description="never two posts closer than this")

@@ -42,10 +42,10 @@ class StoredUpdate:
 
     @property
     def base_model(self) -> str:
-        from crowdtune.training.models import DEFAULT_BASE_MODEL
+        from crowdtune.settings import load_settings
 
         return ((self.active or {}).get("base_model") or self.run.get("base_model") or self.cfg.base_model
-                or DEFAULT_BASE_MODEL)
+                or load_settings().base_model)
 
 
 def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:

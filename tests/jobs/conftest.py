@@ -5,7 +5,6 @@ import pytest
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
 from tests.faces.conftest import fake_api  # noqa: F401  the local fake social-network API
-from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  shared fixtures
 
 
 @pytest.fixture

@@ -244,3 +244,12 @@ def test_the_run_file_the_page_offers_is_the_run_it_starts(populated_store, redi
     assert request.config.grad_clip is None and request.config.max_steps == 12
     assert (request.face, request.base_model, request.parent_version) == (
         job.args[1], job.kwargs["base_model"], job.kwargs["parent_version_id"])
+
+
+def test_the_forms_start_from_the_base_model_the_settings_name(populated_store, redis_conn, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_BASE_MODEL", "/models/my-base")  # e.g. a bigger model on a GPU machine
+    at = open_page(PAGE, query={"face": "tweets"})
+    assert at.text_input(key="online_base_model").value == "/models/my-base"  # the sandbox has no version yet
+    button(at, "Start training").click().run()
+    [job] = queue("train", redis_conn).jobs
+    assert job.kwargs["base_model"] == "/models/my-base"

@@ -28,7 +28,6 @@ from crowdtune.testing.sandbox_run import online_config
 from tests.faces.conftest import FakeApi, Reply
 from tests.faces.test_mastodon import TOKEN, FakeMastodon
 from tests.reliability.test_faults import assert_accounts
-from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 

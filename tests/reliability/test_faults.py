@@ -45,7 +45,6 @@ from crowdtune.testing.processes import kill_tree, wait_for
 from crowdtune.testing.sandbox_run import FACE, add_face, online_config
 from tests.conftest import registered
 from tests.jobs.test_offline_job import SMALL, store_with_posts  # noqa: F401  (fixture)
-from tests.training.conftest import fresh_posts, tiny_model_dir, tweets  # noqa: F401  (fixtures)
 
 # --------------------------------------------------------------------------------------------
 # The exact accounting (crowdtune.testing.accounting)
