@@ -72,7 +72,10 @@ SCRIPT = """
       const summary = card.querySelector("details summary");
       const details = card.querySelector("details");
       if (summary && details && !details.open) summary.click();
-      setTimeout(() => { const box = card.querySelector("textarea"); if (box) box.focus(); }, 80);
+      setTimeout(() => {  // the caret at the end: a person adds to the post, and types nothing before it
+        const box = card.querySelector("textarea");
+        if (box) { box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
+      }, 80);
     } else if (key === "j" || key === "arrowdown") current = Math.min(current + 1, open.length - 1);
     else if (key === "k" || key === "arrowup") current = Math.max(current - 1, 0);
     else return;

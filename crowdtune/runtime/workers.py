@@ -266,7 +266,12 @@ def _gone_from_this_machine(name: str) -> bool:
 
     parts = name.split(".")
     host, pid = ".".join(parts[1:-1]), parts[-1]
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:  # a killed process its parent has not reaped yet is a zombie: its pid exists, it writes nothing
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 class StoreWorker(_UsageMixin, _JobEvents, SimpleWorker):

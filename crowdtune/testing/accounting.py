@@ -163,6 +163,8 @@ def account(settings, *, load_versions: bool = True, scored: bool = False) -> di
 
 
 def store_settled(conn) -> bool:
-    """Nothing waits for the store writer: no queued, running or scheduled batch."""
+    """Nothing waits for the store writer: no queued, running or scheduled batch. (A batch the worker has
+    just taken sits in RQ's intermediate list until it is recorded as started: it counts as running.)"""
     q = queue("store", conn)
-    return q.count == 0 and StartedJobRegistry(queue=q).count == 0 and ScheduledJobRegistry(queue=q).count == 0
+    return (q.count == 0 and conn.llen(q.intermediate_queue_key) == 0 and StartedJobRegistry(queue=q).count == 0
+            and ScheduledJobRegistry(queue=q).count == 0)

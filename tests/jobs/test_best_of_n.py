@@ -75,7 +75,7 @@ def test_best_of_n_stores_every_candidate_publishes_one_and_explores(
     model_id = record_reward_model(settings, redis_conn, fresh_posts[50:90])
     run_id = actions.start_online(redis_conn, FACE, online_config(tiny_model_dir, candidates=6))
     settle(redis_conn)
-    slots = 5
+    slots = 8
     for slot in range(slots):
         outcome = publish_post(FACE, run_id, slot)
         assert outcome["outcome"] == "published", outcome

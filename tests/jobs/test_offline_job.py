@@ -138,6 +138,9 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(settings, redi
     wait_for(lambda: job_done(job), timeout=300, message="the resumed job")
     result = job.latest_result().return_value
     assert result["resumed"] is True and result["steps"] == 40
+    # The run's writes reach the store through its queue, in order: its last evaluation lands last.
+    wait_for(lambda: reader.scalar("SELECT count(*) FROM metrics WHERE run_id = ? AND step = 40 AND name = "
+                                   "'val_loss'", [run_id]), timeout=60, message="the last evaluation's rows")
     rows = reader.rows("SELECT name, step, count(*) FROM metrics WHERE run_id = ? GROUP BY ALL HAVING count(*) > 1",
                        [run_id])
     assert rows == []
