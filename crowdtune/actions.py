@@ -7,6 +7,7 @@ arguments never carry secrets: workers read tokens from their own environment or
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -67,7 +68,7 @@ def prepare_face(conn: redis.Redis, face_id: str) -> Job:
 
 
 def embed_face_posts(conn: redis.Redis, face_id: str, chunk: int | None = None,
-                     done: tuple[int, int] | None = None) -> str | None:
+                     done: tuple[int, int] | None = None, at: dt.datetime | None = None) -> str | None:
     """Make sure the next chunk of the face's post embeddings (jobs.embeddings.embed_posts) waits on `default`.
 
     Embedding a fresh history is heavy (minutes of CPU for 20,000 posts on 2 cores), so it is not for
@@ -76,7 +77,8 @@ def embed_face_posts(conn: redis.Redis, face_id: str, chunk: int | None = None,
     embeddings.CHUNK_TEXTS, ~10 s), each queued at the back when the one before ends, so a publish job
     or Playground samples wait one chunk at most. Two job ids take turns, so there is never more than
     one chunk waiting: it reads the face's posts when it starts, so it also covers posts added since.
-    `done`: (posts embedded, posts) for the job's description. Out: the id queued, or None when one waits."""
+    `done`: (posts embedded, posts) for the job's description; `at`: not before then (naive UTC).
+    Out: the id queued, or None when one waits."""
     from rq.job import JobStatus
 
     from crowdtune.embeddings import CHUNK_TEXTS
@@ -92,8 +94,9 @@ def embed_face_posts(conn: redis.Redis, face_id: str, chunk: int | None = None,
     if states[ids.index(free[0])] is not None:  # an ended chunk of this id: make room for the new one
         Job.fetch(free[0], connection=conn, serializer=JSONSerializer).delete()
     so_far = f" ({done[0]:,} of {done[1]:,} done)" if done else ""
-    enqueue_job(conn, QUEUE_DEFAULT, "jobs.embeddings.embed_posts", face_id, chunk or CHUNK_TEXTS, job_id=free[0],
-                timeout=defaults.EMBED_CHUNK_TIMEOUT, description=f"embed the posts of {face_id}{so_far}",
+    enqueue_job(conn, QUEUE_DEFAULT, "jobs.embeddings.embed_posts", face_id, chunk or CHUNK_TEXTS,
+                job_id=free[0], at=at, timeout=defaults.EMBED_CHUNK_TIMEOUT,
+                description=f"embed the posts of {face_id}{so_far}",
                 meta={"face_id": face_id})
     return free[0]
 

@@ -12,24 +12,47 @@ import queues the first chunk once its rows landed; a publish job keeps its own 
 stalls embedding a history at its first use. Each chunk is its own shard, so a killed chain keeps
 what it did, and the next chunk starts where it stopped.
 
-Background work: a chunk runs with one thread at a lower CPU priority (nice EMBED_NICENESS), so a run
-training on the same cores keeps nearly all of them, and on a free machine it still takes a whole core.
+Background work: a chunk runs with one thread at a lower CPU priority (nice EMBED_NICENESS), and not at
+all while a run trains on this machine: it then queues itself again YIELD_SECONDS later. (Niceness alone
+was not enough: on 2 cores a niced chunk beside training made each step ~10x slower, the trainer's
+threads waiting on each other while the chunk held a core.)
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from datetime import timedelta
 
+import redis
 from rq import get_current_job
+from rq.executions import Execution
+from rq.registry import StartedJobRegistry
 
 from crowdtune import actions
 from crowdtune.embeddings import CHUNK_TEXTS, shared_cache
 from crowdtune.runtime.progress import progress_reporter
-from crowdtune.runtime.queues import connect
-from crowdtune.settings import load_settings
+from crowdtune.runtime.queues import connect, queue
+from crowdtune.settings import QUEUE_TRAIN, load_settings
 from crowdtune.store.remote import read_via_store_worker
+from crowdtune.store.writes import utc_now
 
-EMBED_NICENESS = 10  # CFS weight 110 against a trainer's 1024: ~10% of a core while a run trains
+EMBED_NICENESS = 10  # CFS weight 110 against a 1024 of any other work
+YIELD_SECONDS = 60  # a chunk that finds a run training on this machine tries again this much later
+
+
+def training_on_this_machine(conn: redis.Redis) -> bool:
+    """Whether a job of the `train` queue runs on a worker of this machine (or one whose worker is unknown)."""
+    registry = StartedJobRegistry(queue=queue(QUEUE_TRAIN, conn))
+    for member in conn.zrange(registry.key, 0, -1):
+        job_id, _, execution_id = member.decode().rpartition(":")
+        try:
+            worker = Execution.fetch(execution_id, job_id, conn).worker_name
+        except Exception:  # the execution's hash expired: count the job as running here, to be safe
+            worker = ""
+        if not worker or ".".join(worker.split(".")[1:-1]) == socket.gethostname():
+            return True
+    return False
 
 
 def embed_posts(face_id: str, chunk: int = CHUNK_TEXTS) -> dict:
@@ -37,9 +60,14 @@ def embed_posts(face_id: str, chunk: int = CHUNK_TEXTS) -> dict:
 
     Out: {"face_id", "posts": distinct texts of the face, "embedded": texts this chunk embedded,
     "left": texts still without a vector, "next_job": the next chunk's job id (None when none is left,
-    or when one already waits)}."""
+    or when one already waits)}; while a run trains on this machine only {"face_id", "deferred": True,
+    "next_job"}, this chunk queued again YIELD_SECONDS later."""
     settings = load_settings()
     conn = connect(settings)
+    if training_on_this_machine(conn):
+        later = utc_now() + timedelta(seconds=YIELD_SECONDS)
+        return {"face_id": face_id, "deferred": True,
+                "next_job": actions.embed_face_posts(conn, face_id, chunk, at=later)}
     job = get_current_job()
     if job is not None:  # a worker's forked job process: only it runs at the lower priority
         import torch

@@ -84,3 +84,33 @@ def test_posts_are_embedded_in_chunks_behind_other_work_as_they_are_imported_and
     again = actions.embed_face_posts(redis_conn, "chunked")  # nothing left: one chunk that embeds none
     assert wait_for(lambda: ended(redis_conn, again), timeout=60, message="a chunk with nothing to do") == {
         "face_id": "chunked", "posts": channel_posts, "embedded": 0, "left": 0, "next_job": None}
+
+
+def test_a_chunk_waits_while_a_run_trains_on_this_machine_and_queues_itself_later(settings, redis_conn):
+    """On 2 cores a niced chunk beside training made each step ~10x slower: while a `train` job runs on a
+    worker of this machine, a chunk embeds nothing and queues itself a minute later."""
+    import os
+    import socket
+
+    from rq.executions import Execution
+    from rq.registry import ScheduledJobRegistry
+
+    from crowdtune.runtime.queues import queue
+    from jobs.embeddings import YIELD_SECONDS, embed_posts, training_on_this_machine
+
+    assert not training_on_this_machine(redis_conn)
+    training = queue("train", redis_conn).enqueue("jobs.system.probe_worker")
+    with redis_conn.pipeline() as pipe:  # what a worker on this machine records as it starts the job
+        Execution.create(training, 60, pipeline=pipe, worker_name=f"worker.{socket.gethostname()}.{os.getpid()}")
+        pipe.execute()
+    assert training_on_this_machine(redis_conn)
+
+    before = texts_embedded()
+    outcome = embed_posts("tweets")  # no store worker runs: a chunk that read the store would wait for one
+    assert outcome["deferred"] and texts_embedded() == before
+    scheduled = ScheduledJobRegistry(queue=queue("default", redis_conn))
+    assert scheduled.get_job_ids() == [outcome["next_job"]]
+    due = scheduled.get_expiration_time(Job.fetch(outcome["next_job"], connection=redis_conn,
+                                                  serializer=JSONSerializer))
+    from crowdtune.store.writes import utc_now
+    assert abs((due.replace(tzinfo=None) - utc_now()).total_seconds() - YIELD_SECONDS) < 10
