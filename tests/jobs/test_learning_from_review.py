@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-import torch
-
 from crowdtune import artifacts
 from crowdtune.online.controller import ControllerSnapshot, decide
 from crowdtune.online.records import update_planned
@@ -21,9 +19,7 @@ from crowdtune.testing.processes import wait_for
 from crowdtune.testing.sandbox_run import FACE, add_face, online_config
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.models import load_base_model, load_version
-from crowdtune.training.rl.configs import RLConfig
-from crowdtune.training.rl.logprobs import encode_rollouts, model_logprobs, sequence_stats
-from crowdtune.training.sampling_policy import sampling_policy
+from tests.training.rl.test_feedback import logprob_of, pick_margin  # the same measures as the unit tests
 
 RUN = "run"
 GUIDED = {"max_new_tokens": 16, "guard_samples": 4, "copy_embedding_threshold": None, "learning_rate": 3e-3,
@@ -32,25 +28,6 @@ GUIDED = {"max_new_tokens": 16, "guard_samples": 4, "copy_embedding_threshold": 
 
 def settle(redis_conn):
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
-
-
-def logprob(model, tokenizer, post: dict) -> float:
-    """The post's log-probability under the sampling policy, as publishing recorded it."""
-    model.eval()
-    with torch.no_grad():
-        stats = sequence_stats(model, encode_rollouts(tokenizer, [""], [post["token_ids"]]),
-                               sampling_policy(RLConfig(), tokenizer), reference=False)
-    return float(stats.logprob[0])
-
-
-def pick_margin(model, tokenizer, picked: dict, unpicked: list[dict]) -> float:
-    """(log pi/ref of the pick) - mean (log pi/ref of its rivals): what the DPO term raises."""
-    posts = [picked, *unpicked]
-    with torch.no_grad():
-        policy, reference = model_logprobs(model, encode_rollouts(tokenizer, [""] * len(posts),
-                                                                  [p["token_ids"] for p in posts]))
-    ratios = (policy - reference).tolist()
-    return ratios[0] - sum(ratios[1:]) / len(unpicked)
 
 
 def test_rejections_and_picks_change_the_next_update_and_the_rejected_post_becomes_less_likely(
@@ -100,7 +77,7 @@ def test_rejections_and_picks_change_the_next_update_and_the_rejected_post_becom
     # 3) the update job's own steps, on the tiny model
     from jobs.online import rl_update
 
-    before = logprob(model, tokenizer, rejected)
+    before = float(logprob_of(model, tokenizer, [rejected])[0])
     outcome = rl_update(plan.update_id)
     settle(redis_conn)
     metrics = outcome["metrics"]
@@ -109,7 +86,7 @@ def test_rejections_and_picks_change_the_next_update_and_the_rejected_post_becom
     assert math.isfinite(metrics["preference_loss"])
     policy, _ = load_version(artifacts.version_url(settings.artifacts, outcome["version_id"]),
                              base_model=tiny_model_dir)
-    after = logprob(policy, tokenizer, rejected)
+    after = float(logprob_of(policy, tokenizer, [rejected])[0])
     assert after < before - 1.0, (before, after)
     # the update started from the base (a fresh adapter): every log-ratio to the reference was 0
     assert pick_margin(policy, tokenizer, picked, unpicked) > 0.05
