@@ -10,14 +10,22 @@ import psutil
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `condition` until it returns a truthy value and return that; AssertionError after `timeout` s."""
+    """Poll `condition` until it returns a truthy value and return that; AssertionError after `timeout` s.
+    A poll that finds the store busy (a writer's long batch on a loaded machine) counts as "not yet"."""
+    from crowdtune.store.connection import StoreBusy
+
     deadline = time.monotonic() + timeout
+    busy = None
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StoreBusy as exc:
+            busy, value = exc, None
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}"
+                         + (f" (last poll: {busy})" if busy else ""))
 
 
 def kill_tree(pid: int, sig=signal.SIGKILL) -> None:

@@ -8,6 +8,7 @@ import pytest
 from crowdtune import actions
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writer import initialise
+from crowdtune.testing.accounting import store_settled
 from crowdtune.testing.processes import kill_tree, wait_for
 from jobs.imports import BATCH_SIZE
 
@@ -23,13 +24,6 @@ def run_import(conn, face_id, limit=None):
     return job.latest_result().return_value
 
 
-def drained(conn):
-    from crowdtune.runtime.queues import queue
-
-    q = queue("store", conn)
-    return q.count == 0 and q.started_job_registry.count == 0
-
-
 @pytest.mark.slow
 def test_bundled_datasets_import_with_exact_counts_and_twice_adds_no_duplicates(settings, redis_conn, running):
     reader = running
@@ -37,7 +31,7 @@ def test_bundled_datasets_import_with_exact_counts_and_twice_adds_no_duplicates(
     actions.save_face(redis_conn, "hutto", "dataset", {"source": "hutto_tweets"})
     assert run_import(redis_conn, "trump")["imported"] == 20761
     assert run_import(redis_conn, "hutto")["imported"] == 4200
-    wait_for(lambda: drained(redis_conn), timeout=120, message="the store queue")
+    wait_for(lambda: store_settled(redis_conn), timeout=120, message="the store queue")
     counts = dict(reader.rows("SELECT face_id, count(*) FROM posts GROUP BY face_id"))
     assert counts == {"trump": 20761, "hutto": 4200}
     snapshots = reader.scalar("SELECT count(*) FROM reaction_snapshots WHERE post_id LIKE 'trump:%'")
@@ -45,7 +39,7 @@ def test_bundled_datasets_import_with_exact_counts_and_twice_adds_no_duplicates(
     assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'trump' AND score IS NULL") == 0
 
     second = run_import(redis_conn, "trump")
-    wait_for(lambda: drained(redis_conn), timeout=120, message="the store queue")
+    wait_for(lambda: store_settled(redis_conn), timeout=120, message="the store queue")
     assert second["imported"] == 20761
     assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'trump'") == 20761
     assert reader.scalar("SELECT count(DISTINCT post_id) FROM posts") == 20761 + 4200
@@ -74,7 +68,7 @@ def test_a_malformed_file_imports_every_valid_row_and_reports_each_bad_one(setti
         "source": str(path), "columns": {"text": "text", "id": "id", "created_at": "created_at"},
         "reaction_columns": {"likes": "likes"}})
     result = run_import(redis_conn, "csv")
-    wait_for(lambda: drained(redis_conn), timeout=60, message="the store queue")
+    wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue")
     imported = {r[0] for r in reader.rows("SELECT platform_id FROM posts WHERE face_id = 'csv'")}
     assert result["problem_count"] >= 3
     reasons = " ".join(f"line {p['line']}: {p['reason']}" for p in result["problems"])
@@ -83,8 +77,9 @@ def test_a_malformed_file_imports_every_valid_row_and_reports_each_bad_one(setti
     for problem in result["problems"]:
         assert problem["line"] >= 2 and problem["reason"]
     assert "text" in reasons.lower()
-    alert = reader.scalar("SELECT message FROM alerts WHERE source = 'import csv'")
-    assert alert and "not imported" in alert
+    alert = wait_for(lambda: reader.scalar("SELECT message FROM alerts WHERE source = 'import csv'"),
+                     timeout=30, message="the import's alert")
+    assert "not imported" in alert
 
 
 @pytest.mark.parametrize("content, phrase", [
@@ -128,7 +123,7 @@ def test_an_import_killed_midway_leaves_whole_batches_and_completes_when_rerun(s
                          "(SELECT 1 FROM reaction_snapshots s WHERE s.post_id = p.post_id)") == 0
     workers.start("--queues", "control,default", conn=redis_conn)
     wait_for(lambda: finished(job), timeout=300, message="the rerun import")
-    wait_for(lambda: drained(redis_conn), timeout=120, message="the store queue")
+    wait_for(lambda: store_settled(redis_conn), timeout=120, message="the store queue")
     assert reader.scalar("SELECT count(*) FROM posts WHERE face_id = 'big'") == 60000
     assert reader.scalar("SELECT count(*) FROM reaction_snapshots WHERE post_id LIKE 'big:%'") == 60000
 
