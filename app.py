@@ -2,9 +2,7 @@
 
 import streamlit as st
 
-from crowdtune.dashboard.access import gate
-from crowdtune.errors import CrowdtuneError
-from crowdtune.settings import load_settings
+from crowdtune.dashboard.page_setup import login_gate
 
 # Material icons ship with Streamlit and render everywhere (emoji need an emoji font).
 st.set_page_config(page_title="Crowdtune", page_icon=":material/campaign:", layout="wide")
@@ -25,9 +23,5 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-try:
-    # Login decides whether any page may show; a settings error is left for the pages to report.
-    gate(load_settings())
-except CrowdtuneError:
-    pass
+login_gate()  # decides whether any page may show
 page.run()

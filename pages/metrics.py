@@ -4,11 +4,13 @@ import streamlit as st
 
 from crowdtune.dashboard.charts import metric_figure
 from crowdtune.dashboard.links import TIME_RANGES, MetricsView, from_query_params, seed_widgets, share_box
-from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error
+from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error, through_app
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 st.title("Metrics")
 METRICS_TABLES = ("metrics",)  # the charts' series and catalog are metrics (and their rollup, written with them)

@@ -8,13 +8,15 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
-from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
+from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop, through_app
 from crowdtune.dashboard.tables import metrics_for_display
 from crowdtune.errors import traceback_message
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 BASE_MODEL_CHOICE = "(base model, no adapter)"
 

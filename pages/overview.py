@@ -12,7 +12,7 @@ from crowdtune.dashboard.charts import small_line_figure
 from crowdtune.dashboard.checklist import first_steps, next_step, offered
 from crowdtune.dashboard.face_picker import Purpose, faces_for, time_acceleration_of
 from crowdtune.dashboard.links import share_box
-from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error, through_app
 from crowdtune.dashboard.tables import posts_for_display
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.progress import Progress, job_progress
@@ -23,6 +23,8 @@ from crowdtune.states import RunStatus
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.store.writes import utc_now
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 st.title("Overview")
 

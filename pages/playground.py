@@ -5,7 +5,7 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.forms import config_fields, validate_config
 from crowdtune.dashboard.links import PlaygroundView, from_query_params, seed_widgets, share_box
-from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop
+from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop, through_app
 from crowdtune.dashboard.tables import sample_blocks
 from crowdtune.errors import traceback_message
 from crowdtune.runtime.progress import fetch_job
@@ -13,6 +13,8 @@ from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from crowdtune.training.configs import GenerationConfig
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 BASE_MODEL_CHOICE = "(base model)"
 

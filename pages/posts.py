@@ -15,11 +15,13 @@ from crowdtune.dashboard.links import (
     seed_widgets,
     share_box,
 )
-from crowdtune.dashboard.page_setup import or_stop
+from crowdtune.dashboard.page_setup import or_stop, through_app
 from crowdtune.dashboard.tables import posts_for_display
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 PAGE_SIZE = 25
 REPEATS_SHOWN = {"any": "show all", "only": "only near-duplicates", "hide": "hide repeats"}

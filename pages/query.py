@@ -4,7 +4,7 @@ import plotly.express as px
 import streamlit as st
 
 from crowdtune.dashboard.links import QueryView, from_query_params, seed_widgets, share_box
-from crowdtune.dashboard.page_setup import or_stop, show_error
+from crowdtune.dashboard.page_setup import or_stop, show_error, through_app
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import load_settings
 from crowdtune.store.sandbox import (
@@ -14,6 +14,8 @@ from crowdtune.store.sandbox import (
     DEFAULT_TIME_LIMIT,
     run_query,
 )
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 st.title("Query")
 st.caption(f"Read-only SQL over the store (tables in docs/SCHEMA.md). At most {DEFAULT_ROW_CAP:,} rows and "

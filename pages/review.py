@@ -9,7 +9,7 @@ import streamlit as st
 
 from crowdtune import actions
 from crowdtune.dashboard.access import reviewer_name
-from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, or_stop, show_error, through_app
 from crowdtune.dashboard.review_keys import CARD_KEY, review_keys
 from crowdtune.errors import CrowdtuneError
 from crowdtune.online.review import review_policy
@@ -17,6 +17,8 @@ from crowdtune.settings import load_settings
 from crowdtune.states import ReviewMode
 from crowdtune.store import reads
 from crowdtune.store.reads import StoreReader
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 SHOWN = 10  # posts drawn at a time: the next ones move up as these are decided
 DONE = "review_done"  # post_ids decided in this session: hidden until the store shows them decided

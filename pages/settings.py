@@ -6,7 +6,7 @@ import streamlit as st
 from crowdtune import actions
 from crowdtune.dashboard.access import readonly_notice
 from crowdtune.dashboard.links import share_box
-from crowdtune.dashboard.page_setup import is_fragment_rerun, or_stop, show_error
+from crowdtune.dashboard.page_setup import is_fragment_rerun, or_stop, show_error, through_app
 from crowdtune.errors import CrowdtuneError, traceback_message
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
@@ -14,6 +14,8 @@ from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
 from faces.registry import FACE_KINDS
 from faces.secrets import configured_secrets_file, load_face_secrets, secret_sources, write_secret
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 st.title("Settings")
 

@@ -3,10 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error
+from crowdtune.dashboard.page_setup import live_reads, or_stop, show_error, through_app
 from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.status import system_status
 from crowdtune.settings import QUEUE_ROLES, load_settings
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 st.title("System")
 

@@ -11,7 +11,7 @@ from crowdtune.dashboard.face_picker import Purpose, faces_for, preselected, tim
 from crowdtune.dashboard.forms import config_fields, field_help, validate_config
 from crowdtune.dashboard.job_board import job_board
 from crowdtune.dashboard.links import TrainingView, from_query_params, share_box
-from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error
+from crowdtune.dashboard.page_setup import control_connection, live_reads, or_stop, show_error, through_app
 from crowdtune.errors import CrowdtuneError
 from crowdtune.online.controller import OnlineConfig, parse_online_config
 from crowdtune.runtime.progress import fetch_job, job_progress
@@ -23,6 +23,8 @@ from crowdtune.training.configs import SFTConfig
 from crowdtune.training.rl import ALGORITHMS, DEFAULT_ALGORITHM, algorithm_config
 from crowdtune.training.run_files import RunKind, RunRequest, run_file_text
 from faces.registry import FACE_KINDS
+
+through_app()  # before anything else: this page opens only through app.py's login gate
 
 # The online form shows the schedule; every other OnlineConfig setting waits in an expander.
 ONLINE_SCHEDULE = ("interval_minutes", "jitter_minutes", "min_gap_minutes", "daily_cap", "quiet_hours",

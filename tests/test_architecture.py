@@ -173,3 +173,14 @@ def test_a_job_enqueued_by_its_name_alone_runs_on_the_workers(settings, redis_co
                  message=job.func_name)
     assert probe.get_status() == "finished" and probe.latest_result().return_value["torch"].startswith("2.")
     assert reconcile.get_status() == "finished" and reconcile.latest_result().return_value == []
+
+
+def test_every_page_starts_with_the_check_that_app_py_ran_first():
+    # A page served without app.py would skip the login gate (see page_setup.through_app).
+    for path in sorted((ROOT / "pages").glob("*.py")):
+        body = [node for node in ast.parse(path.read_text()).body
+                if not isinstance(node, (ast.Import, ast.ImportFrom))
+                and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # docstring
+        first = body[0]
+        assert (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+                and getattr(first.value.func, "id", None) == "through_app"), path.name

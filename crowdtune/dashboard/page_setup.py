@@ -15,7 +15,7 @@ import redis
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from crowdtune.dashboard.access import readonly_notice
+from crowdtune.dashboard.access import gate, readonly_notice
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import Settings, load_settings
 from crowdtune.store import changes
@@ -27,6 +27,30 @@ T = TypeVar("T")
 ALWAYS_READ_ENV = "CROWDTUNE_DASHBOARD_ALWAYS_READ"
 LIVE_MAX_AGE_SECONDS = 60.0  # read again after this even with no store change: "in 3 min" and Redis-only state move
 HELD_NOTICE_EVERY_SECONDS = 15  # the held-store banner looks again (one Redis GET) this often on every page
+
+
+def login_gate() -> None:
+    """The login gate (access.gate) over the configured settings. A settings error is left for the page
+    to report with its fix."""
+    try:
+        gate(load_settings())
+    except CrowdtuneError:
+        pass
+
+
+def through_app() -> None:
+    """Every page's first line: make sure app.py (the navigation and the login gate) runs before it.
+
+    Streamlit runs pages/*.py directly, without app.py, when the first request a server gets is for a
+    page's URL: its old pages-folder mode stays on until some run calls st.navigation. That run
+    skipped the login, so it switches the mode off and starts again through app.py, which opens the
+    same page (its url_path is the file's name) behind the gate. (Only a first page load meets this:
+    no click is lost.)"""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def show_error(exc: CrowdtuneError) -> None:

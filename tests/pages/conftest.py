@@ -20,6 +20,22 @@ APP = "../../app.py"
 _write_ids = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def app_py_served_before(monkeypatch):
+    """AppTest starts each run as a server's very first request (Streamlit's pages-folder mode on: the
+    case of page_setup.through_app, proved in a real browser by test_browser_gate). Page tests run as
+    every later request does: through app.py's navigation."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
 def open_page(page: str | None = None, query: dict | None = None, session: dict | None = None) -> AppTest:
     """Run the app, switch to `page` (e.g. "pages/metrics.py") with query params; fail on an exception."""
     at = AppTest.from_file(APP, default_timeout=90)
