@@ -61,8 +61,16 @@ def worker(
                                         "(default: store-worker, or worker- and its queues)."),
     console_level: str = typer.Option("INFO", "--console-level", help="Least level printed on stderr "
                                       "(the event log takes INFO and above)."),
+    gpu: int | None = typer.Option(None, "--gpu", help="Pin this worker (its training and sampling) to GPU N."),
 ):
     """Run one worker. On another machine, set REDIS_URL to the shared server first."""
+    if gpu is not None:  # before anything touches CUDA: the worker and its jobs see that GPU alone
+        from crowdtune.training.devices import pin_to_gpu
+
+        if store:
+            raise CrowdtuneError("The store worker uses no GPU.", "Drop --gpu from `crowdtune worker --store`.")
+
+        pin_to_gpu(gpu)
     from crowdtune.runtime.durability import durability_warnings
     from crowdtune.runtime.logs import start_logging
     from crowdtune.runtime.queues import connect, queue

@@ -38,6 +38,26 @@ def config_file() -> Path:
     return Path(os.environ.get("CROWDTUNE_CONFIG", "crowdtune.toml"))
 
 
+WORKER_ENTRY_GPU = r"@(?:cuda|gpu):(\d+)$"  # the end of a worker_queues entry that pins it to a GPU
+
+
+def worker_entry(entry: str) -> tuple[list[str], int | None]:
+    """One `worker_queues` entry, e.g. "train,default@cuda:1", as (queue names in order, GPU index or
+    None). Raises ValueError naming the entry when a queue is unknown or the GPU part is malformed."""
+    known = {QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_CONTROL}
+    queues, gpu = entry, None
+    if "@" in entry:
+        match = re.search(WORKER_ENTRY_GPU, entry.replace(" ", ""))
+        if match is None:
+            raise ValueError(f"worker entry {entry!r}: after '@' comes the GPU it runs on, e.g. 'train,default@cuda:0'")
+        queues, gpu = entry[:entry.index("@")], int(match.group(1))
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    if not names or set(names) - known:
+        raise ValueError(f"worker entry {entry!r} must list queues among {sorted(known)} "
+                         f"(the '{QUEUE_STORE}' queue has its own single writer)")
+    return names, gpu
+
+
 class Settings(BaseSettings):
     """Everything Crowdtune needs to find its parts (each setting's default and help are on its field)."""
 
@@ -64,6 +84,7 @@ class Settings(BaseSettings):
     app_port: int = Field(default=8501, ge=1, le=65535, description="port the app listens on")
     worker_queues: list[str] = Field(default_factory=lambda: ["control", "train", "default"],
                                      description="one preloading worker per entry, serving those queues in order; "
+                                                 "`train,default@cuda:1` pins that worker to GPU 1; "
                                                  "a `control` worker is added when no entry serves it")
     store_lock_wait_seconds: float = Field(default=3600.0, gt=0,
                                            description="how long a store write waits for a held file")
@@ -129,17 +150,9 @@ class Settings(BaseSettings):
     @field_validator("worker_queues")
     @classmethod
     def _queues_are_known(cls, value: list[str]) -> list[str]:
-        known = {QUEUE_TRAIN, QUEUE_DEFAULT, QUEUE_CONTROL}
-        for entry in value:
-            names = [name.strip() for name in entry.split(",") if name.strip()]
-            unknown = set(names) - known
-            if not names or unknown:
-                raise ValueError(
-                    f"worker entry {entry!r} must list queues among {sorted(known)} "
-                    f"(the '{QUEUE_STORE}' queue has its own single writer)"
-                )
+        entries = [worker_entry(entry) for entry in value]  # names a bad entry
         # Ticks and reaction reads must never wait behind training or generation: someone serves them.
-        if not any(QUEUE_CONTROL in entry.replace(" ", "").split(",") for entry in value):
+        if not any(QUEUE_CONTROL in names for names, _ in entries):
             value = [*value, QUEUE_CONTROL]
         return value
 

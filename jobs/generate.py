@@ -6,6 +6,7 @@ from crowdtune.errors import CrowdtuneError
 from crowdtune.runtime.queues import connect
 from crowdtune.settings import load_settings
 from crowdtune.store.remote import read_via_store_worker
+from crowdtune.training.devices import torch_device
 from crowdtune.training.generation import GenerationConfig, generate_posts
 from crowdtune.training.models import load_base_model, load_version
 
@@ -22,7 +23,7 @@ def sample_posts(version_id: str | None, base_model: str | None, count: int, gen
         model, tokenizer = load_version(version["artifact_url"], base_model=version["base_model"], cache_dir=cache)
     else:
         model, tokenizer = load_base_model(base_model or settings.base_model, cache_dir=cache)
-    model.eval()
+    model.to(torch_device(settings.device)).eval()  # a worker pinned to a GPU samples there
     config = GenerationConfig(**{**generation, "num_samples": count, "drop_copies": False})
     result = generate_posts(model, tokenizer, config, prompts=prompts or None)
     return [{"text": s.text, "prompt": s.prompt, "kept": s.rejected is None, "rejected": s.rejected,

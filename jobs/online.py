@@ -230,6 +230,7 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     rejected samples, then the chosen post as `publishing` (`awaiting_review` on a face with review, the
     slot resolved with it) with the other candidates in one write. Out: the chosen row, None if none."""
     from crowdtune.online.candidates import SlotIds, draft_slot, guard_indexes, load_reward_model
+    from crowdtune.training.devices import torch_device
     from crowdtune.training.generation import GenerationConfig
     from crowdtune.training.models import load_base_model, load_version
 
@@ -240,7 +241,7 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     else:
         model, tokenizer = load_base_model((at.inputs.get("run") or {}).get("base_model") or cfg.base_model
                                            or at.settings.base_model, cache_dir=cache)
-    model.eval()
+    model.to(torch_device(at.settings.device)).eval()  # a worker pinned to a GPU samples there
     training = []
     if GenerationConfig(**cfg.sampling()).drop_copies:
         training = [p["text"] for p in read_rows_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]

@@ -28,7 +28,7 @@ from crowdtune.runtime.durability import RedisWarning, durability_warnings
 from crowdtune.runtime.logs import start_logging
 from crowdtune.runtime.queues import connect
 from crowdtune.runtime.redis_server import EmbeddedRedis
-from crowdtune.settings import Settings
+from crowdtune.settings import Settings, worker_entry
 from crowdtune.store.writer import initialise
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
@@ -139,9 +139,12 @@ class Supervisor:
         quiet = ["--console-level", "WARNING"]
         children = [Child("store-worker", [python, "-m", "crowdtune.cli", "worker", "--store",
                                            "--log-name", "store-worker", *quiet], restart=True)]
-        for index, queues in enumerate(self.settings.worker_queues, start=1):
-            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues", queues,
-                                                      "--log-name", f"worker-{index}", *quiet], restart=True))
+        for index, entry in enumerate(self.settings.worker_queues, start=1):
+            queues, gpu = worker_entry(entry)
+            pinned = ["--gpu", str(gpu)] if gpu is not None else []
+            children.append(Child(f"worker-{index}", [python, "-m", "crowdtune.cli", "worker", "--queues",
+                                                      ",".join(queues), *pinned, "--log-name", f"worker-{index}",
+                                                      *quiet], restart=True))
         if self.with_app:
             children.append(Child("app", [
                 python, "-m", "streamlit", "run", str(APP_SCRIPT),

@@ -16,6 +16,48 @@ from crowdtune.errors import CrowdtuneError
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|gpu)(:\d+)?)$"
 
 
+def torch_device(device: str, cuda_available: bool | None = None) -> str:
+    """Where a job puts a model it samples from (publishing, the Playground): the `device` setting as a
+    torch device name. "auto" is "cuda" when torch sees a GPU, else "cpu" (`cuda_available` overrides
+    the check, for tests); "gpu:N" is "cuda:N"."""
+    match = re.match(DEVICE_PATTERN, device)
+    if match is None:
+        raise CrowdtuneError(f"{device!r} is not a device.",
+                             'Set `device` to "auto", "cpu", "mps", "cuda" or "cuda:N".')
+    if device == "auto":
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        return "cuda" if cuda_available else "cpu"
+    if device in ("cpu", "mps"):
+        return device
+    return "cuda" + (match.group(3) or "")
+
+
+def pin_to_gpu(index: int, visible_count=None) -> None:
+    """Make this process (an RQ worker and the jobs it forks) use GPU `index` alone: it becomes the only
+    visible CUDA device and the `device` setting is "cuda". Call it before anything touches CUDA.
+
+    `visible_count()` says how many CUDA devices torch then sees (default torch.cuda.device_count);
+    none raises CrowdtuneError, so a worker never silently trains on the CPU instead."""
+    import os
+
+    if index < 0:
+        raise CrowdtuneError(f"--gpu {index} is not a GPU index.", "Use 0 for the first GPU, 1 for the second, ...")
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    os.environ["CROWDTUNE_DEVICE"] = "cuda"
+    if visible_count is None:
+        import torch
+
+        visible_count = torch.cuda.device_count
+    if visible_count() < 1:
+        raise CrowdtuneError(f"--gpu {index}: torch sees no CUDA device {index} on this machine.",
+                             "Check `nvidia-smi` and that torch is a CUDA build "
+                             "(`python -c 'import torch; print(torch.cuda.is_available())'`), "
+                             "or start the worker without --gpu to run on the CPU.")
+
+
 def one_device(device: str, accelerator: str = "auto") -> dict:
     """pl.Trainer placement for one device.
 
