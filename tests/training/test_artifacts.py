@@ -1,14 +1,15 @@
 """Artifacts under a remote `artifacts_url`: versions, checkpoints, the embeddings cache and reward models all
 go through fsspec and load back from there.
 
-Tested on fsspec's memory filesystem, a remote filesystem to every path here (is_local is False, nothing
-is on disk): a local S3 server (moto) and s3fs do not install beside this project's pinned set (botocore
-wants python-dateutil < 3, constraints.txt pins 4.0). The `[s3]` and `[gcs]` extras install s3fs and gcsfs.
+Tested twice: on a local S3 server (moto's, over HTTP) through s3fs, as a user's `s3://` bucket, and on
+fsspec's memory filesystem. Both are remote to every path here (is_local is False, nothing is on disk).
+The `[s3]` and `[gcs]` extras install s3fs and gcsfs; the dev extra brings s3fs and moto.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 from datetime import datetime, timedelta
 
 import fsspec
@@ -21,18 +22,51 @@ from crowdtune.errors import SettingsError
 from crowdtune.settings import load_settings
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(params=["s3", "memory"])
+def remote_artifacts(request, tmp_path, monkeypatch):
+    """An `artifacts_url` on another machine: a bucket on a local S3 server, or fsspec's memory filesystem."""
+    if request.param == "memory":
+        yield f"memory://crowdtune-artifacts-{tmp_path.name}"
+        return
+    moto_server = pytest.importorskip("moto.server", reason="the dev extra installs moto[server]")
+    s3fs = pytest.importorskip("s3fs", reason='the [s3] extra installs s3fs')
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # what a user of MinIO or another S3-compatible store sets (botocore reads AWS_ENDPOINT_URL)
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fsspec.filesystem("s3").mkdir("crowdtune-artifacts")
+    try:
+        yield "s3://crowdtune-artifacts/channel"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
 def test_every_artifact_lives_under_a_remote_artifacts_url_and_loads_back(data_dir, tiny_model_dir, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, remote_artifacts):
     from crowdtune.embeddings import MODEL_ID, EmbeddingCache, shared_cache
     from crowdtune.online.reward_fits import FitInputs, fit_model, save_fit
     from crowdtune.training.models import add_lora, load_base_model, load_version, save_version
     from crowdtune.training.rl.predictor import PredictorConfig, load_predictor
     from crowdtune.training.rl.rewards import RewardConfig
 
-    url = f"memory://crowdtune-artifacts-{tmp_path.name}"
+    url = remote_artifacts
     monkeypatch.setenv("CROWDTUNE_ARTIFACTS_URL", url)
     settings = load_settings()
-    memory = fsspec.filesystem("memory")
+    remote, _ = fsspec.core.url_to_fs(url)
+
+    def path(full_url: str) -> str:
+        return fsspec.core.url_to_fs(full_url)[1]
 
     # 1) a model version: written under <url>/versions/, loaded back with the same outputs
     model, tokenizer = load_base_model(tiny_model_dir)
@@ -45,7 +79,7 @@ def test_every_artifact_lives_under_a_remote_artifacts_url_and_loads_back(data_d
     expected = policy.eval()(input_ids=ids).logits
     version = artifacts.version_url(settings.artifacts, "offline-1-step5")
     save_version(policy, version, tokenizer=tokenizer, base_model=tiny_model_dir, metadata={"run_id": "offline-1"})
-    assert memory.exists(version.removeprefix("memory://") + "/adapter_config.json")
+    assert remote.exists(path(version) + "/adapter_config.json")
     loaded, _ = load_version(version)
     assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
 
@@ -76,19 +110,19 @@ def test_every_artifact_lives_under_a_remote_artifacts_url_and_loads_back(data_d
     vectors = shared_cache(settings).embed([p["text"] for p in posts[:4]])
     texts = [p["text"] for p in posts[:4]]
     assert np.allclose(predictor.predict(vectors, texts)[0], fitted.model.predict(vectors, texts)[0])
-    shards = memory.ls(f"{url.removeprefix('memory://')}/embeddings/{MODEL_ID}", detail=False)
+    shards = remote.ls(path(f"{url}/embeddings/{MODEL_ID}"), detail=False)
     assert shards and all(name.endswith(".npz") for name in shards)
     # another machine finds the vectors there and embeds nothing
     elsewhere = EmbeddingCache(f"{url}/embeddings", local_dir=tmp_path / "machine-b-cache")
     assert np.allclose(elsewhere.embed(texts), vectors, atol=1e-6) and elsewhere.embedded == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed here")
-def test_an_s3_artifacts_url_without_s3fs_names_the_extra_to_install(data_dir, monkeypatch):
-    monkeypatch.setenv("CROWDTUNE_ARTIFACTS_URL", "s3://bucket/crowdtune")
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed here")
+def test_a_gs_artifacts_url_without_gcsfs_names_the_extra_to_install(data_dir, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_ARTIFACTS_URL", "gs://bucket/crowdtune")
     with pytest.raises(SettingsError) as error:
         load_settings()
-    assert "artifacts_url" in error.value.problem and 'pip install -e ".[s3]"' in error.value.problem
+    assert "artifacts_url" in error.value.problem and 'pip install -e ".[gcs]"' in error.value.problem
     monkeypatch.setenv("CROWDTUNE_ARTIFACTS_URL", "nosuchfs://bucket")
     with pytest.raises(SettingsError, match="fsspec knows no nosuchfs:// filesystem"):
         load_settings()
