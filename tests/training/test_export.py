@@ -126,3 +126,102 @@ def test_a_packaged_base_is_named_by_its_hub_id_never_its_cache_folder():
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "data/models" not in card
     assert "the face's posts (their span is not recorded)" in card and "| validation loss (`val_loss`) | – |" in card
 
+
+
+class FakeHub:
+    """The Hugging Face Hub's HTTP API as huggingface_hub's HfApi uses it to push a folder: create a repo,
+    validate a model card's YAML, ask each file's upload mode (all "regular": content inline, no LFS/Xet),
+    commit (ndjson: a header, then one line per file). Files land in `repos[repo_id][path]`."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.private: dict[str, bool] = {}
+        self.authorizations: set[str] = set()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub.authorizations.add(self.headers.get("Authorization", ""))
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    asked = json.loads(body)
+                    repo_id = f"{asked['organization']}/{asked['name']}" if asked.get("organization") else asked["name"]
+                    if repo_id in hub.repos:
+                        return self.answer(409, {"error": "You already created this model repo",
+                                                 "url": f"{hub.url}/{repo_id}"})
+                    hub.repos[repo_id] = {}
+                    # "visibility" from huggingface_hub 1.x on, "private" before
+                    hub.private[repo_id] = asked.get("visibility") == "private" or asked.get("private") is True
+                    return self.answer(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
+                if path == "/api/validate-yaml":
+                    return self.answer(200, {})
+                parts = path.split("/")  # /api/models/<ns>/<name>/(preupload|commit)/<revision>
+                repo_id = "/".join(parts[3:5])
+                if repo_id not in hub.repos:
+                    return self.answer(404, {"error": "Repository not found"})
+                if parts[5] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self.answer(200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+                if parts[5] == "commit":
+                    import base64
+
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.repos[repo_id][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    oid = f"{len(hub.repos[repo_id]):040x}"
+                    return self.answer(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid,
+                                             "pullRequestUrl": None})
+                return self.answer(404, {"error": f"no route {path}"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    from huggingface_hub import constants
+
+    hub = FakeHub()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # what HF_ENDPOINT sets when the process starts
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_crowdtune_test_token")
+    yield hub
+    hub.close()
+
+
+def test_export_with_hub_pushes_the_folder_to_a_private_repo_with_the_users_token(two_versions, tmp_path, fake_hub):
+    out = tmp_path / "to-push"
+    result = CliRunner().invoke(app, ["export", "v1", "--out", str(out), "--hub", "me/my-channel"])
+    assert result.exit_code == 0, result.output
+    assert f"Pushed to {fake_hub.url}/me/my-channel." in result.output
+    assert fake_hub.private["me/my-channel"] is True
+    assert "Bearer hf_crowdtune_test_token" in fake_hub.authorizations
+    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert fake_hub.repos["me/my-channel"] == local  # every file, byte for byte
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(local)
+    again = CliRunner().invoke(app, ["export", "v2", "--out", str(tmp_path / "v2"), "--hub", "me/my-channel"])
+    assert again.exit_code == 0, again.output  # an existing repo takes the new export
+    assert "`v2`" in fake_hub.repos["me/my-channel"]["README.md"].decode()
