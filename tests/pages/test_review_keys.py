@@ -48,7 +48,7 @@ def app_url(settings, redis_conn, tmp_path):
 
 
 def test_twenty_posts_are_cleared_with_single_keys_within_a_minute(settings, redis_conn, workers, app_url):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from crowdtune.store.reads import StoreReader
 
@@ -74,15 +74,16 @@ def test_twenty_posts_are_cleared_with_single_keys_within_a_minute(settings, red
                                     has_text=re.compile(rf"^Waiting post number {slot}$"))
 
             def drawn(slot: int) -> None:
-                """Wait until the post's card is drawn down to its buttons, as a person would see it."""
-                post(slot).wait_for()
+                """Wait until the post's card is drawn down to its buttons, as a person would see it. (While a
+                rerun redraws the list, Streamlit can show a card's stale copy beside the new one: `first`.)"""
+                post(slot).first.wait_for()
                 page.locator(f".st-key-reject-{run}-p{slot} button").first.wait_for()
 
             def decide(key: str, slot: int) -> None:
                 """Press `key` once the post is drawn, and wait until the page no longer shows it."""
                 drawn(slot)
                 page.keyboard.press(key)
-                post(slot).wait_for(state="detached")
+                expect(post(slot)).to_have_count(0, timeout=30_000)  # gone, stale copies too
 
             started = time.monotonic()
             # J moves the outline to the second post and R rejects it (the outline stays in place, on the third);
@@ -100,7 +101,8 @@ def test_twenty_posts_are_cleared_with_single_keys_within_a_minute(settings, red
             page.wait_for_function("document.activeElement && document.activeElement.tagName === 'TEXTAREA'")
             page.keyboard.type(" and")  # 'a' and 'n' go into the box, not to the buttons
             page.keyboard.press("Escape")
-            assert post(2).count() == 1 and box.input_value().endswith(" and")
+            expect(post(2)).to_have_count(1, timeout=30_000)  # still there once (a stale copy goes with the rerun)
+            assert box.input_value().endswith(" and")
             for slot in range(2, POSTS):
                 decide("a", slot)
             page.get_by_text("Nothing waits for review").wait_for()
