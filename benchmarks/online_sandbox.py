@@ -144,6 +144,11 @@ def settings_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# bump when the offline data's layout changes, so that a cached starting model is made again
+# (2: posts packed whole, every block starting at a post)
+STARTING_MODEL_RECIPE = 2
+
+
 def starting_model(args, history: list[dict]) -> str:
     """The version a user starts online training from: the product's default SFT on the history's texts.
     Trained once per (model, history, steps); returns its version URL."""
@@ -152,7 +157,8 @@ def starting_model(args, history: list[dict]) -> str:
 
     sft = SFTConfig(**({"max_steps": args.sft_steps, "eval_every": max(1, args.sft_steps // 3)}
                        if args.sft_steps else {}))
-    folder = args.results / "start-model" / settings_key(args.model, len(history), sft.model_dump())
+    key = settings_key(args.model, len(history), sft.model_dump(), STARTING_MODEL_RECIPE)
+    folder = args.results / "start-model" / key
     version = folder / "version"
     if (folder / "done.json").is_file():
         return str(version)

@@ -55,7 +55,8 @@ class SFTConfig(BaseModel):
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="the learning rate at the end, as a share of the peak")
     grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; None = off")
     batch_size: int = Field(8, ge=1, description="blocks per micro-batch (per device)")
-    block_size: int = Field(128, ge=8, description="tokens per packed block")
+    block_size: int = Field(128, ge=8, description="tokens per packed block; posts are packed whole, each "
+                            "block starting at a post, so padding is small when a block holds 3+ posts")
     accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: 60 on a CPU, 200 on a GPU")
     max_epochs: int | None = Field(None, ge=1, description="also stop after this many passes over the data")

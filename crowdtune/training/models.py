@@ -226,16 +226,15 @@ def build_tiny_model(
     )
     model = GPT2LMHeadModel(config)
     if pretrain_steps:
-        from crowdtune.training.data import pack
-
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        blocks = pack(ids, 64, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        # pre-trained as real bases are: one stream `EOS a EOS b ...` cut into blocks anywhere
+        stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
+                  for t in (tokenizer.eos_token_id, *ids)]
+        blocks = torch.tensor(stream[:len(stream) // 64 * 64], dtype=torch.long).view(-1, 64)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         model.train()
         for _ in range(pretrain_steps):
-            rows = torch.randint(len(blocks.input_ids), (16,))
-            loss = model(input_ids=blocks.input_ids[rows], attention_mask=blocks.attention_mask[rows],
-                         labels=blocks.labels[rows]).loss
+            rows = blocks[torch.randint(len(blocks), (16,))]
+            loss = model(input_ids=rows, labels=rows).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

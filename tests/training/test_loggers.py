@@ -12,7 +12,7 @@ import pytest
 from crowdtune.training.loggers import SinkLogger, TrackerUnavailable, log_figures, tracker_loggers
 from crowdtune.training.sft import SFTConfig, train_sft
 
-FAST = dict(batch_size=4, block_size=32, learning_rate=1e-2, warmup_steps=0, lora_rank=16, lora_alpha=32,
+FAST = dict(batch_size=4, block_size=64, learning_rate=1e-2, warmup_steps=0, lora_rank=16, lora_alpha=32,
             lora_dropout=0.0, eval_samples=0, style_metrics=False, copy_embedding_threshold=None)
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 

@@ -21,7 +21,7 @@ from crowdtune.training.models import ModelError, load_base_model
 from crowdtune.training.sft import SFTConfig, lr_lambda, train_sft
 
 # Small, fast settings shared by the tests: no embedding model unless a test needs it.
-FAST = dict(batch_size=4, block_size=32, learning_rate=1e-2, warmup_steps=0, lora_rank=16, lora_alpha=32,
+FAST = dict(batch_size=4, block_size=64, learning_rate=1e-2, warmup_steps=0, lora_rank=16, lora_alpha=32,
             lora_dropout=0.0, eval_samples=0, style_metrics=False, copy_embedding_threshold=None)
 
 
@@ -80,7 +80,8 @@ def test_guard_and_style_metrics_are_reported_at_each_evaluation(tiny_model_dir,
     steps = [p for p in progress if p[4] == "training"]
     assert [p[0] for p in steps] == [5, 5, 10, 10]  # every 5 steps, and once more when an evaluation ends
     assert steps[-1][1] == 10 and steps[-1][3] == 0.0
-    assert result.data["train_padding_fraction"] < 0.05
+    # 60 tweets of ~40 tiny-tokenizer tokens, whole in blocks of 64: about one a block
+    assert 0 < result.data["train_padding_fraction"] < 0.3
 
 
 def test_should_stop_leaves_a_loadable_adapter(tiny_model_dir, fresh_posts, tmp_path):
