@@ -16,14 +16,21 @@ from crowdtune.errors import CrowdtuneError
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|gpu)(:\d+)?)$"
 
 
-def torch_device(device: str, cuda_available: bool | None = None) -> str:
-    """Where a job puts a model it samples from (publishing, the Playground): the `device` setting as a
-    torch device name. "auto" is "cuda" when torch sees a GPU, else "cpu" (`cuda_available` overrides
-    the check, for tests); "gpu:N" is "cuda:N"."""
+def parsed_device(device: str) -> str | None:
+    """The GPU index suffix of a valid `device` setting (":1" for "cuda:1", None without one);
+    CrowdtuneError naming the choices for anything else."""
     match = re.match(DEVICE_PATTERN, device)
     if match is None:
         raise CrowdtuneError(f"{device!r} is not a device.",
                              'Set `device` to "auto", "cpu", "mps", "cuda" or "cuda:N".')
+    return match.group(3)
+
+
+def torch_device(device: str, cuda_available: bool | None = None) -> str:
+    """Where a job puts a model it samples from (publishing, the Playground): the `device` setting as a
+    torch device name. "auto" is "cuda" when torch sees a GPU, else "cpu" (`cuda_available` overrides
+    the check, for tests); "gpu:N" is "cuda:N"."""
+    index = parsed_device(device)
     if device == "auto":
         if cuda_available is None:
             import torch
@@ -32,7 +39,7 @@ def torch_device(device: str, cuda_available: bool | None = None) -> str:
         return "cuda" if cuda_available else "cpu"
     if device in ("cpu", "mps"):
         return device
-    return "cuda" + (match.group(3) or "")
+    return "cuda" + (index or "")
 
 
 def pin_to_gpu(index: int, visible_count=None) -> None:
@@ -66,15 +73,11 @@ def one_device(device: str, accelerator: str = "auto") -> dict:
     Out: {"accelerator", "devices", "strategy"}; `devices` is 1 or a one-item list ([1] for cuda:1),
     so Lightning always picks its single-device strategy.
     """
-    match = re.match(DEVICE_PATTERN, device)
-    if match is None:
-        raise CrowdtuneError(f"{device!r} is not a device.",
-                             'Set `device` to "auto", "cpu", "mps", "cuda" or "cuda:N".')
+    index = parsed_device(device)
     if device == "auto":
         return {"accelerator": accelerator, "devices": 1, "strategy": "auto"}
     if device in ("cpu", "mps"):
         return {"accelerator": device, "devices": 1, "strategy": "auto"}
-    index = match.group(3)
     return {"accelerator": "gpu", "devices": [int(index[1:])] if index else 1, "strategy": "auto"}
 
 
