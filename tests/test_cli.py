@@ -9,6 +9,7 @@ import pytest
 
 from crowdtune.store.schema import SCHEMA_VERSION
 from crowdtune.store.writer import initialise
+from crowdtune.testing.processes import free_port
 
 
 def crowdtune(*args, timeout=120, env=None):
@@ -65,12 +66,6 @@ def test_a_data_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("CROWDTUNE_DATA_DIR", str(blocker / "data"))
     assert_clear(crowdtune("up", "--port", str(free_port())), "cannot be written", "CROWDTUNE_DATA_DIR")
     assert blocker.read_text() == "not a folder"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_port_in_use_is_named_with_how_to_pick_another(data_dir):

@@ -9,8 +9,7 @@ import psutil
 from rq import Worker
 
 from crowdtune.runtime.queues import connect
-from crowdtune.testing.processes import wait_for
-from tests.test_cli import free_port
+from crowdtune.testing.processes import free_port, wait_for
 
 
 def health(port: int) -> bool:

@@ -1,12 +1,21 @@
-"""Waiting for a condition and killing process trees, as tests and benchmarks do with real workers."""
+"""Waiting for a condition, free ports and killing process trees, as tests and benchmarks do with real
+workers and servers."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import psutil
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):

@@ -9,7 +9,6 @@ The `[s3]` and `[gcs]` extras install s3fs and gcsfs; the dev extra brings s3fs 
 from __future__ import annotations
 
 import importlib.util
-import socket
 from datetime import datetime, timedelta
 
 import fsspec
@@ -20,12 +19,7 @@ import torch
 from crowdtune import artifacts
 from crowdtune.errors import SettingsError
 from crowdtune.settings import load_settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from crowdtune.testing.processes import free_port
 
 
 @pytest.fixture(params=["s3", "memory"])
