@@ -358,7 +358,7 @@ def rl_update(update_id: str) -> dict:
     try:
         result = train_update(settings, inputs, on_progress=progress_reporter(job),
                               should_stop=lambda: stop_flags.stop_requested(conn, update["run_id"]),
-                              checkpoint_name=safe_id(update_id))
+                              checkpoint_name=safe_id(update_id), writer=writer)
         if result.stopped:
             writer.submit([records.update_set(update_id, status=UpdateStatus.STOPPED, ended_at=utc_now())],
                           write_id=f"update-stopped:{update_id}")

@@ -2,12 +2,14 @@
 
     read_update_inputs(conn, update_id) -> StoredUpdate   what the store holds for it, via the store worker
     train_update(settings, inputs, ...) -> UpdateResult   rewards, then the algorithm's Lightning update
+                                                          (its step figures to the store and trackers as it trains)
     record_update(settings, writer, inputs, result)       the new version saved and registered, its metrics written
                                                           (the store, then the trackers of the `loggers` setting)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class StoredUpdate:
     published_count: int
     reward_model: dict | None = None  # the face's newest reward_models row (its artifact_url), if any
     feedback: dict | None = None      # the review decisions it learns from (reads.update_feedback)
+    last_step_figure: int = 0         # the run's highest train/loss step so far (this update's figures go on from it)
 
     @property
     def base_model(self) -> str:
@@ -59,16 +62,21 @@ def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:
                         active=raw.get("active_version"), batch=raw["batch"], baseline_scores=raw["baseline_scores"],
                         history=raw["history"], train_texts=train_texts,
                         published_count=raw.get("published_count", 0), reward_model=raw.get("reward_model"),
-                        feedback=raw.get("feedback"))
+                        feedback=raw.get("feedback"), last_step_figure=raw.get("last_step_figure", 0))
 
 
 def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable, should_stop: Callable[[], bool],
-                 checkpoint_name: str):
+                 checkpoint_name: str, writer: StoreWriter | None = None):
     """Turn the batch's scores into rewards and run the configured algorithm; return its UpdateResult.
 
     Checkpoints live under the run's checkpoint folder (mirrored from and to `artifacts_url` when
-    that is remote), so a re-run after a crash resumes where the update stopped.
+    that is remote), so a re-run after a crash resumes where the update stopped. With a `writer`, the
+    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and the trackers of the
+    `loggers` setting as it trains, numbered on from the run's last step figure. That offset is pinned in
+    the update's checkpoint folder, so a retried update logs its steps at the same numbers (once each).
     """
+    from crowdtune.training.checkpoints import write_json
+    from crowdtune.training.loggers import StoreLogger, run_trackers
     from crowdtune.training.rl import run_update
 
     cfg, update = inputs.cfg, inputs.update
@@ -79,6 +87,12 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
     base_dir = settings.data_dir / "checkpoints" / update["run_id"] if mirrored else artifacts.local_path(remote)
     if mirrored:
         artifacts.mirror_down(remote, base_dir)
+    run_id = update["run_id"]
+    step_loggers = [] if writer is None else [StoreLogger(writer, run_id),
+                                              *run_trackers(settings, update["face_id"], run_id)]
+    pinned = base_dir / checkpoint_name / "step_offset.json"
+    step_offset = json.loads(pinned.read_text())["offset"] if pinned.is_file() else inputs.last_step_figure
+    write_json(pinned, {"offset": step_offset})
     result = run_update(
         cfg.algorithm, cfg.algorithm_settings, base_model=inputs.base_model,
         policy_url=(inputs.active or {}).get("artifact_url"),
@@ -92,9 +106,11 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         model_cache_dir=settings.data_dir / "models", train_texts=inputs.train_texts,
         on_progress=on_progress, should_stop=should_stop, seed=cfg.seed * 1000 + update["step"],
         reward_model_url=(inputs.reward_model or {}).get("artifact_url"), device=settings.device,
-        feedback=inputs.feedback,
+        feedback=inputs.feedback, step_loggers=step_loggers, step_offset=step_offset,
         # no loggers: record_update logs the update's figures with the batch's, at the update's step
     )
+    for logger in step_loggers:
+        logger.finalize("success")
     if mirrored:
         artifacts.mirror_up(base_dir, remote)
     return result

@@ -344,7 +344,8 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
     scores, the reward model's prediction and selection probability, and `candidates`: the other kept
     candidates of each post's slot), the scores of the face's earlier generated posts (the reward
     baseline), the face's scored history (imported and generated posts, oldest first, at most
-    `history_limit`) and its newest reward model (latest_reward_model)."""
+    `history_limit`), its newest reward model (latest_reward_model) and `last_step_figure`: the highest step
+    of the run's train/loss figures so far (0 if none), where an update's step figures go on from."""
     rows = _dicts(reader, "SELECT * FROM online_updates WHERE update_id = ?", [update_id])
     if not rows:
         return None
@@ -374,11 +375,13 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
         ORDER BY published_at NULLS FIRST, post_id""", [update["face_id"], history_limit])
     published = reader.scalar("SELECT count(*) FROM posts WHERE run_id = ? AND status = 'published'",
                               [update["run_id"]], default=0)
+    last_step = reader.scalar("SELECT coalesce(max(step), 0) FROM metrics WHERE run_id = ? AND name = 'train/loss'",
+                              [update["run_id"]], default=0)
     return {"update": update, "run": online_run(reader, update["run_id"]),
             "controller": online_controller(reader, update["face_id"]), "face": face, "active_version": active,
             "batch": batch, "baseline_scores": baseline, "history": history, "published_count": published,
             "reward_model": latest_reward_model(reader, update["face_id"]),
-            "feedback": update_feedback(reader, update_id, ids)}
+            "feedback": update_feedback(reader, update_id, ids), "last_step_figure": int(last_step or 0)}
 
 
 _FEEDBACK_COLUMNS = ("post_id, candidate_of, prompt, text, token_ids, logprob, predicted_reward, "

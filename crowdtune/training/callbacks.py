@@ -188,12 +188,14 @@ class StepFigures(pl.Callback):
     (train_loss there is the mean since the last evaluation), so trackers group them and the store keys
     them apart. Once per step across a crash: `marker` (a JSON file beside the checkpoints) holds the last
     step logged, and a step done again after a resume from an older checkpoint is not logged twice.
+    `offset` is added to the trainer's step: an online update's trainer starts at 0, the run's count of
+    optimizer steps goes on from the updates before it.
     """
 
     PREFIX = "train/"
 
-    def __init__(self, loggers: Sequence, every: int, marker: Path | None = None):
-        self.loggers, self.every, self.marker = list(loggers), every, marker
+    def __init__(self, loggers: Sequence, every: int, marker: Path | None = None, offset: int = 0):
+        self.loggers, self.every, self.marker, self.offset = list(loggers), every, marker, offset
         self.seen_step, self.logged_step = 0, -1
         self.losses: list[float] = []  # the micro-batches of the optimizer step under way
         self.lr, self.grad_norm = float("nan"), float("nan")
@@ -207,7 +209,8 @@ class StepFigures(pl.Callback):
         return bool(self.every) and step % self.every == 0 and step > self.logged_step
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not self.due(trainer.global_step + 1):  # the step about to be taken; norms cost only when logged
+        # the step about to be taken; norms cost only when logged
+        if not self.due(self.offset + trainer.global_step + 1):
             return
         self.lr = float(optimizer.param_groups[0]["lr"])
         norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in pl_module.parameters()
@@ -220,6 +223,7 @@ class StepFigures(pl.Callback):
         if step == self.seen_step:
             return  # a micro-batch that did not end an optimizer step
         self.seen_step, losses, self.losses = step, self.losses, []
+        step += self.offset
         if not self.due(step) or not trainer.is_global_zero:
             return
         figures = {f"{self.PREFIX}loss": sum(losses) / len(losses), f"{self.PREFIX}lr": self.lr,

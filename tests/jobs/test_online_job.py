@@ -73,6 +73,12 @@ def test_posts_go_out_on_schedule_mature_and_an_update_makes_a_new_active_versio
         logged = {int(r["step"]): r for r in csv.DictReader(file)}
     assert float(logged[1]["score_mean"]) == pytest.approx(
         scalar(reader, "SELECT value FROM metrics WHERE run_id = ? AND name = 'score_mean' AND step = 1", run_id))
+    # and, as it trained, its optimizer step's figures, numbered over the run (reinforce: one step an update)
+    wait_for(lambda: scalar(reader, "SELECT count(*) FROM metrics WHERE run_id = ? AND name LIKE 'train/%' "
+                                    "AND step = 1", run_id) == 3, timeout=30, message="the update's step figures")
+    with open(settings.tracking / "csv" / FACE / run_id / "metrics.csv", newline="") as file:
+        step_rows = [r for r in csv.DictReader(file) if r.get("train/loss")]
+    assert step_rows[0]["step"] == "1" and float(step_rows[0]["train/grad_norm"]) > 0
 
     # The update trained on three matured posts, each scored from a snapshot at least 3 audience hours old;
     # earlier windows were read too (how early depends on the machine's load).

@@ -119,3 +119,14 @@ def test_the_next_update_learns_from_the_review_decisions_since_the_last_and_edi
     # 3) the operator's edit is offline training data, with the operator's text, after the imported posts
     assert [(p["post_id"], p["text"]) for p in training_posts(reader, "f")] == \
         [("f:1", "old"), ("run:e", "Written by the operator.")]
+
+
+def test_an_updates_step_figures_go_on_from_the_last_one_its_run_logged(tmp_path):
+    path, reader = store_with_a_run(tmp_path)
+    apply_write(path, "plan", plain(records.update_planned(UpdatePlan("run-u1", 1, []), "run", "f", None)), 10)
+    assert update_inputs(reader, "run-u1")["last_step_figure"] == 0
+    rows = [{"run_id": run, "name": name, "step": step, "value": 1.0}
+            for run, name, step in (("run", "train/loss", 12), ("run", "train/loss", 17), ("run", "score_mean", 40),
+                                    ("other-run", "train/loss", 90))]
+    apply_write(path, "metrics", plain([{"op": "upsert", "table": "metrics", "rows": rows}]), 10)
+    assert update_inputs(reader, "run-u1")["last_step_figure"] == 17

@@ -78,6 +78,8 @@ def run_update(
     train_texts: list[str] = (),
     loggers: Sequence[Logger] = (),
     log_step: int | None = None,
+    step_loggers: Sequence[Logger] = (),
+    step_offset: int = 0,
     on_progress: ProgressSink | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
@@ -94,7 +96,9 @@ def run_update(
     "text", "score", "reward", "published_at"}); local folders for the algorithm's state across
     updates and for this update's checkpoint; the face's imported posts for the copy guard;
     Lightning loggers (the trainer's; the update's figures are logged to them at `log_step`, default its
-    optimizer steps); callbacks on_progress(step, total, loss, eta_seconds), should_stop() -> bool; a seed;
+    optimizer steps); `step_loggers` get train/loss, train/lr and train/grad_norm every `log_every_n_steps`
+    optimizer steps, numbered from `step_offset` (the run's steps before this update); callbacks
+    on_progress(step, total, loss, eta_seconds), should_stop() -> bool; a seed;
     the URL of the face's fitted reward model (reads.latest_reward_model's
     artifact_url; None before its first fit), which `guided` learns from. A `guided` batch post may also
     carry "predicted_reward", "selection_probability" and "candidates" (the unpublished candidates of its
@@ -120,6 +124,7 @@ def run_update(
         base_model=base_model, policy_url=policy_url, batch=list(batch), history=list(history),
         state_dir=state_dir, checkpoint_dir=checkpoint_dir, model_cache_dir=Path(model_cache_dir),
         train_texts=list(train_texts), loggers=list(loggers), log_step=log_step, on_progress=on_progress,
+        step_loggers=list(step_loggers), step_offset=step_offset,
         should_stop=should_stop, seed=seed, reward_model_url=reward_model_url, device=device,
         feedback=OperatorFeedback.from_value(feedback),
     )

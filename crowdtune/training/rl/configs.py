@@ -47,6 +47,8 @@ class RLConfig(BaseModel):
     precision: str = Field("auto", description='"auto": "bf16-mixed" on GPUs that support it, else "32-true"')
     accelerator: str = Field("auto", description="Lightning accelerator (cpu, gpu, ...)")
     checkpoint_every: int = Field(1, ge=1, description="optimizer steps between checkpoints (resume after a kill)")
+    log_every_n_steps: int = Field(1, ge=0, description="optimizer steps between the train/loss, train/lr and "
+                                   "train/grad_norm figures, counted over the run's updates; 0 = off")
 
     def resolved_precision(self) -> str:
         if self.precision != "auto":

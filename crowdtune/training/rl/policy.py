@@ -25,7 +25,7 @@ import torch
 from pytorch_lightning.loggers import Logger
 
 from crowdtune.training.adapter_module import AdapterModule
-from crowdtune.training.callbacks import CheckpointEvery, ProgressReport, ProgressSink, StopFlag
+from crowdtune.training.callbacks import CheckpointEvery, ProgressReport, ProgressSink, StepFigures, StopFlag
 from crowdtune.training.checkpoints import save_adapter, save_checkpoint, write_json
 from crowdtune.training.devices import one_device
 from crowdtune.training.generation import sample
@@ -74,6 +74,8 @@ class UpdateInputs:
     train_texts: list[str] = field(default_factory=list)
     loggers: Sequence[Logger] = ()  # Lightning loggers: the trainer's, and the update's figures at log_step
     log_step: int | None = None  # the step the update's figures are logged at; None = its optimizer steps
+    step_loggers: Sequence[Logger] = ()  # where train/loss, train/lr, train/grad_norm go (callbacks.StepFigures)
+    step_offset: int = 0  # the run's optimizer steps before this update: the step figures' first step follows it
     device: str = "auto"  # the one device the update trains on (the `device` setting, see training.devices)
     on_progress: ProgressSink | None = None
     should_stop: Callable[[], bool] | None = None
@@ -150,7 +152,8 @@ class _Steps(torch.utils.data.Dataset):
 
 def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
     """Run `steps` optimizer steps of `module` (resuming from checkpoint_dir/last.ckpt) on one device
-    (inputs.device), with inputs.loggers as the trainer's loggers.
+    (inputs.device), with inputs.loggers as the trainer's loggers and the step figures (train/loss, train/lr,
+    train/grad_norm every `log_every_n_steps`, at inputs.step_offset + the step) to inputs.step_loggers.
 
     Returns True when should_stop stopped it early.
     """
@@ -162,6 +165,9 @@ def fit(module: PolicyModule, steps: int, inputs: UpdateInputs) -> bool:
         callbacks.append(stop)
     if inputs.on_progress is not None:
         callbacks.append(ProgressReport(inputs.on_progress, steps))
+    if inputs.step_loggers and config.log_every_n_steps:
+        callbacks.append(StepFigures(inputs.step_loggers, config.log_every_n_steps, folder / "logged_steps.json",
+                                     offset=inputs.step_offset))
     trainer = pl.Trainer(
         **one_device(inputs.device, config.accelerator), precision=config.resolved_precision(),
         max_steps=steps, max_epochs=-1, gradient_clip_val=config.grad_clip,
