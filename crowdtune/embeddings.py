@@ -240,10 +240,15 @@ class EmbeddingCache:
                 self._vectors.update({**promoted, **fresh})
             elif fresh:
                 self._recent.update(fresh)
-                while len(self._recent) > RECENT_SAMPLES:
-                    self._recent.popitem(last=False)
             rows = [fresh.get(k, self._vectors.get(k)) for k in keys]
             rows = [row if row is not None else self._recent[k] for k, row in zip(keys, rows, strict=True)]
+            # trimmed only now: this call's own texts may be the oldest (more than RECENT_SAMPLES of them,
+            # or samples seen long ago); the texts just asked for become the newest
+            for k in keys:
+                if k in self._recent:
+                    self._recent.move_to_end(k)
+            while len(self._recent) > RECENT_SAMPLES:
+                self._recent.popitem(last=False)
         return np.stack(rows) if rows else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
 
     def _write_shard(self, vectors: dict[str, np.ndarray]) -> None:

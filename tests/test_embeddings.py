@@ -81,6 +81,21 @@ def test_texts_embedded_with_keep_false_are_not_kept(tmp_path):
     assert texts_embedded() - before == 1 and not (tmp_path / embeddings.MODEL_ID).exists()  # a new process
 
 
+def test_samples_seen_before_stay_available_when_a_large_call_overflows_the_recent_ones(tmp_path, monkeypatch):
+    # found by the online benchmark: a history scored with keep=False after earlier samples evicted the
+    # earlier samples of the same call before their rows were read (KeyError)
+    monkeypatch.setattr(embeddings, "RECENT_SAMPLES", 4)
+    cache = EmbeddingCache(tmp_path)
+    seen = [f"an earlier sample number {i}" for i in range(3)]
+    first = cache.embed(seen, keep=False)
+    before = texts_embedded()
+    mixed = cache.embed([*seen, *(f"a new sample number {i}" for i in range(6))], keep=False)
+    assert texts_embedded() - before == 6  # the earlier ones were not embedded again
+    np.testing.assert_array_equal(mixed[:3], first)
+    assert len(cache._recent) == 4
+    np.testing.assert_allclose(mixed[3:], embed([f"a new sample number {i}" for i in range(6)]), atol=1e-5)
+
+
 def test_a_sample_later_kept_is_written_without_embedding_it_again(tmp_path):
     cache = EmbeddingCache(tmp_path)
     cache.embed(["a sample that got published"], keep=False)
