@@ -147,11 +147,12 @@ def test_the_copy_guard_and_the_diversity_floor_trip_on_samples_that_copy_and_re
                                                                                      tmp_path):
     model, tokenizer = tiny_policy
     # No training (no reward model, no posts): the guard samples are the start model's own, so make them copies.
-    config = GuidedConfig(**QUICK)
+    # 32 samples: with 8 short ones, every bigram could be distinct (distinct-2 = 1.0, not below the floor)
+    config = GuidedConfig(**{**QUICK, "guard_samples": 32})
     copied = [s.text for s in fresh_samples(model, tokenizer, config, seed=3) if len(s.text.split()) >= 4]
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / STATE_FILE).write_text(json.dumps({"start_distinct_2": 1.0}))  # a perfectly diverse start
-    result = guided(tiny_model_dir, tmp_path, "u0", train_texts=copied, diversity_floor=1.0)
+    result = guided(tiny_model_dir, tmp_path, "u0", train_texts=copied, diversity_floor=1.0, guard_samples=32)
     assert {a["guard"] for a in result.alerts} == {"copy", "diversity"}
     assert result.metrics["copy_rate"] > 0.01 and result.metrics["steps"] == 0
     assert result.pause and "Diversity floor" in result.pause_reason
