@@ -81,7 +81,7 @@ def test_best_of_n_stores_every_candidate_publishes_one_and_explores(
         assert outcome["outcome"] == "published", outcome
         settle(redis_conn)
 
-    below_top = 0
+    explores = 0
     for slot in range(slots):
         rows = slot_rows(store, run_id, slot)
         kept = [r for r in rows if r["status"] != "rejected"]
@@ -96,9 +96,11 @@ def test_best_of_n_stores_every_candidate_publishes_one_and_explores(
         assert all(r["reward_model_id"] == model_id and r["predicted_reward"] is not None for r in kept)
         assert sum(r["selection_probability"] for r in kept) == pytest.approx(1.0)
         assert chosen[0]["selection_probability"] > 0
-        below_top += chosen[0]["predicted_reward"] < max(r["predicted_reward"] for r in kept)
-    # Thompson sampling explores: not every slot publishes its top prediction.
-    assert below_top >= 1
+        # Thompson sampling explores: a candidate below the top prediction has a chance to be published.
+        # (Whether the slot's draw landed on it is luck of the run id's seed, so that is not asserted.)
+        top = max(r["predicted_reward"] for r in kept)
+        explores += any(r["selection_probability"] > 0 and r["predicted_reward"] < top for r in kept)
+    assert explores >= 1
     published = [r[0] for r in store.rows("SELECT text FROM posts WHERE run_id = ? AND status = 'published' "
                                           "ORDER BY publish_slot", [run_id])]
     assert sorted(sandbox_texts(sandbox_dir)) == sorted(published) and len(published) == slots
