@@ -9,7 +9,7 @@
 Both trainers hand these to `pl.Trainer(logger=...)`; their evaluations (SFT) and updates (RL) log
 through `trainer.loggers`, so every logger sees the same (step, figures) as the store. A tracker
 logs into `<tracking_dir>/<kind>/<face>/<run_id>/`; an online run's updates all land in its run's
-folder, one point per update.
+folder (MLflow: its one MLflow run, found by the `crowdtune_run_id` tag), one point per update.
 """
 
 from __future__ import annotations
@@ -177,11 +177,29 @@ def _build(name: str, folder: Path, face_id: str, run_id: str, mlflow_tracking_u
             # database store, and a folder needs no server: set a tracking URI for anything else
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = (folder / "mlruns").absolute().as_uri()
-        return pl_loggers.MLFlowLogger(experiment_name=f"crowdtune-{face_id}", run_name=run_id,
-                                       tracking_uri=uri, tags={"crowdtune_run_id": run_id, "face": face_id})
+        experiment = f"crowdtune-{face_id}"
+        # the run's earlier MLflow run, if any: each logger would otherwise open a new one (and an online
+        # run builds its trackers once per update)
+        return pl_loggers.MLFlowLogger(experiment_name=experiment, run_name=run_id, tracking_uri=uri,
+                                       tags={"crowdtune_run_id": run_id, "face": face_id},
+                                       run_id=_mlflow_run_of(uri, experiment, run_id))
     # W&B: id = run id, so attempts and updates of one run are one W&B run (needs `wandb login` or WANDB_MODE)
     return pl_loggers.WandbLogger(project=wandb_project, name=run_id, id=_wandb_id(run_id), resume="allow",
                                   save_dir=str(folder), group=face_id)
+
+
+def _mlflow_run_of(tracking_uri: str, experiment_name: str, run_id: str) -> str | None:
+    """The id of the MLflow run tagged with Crowdtune's `run_id` in the experiment, None if there is none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    # run ids are actions.new_id's (letters, digits, dashes): nothing to escape in the filter
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.crowdtune_run_id = '{run_id}'",
+                               max_results=1, order_by=["attributes.start_time ASC"])
+    return found[0].info.run_id if found else None
 
 
 def _wandb_id(run_id: str) -> str:

@@ -114,3 +114,24 @@ def test_the_store_keeps_an_evaluation_its_samples_and_the_step_figures_of_one_s
     assert rows == [("train/loss", 10, 2.4), ("train/lr", 10, 1e-3), ("train_loss", 10, 2.5), ("val_loss", 10, 2.0)]
     assert reader.rows("SELECT step, sample, text FROM evaluation_samples ORDER BY sample") == [
         (10, 0, "first post"), (10, 1, "second post")]
+
+
+@pytest.mark.skipif(not HAS_MLFLOW, reason='needs the [mlflow] extra')
+def test_every_process_of_a_run_logs_to_one_mlflow_run(tmp_path):
+    # An online run builds its trackers anew for every update: they must all land in the run's one MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    first = tracker_loggers(["mlflow"], folder=tmp_path, face_id="sandbox", run_id="online-1")[0]
+    log_figures([first], 1, {"score_mean": 1.0})
+    first.finalize("success")
+    other = tracker_loggers(["mlflow"], folder=tmp_path, face_id="sandbox", run_id="online-2")[0]
+    log_figures([other], 1, {"score_mean": 5.0})
+    again = tracker_loggers(["mlflow"], folder=tmp_path, face_id="sandbox", run_id="online-1")[0]
+    log_figures([again], 2, {"score_mean": 2.0})
+    again.finalize("success")
+
+    assert again.run_id == first.run_id != other.run_id
+    client = MlflowClient(first._tracking_uri)
+    history = client.get_metric_history(first.run_id, "score_mean")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0)]
+    assert len(client.search_runs([first.experiment_id])) == 2
