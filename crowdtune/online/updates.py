@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -24,6 +25,9 @@ from crowdtune.online.controller import OnlineConfig
 from crowdtune.settings import Settings
 from crowdtune.store.remote import read_rows_via_store_worker, read_via_store_worker
 from crowdtune.store.writes import StoreWriter, utc_now
+
+if TYPE_CHECKING:  # Lightning is imported only by the jobs that train
+    from pytorch_lightning.loggers import Logger
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +70,18 @@ def read_update_inputs(conn: redis.Redis, update_id: str) -> StoredUpdate:
 
 
 def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable, should_stop: Callable[[], bool],
-                 checkpoint_name: str, writer: StoreWriter | None = None):
+                 checkpoint_name: str, writer: StoreWriter | None = None, trackers: Sequence[Logger] = ()):
     """Turn the batch's scores into rewards and run the configured algorithm; return its UpdateResult.
 
     Checkpoints live under the run's checkpoint folder (mirrored from and to `artifacts_url` when
     that is remote), so a re-run after a crash resumes where the update stopped. With a `writer`, the
-    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and the trackers of the
-    `loggers` setting as it trains, numbered on from the run's last step figure. That offset is pinned in
-    the update's checkpoint folder, so a retried update logs its steps at the same numbers (once each).
+    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and to `trackers` (the
+    run's run_trackers, built once by the job; it finalizes them) as it trains, numbered on from the run's
+    last step figure. That offset is pinned in the update's checkpoint folder, so a retried update logs its
+    steps at the same numbers (once each).
     """
     from crowdtune.training.checkpoints import write_json
-    from crowdtune.training.loggers import StoreLogger, run_trackers
+    from crowdtune.training.loggers import StoreLogger
     from crowdtune.training.rl import run_update
 
     cfg, update = inputs.cfg, inputs.update
@@ -88,8 +93,8 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
     if mirrored:
         artifacts.mirror_down(remote, base_dir)
     run_id = update["run_id"]
-    step_loggers = [] if writer is None else [StoreLogger(writer, run_id),
-                                              *run_trackers(settings, update["face_id"], run_id)]
+    store_logger = None if writer is None else StoreLogger(writer, run_id)
+    step_loggers = [] if store_logger is None else [store_logger, *trackers]
     pinned = base_dir / checkpoint_name / "step_offset.json"
     step_offset = json.loads(pinned.read_text())["offset"] if pinned.is_file() else inputs.last_step_figure
     write_json(pinned, {"offset": step_offset})
@@ -109,8 +114,8 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         feedback=inputs.feedback, step_loggers=step_loggers, step_offset=step_offset,
         # no loggers: record_update logs the update's figures with the batch's, at the update's step
     )
-    for logger in step_loggers:
-        logger.finalize("success")
+    if store_logger is not None:
+        store_logger.finalize("success")
     if mirrored:
         artifacts.mirror_up(base_dir, remote)
     return result
@@ -151,15 +156,14 @@ def update_metrics(inputs: StoredUpdate, result) -> dict[str, float]:
     return metrics
 
 
-def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate, result) -> tuple[str, dict]:
-    """Save the update's adapter as a version, register it with its metrics and log them to the trackers
+def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate, result,
+                  trackers: Sequence[Logger] = ()) -> tuple[str, dict]:
+    """Save the update's adapter as a version, register it with its metrics and log them to `trackers`
     (one point per update, at the update's step); return (version id, metrics)."""
-    from crowdtune.training.loggers import log_figures, run_trackers
+    from crowdtune.training.loggers import log_figures
     from crowdtune.training.models import save_version
 
     update, cfg = inputs.update, inputs.cfg
-    # built first: a tracker whose extra is missing fails the update before anything is recorded
-    trackers = run_trackers(settings, update["face_id"], update["run_id"])
     metrics = update_metrics(inputs, result)
     version_id = update["update_id"]
     url = artifacts.version_url(settings.artifacts, version_id)

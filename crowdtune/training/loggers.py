@@ -3,6 +3,7 @@
     StoreLogger(writer, run_id)          log_metrics(metrics, step) -> one store batch per step, applied once
     tracker_loggers(names, ...)          TensorBoard, CSV, MLflow, W&B loggers by name (each an optional extra)
     run_trackers(settings, face, run)    the same, as the `loggers` setting says
+    finalize_trackers(trackers, status)  close them after work done outside a Trainer; never raises
     log_figures(loggers, step, metrics)  what a step outside a Trainer (an online update's record) logs
     log_samples(loggers, step, texts)    an evaluation's sampled posts: the store, and the trackers' text views
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +30,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from crowdtune.errors import CrowdtuneError
 from crowdtune.settings import Settings
 from crowdtune.store.writes import StoreWriter, metrics_op, samples_op
+
+log = logging.getLogger(__name__)
 
 # tracker -> (module it needs, the extra that installs it)
 TRACKER_EXTRAS = {
@@ -150,6 +154,16 @@ def tracker_loggers(names: Iterable[str], *, folder: Path, face_id: str, run_id:
                 f'Install the extra: pip install -e ".[{extra}]", or drop {name!r} from the `loggers` setting.')
         loggers.append(_build(name, folder, face_id, run_id, mlflow_tracking_uri, wandb_project))
     return loggers
+
+
+def finalize_trackers(trackers: Iterable[Logger], status: str) -> None:
+    """Close each tracker with Lightning's status ("success", "failed"); one that cannot be reached is
+    logged, not raised: the figures are in the store, and the job's outcome must not hang on a tracker."""
+    for tracker in trackers:
+        try:
+            tracker.finalize(status)
+        except Exception:  # noqa: BLE001 - any tracker's own failure
+            log.warning("could not finalize the %s tracker", type(tracker).__name__, exc_info=True)
 
 
 def run_trackers(settings: Settings, face_id: str, run_id: str) -> list[Logger]:
