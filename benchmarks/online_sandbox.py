@@ -329,7 +329,8 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     result = updates.train_update(settings, stored, on_progress=lambda *a, **k: None, should_stop=lambda: False,
                                   checkpoint_name=safe_id(update["update_id"]))
     metrics = updates.update_metrics(stored, result)
-    run.updates.append({**metrics, "pause": bool(result.pause)})
+    run.updates.append({**metrics, "pause": bool(result.pause),
+                        "pause_reason": (result.pause_reason or "") if result.pause else None})
     if result.pause:  # the job registers it but keeps the old version active (and pauses; here the run goes on)
         return active
     url = artifacts.version_url(settings.artifacts, safe_id(update["update_id"]))
@@ -383,7 +384,8 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
             u = run.updates[-1]
             print(f"    {algorithm} {audience_name} s{seed} update {len(run.updates)} after {slot} posts: "
                   f"batch score {u['score_mean']:.1f}, kl {u.get('kl', math.nan):.4f}"
-                  + (" PAUSE" if u["pause"] else "") + f" ({time.monotonic() - started:.0f} s)", flush=True)
+                  + (f" PAUSE: {u['pause_reason']}" if u["pause"] else "") + f" ({time.monotonic() - started:.0f} s)",
+                  flush=True)
         # 4) the slot (the publish job): N candidates, the guards, the exploring choice, then publish
         published = [p.row["text"] for p in run.posts]
         # the job builds both indexes per slot; the training posts' one never changes here, so it is built once
