@@ -343,8 +343,7 @@ def rl_update(update_id: str) -> dict:
     the old one active, pauses the controller and raises an alert. Re-running after a crash resumes
     from the update's checkpoint and writes nothing twice.
     """
-    from crowdtune.online.updates import read_update_inputs, record_update, train_update
-    from crowdtune.training.loggers import finalize_trackers, run_trackers
+    from crowdtune.online.updates import read_update_inputs, record_update, train_update, update_trackers
 
     settings = load_settings()
     conn = connect(settings)
@@ -356,26 +355,22 @@ def rl_update(update_id: str) -> dict:
         return {"update_id": update_id, "outcome": f"already {update['status']}"}
     writer.submit([records.update_set(update_id, status=UpdateStatus.RUNNING, started_at=utc_now())],
                   write_id=f"update-running:{update_id}:{job.id if job else ''}:{utc_now():%H%M%S%f}")
-    trackers, status = [], "failed"
     try:
-        # built once, before training: a tracker whose extra is missing fails the update before anything is done
-        trackers = run_trackers(settings, update["face_id"], update["run_id"])
-        result = train_update(settings, inputs, on_progress=progress_reporter(job),
-                              should_stop=lambda: stop_flags.stop_requested(conn, update["run_id"]),
-                              checkpoint_name=safe_id(update_id), writer=writer, trackers=trackers)
-        if result.stopped:
-            writer.submit([records.update_set(update_id, status=UpdateStatus.STOPPED, ended_at=utc_now())],
-                          write_id=f"update-stopped:{update_id}")
-            return {"update_id": update_id, "outcome": "stopped"}
-        version_id, metrics = record_update(settings, writer, inputs, result, trackers)
-        status = "success"
+        with update_trackers(settings, update) as trackers:
+            result = train_update(settings, inputs, on_progress=progress_reporter(job),
+                                  should_stop=lambda: stop_flags.stop_requested(conn, update["run_id"]),
+                                  checkpoint_name=safe_id(update_id), writer=writer, trackers=trackers)
+            if result.stopped:
+                writer.submit([records.update_set(update_id, status=UpdateStatus.STOPPED, ended_at=utc_now())],
+                              write_id=f"update-stopped:{update_id}")
+                return {"update_id": update_id, "outcome": "stopped"}
+            version_id, metrics = record_update(settings, writer, inputs, result, trackers)
         return {"update_id": update_id, "version_id": version_id, "paused": bool(result.pause), "metrics": metrics}
     except Exception as exc:
         if job is None or not job.retries_left:
             writer.submit(records.update_failed(update, failure_message(exc)), write_id=f"update-failed:{update_id}")
         raise
     finally:
-        finalize_trackers(trackers, status)
         schedule_tick(conn, update["face_id"])
 
 

@@ -5,13 +5,15 @@
                                                           (its step figures to the store and trackers as it trains)
     record_update(settings, writer, inputs, result)       the new version saved and registered, its metrics written
                                                           (the store, then the trackers of the `loggers` setting)
+    update_trackers(settings, update)                     those trackers, built once for both, closed after
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -75,10 +77,10 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
 
     Checkpoints live under the run's checkpoint folder (mirrored from and to `artifacts_url` when
     that is remote), so a re-run after a crash resumes where the update stopped. With a `writer`, the
-    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and to `trackers` (the
-    run's run_trackers, built once by the job; it finalizes them) as it trains, numbered on from the run's
-    last step figure. That offset is pinned in the update's checkpoint folder, so a retried update logs its
-    steps at the same numbers (once each).
+    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and to `trackers` (from
+    update_trackers: built once by the job, finalized after) as it trains, numbered on from the run's last
+    step figure. That offset is pinned in the update's checkpoint folder, so a retried update logs its steps
+    at the same numbers (once each).
     """
     from crowdtune.training.checkpoints import write_json
     from crowdtune.training.loggers import StoreLogger
@@ -154,6 +156,22 @@ def update_metrics(inputs: StoredUpdate, result) -> dict[str, float]:
         elapsed = (utc_now() - datetime.fromisoformat(str(started))).total_seconds()
         metrics["posts_per_day"] = inputs.published_count / max(elapsed * inputs.cfg.time_acceleration / 86400.0, 1.0)
     return metrics
+
+
+@contextmanager
+def update_trackers(settings: Settings, update: dict) -> Iterator[list[Logger]]:
+    """The run's trackers (the `loggers` setting), built once for an update's training and record, and
+    finalized after the block with its outcome ("failed" if it raised). Built before anything is done, so a
+    tracker whose extra is missing fails the update before it trains."""
+    from crowdtune.training.loggers import finalize_trackers, run_trackers
+
+    trackers = run_trackers(settings, update["face_id"], update["run_id"])
+    status = "failed"
+    try:
+        yield trackers
+        status = "success"
+    finally:
+        finalize_trackers(trackers, status)
 
 
 def record_update(settings: Settings, writer: StoreWriter, inputs: StoredUpdate, result,
