@@ -305,7 +305,7 @@ def test_review_with_pick_publishes_the_picked_candidate_and_counts_a_rejection(
     for label, value in (("candidates", "3"), ("review timeout hours", "100000")):
         others.get_by_role("spinbutton", name=label, exact=True).fill(value)
     main(page).get_by_role("button", name="Review and start").click()
-    expect(main(page).get_by_text("This publishes.")).to_be_visible()
+    expect(main(page).get_by_text("This publishes.")).to_be_visible(timeout=WAIT)  # a full rerun: slow under load
     main(page).get_by_role("button", name="Yes, start publishing").click()
     expect(main(page).get_by_text(re.compile(r"Online run online-\S+ started"))).to_be_visible()
     lap("online started")

@@ -29,7 +29,7 @@ HOLDER = textwrap.dedent("""
     import sys, time, duckdb
     con = duckdb.connect(sys.argv[1], read_only=True)   # like a user's `duckdb -readonly` session
     print("holding", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()   # held until the test says so: a timed hold raced slow producer start-ups
     con.close()
 """)
 
@@ -37,7 +37,8 @@ HOLDER = textwrap.dedent("""
 def test_three_producers_and_a_reader_holding_the_file_end_with_exact_counts(settings, redis_conn, workers):
     initialise(settings.store_path)
     workers.start("--store", conn=redis_conn)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_path), "5"], stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.store_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
     assert holder.stdout.readline().strip() == b"holding"
 
     batches, rows = 40, 25
@@ -50,6 +51,8 @@ def test_three_producers_and_a_reader_holding_the_file_end_with_exact_counts(set
     store_queue = queue("store", redis_conn)
     assert holder.poll() is None, "the reader should still hold the file"
     assert store_queue.count > 0
+    holder.stdin.write(b"release\n")
+    holder.stdin.close()
     assert holder.wait(timeout=30) == 0
 
     reader = StoreReader(settings.store_path)
