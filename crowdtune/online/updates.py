@@ -76,8 +76,8 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
     """Turn the batch's scores into rewards and run the configured algorithm; return its UpdateResult.
 
     Checkpoints live under the run's checkpoint folder (mirrored from and to `artifacts_url` when
-    that is remote), so a re-run after a crash resumes where the update stopped. With a `writer`, the
-    update's step figures (train/loss, train/lr, train/grad_norm) go to the store and to `trackers` (from
+    that is remote), so a re-run after a crash resumes where the update stopped. The update's step figures
+    (train/loss, train/lr, train/grad_norm) go to the store (with a `writer`) and to `trackers` (from
     update_trackers: built once by the job, finalized after) as it trains, numbered on from the run's last
     step figure. That offset is pinned in the update's checkpoint folder, so a retried update logs its steps
     at the same numbers (once each).
@@ -96,7 +96,7 @@ def train_update(settings: Settings, inputs: StoredUpdate, on_progress: Callable
         artifacts.mirror_down(remote, base_dir)
     run_id = update["run_id"]
     store_logger = None if writer is None else StoreLogger(writer, run_id)
-    step_loggers = [] if store_logger is None else [store_logger, *trackers]
+    step_loggers = [*([] if store_logger is None else [store_logger]), *trackers]
     pinned = base_dir / checkpoint_name / "step_offset.json"
     step_offset = json.loads(pinned.read_text())["offset"] if pinned.is_file() else inputs.last_step_figure
     write_json(pinned, {"offset": step_offset})

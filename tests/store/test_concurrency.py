@@ -26,7 +26,7 @@ PRODUCER = textwrap.dedent("""
 """)
 
 HOLDER = textwrap.dedent("""
-    import sys, time, duckdb
+    import sys, duckdb
     con = duckdb.connect(sys.argv[1], read_only=True)   # like a user's `duckdb -readonly` session
     print("holding", flush=True)
     sys.stdin.readline()   # held until the test says so: a timed hold raced slow producer start-ups
