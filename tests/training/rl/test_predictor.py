@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta
 
@@ -11,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crowdtune.training.rl.predictor import (
+    LEGACY_TEXT_FEATURES,
     TEXT_FEATURES,
     PredictorConfig,
+    RewardPredictor,
     fit_predictor,
     load_predictor,
     text_features,
@@ -84,6 +87,34 @@ def test_a_saved_model_predicts_the_same_after_loading(tmp_path):
     assert loaded.figures == {"validation_spearman": 0.5} and loaded.noise == pytest.approx(model.noise)
     with pytest.raises(FileNotFoundError):
         load_predictor(str(tmp_path / "none"))
+
+
+def test_the_model_learns_a_preferred_length_not_only_longer_or_shorter():
+    # An audience that likes ~15 words best: a bell in log length, which a linear term cannot draw.
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(2, 70, size=400)
+    posts = [{"text": " ".join(["word"] * int(n)), "origin": "imported", "posted_at": None,
+              "reward": float(-(math.log(n) - math.log(15)) ** 2 + rng.normal(scale=0.1))} for n in lengths]
+    model = fit_predictor(posts, rng.normal(size=(400, 8)))
+    short, preferred, long = model.predict(np.zeros((3, 8)), [" ".join(["word"] * n) for n in (4, 15, 50)])[0]
+    assert preferred > short + 0.5 and preferred > long + 0.5
+
+
+def test_a_model_saved_before_the_squared_lengths_still_loads_and_predicts(tmp_path):
+    posts, vectors = synthetic_posts(100)
+    d = vectors.shape[1] + len(LEGACY_TEXT_FEATURES)
+    coefs = np.random.default_rng(2).normal(size=(4, d))
+    old = RewardPredictor(np.zeros(d), np.ones(d), coefs, np.zeros(4), PredictorConfig(),
+                          features=LEGACY_TEXT_FEATURES)
+    old.save(str(tmp_path / "rm"))
+    meta_path = tmp_path / "rm" / "predictor.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["text_features"]  # what an older Crowdtune wrote
+    meta_path.write_text(json.dumps(meta))
+    texts = [p["text"] for p in posts]
+    loaded = load_predictor(str(tmp_path / "rm"))
+    assert loaded.features == LEGACY_TEXT_FEATURES
+    assert np.allclose(loaded.predict(vectors, texts)[0], old.predict(vectors, texts)[0])
 
 
 @settings(max_examples=60, deadline=None)
