@@ -24,6 +24,9 @@ Arms, per audience and seed:
     <name>    each algorithm of `--algorithms` (default: every one in crowdtune.training.rl.ALGORITHMS),
               run as the product runs it: best-of-N publishing on the face's reward model, refitted
               whenever a score matures, and an RL update every `posts_per_update` matured posts
+    <name>@N  the same with N candidates a slot (OnlineConfig.candidates). The default arms add
+              `policy_gradient@1`: policy_gradient as it was before best-of-N publishing (one sample a
+              slot), the baseline of the goals' gain and wall-time ratios (issue 14: "today's")
 
 The loop drives the functions the jobs run, not copies (tests/jobs/test_benchmark_drives_the_jobs.py
 checks it): each slot is crowdtune.online.candidates.draft_slot (what jobs.online.publish_post calls:
@@ -76,6 +79,8 @@ ORACLE_CANDIDATES = 8
 HISTORY_LIMIT = 2000                      # scored posts an update sees (store.reads.update_inputs' default)
 DEFAULT_AUDIENCES = ("likes", "sentiment", "rules")
 FIXED_ARMS = ("start", "oracle", "base")
+# policy_gradient as it was when the goals were set: one sample a slot, no best-of-N (the ratios' baseline)
+BASELINE_ARM = "policy_gradient@1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,22 +343,39 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     return {"version_id": update["update_id"], "artifact_url": url, "base_model": args.model}
 
 
-def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: Channel, history: list[dict],
+def split_arm(arm: str) -> tuple[str, int | None]:
+    """An arm's algorithm and candidates a slot: policy_gradient@1 gives ("policy_gradient", 1), guided
+    gives ("guided", None), the product's default N."""
+    algorithm, _, count = arm.partition("@")
+    return algorithm, int(count) if count else None
+
+
+def arm_folder(arm: str) -> str:
+    """An arm's name as a run id and folder name (letters, digits, _ and - only)."""
+    return arm.replace("@", "-n").replace(":", "_")
+
+
+def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel, history: list[dict],
                   start_url: str, seed: int) -> dict:
-    """Drive one algorithm for --posts slots (module docstring). Returns its figures."""
+    """Drive one algorithm arm ("NAME" or "NAME@N") for --posts slots (module docstring). Returns its figures."""
     from crowdtune import artifacts
     from crowdtune.online import candidates
     from crowdtune.training.rl import warm_start_steps
 
-    cfg = online_config(args, algorithm, seed)
-    run = OnlineRun(f"{algorithm}-{audience_name.replace(':', '_')}-s{seed}")
+    algorithm, count = split_arm(arm)
+    cfg = online_config(args, algorithm, seed, candidates=count)
+    run = OnlineRun(f"{arm_folder(arm)}-{arm_folder(audience_name)}-s{seed}")
     # a fresh run: an interrupted attempt's checkpoints would be resumed by train_update
     shutil.rmtree(artifacts.local_path(artifacts.checkpoint_url(settings.artifacts, run.run_id)), ignore_errors=True)
     train_texts = [h["text"] for h in history]
     training_guard = candidates.guard_indexes(train_texts, [], cfg.copy_embedding_threshold).training
     active = {"version_id": "start", "artifact_url": start_url, "base_model": args.model}
     model, tokenizer = load_policy(start_url, args)
-    reward_model, fitted_at = fit_reward_model(settings, cfg, history, run), 0  # day 0: the history's model
+    # The face's reward model chooses among candidates and guides `guided`; with one candidate a slot,
+    # policy_gradient and reinforce never read it, and as they were run before best-of-N, nothing fits one.
+    fits = cfg.candidates > 1 or algorithm == "guided"
+    reward_model, fitted_at = (fit_reward_model(settings, cfg, history, run) if fits
+                               else candidates.SlotRewardModel()), 0  # day 0: the history's model
     started = time.monotonic()
     if warm_start_steps(cfg.algorithm, cfg.algorithm_settings) > 0:
         # As the controller does (warm_start_due): an update with no posts before the first slot.
@@ -369,7 +391,7 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
         # 2) new scores: the face's reward model is refitted (the fit job; the controller asks at every new
         # score, the benchmark at every --fit-every-th: a fit on 3,000 posts takes ~5 s here)
         scored = sum(p.score is not None for p in run.posts)
-        if matured and scored - fitted_at >= args.fit_every:
+        if fits and matured and scored - fitted_at >= args.fit_every:
             reward_model, fitted_at = fit_reward_model(settings, cfg, history, run), scored
         # 3) posts_per_update matured posts: an update (the update job), then publishing uses its version
         ready = [p for p in run.posts if p.score is not None and not p.used]
@@ -382,7 +404,7 @@ def algorithm_arm(args, settings, algorithm: str, audience_name: str, channel: C
                 active = new
                 model, tokenizer = load_policy(active["artifact_url"], args)
             u = run.updates[-1]
-            print(f"    {algorithm} {audience_name} s{seed} update {len(run.updates)} after {slot} posts: "
+            print(f"    {arm} {audience_name} s{seed} update {len(run.updates)} after {slot} posts: "
                   f"batch score {u['score_mean']:.1f}, kl {u.get('kl', math.nan):.4f}"
                   + (f" PAUSE: {u['pause_reason']}" if u["pause"] else "") + f" ({time.monotonic() - started:.0f} s)",
                   flush=True)
@@ -498,13 +520,16 @@ def goals(summary: dict, algorithm: str) -> dict | None:
         values = list(values)
         return None if any(v is None for v in values) or not values else bool(all(values))
 
+    # the ratios' baseline: policy_gradient as it was (one sample a slot) where measured, else as the product runs it
+    baseline = BASELINE_ARM if all(summary[a].get(BASELINE_ARM) for a in rows) else "policy_gradient"
     gains = {a: (at(r, "last_32_at_128", "relative") or math.nan) - 1 for a, r in rows.items()}
-    pg = {a: (at(summary[a].get("policy_gradient"), "last_32_at_128", "relative") or math.nan) - 1 for a in rows}
+    pg = {a: (at(summary[a].get(baseline), "last_32_at_128", "relative") or math.nan) - 1 for a in rows}
     ratio = float(np.nanmean(list(gains.values())) / np.nanmean(list(pg.values()))) if pg else math.nan
-    pg_minutes = [(summary[a].get("policy_gradient") or {}).get("wall_minutes") for a in rows]
+    pg_minutes = [(summary[a].get(baseline) or {}).get("wall_minutes") for a in rows]
     minutes = [(r or {}).get("wall_minutes") for r in rows.values()]
     return {
         "algorithm": algorithm,
+        "ratios_against": baseline,
         "share_at_128_at_least_0.6": every(None if at(r, "last_32_at_128", "share_of_oracle_gain") is None
                                            else at(r, "last_32_at_128", "share_of_oracle_gain") >= 0.6
                                            for r in rows.values()),
@@ -565,8 +590,17 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--posts", type=int, default=max(BUDGETS), help="published posts per algorithm run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS), choices=list(ALGORITHMS),
-                        help="default: every registered algorithm (start and oracle always run)")
+    def arm(value: str) -> str:
+        algorithm, at, count = value.partition("@")
+        if algorithm not in ALGORITHMS or (at and not (count.isdigit() and 1 <= int(count) <= 64)):
+            raise argparse.ArgumentTypeError(f"{value!r}: expected NAME or NAME@N with NAME one of "
+                                             f"{', '.join(ALGORITHMS)} and N candidates a slot, 1-64")
+        return value
+
+    parser.add_argument("--algorithms", nargs="*", type=arm, default=[*ALGORITHMS, BASELINE_ARM],
+                        metavar="NAME[@N]",
+                        help=f"algorithms ({', '.join(ALGORITHMS)}), each optionally @N candidates a slot; "
+                             f"default: every registered one and {BASELINE_ARM} (start, oracle and base always run)")
     parser.add_argument("--audience", nargs="*", default=list(DEFAULT_AUDIENCES),
                         choices=["likes", "sentiment", "human", "rules"])
     parser.add_argument("--audience-file", action="append", default=[], metavar="PATH:NAME",
@@ -646,7 +680,7 @@ def main(argv=None) -> None:
                     runs[key] = done[key]
                     print(f"{arm} {audience_name} seed {seed}: taken from {args.results / 'runs.jsonl'}", flush=True)
                     continue
-                folder = args.results / "sandbox" / f"{arm}-{audience_name.replace(':', '_')}-s{seed}"
+                folder = args.results / "sandbox" / f"{arm_folder(arm)}-{arm_folder(audience_name)}-s{seed}"
                 channel = Channel(folder, audience, seed, args.history)
                 if arm in FIXED_ARMS:
                     limit = {"start": args.start_posts, "oracle": args.start_posts, "base": args.base_posts}[arm]
@@ -666,7 +700,7 @@ def main(argv=None) -> None:
         for arm, row in rows.items():
             windows = "  ".join(f"{label} x{row[label]['relative']:.3f}" for label in
                                 ["first_16"] + [f"last_32_at_{b}" for b in BUDGETS] if label in row)
-            print(f"{audience_name:10s} {arm:16s} {windows}  share {row['share_of_oracle_gain']}  "
+            print(f"{audience_name:10s} {arm:18s} {windows}  share {row['share_of_oracle_gain']}  "
                   f"copy {row['copy_rate']:.3f}  distinct-2 {row['distinct_2']:.3f}  {row['wall_minutes']:.1f} min")
     print(json.dumps({"benchmark": "online_sandbox", "smoke": bool(args.quick), "settings": settings_of(args),
                       "seeds": args.seeds, "arms": arms, "audiences": summary,

@@ -1,0 +1,57 @@
+"""The online benchmark's arms: an algorithm as the product runs it, or with N candidates a slot, and the
+goals' ratios taken against policy_gradient as it was (one sample a slot) once that arm is measured."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks import online_sandbox
+from crowdtune.training.rl import ALGORITHMS
+
+
+def test_the_default_arms_are_every_algorithm_and_policy_gradient_with_one_candidate():
+    args = online_sandbox.parse_args([])
+    assert args.algorithms == [*ALGORITHMS, "policy_gradient@1"]
+    assert online_sandbox.split_arm("policy_gradient@1") == ("policy_gradient", 1)
+    assert online_sandbox.split_arm("guided") == ("guided", None)
+    assert online_sandbox.arm_folder("policy_gradient@1") == "policy_gradient-n1"
+
+
+@pytest.mark.parametrize("value", ["nope", "nope@2", "policy_gradient@0", "policy_gradient@65", "guided@",
+                                   "guided@two", "guided@-1"])
+def test_an_unknown_algorithm_or_count_is_refused_with_the_valid_names(value, capsys):
+    with pytest.raises(SystemExit):
+        online_sandbox.parse_args(["--algorithms", value])
+    assert "NAME@N" in capsys.readouterr().err
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.text(max_size=24),
+                 st.builds(lambda a, n: f"{a}@{n}", st.sampled_from(list(ALGORITHMS)), st.integers(-3, 80))))
+def test_any_arm_text_either_names_an_algorithm_with_1_to_64_candidates_or_is_refused(value):
+    try:
+        args = online_sandbox.parse_args(["--algorithms", value])
+    except SystemExit:
+        return
+    algorithm, count = online_sandbox.split_arm(args.algorithms[0])
+    assert algorithm in ALGORITHMS and (count is None or 1 <= count <= 64)
+
+
+def summary_row(relative_at_128: float, minutes: float) -> dict:
+    return {"last_32_at_128": {"relative": relative_at_128, "share_of_oracle_gain": 0.5},
+            "copy_rate": 0.0, "distinct_2_vs_start": 0.9, "wall_minutes": minutes}
+
+
+def test_the_goals_ratios_are_against_policy_gradient_with_one_candidate_once_it_is_measured():
+    both = {"likes": {"guided": summary_row(2.0, 60.0), "policy_gradient": summary_row(2.0, 65.0),
+                      "policy_gradient@1": summary_row(1.25, 40.0)}}
+    goal = online_sandbox.goals(both, "guided")
+    assert goal["ratios_against"] == "policy_gradient@1"
+    assert goal["gain_vs_policy_gradient_at_128"] == pytest.approx(4.0)   # 1.0 / 0.25
+    assert goal["wall_time_vs_policy_gradient"] == pytest.approx(1.5)     # 60 / 40
+    without = {"likes": {k: v for k, v in both["likes"].items() if k != "policy_gradient@1"}}
+    goal = online_sandbox.goals(without, "guided")
+    assert goal["ratios_against"] == "policy_gradient"
+    assert goal["gain_vs_policy_gradient_at_128"] == pytest.approx(1.0)
