@@ -345,9 +345,15 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
 
 def split_arm(arm: str) -> tuple[str, int | None]:
     """An arm's algorithm and candidates a slot: policy_gradient@1 gives ("policy_gradient", 1), guided
-    gives ("guided", None), the product's default N."""
-    algorithm, _, count = arm.partition("@")
-    return algorithm, int(count) if count else None
+    gives ("guided", None), the product's default N. ValueError naming the valid forms for anything else."""
+    from crowdtune.training.rl import ALGORITHMS
+
+    algorithm, at, count = arm.partition("@")
+    candidates = int(count) if at and count.isascii() and count.isdigit() else None
+    if algorithm not in ALGORITHMS or (at and not (candidates and candidates <= 64)):
+        raise ValueError(f"{arm!r}: expected NAME or NAME@N with NAME one of {', '.join(ALGORITHMS)} "
+                         "and N candidates a slot, 1-64")
+    return algorithm, candidates
 
 
 def arm_folder(arm: str) -> str:
@@ -591,10 +597,10 @@ def parse_args(argv=None):
     parser.add_argument("--posts", type=int, default=max(BUDGETS), help="published posts per algorithm run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     def arm(value: str) -> str:
-        algorithm, at, count = value.partition("@")
-        if algorithm not in ALGORITHMS or (at and not (count.isdigit() and 1 <= int(count) <= 64)):
-            raise argparse.ArgumentTypeError(f"{value!r}: expected NAME or NAME@N with NAME one of "
-                                             f"{', '.join(ALGORITHMS)} and N candidates a slot, 1-64")
+        try:
+            split_arm(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
         return value
 
     parser.add_argument("--algorithms", nargs="*", type=arm, default=[*ALGORITHMS, BASELINE_ARM],

@@ -20,7 +20,7 @@ def test_the_default_arms_are_every_algorithm_and_policy_gradient_with_one_candi
 
 
 @pytest.mark.parametrize("value", ["nope", "nope@2", "policy_gradient@0", "policy_gradient@65", "guided@",
-                                   "guided@two", "guided@-1"])
+                                   "guided@two", "guided@-1", "guided@\u00b2", "guided@ 8"])
 def test_an_unknown_algorithm_or_count_is_refused_with_the_valid_names(value, capsys):
     with pytest.raises(SystemExit):
         online_sandbox.parse_args(["--algorithms", value])
