@@ -57,6 +57,7 @@ Runs in parts: every finished (arm, audience, seed) is appended to `<results>/ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -220,6 +221,7 @@ def sample_pool(args, name: str, policy_url: str | None, train_texts: list[str],
     model, tokenizer = load_policy(policy_url, args)
     pool, published, started = [], [], time.monotonic()  # pool: one entry per slot
     for slot in range(slots):
+        # no novelty window: the fixed arms are the policy as sampled, without the diversity floor
         guards = candidates.guard_indexes(train_texts, published, cfg.copy_embedding_threshold)
         draft = candidates.draft_slot(model, tokenizer, cfg, candidates.SlotIds(FACE, f"{name}-s{seed}", slot),
                                       guards=guards, reward_model=candidates.SlotRewardModel(), version_id=None,
@@ -417,8 +419,8 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
         # 4) the slot (the publish job): N candidates, the guards, the exploring choice, then publish
         published = [p.row["text"] for p in run.posts]
         # the job builds both indexes per slot; the training posts' one never changes here, so it is built once
-        guards = candidates.GuardIndexes(training_guard, candidates.guard_indexes(
-            [], published, cfg.copy_embedding_threshold).published)
+        guards = dataclasses.replace(candidates.guard_indexes([], published, cfg.copy_embedding_threshold,
+                                                              cfg.novelty_window), training=training_guard)
         draft = candidates.draft_slot(model, tokenizer, cfg, candidates.SlotIds(FACE, run.run_id, slot), guards=guards,
                                       reward_model=reward_model, version_id=active["version_id"],
                                       hour=channel.now.hour + channel.now.minute / 60)

@@ -245,7 +245,8 @@ def _generate(at: _Slot, awaiting_review: bool = False) -> dict | None:
     training = []
     if GenerationConfig(**cfg.sampling()).drop_copies:
         training = [p["text"] for p in read_rows_via_store_worker(at.conn, "training_posts", face_id=at.face_id)]
-    guards = guard_indexes(training, at.inputs.get("published_texts") or [], cfg.copy_embedding_threshold)
+    guards = guard_indexes(training, at.inputs.get("published_texts") or [], cfg.copy_embedding_threshold,
+                           cfg.novelty_window)
     now = utc_now()
     draft = draft_slot(model, tokenizer, cfg, SlotIds(at.face_id, at.run_id, at.slot), guards=guards,
                        reward_model=load_reward_model(at.inputs.get("reward_model")),

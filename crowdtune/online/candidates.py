@@ -9,8 +9,13 @@ What is built. At each publishing slot jobs/online.publish_post samples `OnlineC
 posts from the active policy in one batched generate call (a seed derived from the intent id and
 the attempt, so a re-run samples the same posts). Each sample passes the guards or is rejected with
 its reason: `empty`, `copy` (of one of the face's training posts), `offensive`, `repeat` (of one of
-the face's own earlier published posts, by the same n-gram/embedding test as copies) and
-`duplicate` (the same words as an earlier sample of the batch). The kept samples are the slot's
+the face's own earlier published posts, by the same n-gram/embedding test as copies), `duplicate`
+(the same words as an earlier sample of the batch) and `stale` (the diversity floor on what is
+published: fewer than `OnlineConfig.min_novelty` of its word bigrams are new against the face's last
+`novelty_window` posts; the most novel sample of a batch is always kept, so the floor never skips a
+slot). A window of published posts has a distinct-2 at least `min_novelty` whenever the floor held
+for each of them (distinct-2 is the length-weighted mean of each text's novelty against the texts
+before it): a reward model that likes one phrase can pick it, but not post by post. The kept samples are the slot's
 candidates. One of them is chosen; it becomes the slot's post (status `publishing`, then
 `published`) and every other kept one a `candidate` row pointing at it (`candidate_of`). Each row
 carries the reward model's prediction (`predicted_reward`, `predicted_reward_std`, `reward_model_id`)
@@ -54,7 +59,7 @@ from crowdtune.training.generation import (
     sample,
     trim_unfinished_sentence,
 )
-from crowdtune.training.guards import CopyIndex, words
+from crowdtune.training.guards import CopyIndex, bigram_set, novelty, words
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +75,30 @@ def derived_seed(*parts) -> int:
 
 @dataclass
 class GuardIndexes:
-    """What a sample must not copy: the face's training posts, and its own earlier published posts."""
+    """What a sample must not copy: the face's training posts and its own earlier published posts;
+    `recent`: the word bigrams of its last published posts (the diversity floor's reference)."""
 
     training: CopyIndex | None
     published: CopyIndex | None
+    recent: set[tuple[str, str]] = field(default_factory=set)
 
 
 def guard_indexes(training_texts: list[str], published_texts: list[str],
-                  embedding_threshold: float | None) -> GuardIndexes:
-    """Copy indexes over both sets of texts (None for an empty set)."""
+                  embedding_threshold: float | None, novelty_window: int = 0) -> GuardIndexes:
+    """Copy indexes over both sets of texts (None for an empty set), and the bigrams of the last
+    `novelty_window` published texts (`published_texts` oldest first)."""
     def index(texts):
         return CopyIndex(texts, embedding_threshold=embedding_threshold) if texts else None
 
-    return GuardIndexes(index(training_texts), index(published_texts))
+    recent = bigram_set(published_texts[-novelty_window:]) if novelty_window > 0 else set()
+    return GuardIndexes(index(training_texts), index(published_texts), recent)
 
 
-def guard_samples(samples: list[Sample], tokenizer, gen: GenerationConfig, guards: GuardIndexes) -> list[Sample]:
-    """The generation filters (trim, empty, copy of a training post, offensive), then two best-of-N ones:
-    a repeat of the face's own published posts, and a duplicate of an earlier sample of the batch.
+def guard_samples(samples: list[Sample], tokenizer, gen: GenerationConfig, guards: GuardIndexes,
+                  min_novelty: float = 0.0) -> list[Sample]:
+    """The generation filters (trim, empty, copy of a training post, offensive), then three best-of-N ones:
+    a repeat of the face's own published posts, a duplicate of an earlier sample of the batch, and the
+    diversity floor (`stale`: novelty against `guards.recent` below `min_novelty`, but never all).
 
     Out: the (trimmed) samples in batch order, each with `rejected` None (kept) or its reason."""
     if gen.trim_unfinished:
@@ -106,6 +117,13 @@ def guard_samples(samples: list[Sample], tokenizer, gen: GenerationConfig, guard
             if key in seen:
                 s.rejected = "duplicate"
             seen.add(key)
+    kept = [s for s in samples if s.rejected is None]
+    if min_novelty > 0 and guards.recent and kept:
+        scores = [novelty(s.text, guards.recent) for s in kept]
+        most_novel = kept[int(np.argmax(scores))]  # the floor gives way rather than skip the slot
+        for s, score in zip(kept, scores, strict=True):
+            if score < min_novelty and s is not most_novel:
+                s.rejected = "stale"
     return samples
 
 
@@ -234,7 +252,7 @@ def draft_slot(model, tokenizer, cfg, ids: SlotIds, *, guards: GuardIndexes, rew
                                   "seed": derived_seed(cfg.seed, ids.intent_id, attempt)})
         # 1) one batched sampling call for all candidates, then the guards
         drawn = sample(model, tokenizer, gen, prompts=[prompt] * cfg.candidates if prompt else None)
-        guarded = guard_samples(drawn, tokenizer, gen, guards)
+        guarded = guard_samples(drawn, tokenizer, gen, guards, cfg.min_novelty)
         rows = [{**common, "text": s.text, "sampling": gen.model_dump(mode="json"), "token_ids": s.token_ids,
                  "token_logprobs": s.logprobs, "logprob": float(sum(s.logprobs))} for s in guarded]
         draft.rejected += [{**row, "post_id": f"{ids.post_id}r{attempt}s{i}", "status": PostStatus.REJECTED,

@@ -98,6 +98,12 @@ class OnlineConfig(BaseModel):
         "thompson", description="how the published candidate is chosen on the face's reward model: thompson (draw "
                                 "one ensemble member, publish its best: explores where the model is unsure), greedy "
                                 "(best mean prediction), uniform (any); uniform while the face has no reward model")
+    min_novelty: float = Field(0.75, ge=0.0, le=1.0, description="diversity floor on published posts: a candidate "
+                               "whose word bigrams are less than this share new against the face's last "
+                               "novelty_window posts is set aside (`stale`), unless it is a batch's most novel; "
+                               "0 = off")
+    novelty_window: int = Field(63, ge=1, description="the face's last published posts the diversity floor measures "
+                                                      "against (63: a 64-post window keeps distinct-2 >= min_novelty)")
     max_generation_attempts: int = Field(4, ge=1, description="batches of candidates tried per slot when the guards "
                                                               "reject every sample, before the slot is skipped")
     copy_embedding_threshold: float | None = Field(

@@ -309,7 +309,8 @@ def pending_feedback(reader: StoreReader, face_id: str) -> list[str]:
 def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) -> dict:
     """What publishing one slot needs: controller, face, the run, the active version, the slot's post rows
     (its post, candidates and rejected samples), `published_texts` (the face's own generated posts that
-    went out, may have, or wait for review: the copy guard's second index), `reward_model`
+    went out, may have, or wait for review, oldest first: the copy guard's second index and the diversity
+    floor's window), `reward_model`
     (latest_reward_model) and `review` (the slot's review_decisions row, None before a decision)."""
     face = face_record(reader, face_id)
     active = model_version(reader, face["active_version_id"]) if face and face.get("active_version_id") else None
@@ -317,7 +318,8 @@ def publish_inputs(reader: StoreReader, face_id: str, run_id: str, slot: int) ->
         reader, "SELECT * FROM posts WHERE run_id = ? AND publish_slot = ? ORDER BY post_id", [run_id, slot])]
     published = [r[0] for r in reader.rows(
         "SELECT text FROM posts WHERE face_id = ? AND origin = 'generated' "
-        "AND status IN ('published', 'publishing', 'approved', 'awaiting_review') ORDER BY post_id", [face_id])]
+        "AND status IN ('published', 'publishing', 'approved', 'awaiting_review') "
+        "ORDER BY COALESCE(published_at, inserted_at), post_id", [face_id])]
     review = _dicts(reader, "SELECT * FROM review_decisions WHERE decision_id = ?", [f"{run_id}:{slot}"])
     return {"controller": online_controller(reader, face_id), "face": face, "run": online_run(reader, run_id),
             "active_version": active, "slot_posts": slot_posts, "published_texts": published,

@@ -159,6 +159,26 @@ def distinct_n(samples: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def novelty(sample: str, seen: set[tuple[str, str]]) -> float:
+    """Share of the sample's word bigrams that are new: neither in `seen` (the bigrams of other texts)
+    nor earlier in the sample itself; 1.0 for a sample without a bigram. A set's distinct-2 is the
+    length-weighted mean of its texts' novelty against the texts before them."""
+    tokens = words(sample)
+    grams = list(zip(tokens, tokens[1:], strict=False))
+    if not grams:
+        return 1.0
+    fresh, own = 0, set()
+    for gram in grams:
+        fresh += gram not in seen and gram not in own
+        own.add(gram)
+    return fresh / len(grams)
+
+
+def bigram_set(texts: list[str]) -> set[tuple[str, str]]:
+    """Every word bigram of the texts (what `novelty` measures against)."""
+    return {gram for t in map(words, texts) for gram in zip(t, t[1:], strict=False)}
+
+
 class StyleProbe:
     """Measures how close samples sit to the channel's recent style.
 
