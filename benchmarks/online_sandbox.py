@@ -47,11 +47,15 @@ the start's; wall minutes; one-sided Welch p-values (log1p scores of the window,
 against the start's). A JSON last line.
 
 Runs in parts: every finished (arm, audience, seed) is appended to `<results>/runs.jsonl`; with
-`--resume` those made under the same settings are taken from it, not run again.
+`--resume` those made under the same settings are taken from it, not run again. The default results
+folder, benchmarks/results/online-sandbox, keeps runs.jsonl and the fixed arms' samples (pools/) in
+git (its .gitignore leaves out the rest): commit them after a part, and any clone resumes from there.
+A run's settings do not include the code's version: after a change to what an arm does, remove its
+lines from runs.jsonl to measure it again.
 
     python benchmarks/online_sandbox.py --quick --posts 32 --seeds 1 --audience rules --algorithms reinforce
     python benchmarks/online_sandbox.py --quick                          # tiny GPT-2, 64 posts, 1 seed
-    python benchmarks/online_sandbox.py --threads 2 --results data/bench-online --resume   # hours on 2 cores
+    python benchmarks/online_sandbox.py --threads 2 --resume             # hours on 2 cores, in parts
 """
 
 from __future__ import annotations
@@ -213,7 +217,9 @@ def sample_pool(args, name: str, policy_url: str | None, train_texts: list[str],
     from crowdtune.online import candidates
     from crowdtune.training.rl import DEFAULT_ALGORITHM
 
-    key = settings_key(args.model, args.history, args.sft_steps, args.max_new_tokens, policy_url, slots)
+    # the policy by its place in the results folder: the same key in every clone, so kept pools are found
+    policy = os.path.relpath(policy_url, args.results) if policy_url else None
+    key = settings_key(args.model, args.history, args.sft_steps, args.max_new_tokens, policy, slots)
     path = args.results / "pools" / f"{name}-s{seed}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -626,8 +632,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-cache", type=Path, default=Path("data/models"))
     parser.add_argument("--audience-cache", type=Path, default=None, help="folder of fitted audiences")
-    parser.add_argument("--results", type=Path, default=Path("data/benchmarks/online-sandbox"),
-                        help="runs.jsonl, the starting model, the samples of the fixed arms, the embedding cache")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="runs.jsonl, the starting model, the samples of the fixed arms, the embedding cache "
+                             "(default benchmarks/results/online-sandbox, kept in git; with --quick "
+                             "data/benchmarks/online-sandbox-quick)")
     parser.add_argument("--resume", action="store_true", help="take runs already in <results>/runs.jsonl "
                                                               "(same settings) instead of running them again")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny GPT-2, 64 posts, 1 seed, "
@@ -640,6 +648,9 @@ def parse_args(argv=None):
         args.sft_steps = args.sft_steps or 20
     args.start_posts = args.start_posts or max(256, args.posts)
     args.seeds = list(range(args.seeds))
+    if args.results is None:  # a smoke run's parts stay out of the parts kept in git
+        args.results = Path("data/benchmarks/online-sandbox-quick" if args.quick
+                            else "benchmarks/results/online-sandbox")
     args.results = args.results.absolute()
     return args
 

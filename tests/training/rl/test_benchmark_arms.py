@@ -19,6 +19,17 @@ def test_the_default_arms_are_every_algorithm_and_policy_gradient_with_one_candi
     assert online_sandbox.arm_folder("policy_gradient@1") == "policy_gradient-n1"
 
 
+def test_the_parts_go_to_the_folder_kept_in_git_and_smoke_runs_stay_out_of_it(tmp_path):
+    from pathlib import Path
+
+    kept = Path("benchmarks/results/online-sandbox").absolute()
+    assert online_sandbox.parse_args([]).results == kept
+    assert online_sandbox.parse_args(["--quick"]).results != kept
+    assert online_sandbox.parse_args(["--results", str(tmp_path)]).results == tmp_path
+    rules = (Path(online_sandbox.__file__).parent / "results" / "online-sandbox" / ".gitignore").read_text()
+    assert {"!runs.jsonl", "!pools/*.json"} <= set(rules.split())
+
+
 @pytest.mark.parametrize("value", ["nope", "nope@2", "policy_gradient@0", "policy_gradient@65", "guided@",
                                    "guided@two", "guided@-1", "guided@\u00b2", "guided@ 8"])
 def test_an_unknown_algorithm_or_count_is_refused_with_the_valid_names(value, capsys):
