@@ -15,9 +15,9 @@ published: fewer than `OnlineConfig.min_novelty` of its word bigrams are new aga
 `novelty_window` posts; the most novel sample of a batch is always kept, so the floor never skips a
 slot). A window of published posts has a distinct-2 at least `min_novelty` whenever the floor held
 for each of them (distinct-2 is the length-weighted mean of each text's novelty against the texts
-before it): a reward model that likes one phrase can pick it, but not post by post. The kept samples are the slot's
-candidates. One of them is chosen; it becomes the slot's post (status `publishing`, then
-`published`) and every other kept one a `candidate` row pointing at it (`candidate_of`). Each row
+before it): a reward model that likes one phrase can pick it, but not post by post. The kept
+samples are the slot's candidates. One of them is chosen; it becomes the slot's post (status
+`publishing`, then `published`) and every other kept one a `candidate` row pointing at it (`candidate_of`). Each row
 carries the reward model's prediction (`predicted_reward`, `predicted_reward_std`, `reward_model_id`)
 and `selection_probability`, the chance that the rule picks it. If every sample of a batch is
 rejected, another batch is drawn, up to `max_generation_attempts`.
@@ -80,7 +80,7 @@ class GuardIndexes:
 
     training: CopyIndex | None
     published: CopyIndex | None
-    recent: set[tuple[str, str]] = field(default_factory=set)
+    recent: set[tuple[str, ...]] = field(default_factory=set)
 
 
 def guard_indexes(training_texts: list[str], published_texts: list[str],

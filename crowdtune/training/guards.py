@@ -153,18 +153,22 @@ class CopyIndex:
         return float(np.mean(self.copy_flags(samples))) if samples else 0.0
 
 
+def word_ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    """The n-grams of a word list, in order, repeats included."""
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
 def distinct_n(samples: list[str], n: int) -> float:
     """Unique word n-grams / total word n-grams over all samples (0.0 when there are none)."""
-    grams = [tuple(t[i : i + n]) for t in map(words, samples) for i in range(len(t) - n + 1)]
+    grams = [g for t in map(words, samples) for g in word_ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def novelty(sample: str, seen: set[tuple[str, str]]) -> float:
+def novelty(sample: str, seen: set[tuple[str, ...]]) -> float:
     """Share of the sample's word bigrams that are new: neither in `seen` (the bigrams of other texts)
     nor earlier in the sample itself; 1.0 for a sample without a bigram. A set's distinct-2 is the
     length-weighted mean of its texts' novelty against the texts before them."""
-    tokens = words(sample)
-    grams = list(zip(tokens, tokens[1:], strict=False))
+    grams = word_ngrams(words(sample), 2)
     if not grams:
         return 1.0
     fresh, own = 0, set()
@@ -174,9 +178,9 @@ def novelty(sample: str, seen: set[tuple[str, str]]) -> float:
     return fresh / len(grams)
 
 
-def bigram_set(texts: list[str]) -> set[tuple[str, str]]:
+def bigram_set(texts: list[str]) -> set[tuple[str, ...]]:
     """Every word bigram of the texts (what `novelty` measures against)."""
-    return {gram for t in map(words, texts) for gram in zip(t, t[1:], strict=False)}
+    return {gram for t in map(words, texts) for gram in word_ngrams(t, 2)}
 
 
 class StyleProbe:
