@@ -268,7 +268,7 @@ def fixed_arm(arm: str, pool: list[dict], channel: Channel, audience, seed: int,
     scores = channel.publish_and_score(texts, arm)
     used = pool[:limit] if arm != "base" else pool
     return {"scores": scores, "texts": texts, "drawn": sum(e["drawn"] for e in used),
-            "copies": sum(e["copies"] for e in used), "kl": None, "pauses": 0, "updates": [],
+            "copies": sum(e["copies"] for e in used), "pauses": 0, "updates": [],
             "seconds": time.monotonic() - started + sum(e["seconds"] for e in used)}
 
 
@@ -443,13 +443,17 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
             post.score = channel.score(post.row["platform_id"])
     return {"scores": [p.score for p in run.posts], "texts": [p.row["text"] for p in run.posts],
             "drawn": run.drawn, "copies": run.copies,
-            "kl": run.updates[-1].get("kl") if run.updates else None,
             "pauses": sum(u["pause"] for u in run.updates), "updates": run.updates, "fits": run.fits[-1:],
             "seconds": time.monotonic() - started}
 
 
 # --------------------------------------------------------------------------------------------
 # Figures
+
+
+def last_kl(run: dict) -> float | None:
+    """The KL of a run's last update that trained (a paused one trains nothing: its KL is no figure)."""
+    return next((u.get("kl") for u in reversed(run.get("updates") or []) if not u.get("pause")), None)
 
 
 def window(scores: list[float], budget: int | None) -> list[float]:
@@ -504,7 +508,7 @@ def summarise(args, runs: dict, arms: list[str], audiences: list[str]) -> dict:
             row["share_of_oracle_gain"] = row.get("last_32_at_128", row.get(f"last_32_at_{BUDGETS[0]}", {})).get(
                 "share_of_oracle_gain")
             row["copy_rate"] = mean([r["copies"] / max(1, r["drawn"]) for r in mine.values()])
-            row["kl"] = mean([r["kl"] for r in mine.values()])
+            row["kl"] = mean([last_kl(r) for r in mine.values()])
             if arm == "oracle":  # the KL of best-of-n from its policy is at most log n - (n - 1) / n
                 row["kl_bound"] = math.log(ORACLE_CANDIDATES) - (ORACLE_CANDIDATES - 1) / ORACLE_CANDIDATES
             row["distinct_2"] = mean([distinct_n(r["texts"][-DISTINCT_POSTS:], 2) for r in mine.values()])

@@ -66,3 +66,10 @@ def test_the_goals_ratios_are_against_policy_gradient_with_one_candidate_once_it
     goal = online_sandbox.goals(without, "guided")
     assert goal["ratios_against"] == "policy_gradient"
     assert goal["gain_vs_policy_gradient_at_128"] == pytest.approx(1.0)
+
+
+def test_the_kl_figure_is_the_last_trained_updates_not_a_paused_ones():
+    updates = [{"kl": 0.2, "pause": False}, {"kl": 0.31, "pause": False}, {"kl": 0.0, "pause": True}]
+    assert online_sandbox.last_kl({"updates": updates}) == 0.31
+    assert online_sandbox.last_kl({"updates": updates[2:]}) is None
+    assert online_sandbox.last_kl({"updates": []}) is None
