@@ -61,6 +61,7 @@ lines from runs.jsonl to measure it again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -351,6 +352,22 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
     return {"version_id": update["update_id"], "artifact_url": url, "base_model": args.model}
 
 
+class PhaseClock:
+    """Wall seconds spent per phase of an arm (`with clock("slots"): ...`), in `seconds` {phase: s}:
+    where a run's time goes, beside its total."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.monotonic() - started
+
+
 def split_arm(arm: str) -> tuple[str, int | None]:
     """An arm's algorithm and candidates a slot: policy_gradient@1 gives ("policy_gradient", 1), guided
     gives ("guided", None), the product's default N. ValueError naming the valid forms for anything else."""
@@ -391,10 +408,12 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
     reward_model, fitted_at = (fit_reward_model(settings, cfg, history, run) if fits
                                else candidates.SlotRewardModel()), 0  # day 0: the history's model
     started = time.monotonic()
+    phases = PhaseClock()
     if warm_start_steps(cfg.algorithm, cfg.algorithm_settings) > 0:
         # As the controller does (warm_start_due): an update with no posts before the first slot.
-        active = update_policy(settings, cfg, args, run, [], history, train_texts, active)
-        model, tokenizer = load_policy(active["artifact_url"], args)
+        with phases("updates"):
+            active = update_policy(settings, cfg, args, run, [], history, train_texts, active)
+            model, tokenizer = load_policy(active["artifact_url"], args)
     for slot in range(args.posts):
         channel.now = START_TIME + timedelta(minutes=cfg.interval_minutes * slot)
         # 1) reactions: every post whose maturity has passed gets its score (collect_reactions)
@@ -406,17 +425,19 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
         # score, the benchmark at every --fit-every-th: a fit on 3,000 posts takes ~5 s here)
         scored = sum(p.score is not None for p in run.posts)
         if fits and matured and scored - fitted_at >= args.fit_every:
-            reward_model, fitted_at = fit_reward_model(settings, cfg, history, run), scored
+            with phases("fits"):
+                reward_model, fitted_at = fit_reward_model(settings, cfg, history, run), scored
         # 3) posts_per_update matured posts: an update (the update job), then publishing uses its version
         ready = [p for p in run.posts if p.score is not None and not p.used]
         if len(ready) >= cfg.posts_per_update:
             batch = ready[:cfg.posts_per_update]
             for post in batch:
                 post.used = True
-            new = update_policy(settings, cfg, args, run, batch, history, train_texts, active)
-            if new is not active:
-                active = new
-                model, tokenizer = load_policy(active["artifact_url"], args)
+            with phases("updates"):
+                new = update_policy(settings, cfg, args, run, batch, history, train_texts, active)
+                if new is not active:
+                    active = new
+                    model, tokenizer = load_policy(active["artifact_url"], args)
             u = run.updates[-1]
             print(f"    {arm} {audience_name} s{seed} update {len(run.updates)} after {slot} posts: "
                   f"batch score {u['score_mean']:.1f}, kl {u.get('kl', math.nan):.4f}"
@@ -427,9 +448,10 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
         # the job builds both indexes per slot; the training posts' one never changes here, so it is built once
         guards = dataclasses.replace(candidates.guard_indexes([], published, cfg.copy_embedding_threshold,
                                                               cfg.novelty_window), training=training_guard)
-        draft = candidates.draft_slot(model, tokenizer, cfg, candidates.SlotIds(FACE, run.run_id, slot), guards=guards,
-                                      reward_model=reward_model, version_id=active["version_id"],
-                                      hour=channel.now.hour + channel.now.minute / 60)
+        with phases("slots"):
+            draft = candidates.draft_slot(model, tokenizer, cfg, candidates.SlotIds(FACE, run.run_id, slot),
+                                          guards=guards, reward_model=reward_model, version_id=active["version_id"],
+                                          hour=channel.now.hour + channel.now.minute / 60)
         run.drawn += len(draft.rejected) + (len(draft.candidates) + 1 if draft.chosen else 0)
         run.copies += sum(r["reject_reason"] == "copy" for r in draft.rejected)
         if draft.chosen is None:
@@ -444,7 +466,7 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
     return {"scores": [p.score for p in run.posts], "texts": [p.row["text"] for p in run.posts],
             "drawn": run.drawn, "copies": run.copies,
             "pauses": sum(u["pause"] for u in run.updates), "updates": run.updates, "fits": run.fits[-1:],
-            "seconds": time.monotonic() - started}
+            "seconds": time.monotonic() - started, "phase_seconds": phases.seconds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +537,10 @@ def summarise(args, runs: dict, arms: list[str], audiences: list[str]) -> dict:
             row["distinct_2_vs_start"] = row["distinct_2"] / start_distinct if start_distinct else None
             row["pauses"] = int(sum(r["pauses"] for r in mine.values()))
             row["wall_minutes"] = mean([r["seconds"] / 60 for r in mine.values()])
+            phases = [r["phase_seconds"] for r in mine.values() if "phase_seconds" in r]  # older parts lack them
+            if phases:
+                names = sorted(set().union(*phases))
+                row["phase_minutes"] = {k: mean([p.get(k, 0.0) / 60 for p in phases]) for k in names}
             if arm not in FIXED_ARMS:
                 row["reward_model_last_fit"] = [r["fits"][-1] if r["fits"] else None for r in mine.values()]
             rows[arm] = row

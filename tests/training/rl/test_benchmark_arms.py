@@ -73,3 +73,17 @@ def test_the_kl_figure_is_the_last_trained_updates_not_a_paused_ones():
     assert online_sandbox.last_kl({"updates": updates}) == 0.31
     assert online_sandbox.last_kl({"updates": updates[2:]}) is None
     assert online_sandbox.last_kl({"updates": []}) is None
+
+
+def test_the_phase_clock_adds_each_phase_s_wall_time_even_when_the_phase_raises():
+    import time
+
+    clock = online_sandbox.PhaseClock()
+    for _ in range(2):
+        with clock("slots"):
+            time.sleep(0.01)
+    with pytest.raises(RuntimeError), clock("updates"):
+        raise RuntimeError("a failed update still took its time")
+    assert set(clock.seconds) == {"slots", "updates"}
+    assert clock.seconds["slots"] >= 0.02
+    assert 0 <= clock.seconds["updates"] < clock.seconds["slots"]
