@@ -422,7 +422,7 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
         for post in matured:
             post.score = channel.score(post.row["platform_id"])
         # 2) new scores: the face's reward model is refitted (the fit job; the controller asks at every new
-        # score, the benchmark at every --fit-every-th: a fit on 3,000 posts takes ~5 s here)
+        # score, the benchmark at every --fit-every-th: a fit on 3,000 posts takes ~0.5 s here)
         scored = sum(p.score is not None for p in run.posts)
         if fits and matured and scored - fitted_at >= args.fit_every:
             with phases("fits"):
