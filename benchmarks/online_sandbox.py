@@ -50,8 +50,9 @@ Runs in parts: every finished (arm, audience, seed) is appended to `<results>/ru
 `--resume` those made under the same settings are taken from it, not run again. The default results
 folder, benchmarks/results/online-sandbox, keeps runs.jsonl and the fixed arms' samples (pools/) in
 git (its .gitignore leaves out the rest): commit them after a part, and any clone resumes from there.
-A run's settings do not include the code's version: after a change to what an arm does, remove its
-lines from runs.jsonl to measure it again.
+A run's settings do not include the code's version, but each part records it (`code`: the commit and
+whether the arms' code had uncommitted changes), and --resume names the parts whose arms' code changed
+since: remove those lines from runs.jsonl to measure them again.
 
     python benchmarks/online_sandbox.py --quick --posts 32 --seeds 1 --audience rules --algorithms reinforce
     python benchmarks/online_sandbox.py --quick                          # tiny GPT-2, 64 posts, 1 seed
@@ -68,6 +69,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -87,6 +89,9 @@ DEFAULT_AUDIENCES = ("likes", "sentiment", "rules")
 FIXED_ARMS = ("start", "oracle", "base")
 # policy_gradient as it was when the goals were set: one sample a slot, no best-of-N (the ratios' baseline)
 BASELINE_ARM = "policy_gradient@1"
+ROOT = Path(__file__).resolve().parent.parent
+# what an arm's figures depend on: a part made at another commit is stale when any of these changed since
+ARM_CODE = ("crowdtune", "jobs", "faces", "benchmarks/online_sandbox.py")
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,6 +613,30 @@ def settings_of(args) -> dict:
             "audience_files": args.audience_file}
 
 
+def git(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True, check=False)
+
+
+def code_version(root: Path = ROOT) -> dict:
+    """{"commit": HEAD's sha or None outside a git checkout, "changed": uncommitted changes to ARM_CODE}:
+    recorded with each part, so that a part can be traced to the code that made it."""
+    head = git(root, "rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "changed": None}
+    changes = git(root, "status", "--porcelain", "--", *ARM_CODE).stdout
+    return {"commit": head.stdout.strip(), "changed": bool(changes.strip())}
+
+
+def stale_code(part: dict, root: Path = ROOT) -> list[str]:
+    """The ARM_CODE files that changed between the commit that made `part` and HEAD ([] when unknown:
+    a part recorded before commits were, or a commit this checkout does not have)."""
+    commit = (part.get("code") or {}).get("commit")
+    if not commit:
+        return []
+    changed = git(root, "diff", "--name-only", commit, "HEAD", "--", *ARM_CODE)
+    return changed.stdout.split() if changed.returncode == 0 else []
+
+
 def finished_runs(args) -> dict[tuple[str, str, int], dict]:
     """Runs in <results>/runs.jsonl made with this invocation's settings, by (arm, audience, seed)."""
     path = args.results / "runs.jsonl"
@@ -714,7 +743,7 @@ def main(argv=None) -> None:
     start_url = starting_model(args, texts_only.history())
     train_texts = [h["text"] for h in texts_only.history()]
 
-    done, runs = finished_runs(args), {}
+    done, runs, code = finished_runs(args), {}, code_version()
     for seed in args.seeds:
         pools = {}
         for name, policy in (("start", start_url), ("base", None)):
@@ -728,6 +757,11 @@ def main(argv=None) -> None:
                 if key in done:
                     runs[key] = done[key]
                     print(f"{arm} {audience_name} seed {seed}: taken from {args.results / 'runs.jsonl'}", flush=True)
+                    stale = stale_code(done[key])
+                    if stale:
+                        print(f"  note: made at {done[key]['code']['commit'][:8]}; since then {len(stale)} file(s) "
+                              f"it may depend on changed ({', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}): "
+                              "remove its line from runs.jsonl to measure it again", flush=True)
                     continue
                 folder = args.results / "sandbox" / f"{arm_folder(arm)}-{arm_folder(audience_name)}-s{seed}"
                 channel = Channel(folder, audience, seed, args.history)
@@ -737,7 +771,8 @@ def main(argv=None) -> None:
                 else:
                     history = history if history is not None else channel.history()
                     run = algorithm_arm(args, settings, arm, audience_name, channel, history, start_url, seed)
-                run.update({"arm": arm, "audience": audience_name, "seed": seed, "settings": settings_of(args)})
+                run.update({"arm": arm, "audience": audience_name, "seed": seed, "settings": settings_of(args),
+                            "code": code})
                 runs[key] = run
                 with open(args.results / "runs.jsonl", "a") as out:
                     out.write(json.dumps(run, default=str) + "\n")

@@ -87,3 +87,31 @@ def test_the_phase_clock_adds_each_phase_s_wall_time_even_when_the_phase_raises(
     assert set(clock.seconds) == {"slots", "updates"}
     assert clock.seconds["slots"] >= 0.02
     assert 0 <= clock.seconds["updates"] < clock.seconds["slots"]
+
+
+def test_a_part_names_the_arm_code_changed_since_its_commit_and_not_other_files(tmp_path):
+    import subprocess
+
+    def git(*argv):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *argv],
+                       check=True, capture_output=True)
+
+    (tmp_path / "crowdtune").mkdir()
+    (tmp_path / "crowdtune" / "guided.py").write_text("STEPS = 4\n")
+    (tmp_path / "README.md").write_text("figures\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    part = {"code": online_sandbox.code_version(tmp_path)}
+    assert part["code"]["changed"] is False and len(part["code"]["commit"]) == 40
+
+    (tmp_path / "README.md").write_text("new figures\n")
+    git("commit", "-qam", "docs only")
+    assert online_sandbox.stale_code(part, tmp_path) == []
+
+    (tmp_path / "crowdtune" / "guided.py").write_text("STEPS = 8\n")
+    assert online_sandbox.code_version(tmp_path)["changed"] is True
+    git("commit", "-qam", "what the arm does")
+    assert online_sandbox.stale_code(part, tmp_path) == ["crowdtune/guided.py"]
+    assert online_sandbox.stale_code({}, tmp_path) == []  # a part recorded before parts carried their commit
+    assert online_sandbox.code_version(tmp_path / "nowhere") == {"commit": None, "changed": None}
