@@ -121,7 +121,7 @@ def fit_model(settings: Settings, inputs: FitInputs, on_progress=None) -> Fitted
     generated = sum(p["origin"] == "generated" for p in fitted)
     figures.update({"online_agreement": agreement, "online_agreement_posts": agreement_posts,
                     "scored_posts": len(posts), "history_posts": len(fitted) - generated,
-                    "generated_posts": generated, "noise": model.noise})
+                    "generated_posts": generated, "noise": model.noise, "ridge_alpha": model.ridge_alpha})
     settings_used = {"predictor": config.model_dump(), "reward": inputs.reward.model_dump()}
     # Same posts, scores and settings: same id, so a re-run job rewrites its own row, not a new one.
     digest = hashlib.sha256(json.dumps([[p["post_id"], p["score"]] for p in posts[newest]] + [settings_used],

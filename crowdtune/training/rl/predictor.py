@@ -20,11 +20,23 @@ posts from 0.50 to 0.65 and the ranking of the start model's 8 candidates of a s
 on `likes` and `sentiment` they changed neither by more than 0.01).
 
 Model: a bootstrap ensemble of ridge regressions, solved in closed form (numpy: milliseconds for
-thousands of posts). Each member is fitted on a weighted resample of the posts; the prediction is
-the members' mean and the uncertainty their spread, which is what an exploring choice needs (it is
-wide where the posts are few or disagree, e.g. far from anything the channel ever wrote). Generated
-posts weigh `generated_weight` times an imported one: they are what the policy writes now, and
-their reactions were observed the way new posts' will be.
+thousands of posts). The embedding's 384 dimensions and the few text features are penalised apart: one
+strong text feature (a preferred length) needs little shrinkage, hundreds of weak embedding dimensions
+need much, and one penalty for both is wrong for either. The embedding's penalty is chosen at each fit,
+from `ridge_alphas`, by the weighted leave-one-out error of the fit's own posts (closed form); the
+time-split validation chooses on its older posts only, so its figure stays honest. On the sandbox's
+three audiences (fitted on 3,000 history posts each, scored on the start model's 8 candidates of each
+of 256 slots), one penalty of 3 for every feature against the chosen one (100, 1,000 and 3,000; the text
+features 1): within-slot Spearman with the true audience 0.855 -> 0.872 (likes), 0.423 -> 0.471
+(sentiment), 0.502 -> 0.673 (rules); the greedy pick's share of the best-of-8 oracle's gain 0.905 ->
+0.922, 0.506 -> 0.610, 0.791 -> 0.847; time-split Spearman 0.828 -> 0.830, 0.663 -> 0.696, 0.646 ->
+0.692. A fit on 3,000 posts takes ~0.5 s instead of ~0.3 s.
+
+Each member is fitted on a weighted resample of the posts; the prediction is the members' mean and the
+uncertainty their spread, which is what an exploring choice needs (it is wide where the posts are few or
+disagree, e.g. far from anything the channel ever wrote). Generated posts weigh `generated_weight` times
+an imported one: they are what the policy writes now, and their reactions were observed the way new
+posts' will be.
 """
 
 from __future__ import annotations
@@ -53,7 +65,11 @@ class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     members: int = Field(16, ge=2, le=256, description="ridge models in the bootstrap ensemble (the uncertainty)")
-    ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of each member")
+    ridge_alphas: tuple[float, ...] = Field((10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0), min_length=1,
+                                            description="ridge penalties tried on the embedding's dimensions; each "
+                                                        "fit takes the one with the least leave-one-out error")
+    text_ridge_alpha: float = Field(1.0, gt=0.0, description="ridge penalty of the text features (length, "
+                                                             "question, links, ...)")
     generated_weight: float = Field(4.0, gt=0.0, description="weight of a scored generated post, "
                                                              "relative to an imported one")
     min_posts: int = Field(16, ge=4, description="fewer scored posts than this: no reward model")
@@ -107,8 +123,11 @@ class RewardPredictor:
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, coefs: np.ndarray, intercepts: np.ndarray,
                  config: PredictorConfig, figures: dict | None = None, noise: float = 0.0,
-                 features: tuple[str, ...] = TEXT_FEATURES):
+                 features: tuple[str, ...] = TEXT_FEATURES, ridge_alpha: float | None = None,
+                 loo_errors: dict[float, float] | None = None):
         self.mean, self.scale, self.coefs, self.intercepts = mean, scale, coefs, intercepts
+        # the embedding penalty the fit chose, and each tried penalty's leave-one-out error
+        self.ridge_alpha, self.loo_errors = ridge_alpha, dict(loo_errors or {})
         self.features = tuple(features)
         self.config, self.figures = config, dict(figures or {})
         self.noise = float(noise)  # std of a real reward around the prediction (what no model foresees)
@@ -142,7 +161,7 @@ class RewardPredictor:
             out.write(buffer.getvalue())
         with fs.open(join(root, "predictor.json"), "w") as out:  # written last: its presence means complete
             json.dump({"config": self.config.model_dump(), "figures": self.figures,
-                       "text_features": list(self.features)}, out)
+                       "text_features": list(self.features), "ridge_alpha": self.ridge_alpha}, out)
 
 
 def load_predictor(url: str) -> RewardPredictor:
@@ -156,9 +175,12 @@ def load_predictor(url: str) -> RewardPredictor:
         meta = json.load(handle)
     with fs.open(join(root, "predictor.npz"), "rb") as handle:
         arrays = np.load(io.BytesIO(handle.read()))
+        # settings a newer or older version wrote that this one lacks (a single ridge_alpha) are left out:
+        # the coefficients are what predicts
+        config = PredictorConfig(**{k: v for k, v in meta["config"].items() if k in PredictorConfig.model_fields})
         return RewardPredictor(arrays["mean"], arrays["scale"], arrays["coefs"], arrays["intercepts"],
-                               PredictorConfig(**meta["config"]), meta.get("figures"), float(arrays["noise"]),
-                               tuple(meta.get("text_features", LEGACY_TEXT_FEATURES)))
+                               config, meta.get("figures"), float(arrays["noise"]),
+                               tuple(meta.get("text_features", LEGACY_TEXT_FEATURES)), meta.get("ridge_alpha"))
 
 
 def _weights(posts: list[dict], config: PredictorConfig) -> np.ndarray:
@@ -179,6 +201,8 @@ def fit_predictor(posts: list[dict], vectors: np.ndarray, config: PredictorConfi
     z = (x - mean) / scale
     rng = np.random.default_rng(config.seed)
     n, d = z.shape
+    alpha, loo_errors = choose_ridge_alpha(z, y, weights, config)
+    penalty = penalties(d, alpha, config.text_ridge_alpha)
     coefs, intercepts = np.zeros((config.members, d)), np.zeros(config.members)
     probabilities = weights / weights.sum()
     for member in range(config.members):
@@ -188,12 +212,48 @@ def fit_predictor(posts: list[dict], vectors: np.ndarray, config: PredictorConfi
         x_mean = counts @ z / total
         y_mean = counts @ y / total
         zc, yc = z - x_mean, y - y_mean
-        gram = (zc * counts[:, None]).T @ zc + config.ridge_alpha * np.eye(d)
+        gram = (zc * counts[:, None]).T @ zc + np.diag(penalty)
         coefs[member] = np.linalg.solve(gram, (zc * counts[:, None]).T @ yc)
         intercepts[member] = y_mean - x_mean @ coefs[member]
     fitted = (coefs @ z.T + intercepts[:, None]).mean(axis=0)
     noise = math.sqrt(float(weights @ (y - fitted) ** 2 / weights.sum()))
-    return RewardPredictor(mean, scale, coefs, intercepts, config, noise=noise)
+    return RewardPredictor(mean, scale, coefs, intercepts, config, noise=noise, ridge_alpha=alpha,
+                           loo_errors=loo_errors)
+
+
+def penalties(d: int, alpha: float, text_alpha: float) -> np.ndarray:
+    """(d,) the ridge penalty of each design column: `alpha` on the embedding's, `text_alpha` on the
+    text features' (the last len(TEXT_FEATURES) columns)."""
+    penalty = np.full(d, float(alpha))
+    penalty[d - len(TEXT_FEATURES):] = text_alpha
+    return penalty
+
+
+def choose_ridge_alpha(z: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                       config: PredictorConfig) -> tuple[float, dict[float, float]]:
+    """(the embedding penalty of config.ridge_alphas with the least weighted leave-one-out squared error,
+    {penalty: that error}) for the standardised design z [n, d], rewards y (n,) and weights (n,).
+
+    Closed form: with columns scaled by 1 / sqrt(penalty), the fit is a ridge of penalty 1, whose
+    leave-one-out residual is the residual over 1 - leverage; the leverages come from one eigen
+    decomposition of the [d, d] gram per penalty (~50 ms for 3,000 posts), the intercept adding w_i / sum(w)."""
+    if len(config.ridge_alphas) == 1:
+        return float(config.ridge_alphas[0]), {}
+    root = np.sqrt(weights / weights.mean())
+    x_mean, y_mean = weights @ z / weights.sum(), weights @ y / weights.sum()
+    zw, yw = (z - x_mean) * root[:, None], (y - y_mean) * root
+    intercept_leverage = weights / weights.sum()
+    errors = {}
+    for alpha in config.ridge_alphas:
+        scaled = zw / np.sqrt(penalties(z.shape[1], alpha, config.text_ridge_alpha))
+        eigenvalues, vectors = np.linalg.eigh(scaled.T @ scaled)
+        projected = scaled @ vectors                                   # [n, d]
+        shrink = 1.0 / (eigenvalues + 1.0)
+        leverage = (projected ** 2) @ shrink + intercept_leverage
+        fitted = projected @ (shrink * (projected.T @ yw))
+        residual = (yw - fitted) / np.maximum(1.0 - leverage, 1e-6)
+        errors[float(alpha)] = float(np.mean(residual ** 2))
+    return min(errors, key=errors.get), errors
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,8 +16,10 @@ from crowdtune.training.rl.predictor import (
     TEXT_FEATURES,
     PredictorConfig,
     RewardPredictor,
+    choose_ridge_alpha,
     fit_predictor,
     load_predictor,
+    penalties,
     text_features,
     time_split_validation,
 )
@@ -109,7 +111,9 @@ def test_a_model_saved_before_the_squared_lengths_still_loads_and_predicts(tmp_p
     old.save(str(tmp_path / "rm"))
     meta_path = tmp_path / "rm" / "predictor.json"
     meta = json.loads(meta_path.read_text())
-    del meta["text_features"]  # what an older Crowdtune wrote
+    del meta["text_features"]  # what an older Crowdtune wrote: no feature names, one penalty for all
+    del meta["ridge_alpha"], meta["config"]["ridge_alphas"], meta["config"]["text_ridge_alpha"]
+    meta["config"]["ridge_alpha"] = 3.0
     meta_path.write_text(json.dumps(meta))
     texts = [p["text"] for p in posts]
     loaded = load_predictor(str(tmp_path / "rm"))
@@ -123,3 +127,45 @@ def test_a_model_saved_before_the_squared_lengths_still_loads_and_predicts(tmp_p
 def test_text_features_are_finite_for_any_text_and_hour(texts, hours):
     features = text_features(texts, hours[:len(texts)])
     assert features.shape == (len(texts), len(TEXT_FEATURES)) and np.isfinite(features).all()
+
+
+def brute_force_loo_error(z, y, weights, alpha, text_alpha):
+    """The weighted leave-one-out squared error of a weighted ridge with intercept, refitted n times (the
+    weights scaled to sum to n, as the bootstrap's counts do)."""
+    weights = weights / weights.mean()
+    errors = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        w, zk, yk = weights[keep], z[keep], y[keep]
+        x_mean, y_mean = w @ zk / w.sum(), w @ yk / w.sum()
+        zc = zk - x_mean
+        coef = np.linalg.solve((zc * w[:, None]).T @ zc + np.diag(penalties(z.shape[1], alpha, text_alpha)),
+                               (zc * w[:, None]).T @ (yk - y_mean))
+        errors.append(weights[i] * (y[i] - y_mean - (z[i] - x_mean) @ coef) ** 2)
+    return float(np.mean(errors))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(20, 40), st.sampled_from([1.0, 4.0]))
+def test_the_closed_form_leave_one_out_error_is_that_of_refitting_without_each_post(seed, n, generated_weight):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 3 + len(TEXT_FEATURES)))
+    y = z[:, 0] - 0.5 * z[:, -1] + rng.normal(size=n)
+    weights = np.where(rng.random(n) < 0.3, generated_weight, 1.0)
+    config = PredictorConfig(ridge_alphas=(0.5, 5.0, 50.0), text_ridge_alpha=2.0)
+    _, errors = choose_ridge_alpha(z, y, weights, config)
+    for alpha, error in errors.items():
+        assert error == pytest.approx(brute_force_loo_error(z, y, weights, alpha, 2.0), rel=1e-6)
+
+
+def test_each_fit_penalises_the_embedding_as_much_as_its_own_posts_ask():
+    posts, vectors = synthetic_posts(300)  # rewards a linear function of the vectors: little shrinkage
+    config = PredictorConfig(ridge_alphas=(10.0, 100.0, 1000.0, 10000.0))
+    assert fit_predictor(posts, vectors, config).ridge_alpha == 10.0
+    noise = np.random.default_rng(5).normal(size=vectors.shape)  # vectors that say nothing: shrink them away
+    chosen = fit_predictor(posts, noise, config)
+    assert chosen.ridge_alpha >= 1000.0
+    assert chosen.loo_errors[chosen.ridge_alpha] == min(chosen.loo_errors.values())
+    # the question bonus lives in a text feature, penalised apart: it survives however the embedding is shrunk
+    mean, _ = chosen.predict(noise[:2], ["post number 1 why?", "post number 1."])
+    assert mean[0] - mean[1] > 0.5
