@@ -48,7 +48,7 @@ import re
 from datetime import datetime
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 _LINK = re.compile(r"https?://|www\.", re.IGNORECASE)
 _HASHTAG = re.compile(r"(?:^|\s)#\w")
@@ -65,7 +65,7 @@ class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     members: int = Field(16, ge=2, le=256, description="ridge models in the bootstrap ensemble (the uncertainty)")
-    ridge_alphas: tuple[float, ...] = Field((10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0), min_length=1,
+    ridge_alphas: tuple[PositiveFloat, ...] = Field((10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0), min_length=1,
                                             description="ridge penalties tried on the embedding's dimensions; each "
                                                         "fit takes the one with the least leave-one-out error")
     text_ridge_alpha: float = Field(1.0, gt=0.0, description="ridge penalty of the text features (length, "

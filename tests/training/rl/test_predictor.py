@@ -169,3 +169,11 @@ def test_each_fit_penalises_the_embedding_as_much_as_its_own_posts_ask():
     # the question bonus lives in a text feature, penalised apart: it survives however the embedding is shrunk
     mean, _ = chosen.predict(noise[:2], ["post number 1 why?", "post number 1."])
     assert mean[0] - mean[1] > 0.5
+
+
+@pytest.mark.parametrize("alphas", [(), (0.0,), (10.0, -1.0)])
+def test_a_penalty_grid_that_is_empty_or_not_positive_is_refused_naming_the_field(alphas):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ridge_alphas"):
+        PredictorConfig(ridge_alphas=alphas)
