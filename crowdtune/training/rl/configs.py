@@ -136,6 +136,9 @@ class GuidedConfig(RLOOSettings, OperatorFeedbackSettings):
     clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="importance weights are clipped to [1 - eps, 1 + eps]")
     agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0, description="the reward model's online agreement "
                                        "(Spearman) below this: pause, nothing is trained")
+    agreement_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="pause only when the agreement is below "
+                                        "agreement_threshold with this confidence: its one-sided upper bound on "
+                                        "the posts it was measured on (Fisher z); 0.5 = the point estimate alone")
     max_kl: float = Field(1.0, gt=0.0, description="KL leash: KL per token of fresh samples to the reference (the "
                                                    "base, adapter off) above this trips an alert")
     max_copy_rate: float = Field(0.01, ge=0.0, le=1.0, description="copy guard: share of fresh samples copying a "

@@ -162,7 +162,23 @@ def test_the_copy_guard_and_the_diversity_floor_trip_on_samples_that_copy_and_re
 def test_a_reward_model_that_stopped_agreeing_with_real_scores_pauses_without_training(tiny_model_dir, tiny_policy,
                                                                                       tmp_path):
     model, tokenizer = tiny_policy
-    url = reward_model_liking("log_words", 1.0, str(tmp_path / "rm"), figures={"online_agreement": -0.4})
+    url = reward_model_liking("log_words", 1.0, str(tmp_path / "rm"),
+                              figures={"online_agreement": -0.4, "online_agreement_posts": 32})
     result = guided(tiny_model_dir, tmp_path, "u1", batch=best_of_n_batch(model, tokenizer, 2, 2, seed=5), url=url)
-    assert result.pause and "online agreement (Spearman) -0.40" in result.pause_reason
+    assert result.pause and "online agreement (Spearman) -0.40 on 32 posts" in result.pause_reason
     assert result.metrics["steps"] == 0 and result.metrics["reward_model_agreement"] == -0.4
+    assert -0.4 < result.metrics["reward_model_agreement_bound"] < 0.1
+
+
+def test_a_low_agreement_on_few_posts_is_noise_and_trains_on(tiny_model_dir, tiny_policy, tmp_path):
+    # -0.24 on 16 posts: its upper 95% bound is +0.22, so the model may well agree; the bare point
+    # estimate paused sentiment's benchmark run twice in its first eight updates
+    model, tokenizer = tiny_policy
+    figures = {"online_agreement": -0.24, "online_agreement_posts": 16}
+    url = reward_model_liking("log_words", 1.0, str(tmp_path / "rm"), figures=figures)
+    result = guided(tiny_model_dir, tmp_path, "u1", batch=best_of_n_batch(model, tokenizer, 2, 2, seed=5), url=url)
+    assert not result.pause and result.metrics["steps"] > 0
+    assert result.metrics["reward_model_agreement_bound"] > 0.1
+    pointwise = guided(tiny_model_dir, tmp_path, "u2", batch=best_of_n_batch(model, tokenizer, 2, 2, seed=5), url=url,
+                       agreement_confidence=0.5)
+    assert pointwise.pause and pointwise.metrics["steps"] == 0

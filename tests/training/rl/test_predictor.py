@@ -20,6 +20,7 @@ from crowdtune.training.rl.predictor import (
     fit_predictor,
     load_predictor,
     penalties,
+    spearman_upper_bound,
     text_features,
     time_split_validation,
 )
@@ -177,3 +178,26 @@ def test_a_penalty_grid_that_is_empty_or_not_positive_is_refused_naming_the_fiel
 
     with pytest.raises(ValidationError, match="ridge_alphas"):
         PredictorConfig(ridge_alphas=alphas)
+
+
+@pytest.mark.parametrize("n", [8, 16, 32])
+def test_the_agreement_bound_covers_the_true_rank_correlation_95_times_in_100(n):
+    # Pairs of a bivariate normal with correlation 0.4: its Spearman correlation is (6/pi) asin(0.2).
+    rng = np.random.default_rng(n)
+    truth = 6 / math.pi * math.asin(0.2)
+    draws = 4000
+    x = rng.standard_normal((draws, n))
+    y = 0.4 * x + math.sqrt(1 - 0.4 ** 2) * rng.standard_normal((draws, n))
+    rx, ry = x.argsort(1).argsort(1), y.argsort(1).argsort(1)
+    rho = 1 - 6 * ((rx - ry) ** 2).sum(1) / (n * (n * n - 1))
+    covered = np.mean([spearman_upper_bound(r, n, 0.95) >= truth for r in rho])
+    assert 0.93 <= covered <= 0.975, covered
+
+
+@given(rho=st.floats(-1, 1), n=st.integers(0, 10_000), confidence=st.floats(0.5, 0.999))
+def test_the_agreement_bound_is_never_below_the_estimate_and_narrows_with_posts(rho, n, confidence):
+    bound = spearman_upper_bound(rho, n, confidence)
+    assert rho - 1e-9 <= bound <= 1.0
+    assert spearman_upper_bound(rho, n + 100, confidence) <= bound + 1e-9
+    assert spearman_upper_bound(rho, None, confidence) == rho
+    assert math.isnan(spearman_upper_bound(math.nan, n, confidence))
