@@ -30,6 +30,24 @@ def test_the_parts_go_to_the_folder_kept_in_git_and_smoke_runs_stay_out_of_it(tm
     assert {"!runs.jsonl", "!pools/*.json"} <= set(rules.split())
 
 
+def test_git_keeps_the_starting_model_the_pools_were_sampled_from_but_not_its_checkpoints():
+    import subprocess
+    from pathlib import Path
+
+    results = Path(online_sandbox.__file__).parent / "results" / "online-sandbox"
+
+    def ignored(relative: str) -> bool:
+        check = subprocess.run(["git", "check-ignore", "-q", str(results / relative)], cwd=results)
+        assert check.returncode in (0, 1), "git check-ignore failed"
+        return check.returncode == 0
+
+    assert not ignored("start-model/0123abcd/version/adapter_model.safetensors")
+    assert not ignored("start-model/0123abcd/done.json")
+    assert not ignored("pools/start-s0-0123abcd.json")
+    assert ignored("start-model/0123abcd/checkpoints/last.ckpt")
+    assert ignored("data/embeddings/shard.npy") and ignored("sandbox/guided-likes-s0/posts.json")
+
+
 @pytest.mark.parametrize("value", ["nope", "nope@2", "policy_gradient@0", "policy_gradient@65", "guided@",
                                    "guided@two", "guided@-1", "guided@\u00b2", "guided@ 8"])
 def test_an_unknown_algorithm_or_count_is_refused_with_the_valid_names(value, capsys):
