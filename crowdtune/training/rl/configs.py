@@ -108,22 +108,32 @@ class RLOOSettings(RLConfig):
     trim_unfinished: bool = Field(True, description="trim samples to their last full sentence, as published")
 
 
-class RewardModelConfig(RLOOSettings):
-    """Settings of a reward-model update (and every RLOOSettings and RLConfig setting)."""
+class AgreementPauseSettings(RLConfig):
+    """When an update that trusts a reward model pauses instead of training (predictor.agreement_pause),
+    mixed into the configs of the algorithms that do (reward_model, guided)."""
+
+    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0, description="the reward model's online agreement "
+                                       "(Spearman) below this: pause, nothing is trained")
+    agreement_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="pause only when the agreement is below "
+                                        "agreement_threshold with this confidence: its one-sided upper bound on "
+                                        "the posts it was measured on (Fisher z); 0.5 = the point estimate alone")
+
+
+class RewardModelConfig(RLOOSettings, AgreementPauseSettings):
+    """Settings of a reward-model update (and every RLOOSettings, AgreementPauseSettings and RLConfig setting)."""
 
     ridge_alpha: float = Field(3.0, gt=0.0, description="ridge regularisation of the reward model")
     min_fit_posts: int = Field(16, ge=2, description="fewer scored posts than this: no reward model, no training")
     agreement_posts: int = Field(32, ge=2, description="newest matured posts the agreement check predicts")
     min_agreement_posts: int = Field(
         8, ge=2, description="fewer (or too few older posts to fit on): agreement is NaN, no pause")
-    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0,
-                                       description="Spearman below this: pause=True, nothing is trained")
     rloo_steps: int = Field(8, ge=1, description="optimizer steps against the reward model per update")
     learning_rate: float = Field(2e-4, gt=0.0, description="AdamW, constant")
 
 
-class GuidedConfig(RLOOSettings, OperatorFeedbackSettings):
-    """Settings of a guided update (and every RLOOSettings, OperatorFeedbackSettings and RLConfig setting)."""
+class GuidedConfig(RLOOSettings, OperatorFeedbackSettings, AgreementPauseSettings):
+    """Settings of a guided update (and every RLOOSettings, OperatorFeedbackSettings, AgreementPauseSettings and
+    RLConfig setting)."""
 
     warm_start_steps: int = Field(8, ge=0, description="RLOO steps against the reward model before the run's first "
                                                        "post (an update with no posts); 0 = no warm start")
@@ -134,11 +144,6 @@ class GuidedConfig(RLOOSettings, OperatorFeedbackSettings):
     groups_per_step: int = Field(4, ge=1, description="best-of-N groups (a published post and its candidates) per "
                                                       "optimizer step")
     clip_epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="importance weights are clipped to [1 - eps, 1 + eps]")
-    agreement_threshold: float = Field(0.1, ge=-1.0, le=1.0, description="the reward model's online agreement "
-                                       "(Spearman) below this: pause, nothing is trained")
-    agreement_confidence: float = Field(0.95, ge=0.5, lt=1.0, description="pause only when the agreement is below "
-                                        "agreement_threshold with this confidence: its one-sided upper bound on "
-                                        "the posts it was measured on (Fisher z); 0.5 = the point estimate alone")
     max_kl: float = Field(1.0, gt=0.0, description="KL leash: KL per token of fresh samples to the reference (the "
                                                    "base, adapter off) above this trips an alert")
     max_copy_rate: float = Field(0.01, ge=0.0, le=1.0, description="copy guard: share of fresh samples copying a "

@@ -16,7 +16,7 @@ One update, in order:
    samples of the start model (the adapter disabled).
 1. Agreement: when the reward model's online agreement (Spearman of its predictions at publishing time
    against the real rewards of the newest 8-32 posts, a figure of its fit) is below `agreement_threshold`
-   with `agreement_confidence` (its one-sided upper bound, predictor.spearman_upper_bound, is below it),
+   with `agreement_confidence` (its one-sided upper bound is below it: predictor.agreement_pause),
    nothing is trained and the update asks to pause: the controller pauses the face and alerts. A bare
    point estimate paused on noise: on 16 posts its standard error is ~0.27.
 2. Real rewards, `real_epochs` passes over the batch's best-of-N groups (the doubly-robust estimate below),
@@ -92,7 +92,7 @@ from crowdtune.training.rl.policy import (
     stored_result,
 )
 from crowdtune.training.rl.policy_gradient import minibatch_order
-from crowdtune.training.rl.predictor import load_predictor, spearman_upper_bound
+from crowdtune.training.rl.predictor import agreement_pause, load_predictor
 from crowdtune.training.rl.rewards import RewardConfig
 from crowdtune.training.rl.rloo import RLOOModule, TextReward, floored_rewards
 from crowdtune.training.rl.state import read_state, write_state
@@ -344,14 +344,9 @@ def update(config: GuidedConfig, inputs: UpdateInputs) -> UpdateResult:
     agreement = math.nan if agreement is None else float(agreement)
     compared = fit_figures.get("online_agreement_posts")
     compared = int(compared) if compared is not None else None
-    bound = spearman_upper_bound(agreement, compared, config.agreement_confidence)
+    bound, reason = agreement_pause(agreement, compared, config.agreement_threshold, config.agreement_confidence)
     metrics.update({"reward_model_agreement": agreement, "reward_model_agreement_bound": bound})
-    if not math.isnan(bound) and bound < config.agreement_threshold:
-        measured = (f" on {compared} posts (its upper {config.agreement_confidence:.0%} bound {bound:.2f})"
-                    if compared is not None and bound != agreement else "")
-        reason = (f"The reward model's predictions disagree with real reactions: online agreement (Spearman) "
-                  f"{agreement:.2f}{measured}, below the threshold {config.agreement_threshold:.2f}. Nothing was "
-                  "trained; check the face (audience change? scoring?) before resuming")
+    if reason is not None:
         return finish(model, tokenizer, config, inputs, {**metrics, "steps": 0.0, "kl": 0.0},
                       stopped=False, pause=True, pause_reason=reason, alerts=alerts)
 

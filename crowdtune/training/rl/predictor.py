@@ -283,6 +283,23 @@ def spearman_upper_bound(rho: float, n: int | None, confidence: float) -> float:
     return max(float(rho), math.tanh(z + norm.ppf(confidence) * math.sqrt(1.06 / (n - 3))))  # rho = +-1: z clipped
 
 
+def agreement_pause(agreement: float, posts: int | None, threshold: float,
+                    confidence: float) -> tuple[float, str | None]:
+    """Whether an update that trusts the reward model pauses instead: its online `agreement` (Spearman of its
+    predictions against the real rewards of the newest `posts`, None if unknown) is below `threshold` with
+    `confidence` (spearman_upper_bound is). Out: (that bound, the pause reason, or None to train on).
+    A NaN agreement (too few posts to tell) never pauses."""
+    bound = spearman_upper_bound(agreement, posts, confidence)
+    if math.isnan(bound) or bound >= threshold:
+        return bound, None
+    measured = f" on the newest {posts} matured posts" if posts is not None else ""
+    if bound != agreement:
+        measured += f" (its upper {confidence:.0%} bound {bound:.2f})"
+    return bound, (f"The reward model's predictions disagree with real reactions: online agreement (Spearman) "
+                   f"{agreement:.2f}{measured}, below the threshold {threshold:.2f}. Nothing was trained; check "
+                   "the face (audience change? scoring?) before resuming.")
+
+
 def time_split_validation(posts: list[dict], vectors: np.ndarray, config: PredictorConfig | None = None) -> dict:
     """Fit on the oldest posts, predict the newest `validation_share` (posts are oldest first).
 

@@ -6,8 +6,9 @@ against that model between real reactions.
    such a model reaches a held-out Spearman of ~0.7 on likes.
 2. Check it against reality before trusting it: a model fitted on all but the newest
    `agreement_posts` matured posts predicts those, and the Spearman correlation with their real
-   scores is `reward_model_agreement`. Below `agreement_threshold` the update trains nothing
-   and returns pause=True with a reason: the controller pauses the face and alerts.
+   scores is `reward_model_agreement`. Below `agreement_threshold` with `agreement_confidence` (its
+   upper bound is below it: predictor.agreement_pause, the rule guided applies too) the update trains
+   nothing and returns pause=True with a reason: the controller pauses the face and alerts.
 3. Take `rloo_steps` on-policy steps (crowdtune.training.rl.rloo): sample `rloo_samples` posts
    for each of `rloo_prompts` prompts from the current policy, score them with the reward model,
    and push up each post by its leave-one-out advantage A_i = r_i - mean_{j != i} r_j (in units
@@ -37,6 +38,7 @@ from crowdtune.training.rl.policy import (
     reward_figures,
     stored_result,
 )
+from crowdtune.training.rl.predictor import agreement_pause, spearman
 from crowdtune.training.rl.rloo import RLOOModule, floored_rewards
 
 
@@ -62,14 +64,6 @@ def scored_posts(inputs: UpdateInputs) -> list[dict]:
     return posts
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(spearmanr(a, b).statistic)
-
-
 def agreement(vectors: np.ndarray, targets: np.ndarray, config: RewardModelConfig) -> tuple[float, int]:
     """(Spearman of predictions vs real scores on the newest posts, how many) by a model fitted on older ones."""
     n_new = min(config.agreement_posts, len(targets) - config.min_fit_posts)
@@ -91,17 +85,13 @@ def update(config: RewardModelConfig, inputs: UpdateInputs) -> UpdateResult:
     targets = np.log1p(np.maximum(0.0, np.asarray([float(p["score"]) for p in posts], dtype=np.float64)))
     vectors = embeddings.embed([p["text"] for p in posts])
     agree, n_checked = agreement(vectors, targets, config) if len(posts) >= config.min_fit_posts else (math.nan, 0)
-    metrics["reward_model_agreement"] = agree
-    metrics["reward_model_checked_posts"] = float(n_checked)
+    bound, reason = agreement_pause(agree, n_checked, config.agreement_threshold, config.agreement_confidence)
+    metrics.update({"reward_model_agreement": agree, "reward_model_agreement_bound": bound,
+                    "reward_model_checked_posts": float(n_checked)})
 
     model, tokenizer = load_policy(inputs, config)
-    pause, reason, stopped = False, None, False
-    if not math.isnan(agree) and agree < config.agreement_threshold:
-        pause = True
-        reason = (f"The reward model's predictions disagree with real reactions: Spearman {agree:.2f} on the "
-                  f"newest {n_checked} matured posts, below the threshold {config.agreement_threshold:.2f}. "
-                  "Nothing was trained; check the face (audience change? scoring?) before resuming.")
-    elif len(posts) >= config.min_fit_posts:
+    pause, stopped = reason is not None, False
+    if not pause and len(posts) >= config.min_fit_posts:
         reward_model = RewardModel(vectors, targets, config.ridge_alpha)
         # n-grams only: embedding every sample twice (reward + near-copy test) would double the cost
         copy_index = CopyIndex(inputs.train_texts, min_ngram=config.copy_min_ngram, embedding_threshold=None) \

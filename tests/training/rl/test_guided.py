@@ -165,7 +165,7 @@ def test_a_reward_model_that_stopped_agreeing_with_real_scores_pauses_without_tr
     url = reward_model_liking("log_words", 1.0, str(tmp_path / "rm"),
                               figures={"online_agreement": -0.4, "online_agreement_posts": 32})
     result = guided(tiny_model_dir, tmp_path, "u1", batch=best_of_n_batch(model, tokenizer, 2, 2, seed=5), url=url)
-    assert result.pause and "online agreement (Spearman) -0.40 on 32 posts" in result.pause_reason
+    assert result.pause and "online agreement (Spearman) -0.40 on the newest 32 matured posts" in result.pause_reason
     assert result.metrics["steps"] == 0 and result.metrics["reward_model_agreement"] == -0.4
     assert -0.4 < result.metrics["reward_model_agreement_bound"] < 0.1
 

@@ -16,6 +16,7 @@ from crowdtune.training.rl.predictor import (
     TEXT_FEATURES,
     PredictorConfig,
     RewardPredictor,
+    agreement_pause,
     choose_ridge_alpha,
     fit_predictor,
     load_predictor,
@@ -201,3 +202,15 @@ def test_the_agreement_bound_is_never_below_the_estimate_and_narrows_with_posts(
     assert spearman_upper_bound(rho, n + 100, confidence) <= bound + 1e-9
     assert spearman_upper_bound(rho, None, confidence) == rho
     assert math.isnan(spearman_upper_bound(math.nan, n, confidence))
+
+
+@given(rho=st.one_of(st.floats(-1, 1), st.just(math.nan)), n=st.one_of(st.none(), st.integers(0, 500)),
+       threshold=st.floats(-1, 1), confidence=st.floats(0.5, 0.999))
+def test_an_update_pauses_exactly_when_the_agreements_bound_is_below_the_threshold(rho, n, threshold, confidence):
+    bound, reason = agreement_pause(rho, n, threshold, confidence)
+    assert (reason is not None) == (not math.isnan(bound) and bound < threshold)
+    if reason is not None:  # the reason names the figures an operator checks before resuming
+        assert f"{rho:.2f}" in reason and f"{threshold:.2f}" in reason and "Nothing was trained" in reason
+        assert n is None or f"newest {n} matured posts" in reason
+    point, point_reason = agreement_pause(rho, n, threshold, 0.5)  # 0.5: the bare point estimate
+    assert (point_reason is not None) == (not math.isnan(rho) and rho < threshold)

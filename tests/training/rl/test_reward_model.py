@@ -24,11 +24,11 @@ def history_of(n: int, *, reversed_newest: int = 0) -> list[dict]:
     return posts
 
 
-def _update(tiny_model_dir, tiny_policy, tmp_path, history):
+def _update(tiny_model_dir, tiny_policy, tmp_path, history, **settings):
     model, tokenizer = tiny_policy
     batch = sampled_batch(model, tokenizer, 4, seed=1, first_id=1000)
     config = {"eval_samples": 2, "min_fit_posts": 16, "agreement_posts": 16, "rloo_steps": 2, "rloo_prompts": 1,
-              "rloo_samples": 4}
+              "rloo_samples": 4, **settings}
     return run_update("reward_model", config, base_model=tiny_model_dir, policy_url=None, batch=batch,
                       history=history, state_dir=tmp_path / "state", checkpoint_dir=tmp_path / "ck",
                       model_cache_dir=tmp_path / "cache", train_texts=[h["text"] for h in history])
@@ -51,6 +51,18 @@ def test_it_pauses_when_fresh_scores_contradict_its_predictions(tiny_model_dir, 
     result = _update(tiny_model_dir, tiny_policy, tmp_path, history_of(48, reversed_newest=16))
     assert result.pause
     assert result.metrics["reward_model_agreement"] < 0
-    assert "Spearman" in result.pause_reason and "16" in result.pause_reason
+    assert "Spearman" in result.pause_reason and "newest 16 matured posts" in result.pause_reason
+    assert result.metrics["reward_model_agreement_bound"] < 0.1
     assert result.metrics["steps"] == 0  # nothing trained on a model that disagrees with reality
+
+
+def test_an_agreement_just_below_the_threshold_on_16_posts_is_noise_and_trains_on(tiny_model_dir, tiny_policy,
+                                                                                  tmp_path):
+    # half the newest 16 reversed: Spearman ~0 on 16 posts, whose upper 95% bound is ~0.4 (guided's rule too)
+    history = history_of(48, reversed_newest=8)
+    result = _update(tiny_model_dir, tiny_policy, tmp_path / "a", history)
+    assert result.metrics["reward_model_agreement"] < 0.1 < result.metrics["reward_model_agreement_bound"]
+    assert not result.pause and result.metrics["steps"] == 2
+    pointwise = _update(tiny_model_dir, tiny_policy, tmp_path / "b", history, agreement_confidence=0.5)
+    assert pointwise.pause and pointwise.metrics["steps"] == 0
     assert (result.adapter_dir / "adapter_config.json").is_file()
