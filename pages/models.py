@@ -10,11 +10,13 @@ from crowdtune.dashboard.charts import reward_model_figure
 from crowdtune.dashboard.links import ModelsView, from_query_params, share_box
 from crowdtune.dashboard.page_setup import control_connection, is_fragment_rerun, or_stop, through_app
 from crowdtune.dashboard.tables import metrics_for_display
-from crowdtune.errors import traceback_message
+from crowdtune.errors import SettingsError, traceback_message
 from crowdtune.runtime.progress import fetch_job
 from crowdtune.settings import load_settings
 from crowdtune.store import views
 from crowdtune.store.reads import StoreReader
+from crowdtune.training.rl.configs import DEFAULT_ALGORITHM, algorithm_config
+from crowdtune.training.rl.predictor import agreement_pause
 
 through_app()  # before anything else: this page opens only through app.py's login gate
 
@@ -157,6 +159,32 @@ else:
 
     export_status()
 
+
+def agreement_rule(agreement, posts, online: dict | None) -> str | None:
+    """What guided's pause rule makes of the newest online agreement, under the face's newest online run's
+    settings (guided's defaults when it has none); None before there is an agreement."""
+    if agreement is None or math.isnan(agreement):
+        return None
+    algorithm = (online or {}).get("algorithm", DEFAULT_ALGORITHM)
+    try:
+        rule = algorithm_config("guided", (online or {}).get("algorithm_settings") if algorithm == "guided" else None)
+    except SettingsError:
+        rule = algorithm_config("guided")
+    posts = None if posts is None or math.isnan(posts) else int(posts)
+    bound, pause = agreement_pause(float(agreement), posts, rule.agreement_threshold, rule.agreement_confidence)
+    verdict = (f"guided pauses the face: its upper {rule.agreement_confidence:.0%} bound {bound:.2f} is below the "
+               f"threshold {rule.agreement_threshold:.2f}" if pause else
+               f"guided trains on: it pauses only when the upper {rule.agreement_confidence:.0%} bound (here "
+               f"{bound:.2f}) is below the threshold {rule.agreement_threshold:.2f}")
+    if online is None:
+        used = " (guided's default settings: the face has no online run yet)"
+    elif algorithm == "guided":
+        used = ""
+    else:
+        used = f" (the face's online run uses `{algorithm}`, which does not pause on this figure: guided's defaults)"
+    return f"Online agreement {float(agreement):.2f} on {posts or 0} posts: {verdict}{used}."
+
+
 st.subheader(f"Reward model of `{face}`")
 with or_stop():
     fits = views.reward_model_fits(reader, face)
@@ -181,6 +209,11 @@ else:
                            f"newest {int(latest.online_agreement_posts or 0)} predicted posts (– with fewer than 8)")
     st.caption(f"`{latest.model_id}`, fitted at {latest.fitted_at:%Y-%m-%d %H:%M} UTC "
                f"on {int(latest.scored_posts or 0):,} scored posts.")
+    with or_stop():
+        online = views.latest_online_config(reader, face)
+    rule = agreement_rule(latest.online_agreement, latest.online_agreement_posts, online)
+    if rule:
+        st.caption(rule)
     st.plotly_chart(reward_model_figure(fits), width="stretch")
 
 share_box("models", ModelsView(face=face))

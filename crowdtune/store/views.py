@@ -713,6 +713,23 @@ def history_rewards(reader: StoreReader, face_id: str) -> tuple[pd.DataFrame, fl
     return posts[HISTORY_REWARD_COLUMNS], reward.clip
 
 
+def latest_online_config(reader: StoreReader, face_id: str) -> dict | None:
+    """The config (OnlineConfig's values, as stored when the run started) of the face's newest online run;
+    None when the face never trained online or that config is unreadable."""
+    df = _frame(reader, "SELECT config FROM runs WHERE face_id = ? AND kind = 'online' "
+                        "ORDER BY coalesce(started_at, updated_at) DESC NULLS LAST, run_id DESC LIMIT 1",
+                [face_id], ["config"])
+    if df.empty:
+        return None
+    config = df["config"].iloc[0]
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError:
+            return None
+    return config if isinstance(config, dict) else None
+
+
 def reward_model_fits(reader: StoreReader, face_id: str) -> pd.DataFrame:
     """Every fit of a face's reward model, oldest first, with its figures as columns (REWARD_FIT_COLUMNS;
     NaN where a figure could not be computed, e.g. no online agreement before 8 predicted posts)."""

@@ -112,3 +112,47 @@ def test_the_share_of_posts_rejected_on_review_shows_per_model_version(populated
     assert table.index.tolist() == ["v2", "v1"]  # newest version first
     assert table.loc["v2", ["reviewed", "rejected"]].tolist() == [3, 1]
     assert table.loc["v1", "rejected_share"] == 1.0  # the timeout is no one's decision
+
+
+def fitted_with_agreement(store, face: str, agreement: float, posts: int) -> None:
+    write(store, rows("reward_models", {
+        "face_id": face, "artifact_url": "/a/rm", "validation_posts": 12, "config": {}, "model_id": f"{face}-rm",
+        "fitted_at": NOW, "history_posts": 50, "generated_posts": posts, "validation_spearman": 0.4,
+        "figures": {"scored_posts": 50 + posts, "online_agreement": agreement, "online_agreement_posts": posts}}))
+
+
+def online_run(store, face: str, run_id: str, algorithm: str, algorithm_settings: dict) -> None:
+    write(store, rows("runs", {"run_id": run_id, "kind": "online", "face_id": face, "status": "running",
+                               "config": {"algorithm": algorithm, "algorithm_settings": algorithm_settings},
+                               "started_at": NOW}))
+
+
+def test_the_reward_model_says_whether_its_agreement_would_pause_guided_and_why(populated_store):
+    # -0.24 on 16 posts: noise (upper 95% bound +0.22); -0.40 on 32: confidently below 0.10 (bound -0.11)
+    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
+    text = page_text(open_page(PAGE, query={"face": "tweets"}))
+    assert ("Online agreement -0.24 on 16 posts: guided trains on: it pauses only when the upper 95% bound "
+            "(here 0.22) is below the threshold 0.10 (guided's default settings: the face has no online run yet)."
+            in text)
+    fitted_with_agreement(populated_store, "sandbox", -0.4, 32)
+    online_run(populated_store, "sandbox", "online-g", "guided", {})
+    text = page_text(open_page(PAGE, query={"face": "sandbox"}))
+    assert "Online agreement -0.40 on 32 posts: guided pauses the face: its upper 95% bound -0.11 is below" in text
+
+
+def test_the_agreement_rule_follows_the_faces_online_settings(populated_store):
+    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
+    online_run(populated_store, "tweets", "online-point", "guided", {"agreement_confidence": 0.5})
+    text = page_text(open_page(PAGE, query={"face": "tweets"}))
+    assert "guided pauses the face: its upper 50% bound -0.24 is below the threshold 0.10." in text
+    online_run(populated_store, "sandbox", "online-pg", "policy_gradient", {})
+    fitted_with_agreement(populated_store, "sandbox", -0.24, 16)
+    text = page_text(open_page(PAGE, query={"face": "sandbox"}))
+    assert "the face's online run uses `policy_gradient`, which does not pause on this figure" in text
+
+
+def test_a_stored_online_config_guided_would_refuse_falls_back_to_its_defaults(populated_store):
+    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
+    online_run(populated_store, "tweets", "online-bad", "guided", {"agreement_confidence": 7})
+    text = page_text(open_page(PAGE, query={"face": "tweets"}))
+    assert "guided trains on: it pauses only when the upper 95% bound (here 0.22)" in text
