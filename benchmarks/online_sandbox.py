@@ -285,6 +285,7 @@ def fixed_arm(arm: str, pool: list[dict], channel: Channel, audience, seed: int,
 @dataclass
 class Published:
     row: dict                 # the chosen candidate's posts row (draft_slot's), plus platform_id, published_at
+    candidates: list[dict] = field(default_factory=list)  # the slot's other kept candidates (draft_slot's rows)
     score: float | None = None
     used: bool = False        # already in an update's batch
 
@@ -320,6 +321,15 @@ def fit_reward_model(settings, cfg, history: list[dict], run: OnlineRun):
     return candidates.SlotRewardModel(fitted.model, fitted.model_id)
 
 
+def as_update_reads(post: Published) -> dict:
+    """A batch post as the update job reads it from the store (store.reads.update_inputs): its row, its score
+    and its slot's other candidates, which guided's doubly-robust groups are made of."""
+    from crowdtune.store.reads import UPDATE_CANDIDATE_COLUMNS
+
+    return {**post.row, "score": post.score,
+            "candidates": [{column: c.get(column) for column in UPDATE_CANDIDATE_COLUMNS} for c in post.candidates]}
+
+
 def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], history: list[dict],
                   train_texts: list[str], active: dict):
     """One update as the update job runs it: train_update, update_metrics, and the new version saved and
@@ -342,7 +352,7 @@ def update_policy(settings, cfg, args, run: OnlineRun, batch: list[Published], h
                        for h in history] + generated)[-HISTORY_LIMIT:]
     stored = updates.StoredUpdate(
         update=update, run={"run_id": run.run_id, "base_model": args.model, "started_at": None}, cfg=cfg,
-        active=active, batch=[{**p.row, "score": p.score} for p in batch], baseline_scores=baseline,
+        active=active, batch=[as_update_reads(p) for p in batch], baseline_scores=baseline,
         history=scored_history, train_texts=train_texts, published_count=len(run.posts),
         reward_model=run.reward_model)
     result = updates.train_update(settings, stored, on_progress=lambda *a, **k: None, should_stop=lambda: False,
@@ -462,7 +472,8 @@ def algorithm_arm(args, settings, arm: str, audience_name: str, channel: Channel
         if draft.chosen is None:
             continue
         platform_id = channel.publish(draft.chosen["text"], draft.chosen["intent_id"])
-        run.posts.append(Published({**draft.chosen, "platform_id": platform_id, "published_at": channel.now}))
+        run.posts.append(Published({**draft.chosen, "platform_id": platform_id, "published_at": channel.now},
+                                   candidates=draft.candidates))
     # the last posts mature after the last slot: read them for the figures (no more updates)
     channel.now += timedelta(seconds=cfg.maturity_seconds + 1)
     for post in run.posts:

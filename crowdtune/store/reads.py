@@ -341,6 +341,12 @@ def collect_inputs(reader: StoreReader, post_id: str) -> dict | None:
     return {"post": rows[0], "face": face_record(reader, rows[0]["face_id"]), "snapshots": snapshots}
 
 
+# What an update reads of each batch post's other candidates (update_inputs); the online benchmark passes
+# its in-memory candidates with the same columns
+UPDATE_CANDIDATE_COLUMNS = ("candidate_of", "post_id", "prompt", "text", "token_ids", "logprob", "predicted_reward",
+                            "selection_probability")
+
+
 def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000) -> dict | None:
     """What one RL update needs: its row, run, controller, face, active version, batch posts (with tokens,
     scores, the reward model's prediction and selection probability, and `candidates`: the other kept
@@ -359,8 +365,7 @@ def update_inputs(reader: StoreReader, update_id: str, history_limit: int = 2000
                            "predicted_reward, selection_probability, review "
                            "FROM posts WHERE post_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY published_at, post_id",
                    [ids])
-    candidates = _dicts(reader, "SELECT candidate_of, post_id, prompt, text, token_ids, logprob, predicted_reward, "
-                                "selection_probability FROM posts WHERE status = 'candidate' "
+    candidates = _dicts(reader, f"SELECT {', '.join(UPDATE_CANDIDATE_COLUMNS)} FROM posts WHERE status = 'candidate' "
                                 "AND candidate_of IN (SELECT unnest(?::VARCHAR[])) ORDER BY post_id", [ids])
     for post in batch:
         post["candidates"] = [c for c in candidates if c["candidate_of"] == post["post_id"]]

@@ -49,12 +49,35 @@ def recorder(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def update_batches(monkeypatch, recorder):
+    """The `batch` of every crowdtune.training.rl.run_update call, in order (the real one still runs)."""
+    import crowdtune.training.rl as rl
+
+    batches: list[list[dict]] = []
+    real = rl.run_update
+
+    def noted(*args, **kwargs):
+        batches.append(kwargs["batch"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rl, "run_update", noted)
+    return batches
+
+
+def shape(batch: list[dict]) -> tuple[set, set]:
+    """(the keys of a batch's posts, the keys of their candidates); asserts that candidates came with them."""
+    assert batch and any(post["candidates"] for post in batch), "no post came with its slot's candidates"
+    return ({key for post in batch for key in post},
+            {key for post in batch for candidate in post["candidates"] for key in candidate})
+
+
 def settle(redis_conn):
     wait_for(lambda: store_settled(redis_conn), timeout=60, message="the store queue to drain")
 
 
 def test_one_slot_fit_and_update_through_the_jobs_call_what_the_benchmark_calls(
-        settings, redis_conn, workers, recorder, tiny_model_dir, fresh_posts, tmp_path):
+        settings, redis_conn, workers, recorder, update_batches, tiny_model_dir, fresh_posts, tmp_path):
     from benchmarks import online_sandbox
     from faces.audience import AudienceConfig, load_audience
     from jobs.online import fit_reward_model, publish_post, rl_update
@@ -69,6 +92,7 @@ def test_one_slot_fit_and_update_through_the_jobs_call_what_the_benchmark_calls(
     run = online_sandbox.algorithm_arm(args, settings, "reinforce", "sentiment", channel, history, None, seed=0)
     assert len(run["scores"]) == 11 and len(run["updates"]) == 1
     benchmark_calls, recorder[:] = set(recorder), []
+    [benchmark_batch] = update_batches
 
     # 2) the jobs: a fit on the face's scored history, one publishing slot, one update on scored posts
     reader = add_face(settings, str(tmp_path / "sandbox"), fresh_posts[:40])
@@ -99,3 +123,7 @@ def test_one_slot_fit_and_update_through_the_jobs_call_what_the_benchmark_calls(
     expected = {name for _, name in NAMED_STEPS} | {"run_update"}
     assert job_calls >= expected, expected - job_calls
     assert benchmark_calls >= expected, expected - benchmark_calls
+    # 4) and the update reads the same inputs: each post with its slot's other candidates (guided's
+    # doubly-robust groups), in the columns the job reads from the store
+    job_batch = update_batches[-1]
+    assert shape(benchmark_batch) == shape(job_batch)
