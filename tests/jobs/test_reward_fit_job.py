@@ -15,6 +15,7 @@ from crowdtune import actions
 from crowdtune.online.controller import ControllerSnapshot, Decision
 from crowdtune.online.dispatch import carry_out
 from crowdtune.online.reward_fits import fit_job_id, refit_if_behind
+from crowdtune.online.schedule import job_status
 from crowdtune.runtime.queues import queue
 from crowdtune.store.writes import StoreWriter
 from crowdtune.testing.processes import wait_for
@@ -96,13 +97,16 @@ def test_a_fit_after_the_import_is_validated_loadable_anywhere_and_refitted_once
     StoreWriter(redis_conn).upsert("posts", [{**generated_posts(tweets[2500:], 13)[12], "predicted_reward": None}])
     imported(redis_conn, actions.start_import(redis_conn, FACE))
     assert refit_if_behind(redis_conn, FACE) == fit_job_id(FACE, 163)
-    # The job may already be queued, taken, running or done by now: wherever it is, it is one job.
+    # The job may already be queued, taken, running, done, or (on a loaded machine) failed and waiting for
+    # its retry by now: wherever it is, it is one job.
     default = queue("default", redis_conn)
     fits = [j.decode() if isinstance(j, bytes) else j
             for j in default.job_ids + redis_conn.lrange(default.intermediate_queue_key, 0, -1)
             + default.started_job_registry.get_job_ids() + default.finished_job_registry.get_job_ids()
+            + default.scheduled_job_registry.get_job_ids() + default.failed_job_registry.get_job_ids()
             if (j.decode() if isinstance(j, bytes) else j).startswith("fit-reward-model-")]
-    assert fits.count(fit_job_id(FACE, 163)) >= 1 and set(fits) <= {fit_job_id(FACE, 162), fit_job_id(FACE, 163)}
+    assert fits.count(fit_job_id(FACE, 163)) >= 1 and set(fits) <= {fit_job_id(FACE, 162), fit_job_id(FACE, 163)}, \
+        (fits, job_status(redis_conn, fit_job_id(FACE, 163)))
 
 
 def test_a_tick_queues_the_fit_its_decision_asks_for_once(settings, redis_conn):
