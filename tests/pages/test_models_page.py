@@ -127,32 +127,30 @@ def online_run(store, face: str, run_id: str, algorithm: str, algorithm_settings
                                "started_at": NOW}))
 
 
+def shown_for(store, face: str, agreement: float, posts: int, run: tuple[str, dict] | None = None) -> str:
+    """The Models page's text for `face` with a fit of that agreement, and an online run (algorithm, settings)."""
+    fitted_with_agreement(store, face, agreement, posts)
+    if run is not None:
+        online_run(store, face, f"online-{face}", *run)
+    return page_text(open_page(PAGE, query={"face": face}))
+
+
 def test_the_reward_model_says_whether_its_agreement_would_pause_guided_and_why(populated_store):
     # -0.24 on 16 posts: noise (upper 95% bound +0.22); -0.40 on 32: confidently below 0.10 (bound -0.11)
-    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
-    text = page_text(open_page(PAGE, query={"face": "tweets"}))
     assert ("Online agreement -0.24 on 16 posts: guided trains on: it pauses only when the upper 95% bound "
             "(here 0.22) is below the threshold 0.10 (guided's default settings: the face has no online run yet)."
-            in text)
-    fitted_with_agreement(populated_store, "sandbox", -0.4, 32)
-    online_run(populated_store, "sandbox", "online-g", "guided", {})
-    text = page_text(open_page(PAGE, query={"face": "sandbox"}))
-    assert "Online agreement -0.40 on 32 posts: guided pauses the face: its upper 95% bound -0.11 is below" in text
+            in shown_for(populated_store, "tweets", -0.24, 16))
+    assert ("Online agreement -0.40 on 32 posts: guided pauses the face: its upper 95% bound -0.11 is below"
+            in shown_for(populated_store, "sandbox", -0.4, 32, ("guided", {})))
 
 
 def test_the_agreement_rule_follows_the_faces_online_settings(populated_store):
-    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
-    online_run(populated_store, "tweets", "online-point", "guided", {"agreement_confidence": 0.5})
-    text = page_text(open_page(PAGE, query={"face": "tweets"}))
-    assert "guided pauses the face: its upper 50% bound -0.24 is below the threshold 0.10." in text
-    online_run(populated_store, "sandbox", "online-pg", "policy_gradient", {})
-    fitted_with_agreement(populated_store, "sandbox", -0.24, 16)
-    text = page_text(open_page(PAGE, query={"face": "sandbox"}))
-    assert "the face's online run uses `policy_gradient`, which does not pause on this figure" in text
+    assert ("guided pauses the face: its upper 50% bound -0.24 is below the threshold 0.10."
+            in shown_for(populated_store, "tweets", -0.24, 16, ("guided", {"agreement_confidence": 0.5})))
+    assert ("the face's online run uses `policy_gradient`, which does not pause on this figure"
+            in shown_for(populated_store, "sandbox", -0.24, 16, ("policy_gradient", {})))
 
 
 def test_a_stored_online_config_guided_would_refuse_falls_back_to_its_defaults(populated_store):
-    fitted_with_agreement(populated_store, "tweets", -0.24, 16)
-    online_run(populated_store, "tweets", "online-bad", "guided", {"agreement_confidence": 7})
-    text = page_text(open_page(PAGE, query={"face": "tweets"}))
-    assert "guided trains on: it pauses only when the upper 95% bound (here 0.22)" in text
+    assert ("guided trains on: it pauses only when the upper 95% bound (here 0.22)"
+            in shown_for(populated_store, "tweets", -0.24, 16, ("guided", {"agreement_confidence": 7})))
