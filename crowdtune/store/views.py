@@ -58,14 +58,20 @@ def latest_runs(reader: StoreReader, limit: int = 20) -> pd.DataFrame:
 RUN_IDENTITY = ["run_id", "kind", "face_id", "status", "base_model", "started_at"]
 
 
-def _flat_settings(config, prefix: str = "") -> dict[str, str]:
-    """A run's config as {dotted name: JSON text}: nested settings (algorithm_settings.learning_rate) flattened."""
+def _config_dict(config) -> dict | None:
+    """A stored config (a dict, or its JSON text) as a dict; None when it is not a readable JSON object."""
     if isinstance(config, str):
         try:
             config = json.loads(config)
         except json.JSONDecodeError:
-            return {}
-    if not isinstance(config, dict):
+            return None
+    return config if isinstance(config, dict) else None
+
+
+def _flat_settings(config, prefix: str = "") -> dict[str, str]:
+    """A run's config as {dotted name: JSON text}: nested settings (algorithm_settings.learning_rate) flattened."""
+    config = _config_dict(config)
+    if config is None:
         return {}
     flat: dict[str, str] = {}
     for key, value in config.items():
@@ -719,15 +725,7 @@ def latest_online_config(reader: StoreReader, face_id: str) -> dict | None:
     df = _frame(reader, "SELECT config FROM runs WHERE face_id = ? AND kind = 'online' "
                         "ORDER BY coalesce(started_at, updated_at) DESC NULLS LAST, run_id DESC LIMIT 1",
                 [face_id], ["config"])
-    if df.empty:
-        return None
-    config = df["config"].iloc[0]
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except json.JSONDecodeError:
-            return None
-    return config if isinstance(config, dict) else None
+    return None if df.empty else _config_dict(df["config"].iloc[0])
 
 
 def reward_model_fits(reader: StoreReader, face_id: str) -> pd.DataFrame:
