@@ -15,7 +15,8 @@ Built from transformers' own logits processors, in the order generate() applies 
    by the penalty when positive, multiplied when negative) over the prompt and the sampled tokens,
    except EOS and padding: EOS separates posts and opens every context, padding is layout;
 2. temperature (TemperatureLogitsWarper);
-3. top-k (TopKLogitsWarper), then top-p (TopPLogitsWarper) on what top-k kept.
+3. top-k (TopKLogitsWarper), then top-p on what top-k kept: TopPLogitsWarper's kept set, found among the
+   most likely tokens instead of by sorting the whole vocabulary (NucleusCut).
 
 Temperature 0 is greedy: the repetition penalty, then the argmax (top-k and top-p cannot change it).
 """
@@ -69,6 +70,37 @@ class _SparingRepetitionPenalty(RepetitionPenaltyLogitsProcessor):
         return super().__call__(input_ids.masked_fill(spared, scores.shape[-1]), scores)
 
 
+class NucleusCut(TopPLogitsWarper):
+    """TopPLogitsWarper's cut (keep the most likely tokens until their mass reaches top_p, and always the
+    first), with the same kept set, without sorting the whole vocabulary.
+
+    A token is kept when the mass of the tokens ranked above it is below top_p (TopPLogitsWarper drops it when
+    the mass from the bottom up to it is at most 1 - top_p: the same rule). Only tokens among the top `width`
+    can be kept once those hold top_p of the mass, so the cut looks at the top 256 first and widens only for
+    rows that need it. Why: a step sorts [rows, vocabulary]: for SmolLM2's 49,152 tokens on 2 CPU threads,
+    20 ms for the 8 rows of a best-of-8 slot at every token (against ~150 ms for the model's forward pass)
+    and ~2.5 s for the ~1,000 token positions of an update's optimizer step (log_probs); topk(256) is ~1 ms.
+    """
+
+    FIRST_WIDTH = 256
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        vocabulary = scores.shape[-1]
+        log_total = scores.logsumexp(-1, keepdim=True)
+        width = min(self.FIRST_WIDTH, vocabulary)
+        while True:
+            top, index = scores.topk(width, dim=-1)                      # descending
+            mass = (top - log_total).exp()
+            above = mass.cumsum(-1) - mass                               # mass of the tokens ranked higher
+            if width == vocabulary or bool(((above[:, -1] + mass[:, -1]) >= self.top_p).all()):
+                break
+            width = min(vocabulary, width * 8)
+        kept_ranks = above < self.top_p
+        kept_ranks[:, : self.min_tokens_to_keep] = True
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter(1, index, kept_ranks)
+        return scores.masked_fill(~kept, self.filter_value)
+
+
 class SamplingPolicy(LogitsProcessor):
     """The sampling policy (module docstring) as a transformers LogitsProcessor.
 
@@ -84,7 +116,7 @@ class SamplingPolicy(LogitsProcessor):
                             if settings.temperature not in (0, 1) else None)
         self.cuts = [] if self.greedy else [
             *([TopKLogitsWarper(int(settings.top_k))] if settings.top_k > 0 else []),
-            *([TopPLogitsWarper(float(settings.top_p))] if settings.top_p < 1.0 else []),
+            *([NucleusCut(float(settings.top_p))] if settings.top_p < 1.0 else []),
         ]
         self.eos = eos
 

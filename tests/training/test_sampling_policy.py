@@ -7,12 +7,15 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import TopPLogitsWarper
 
 from crowdtune.training.generation import GenerationConfig, sample
 from crowdtune.training.models import load_base_model
 from crowdtune.training.rl.logprobs import encode_rollouts, sequence_stats
 from crowdtune.training.rl.policy import RLConfig
-from crowdtune.training.sampling_policy import SamplingPolicy, sampling_policy
+from crowdtune.training.sampling_policy import NucleusCut, SamplingPolicy, sampling_policy
 
 PROMPTS = ["", "Make America", "", "Thank you to all of my great supporters", "", "The", "Great", ""]
 SETTINGS = {  # each sampling-policy setting alone, the defaults, and all of them at once
@@ -115,3 +118,30 @@ def test_an_interrupt_cuts_every_post_where_it_stands(tiny):
     assert asked == [1, 2, 3]
     assert all(len(s.token_ids) == len(s.logprobs) <= 3 for s in samples)
     assert all(s.finished == (s.token_ids[-1] == tokenizer.eos_token_id) for s in samples)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 6), vocabulary=st.integers(2, 5000), scale=st.floats(0.05, 30.0),
+       top_p=st.floats(0.01, 0.999), seed=st.integers(0, 2**16))
+def test_the_nucleus_cut_keeps_what_transformers_top_p_keeps(rows, vocabulary, scale, top_p, seed):
+    scores = torch.randn(rows, vocabulary, generator=torch.Generator().manual_seed(seed)) * scale
+    ours = NucleusCut(top_p)(None, scores) > float("-inf")
+    theirs = TopPLogitsWarper(top_p)(None, scores) > float("-inf")
+    # where they differ, the mass above the token is top_p up to float32 rounding (a tie of the rule)
+    probabilities = scores.softmax(-1)
+    above = (probabilities.unsqueeze(1) > probabilities.unsqueeze(2)).float() @ probabilities.unsqueeze(2) \
+        if vocabulary <= 600 else None
+    differ = (ours != theirs).nonzero().tolist()
+    if above is not None:
+        assert all(abs(float(above[r, t, 0]) - top_p) < 1e-4 for r, t in differ), differ
+    else:
+        assert len(differ) <= rows, differ
+    assert ours.any(-1).all()  # the first token is always kept
+
+
+def test_the_nucleus_cut_widens_for_a_flat_distribution():
+    scores = torch.zeros(2, 49_152)
+    scores[0, :10] = 20.0  # one peaked row, one flat: the flat one needs ~46,700 tokens for 95%
+    kept = (NucleusCut(0.95)(None, scores) > float("-inf")).sum(-1).tolist()
+    assert kept == (TopPLogitsWarper(0.95)(None, scores) > float("-inf")).sum(-1).tolist()
+    assert kept[0] == 10 and kept[1] > 40_000
