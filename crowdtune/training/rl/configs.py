@@ -137,8 +137,9 @@ class GuidedConfig(RLOOSettings, OperatorFeedbackSettings, AgreementPauseSetting
 
     warm_start_steps: int = Field(8, ge=0, description="RLOO steps against the reward model before the run's first "
                                                        "post (an update with no posts); 0 = no warm start")
-    distil_steps: int = Field(4, ge=0, description="RLOO steps on fresh samples against the reward model in each "
-                                                   "update, after the real-reward steps")
+    distil_steps: int = Field(0, ge=0, description="RLOO steps on fresh samples against the reward model in each "
+                                                   "update, after the real-reward steps; 0: the groups' unpublished "
+                                                   "candidates, rewarded by the reward model, are the distillation")
     real_epochs: int = Field(2, ge=1, description="passes over the batch's best-of-N groups (real rewards, "
                                                   "doubly robust)")
     groups_per_step: int = Field(4, ge=1, description="best-of-N groups (a published post and its candidates) per "
