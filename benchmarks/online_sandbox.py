@@ -51,8 +51,10 @@ Runs in parts: every finished (arm, audience, seed) is appended to `<results>/ru
 folder, benchmarks/results/online-sandbox, keeps runs.jsonl and the fixed arms' samples (pools/) in
 git (its .gitignore leaves out the rest): commit them after a part, and any clone resumes from there.
 A run's settings do not include the code's version, but each part records it (`code`: the commit and
-whether the arms' code had uncommitted changes), and --resume names the parts whose arms' code changed
-since: remove those lines from runs.jsonl to measure them again.
+whether the arms' code had uncommitted changes) and its machine (`machine`: the CPU, AVX-512 or not, a
+matmul's GFLOP/s, the load before it); --resume names the parts whose arms' code changed since: remove
+those lines from runs.jsonl to measure them again. Wall times are comparable only within one machine:
+each arm's row lists its parts' machines, and the goal's wall-time ratio the machines it mixes.
 
     python benchmarks/online_sandbox.py --quick --posts 32 --seeds 1 --audience rules --algorithms reinforce
     python benchmarks/online_sandbox.py --quick                          # tiny GPT-2, 64 posts, 1 seed
@@ -68,6 +70,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -553,6 +556,7 @@ def summarise(args, runs: dict, arms: list[str], audiences: list[str]) -> dict:
             row["distinct_2_vs_start"] = row["distinct_2"] / start_distinct if start_distinct else None
             row["pauses"] = int(sum(r["pauses"] for r in mine.values()))
             row["wall_minutes"] = mean([r["seconds"] / 60 for r in mine.values()])
+            row["machines"] = sorted({machine_label(r) for r in mine.values()})
             phases = [r["phase_seconds"] for r in mine.values() if "phase_seconds" in r]  # older parts lack them
             if phases:
                 names = sorted(set().union(*phases))
@@ -586,6 +590,8 @@ def goals(summary: dict, algorithm: str) -> dict | None:
     pg = {a: (at(summary[a].get(baseline), "last_32_at_128", "relative") or math.nan) - 1 for a in rows}
     ratio = float(np.nanmean(list(gains.values())) / np.nanmean(list(pg.values()))) if pg else math.nan
     pg_minutes = [(summary[a].get(baseline) or {}).get("wall_minutes") for a in rows]
+    machines = sorted({m for a, r in rows.items() for row in (r, summary[a].get(baseline)) for m in
+                       (row or {}).get("machines", [])})
     minutes = [(r or {}).get("wall_minutes") for r in rows.values()]
     return {
         "algorithm": algorithm,
@@ -608,6 +614,7 @@ def goals(summary: dict, algorithm: str) -> dict | None:
         "wall_time_vs_policy_gradient": (float(np.mean(minutes) / np.mean(pg_minutes))
                                          if all(pg_minutes) and all(minutes) and algorithm != "policy_gradient"
                                          else None),
+        "wall_time_machines": machines,  # more than one: the ratio mixes machines (machine_profile)
     }
 
 
@@ -636,6 +643,40 @@ def code_version(root: Path = ROOT) -> dict:
         return {"commit": None, "changed": None}
     changes = git(root, "status", "--porcelain", "--", *ARM_CODE).stdout
     return {"commit": head.stdout.strip(), "changed": bool(changes.strip())}
+
+
+def machine_profile(threads: int) -> dict:
+    """What the part's wall minutes were measured on: the CPU's name, cores, whether it has AVX-512, the load
+    average before the run, and fp32 matmul GFLOP/s at the run's threads (best of 5 products of 1024 x 1024).
+    Why: this benchmark's wall times differ 2-3x between machines of one type (110 against ~300 GFLOP/s on two
+    2-core machines, AVX2 against AVX-512), so a ratio of two parts means something only on one machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    flags = ""
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b  # warm up
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "avx512": "avx512f" in flags.split(),
+            "matmul_gflops": round(2 * 1024**3 / best / 1e9, 1), "load_before": round(os.getloadavg()[0], 2)}
+
+
+def machine_label(part: dict) -> str:
+    """A part's CPU as the figures compare machines: its name and whether it has AVX-512."""
+    machine = part.get("machine")
+    if not machine:
+        return "unrecorded"
+    return f"{machine['cpu']}{' (AVX-512)' if machine.get('avx512') else ''}"
 
 
 def stale_code(part: dict, root: Path = ROOT) -> list[str]:
@@ -755,6 +796,8 @@ def main(argv=None) -> None:
     train_texts = [h["text"] for h in texts_only.history()]
 
     done, runs, code = finished_runs(args), {}, code_version()
+    machine = machine_profile(args.threads)
+    print(f"machine: {machine}", flush=True)
     for seed in args.seeds:
         pools = {}
         for name, policy in (("start", start_url), ("base", None)):
@@ -783,7 +826,7 @@ def main(argv=None) -> None:
                     history = history if history is not None else channel.history()
                     run = algorithm_arm(args, settings, arm, audience_name, channel, history, start_url, seed)
                 run.update({"arm": arm, "audience": audience_name, "seed": seed, "settings": settings_of(args),
-                            "code": code})
+                            "code": code, "machine": machine})
                 runs[key] = run
                 with open(args.results / "runs.jsonl", "a") as out:
                     out.write(json.dumps(run, default=str) + "\n")

@@ -86,6 +86,20 @@ def test_the_goals_ratios_are_against_policy_gradient_with_one_candidate_once_it
     assert goal["gain_vs_policy_gradient_at_128"] == pytest.approx(1.0)
 
 
+def test_each_part_names_its_machine_and_the_wall_time_ratio_lists_the_machines_it_mixes():
+    machine = online_sandbox.machine_profile(1)
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 1
+    assert machine["matmul_gflops"] > 0 and isinstance(machine["avx512"], bool)
+    fast = {**machine, "cpu": "Fast CPU", "avx512": True}
+    assert online_sandbox.machine_label({"machine": fast}) == "Fast CPU (AVX-512)"
+    assert online_sandbox.machine_label({}) == "unrecorded"  # parts from before parts named their machine
+    rows = {"likes": {"guided": {**summary_row(2.0, 60.0), "machines": ["Slow CPU"]},
+                      "policy_gradient@1": {**summary_row(1.25, 40.0), "machines": ["Fast CPU (AVX-512)"]}}}
+    assert online_sandbox.goals(rows, "guided")["wall_time_machines"] == ["Fast CPU (AVX-512)", "Slow CPU"]
+    rows["likes"]["guided"]["machines"] = ["Fast CPU (AVX-512)"]
+    assert online_sandbox.goals(rows, "guided")["wall_time_machines"] == ["Fast CPU (AVX-512)"]
+
+
 def test_the_kl_figure_is_the_last_trained_updates_not_a_paused_ones():
     updates = [{"kl": 0.2, "pause": False}, {"kl": 0.31, "pause": False}, {"kl": 0.0, "pause": True}]
     assert online_sandbox.last_kl({"updates": updates}) == 0.31
